@@ -1,0 +1,31 @@
+//! The wire contract of riklet.
+//!
+//! # Layout
+//! - [`common`], [`worker`]: the RIK project's packages, wire-compatible, so a
+//!   riklet works against RIK's own scheduler and the other way round.
+//! - [`rik`]: riklet's own `rik.v1` services (CLI ⇄ scheduler, scheduler ⇄
+//!   node logs).
+//! - [`manifest`]: the app manifest (RIK workload v1 and seed 004's compact
+//!   deployment file), parsed and validated the same way by `rik`, the
+//!   scheduler and the riklet: never trust the wire.
+//! - [`status`]: conversions between `ResourceStatus` and its names.
+
+pub mod manifest;
+pub mod status;
+
+/// RIK's `common` package.
+pub mod common {
+    tonic::include_proto!("common");
+}
+
+/// RIK's `worker` package.
+pub mod worker {
+    tonic::include_proto!("worker");
+}
+
+/// riklet's `rik.v1` package.
+pub mod rik {
+    pub mod v1 {
+        tonic::include_proto!("rik.v1");
+    }
+}

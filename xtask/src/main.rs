@@ -1,0 +1,35 @@
+//! `cargo xtask`: the project's tasks.
+//!
+//! # Layout
+//! - `setup`: installs what builds and tests need on a Debian machine (idempotent).
+//! - `build-ebpf`: builds `riklet-ebpf` for `bpfel-unknown-none` (see [`ebpf`]).
+//! - `demo`: the README's main job, end to end.
+//! - `bench`: benchmarks, results in `target/bench/` and docs/benchmarks.md.
+//! - `ci`: what `.ci/run` runs.
+
+mod ebpf;
+mod setup;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "riklet project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install packages, rust-src, bpf-linker; mount bpffs and tracefs.
+    Setup,
+    /// Build the eBPF programs (nightly, bpfel-unknown-none, release).
+    BuildEbpf,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => ebpf::build(),
+    }
+}
