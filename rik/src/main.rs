@@ -1,1 +1,184 @@
-fn main() {}
+//! `rik`: the command-line client of the RIK scheduler.
+//!
+//! Exit status 0 on success; on failure one line `error: …` on stderr and
+//! exit status 1.
+//!
+//! # Layout
+//! - `commands/<verb>.rs`: one file per verb (`apply`, `get`, `delete`,
+//!   `logs`); `commands/mod.rs` holds the scheduler connection.
+//! - `views.rs`: table rows and seed 004's JSON objects built from the
+//!   scheduler's messages (pure, unit-tested).
+//! - `output.rs`: tables, kubectl-style ages, ordered JSON.
+
+mod commands;
+mod output;
+mod views;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::Scheduler;
+
+/// Command-line client of the RIK scheduler: deploy apps, list apps and
+/// nodes, read logs.
+#[derive(Debug, Parser)]
+#[command(name = "rik", version, propagate_version = true)]
+struct Cli {
+    /// URL of the scheduler's API.
+    #[arg(
+        long,
+        global = true,
+        env = "RIK_SCHEDULER",
+        default_value = "http://127.0.0.1:4995",
+        value_name = "URL"
+    )]
+    scheduler: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Apply(commands::apply::Args),
+    Get(commands::get::Args),
+    Delete(commands::delete::Args),
+    Logs(commands::logs::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", usage_error_line(&e.render().to_string()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    // `apply` validates the manifest before connecting: a bad file is
+    // refused even when the scheduler is down.
+    let result = match cli.command {
+        Command::Apply(args) => commands::apply::run(args, &cli.scheduler, &mut out).await,
+        Command::Get(args) => {
+            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            commands::get::run(args, &mut scheduler, &mut out).await
+        }
+        Command::Delete(args) => {
+            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            commands::delete::run(args, &mut scheduler, &mut out).await
+        }
+        Command::Logs(args) => {
+            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            commands::logs::run(args, &mut scheduler, &mut out).await
+        }
+    };
+    out.flush()?;
+    result
+}
+
+/// A message on one line: line breaks become spaces.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// clap's usage error (several lines: message, usage, tip) as one
+/// `error: …` line.
+fn usage_error_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information")
+        })
+        .collect();
+    let line = one_line(&message.join(" "));
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    format!("error: {line} (see 'rik --help')")
+}
+
+/// Writing to a closed pipe (`rik get apps | head -1`) is not a failure.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let e = Cli::try_parse_from(["rik", "apply"]).unwrap_err();
+        let line = usage_error_line(&e.render().to_string());
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(line.contains("--filename <FILE>"), "{line}");
+        assert!(!line.contains('\n'));
+        let e = Cli::try_parse_from(["rik", "get", "services"]).unwrap_err();
+        let line = usage_error_line(&e.render().to_string());
+        assert!(line.contains("unknown resource"), "{line}");
+        assert!(!line.contains("For more information"), "{line}");
+    }
+
+    #[test]
+    fn kubectl_style_arguments_parse() {
+        for argv in [
+            &["rik", "get", "apps"][..],
+            &["rik", "get", "app", "web", "-o", "json"],
+            &["rik", "get", "app/web", "-o", "wide"],
+            &["rik", "get", "nodes", "-o", "json"],
+            &["rik", "--scheduler", "http://h:1", "delete", "web"],
+            &["rik", "delete", "app", "web", "--scheduler", "http://h:1"],
+            &["rik", "apply", "-f", "-", "--wait", "--timeout", "90s"],
+            &[
+                "rik",
+                "logs",
+                "web",
+                "-f",
+                "--tail",
+                "10",
+                "--container",
+                "c",
+            ],
+        ] {
+            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+    }
+}

@@ -1,1 +1,18 @@
+//! Types shared by riklet's eBPF programs (`riklet-ebpf`) and user space
+//! (`riklet`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, built from fixed-width integers
+//! and free of implicit padding: both sides read the same bytes out of a BPF
+//! map, so the layout must not depend on the compiler or the target.
+//!
+//! # Layout
+//! - [`net`]: per-cgroup network counters (the `cgroup_skb` programs).
+//!
+//! # Features
+//! - `user`: implements `aya::Pod` for the map value types, which user-space
+//!   `aya` requires to read maps. The eBPF side has no `aya`, so it is off by
+//!   default.
+
 #![no_std]
+
+pub mod net;

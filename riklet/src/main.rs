@@ -1,1 +1,118 @@
-fn main() {}
+//! `riklet`: the RIK node agent binary.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use riklet::Config;
+use riklet::config::paths;
+
+/// The RIK node agent: runs the scheduler's app instances as pods on this node.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML config file (default /etc/riklet/config.toml when it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Also run the scheduler in-process (a one-node cluster).
+    #[arg(long)]
+    standalone: bool,
+    /// Scheduler URL, e.g. http://10.0.0.1:4995.
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Runtime memory directory (default /var/lib/riklet).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Node name to register as (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the running riklet's state (node, scheduler, pod counts).
+    Status,
+    /// List the running riklet's pods (JSON).
+    Pods,
+    /// Internal: supervise one container (started by the riklet).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None if std::path::Path::new(paths::CONFIG_FILE).exists() => {
+            Config::load(paths::CONFIG_FILE.as_ref())?
+        }
+        None => Config::default(),
+    };
+    if cli.standalone {
+        config.standalone = true;
+    }
+    if let Some(s) = &cli.scheduler {
+        config.scheduler = s.clone();
+    }
+    if let Some(d) = &cli.state_dir {
+        config.state_dir = d.clone();
+    }
+    if let Some(n) = &cli.node_name {
+        config.node_name = Some(n.clone());
+    }
+    if config.standalone && cli.scheduler.is_none() {
+        config.scheduler = format!("http://{}", config.standalone_listen);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Shim { run_dir }) = &cli.command {
+        // Before any thread exists: the shim forks.
+        riklet::runtime::shim::main(run_dir);
+    }
+    let config = load_config(&cli)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Some(Command::Status) => print_query(&runtime, &config, "status"),
+        Some(Command::Pods) => print_query(&runtime, &config, "pods"),
+        Some(Command::Shim { .. }) => unreachable!("handled above"),
+        None => {
+            riklet::observability::init(cli.log_json);
+            runtime.block_on(riklet::run(config, shutdown_signal()))?;
+            Ok(())
+        }
+    }
+}
+
+fn print_query(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    what: &str,
+) -> anyhow::Result<()> {
+    let path = config.socket_path();
+    let answer = runtime
+        .block_on(riklet::api::query_socket(&path, what))
+        .with_context(|| format!("is the riklet running? (socket {})", path.display()))?;
+    println!("{answer:#}");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,1 +1,195 @@
-//! placeholder
+//! The RIK-compatible scheduler: node registry, placement, app store and the
+//! `rik.v1` API. Runs as `rik-scheduler`, or inside a riklet started with
+//! `--standalone`.
+//!
+//! Riklets speak RIK's `worker.Worker` protocol to it (register, then stream
+//! heartbeats and instance statuses; receive CREATE/DESTROY on the register
+//! stream). The `rik` CLI speaks `rik.v1.Rik` (apply, list, delete, nodes,
+//! logs). Both services share one port.
+//!
+//! # Layout
+//! - [`store`]: apps and instances, persisted atomically as JSON.
+//! - [`nodes`]: the node registry (connected, ready, register streams).
+//! - [`placement`]: which ready node gets an instance (pure function).
+//! - [`cluster`]: the shared state and every operation on it.
+//! - [`worker_service`]: `worker.Worker` for riklets.
+//! - [`api`]: `rik.v1.Rik` for the CLI.
+//!
+//! [`run`] serves both until its shutdown future resolves; background tasks
+//! expire silent nodes (heartbeat timeout) and flush the store.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::rik::v1::rik_server::RikServer;
+use proto::worker::worker_server::WorkerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+pub mod api;
+pub mod cluster;
+pub mod nodes;
+pub mod placement;
+pub mod store;
+pub mod worker_service;
+
+#[cfg(test)]
+mod tests;
+
+use crate::cluster::Cluster;
+use crate::store::{Store, StoreError};
+
+/// Default state directory of `rik-scheduler`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rik-scheduler";
+/// Default address of the scheduler API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4995";
+/// Default heartbeat timeout (RIK's riklets send a heartbeat every 15 s).
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often the store is flushed when status reports changed it.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long open streams get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Scheduler settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Where the app store (`state.json`) lives; created if missing.
+    pub state_dir: PathBuf,
+    /// A ready node that sends nothing for this long is marked not ready
+    /// and its instances are re-placed.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+        }
+    }
+}
+
+/// Why the scheduler could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The state directory could not be opened or the state file is bad.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// Serves `worker.Worker` and `rik.v1.Rik` on `listener` until `shutdown`
+/// resolves. At shutdown every register stream, status stream and followed
+/// log stream is ended (riklets see the scheduler go away) and the store is
+/// saved.
+pub async fn run(
+    config: SchedulerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    let mut store = Store::open(&config.state_dir)?;
+    // Fail now, not at the first apply, if the state cannot be written.
+    store.save()?;
+    info!(
+        listen = ?listener.local_addr().ok(),
+        state = %store.path().display(),
+        apps = store.data().apps.len(),
+        instances = store.data().instances.len(),
+        heartbeat_timeout = ?config.heartbeat_timeout,
+        "scheduler starting"
+    );
+    let cluster = Arc::new(Cluster::new(store, config.heartbeat_timeout));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = [
+        tokio::spawn(expire_nodes(Arc::clone(&cluster), stop_rx.clone())),
+        tokio::spawn(flush_store(Arc::clone(&cluster), stop_rx.clone())),
+    ];
+
+    let server = tonic::transport::Server::builder()
+        // Notice a peer that vanished without closing its connection.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(WorkerServer::new(worker_service::WorkerService::new(
+            Arc::clone(&cluster),
+            stop_rx.clone(),
+        )))
+        .add_service(RikServer::new(api::RikService::new(
+            Arc::clone(&cluster),
+            stop_rx.clone(),
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+    tokio::pin!(server);
+
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = shutdown => {
+            info!("scheduler shutting down");
+            cluster.lock().await.shutdown();
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    warn!(grace = ?SHUTDOWN_GRACE, "connections still open, closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    stop_tasks(tasks).await;
+    cluster.lock().await.flush();
+    served.map_err(SchedulerError::Serve)?;
+    info!("scheduler stopped");
+    Ok(())
+}
+
+/// Resolves when the shutdown flag is set (or its sender is gone).
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+async fn stop_tasks(tasks: [JoinHandle<()>; 2]) {
+    for task in tasks {
+        if let Err(e) = task.await {
+            warn!(error = %e, "background task failed");
+        }
+    }
+}
+
+/// Marks not ready the nodes that missed their heartbeats.
+async fn expire_nodes(cluster: Arc<Cluster>, stop: watch::Receiver<bool>) {
+    let timeout = cluster.heartbeat_timeout;
+    let period = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => cluster.lock().await.expire_stale(timeout),
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// Saves the store when status reports or node events changed it.
+async fn flush_store(cluster: Arc<Cluster>, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => cluster.lock().await.flush(),
+            () = &mut stop => return,
+        }
+    }
+}

@@ -1,1 +1,56 @@
-fn main() {}
+//! `rik-scheduler`: the RIK-compatible scheduler as a service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use scheduler::{DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig};
+use tracing_subscriber::EnvFilter;
+
+/// The RIK scheduler: accepts riklets (worker.Worker), places app instances
+/// on them and serves the `rik` CLI (rik.v1.Rik), all on one port.
+#[derive(Debug, Parser)]
+#[command(name = "rik-scheduler", version)]
+struct Args {
+    /// Address to serve riklets and the `rik` CLI on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Directory of the persisted app store (state.json); created if missing.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// A node silent for this long is marked not ready and its instances are
+    /// re-placed (e.g. "20s", "1m").
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let config = SchedulerConfig {
+        state_dir: args.state_dir,
+        heartbeat_timeout: args.heartbeat_timeout,
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+            _ = sigterm.recv() => tracing::info!("terminated"),
+        }
+    };
+    scheduler::run(config, listener, shutdown)
+        .await
+        .context("scheduler failed")
+}

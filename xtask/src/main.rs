@@ -7,6 +7,8 @@
 //! - `bench`: benchmarks, results in `target/bench/` and docs/benchmarks.md.
 //! - `ci`: what `.ci/run` runs.
 
+mod ci;
+mod demo;
 mod ebpf;
 mod setup;
 
@@ -25,11 +27,17 @@ enum Command {
     Setup,
     /// Build the eBPF programs (nightly, bpfel-unknown-none, release).
     BuildEbpf,
+    /// The main job end to end: one-node cluster, deploy, list, reach, logs, delete.
+    Demo,
+    /// Everything CI checks: setup, eBPF build, fmt, clippy, all tests (as root).
+    Ci,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::BuildEbpf => ebpf::build(),
+        Command::Demo => demo::run(&ebpf::workspace_root()),
+        Command::Ci => ci::run(&ebpf::workspace_root()),
     }
 }

@@ -1,0 +1,258 @@
+//! Node-local APIs.
+//!
+//! - A unix socket (mode 0600, root only) answering one request per
+//!   connection, `status` or `pods`, with a JSON document: what `riklet
+//!   status` and `riklet pods` print.
+//! - The `rik.v1.NodeLogs` gRPC service on TCP, through which the scheduler
+//!   serves `rik logs` (tail and follow of the CRI log files).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use proto::rik::v1::node_logs_server::{NodeLogs, NodeLogsServer};
+use proto::rik::v1::{LogChunk, NodeLogsRequest};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::agent::AgentHandle;
+use crate::logs;
+
+/// How often a followed log file is checked for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// A node API that could not be served or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node API: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("unexpected answer from riklet: {0}")]
+    Answer(#[from] serde_json::Error),
+}
+
+/// Facts `riklet status` shows besides the pods.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    pub node: String,
+    pub scheduler: String,
+    pub api_address: String,
+    pub ebpf: bool,
+}
+
+/// Binds the control socket, removing a stale one, mode 0600.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, ApiError> {
+    let err = |source| ApiError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves the control socket until the task is dropped.
+pub async fn serve_socket(listener: UnixListener, agent: AgentHandle, facts: NodeFacts) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (agent, facts) = (agent.clone(), facts.clone());
+        tokio::spawn(async move {
+            let _ = answer(stream, agent, facts).await;
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, agent: AgentHandle, facts: NodeFacts) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let pods = agent.pods().await;
+    let body = match line.trim() {
+        "pods" => json!(pods),
+        "status" => json!({
+            "node": facts.node,
+            "scheduler": facts.scheduler,
+            "apiAddress": facts.api_address,
+            "ebpf": facts.ebpf,
+            "pods": pods.len(),
+            "running": pods.iter().filter(|p| p["state"] == "RUNNING").count(),
+        }),
+        other => json!({"error": format!("unknown request {other:?}: expected status or pods")}),
+    };
+    write.write_all(format!("{body:#}\n").as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// Client side of the control socket: sends `request`, returns the JSON.
+pub async fn query_socket(path: &Path, request: &str) -> Result<serde_json::Value, ApiError> {
+    let err = |source| ApiError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).await.map_err(err)?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .await
+        .map_err(err)?;
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut out)
+        .await
+        .map_err(err)?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// The NodeLogs service over the log directory.
+pub struct LogService {
+    log_dir: PathBuf,
+}
+
+impl LogService {
+    pub fn new(log_dir: PathBuf) -> Self {
+        LogService { log_dir }
+    }
+
+    /// The pod directory of an instance (`<ns>_<app>_<instance>`).
+    fn pod_dir(&self, instance_id: &str) -> Option<PathBuf> {
+        let suffix = format!("_{instance_id}");
+        std::fs::read_dir(&self.log_dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(logs::NAMESPACE) && n.ends_with(&suffix))
+            })
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeLogs for LogService {
+    type LogsStream = ChunkStream;
+
+    async fn logs(
+        &self,
+        request: Request<NodeLogsRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let req = request.into_inner();
+        proto::manifest::validate_name("instance_id", &req.instance_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !req.container.is_empty() {
+            proto::manifest::validate_name("container", &req.container)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let dir = self.pod_dir(&req.instance_id).ok_or_else(|| {
+            Status::not_found(format!("no logs for instance {}", req.instance_id))
+        })?;
+        let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.path().join("0.log"),
+                )
+            })
+            .filter(|(name, path)| {
+                path.exists() && (req.container.is_empty() || *name == req.container)
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Status::not_found(format!(
+                "no logs for container {:?} of instance {}",
+                req.container, req.instance_id
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (instance_id, tail, follow) = (req.instance_id, req.tail as usize, req.follow);
+        tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for (container, path) in &files {
+                let (data, off) = match logs::read_tail(path, tail) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                offsets.push(off);
+                let chunk = LogChunk {
+                    instance_id: instance_id.clone(),
+                    container: container.clone(),
+                    data,
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                tokio::time::sleep(FOLLOW_POLL).await;
+                for ((container, path), off) in files.iter().zip(offsets.iter_mut()) {
+                    // The file disappears when the pod is deleted: stop then.
+                    let Ok((data, next)) = logs::read_from(path, *off) else {
+                        return;
+                    };
+                    *off = next;
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let chunk = LogChunk {
+                        instance_id: instance_id.clone(),
+                        container: container.clone(),
+                        data,
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Serves NodeLogs on `listener` until `shutdown`.
+pub async fn serve_logs(
+    listener: TcpListener,
+    log_dir: PathBuf,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    tonic::transport::Server::builder()
+        .add_service(NodeLogsServer::new(LogService::new(log_dir)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

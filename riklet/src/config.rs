@@ -1,0 +1,208 @@
+//! riklet configuration: a TOML file with documented defaults, overridden
+//! by command-line flags. Every host path has its default in [`paths`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Default host paths.
+pub mod paths {
+    pub const STATE_DIR: &str = "/var/lib/riklet";
+    pub const LOG_DIR: &str = "/var/log/pods";
+    pub const BPF_PIN_DIR: &str = "/sys/fs/bpf/riklet";
+    pub const CONFIG_FILE: &str = "/etc/riklet/config.toml";
+    /// Node-local control socket, relative to the state dir.
+    pub const SOCKET: &str = "riklet.sock";
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Every setting of the riklet (TOML keys are the field names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name this node registers as; defaults to the hostname.
+    pub node_name: Option<String>,
+    /// Scheduler URL (`http://host:port`).
+    pub scheduler: String,
+    /// Also run the scheduler in-process (one-node cluster).
+    pub standalone: bool,
+    /// Listen address of the embedded scheduler.
+    pub standalone_listen: SocketAddr,
+    /// Runtime memory (pods, shims' run directories, control socket).
+    pub state_dir: PathBuf,
+    /// Root of the CRI pod logs.
+    pub log_dir: PathBuf,
+    /// Name of the riklet's cgroup in every hierarchy.
+    pub cgroup_root: String,
+    /// Where eBPF maps and links are pinned.
+    pub bpf_pin_dir: PathBuf,
+    /// User that bare processes run as.
+    pub run_as_user: String,
+    /// Node API (logs) listen address; port 0 picks a free one.
+    pub api_listen: SocketAddr,
+    /// Interval between heartbeats to the scheduler.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Time between SIGTERM and SIGKILL when a pod is deleted.
+    #[serde(deserialize_with = "duration")]
+    pub stop_grace_period: Duration,
+    /// First crash-loop back-off (doubles up to `restart_backoff_max`).
+    #[serde(deserialize_with = "duration")]
+    pub restart_backoff_initial: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub restart_backoff_max: Duration,
+    /// Keep a pod's log directory when it is deleted.
+    pub keep_logs_on_delete: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: None,
+            scheduler: "http://127.0.0.1:4995".into(),
+            standalone: false,
+            standalone_listen: "127.0.0.1:4995".parse().expect("valid"),
+            state_dir: paths::STATE_DIR.into(),
+            log_dir: paths::LOG_DIR.into(),
+            cgroup_root: "riklet".into(),
+            bpf_pin_dir: paths::BPF_PIN_DIR.into(),
+            run_as_user: "nobody".into(),
+            api_listen: "127.0.0.1:4996".parse().expect("valid"),
+            heartbeat_interval: Duration::from_secs(5),
+            stop_grace_period: Duration::from_secs(10),
+            restart_backoff_initial: Duration::from_secs(10),
+            restart_backoff_max: Duration::from_secs(300),
+            keep_logs_on_delete: false,
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(name) = &self.node_name {
+            proto::manifest::validate_name("node_name", name).map_err(|e| {
+                ConfigError::Invalid {
+                    field: "node_name",
+                    reason: e.to_string(),
+                }
+            })?;
+        }
+        let simple = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && s != "."
+                && s != ".."
+        };
+        if !simple(&self.cgroup_root) {
+            return Err(ConfigError::Invalid {
+                field: "cgroup_root",
+                reason: format!("{:?} must be a single path component", self.cgroup_root),
+            });
+        }
+        for (field, d) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("restart_backoff_initial", self.restart_backoff_initial),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be more than 0".into(),
+                });
+            }
+        }
+        if self.restart_backoff_max < self.restart_backoff_initial {
+            return Err(ConfigError::Invalid {
+                field: "restart_backoff_max",
+                reason: "must not be less than restart_backoff_initial".into(),
+            });
+        }
+        for (field, p) in [
+            ("state_dir", &self.state_dir),
+            ("log_dir", &self.log_dir),
+            ("bpf_pin_dir", &self.bpf_pin_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{} must be an absolute path", p.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of the node-local control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join(paths::SOCKET)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c: Config =
+            toml::from_str("stop_grace_period = \"2s\"\ncgroup_root = \"riklet-test\"\n").unwrap();
+        assert_eq!(c.stop_grace_period, Duration::from_secs(2));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = toml::from_str::<Config>("no_such_key = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no_such_key"), "{err}");
+        let c: Config = toml::from_str("cgroup_root = \"../x\"").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cgroup_root")
+        );
+        let c: Config = toml::from_str("state_dir = \"rel\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("state_dir"));
+    }
+}

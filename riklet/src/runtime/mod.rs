@@ -1,0 +1,5 @@
+//! Container runtimes. Bare processes ([`process`], through the per-container
+//! [`shim`]) for now; containerd comes next and plugs in beside them.
+
+pub mod process;
+pub mod shim;

@@ -1,0 +1,222 @@
+//! Bare-process containers, riklet side: start a shim, wait for it, stop.
+//!
+//! The riklet never waits on the container process itself (it is the
+//! shim's child, and may have been started by a previous riklet): it
+//! watches the shim through a pidfd, which works for any process, and reads
+//! the exit status the shim recorded.
+
+use std::fs;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::io::unix::AsyncFd;
+
+use super::shim::{self, Ready, ShimSpec};
+use crate::cgroups::ContainerCgroup;
+use crate::state::{ExitRecord, ProcId, RunRecord, now_ms};
+
+/// Longest time a shim may take to report that its child runs.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bare-process operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("run directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start shim {exe}: {source}")]
+    SpawnShim {
+        exe: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("shim did not report a start: {0}")]
+    ShimSilent(String),
+    #[error("{0}")]
+    StartFailed(String),
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, ProcessError>;
+
+/// Starts and stops bare processes through shims.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    /// The riklet executable, re-run as `riklet shim`.
+    shim_exe: PathBuf,
+    /// `<state-dir>/run`: one directory per container run.
+    run_root: PathBuf,
+}
+
+impl ProcessRuntime {
+    pub fn new(shim_exe: PathBuf, state_dir: &Path) -> Self {
+        ProcessRuntime {
+            shim_exe,
+            run_root: state_dir.join("run"),
+        }
+    }
+
+    /// Run directory of one container.
+    pub fn run_dir(&self, instance: &str, container: &str) -> PathBuf {
+        self.run_root.join(instance).join(container)
+    }
+
+    /// Instance ids that have run directories (for orphan cleanup).
+    pub fn instances_on_disk(&self) -> Vec<String> {
+        fs::read_dir(&self.run_root)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes the run directories of an instance.
+    pub fn remove_instance(&self, instance: &str) {
+        let _ = fs::remove_dir_all(self.run_root.join(instance));
+    }
+
+    /// Starts a container: writes its spec, runs the shim, and returns once
+    /// the process runs inside its cgroup.
+    pub async fn start(
+        &self,
+        instance: &str,
+        container: &str,
+        spec: &ShimSpec,
+    ) -> Result<RunRecord> {
+        let dir = self.run_dir(instance, container);
+        let io_err = |source| ProcessError::Io {
+            path: dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&dir).map_err(io_err)?;
+        for stale in [shim::STARTED_FILE, shim::EXIT_FILE] {
+            match fs::remove_file(dir.join(stale)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        let json = serde_json::to_vec(spec).expect("spec serializes");
+        crate::state::write_atomic(&dir.join(shim::SPEC_FILE), &json).map_err(io_err)?;
+
+        let mut child = tokio::process::Command::new(&self.shim_exe)
+            .arg("shim")
+            .arg("--run-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| ProcessError::SpawnShim {
+                exe: self.shim_exe.clone(),
+                source,
+            })?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            START_TIMEOUT,
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
+        // The intermediate process exits right after forking: reap it.
+        let _ = child.wait().await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) => return Err(ProcessError::ShimSilent("no output".into())),
+            Ok(Err(e)) => return Err(ProcessError::ShimSilent(e.to_string())),
+            Err(_) => return Err(ProcessError::ShimSilent("timed out".into())),
+        }
+        match serde_json::from_str::<Ready>(line.trim()) {
+            Ok(Ready::Started(s)) => Ok(RunRecord {
+                shim: s.shim,
+                process: s.process,
+                started_at: s.started_at,
+            }),
+            Ok(Ready::Failed(msg)) => Err(ProcessError::StartFailed(msg)),
+            Err(e) => Err(ProcessError::ShimSilent(format!(
+                "unreadable report {line:?}: {e}"
+            ))),
+        }
+    }
+
+    /// The `started.json` of a container's current run, if any.
+    pub fn read_started(&self, instance: &str, container: &str) -> Option<shim::Started> {
+        let path = self.run_dir(instance, container).join(shim::STARTED_FILE);
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+
+    /// The exit record of a container's last run, if the shim wrote one.
+    pub fn read_exit(&self, instance: &str, container: &str) -> Option<ExitRecord> {
+        shim::read_exit(&self.run_dir(instance, container))
+    }
+
+    /// Waits until the run's shim has exited, then returns how the container
+    /// ended (`Lost` if the shim died without saying).
+    pub async fn wait(&self, instance: &str, container: &str, run: &RunRecord) -> ExitRecord {
+        if let Err(e) = wait_process(run.shim).await {
+            tracing::warn!(pod = instance, container, error = %e, "cannot watch shim; polling");
+            while run.shim.is_alive() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        self.read_exit(instance, container)
+            .unwrap_or_else(|| ExitRecord {
+                exit_code: None,
+                signal: None,
+                finished_at: now_ms(),
+                reason: "Lost".into(),
+            })
+    }
+
+    /// Stops a run: SIGTERM to every process of the cgroup, up to `grace`
+    /// for them to end, then SIGKILL; returns once the shim is gone too.
+    pub async fn stop(&self, run: Option<&RunRecord>, cgroup: &ContainerCgroup, grace: Duration) {
+        cgroup.signal_all(nix::sys::signal::Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !cgroup.pids().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cg = cgroup.clone();
+        let killed = tokio::task::spawn_blocking(move || cg.kill_all()).await;
+        if let Ok(Err(e)) = killed {
+            tracing::error!(cgroup = cgroup.rel(), error = %e, "cannot empty cgroup");
+        }
+        if let Some(run) = run {
+            let _ = tokio::time::timeout(Duration::from_secs(5), wait_process(run.shim)).await;
+        }
+    }
+}
+
+/// Waits for a process that is not our child to exit, through a pidfd.
+async fn wait_process(id: ProcId) -> io::Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, id.pid, 0) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(err)
+        };
+    }
+    // SAFETY: fd is a freshly opened descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // The pid may have been reused between the record and the open.
+    if !id.is_alive() {
+        return Ok(());
+    }
+    // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open and
+    // unchanged until it is dropped.
+    let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? };
+    let _ready = afd.readable().await?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The riklet's side of the RIK worker protocol.
+//!
+//! `Register` opens the instruction stream; `SendStatusUpdates` carries,
+//! first, the RUNNING worker status RIK's scheduler waits for before it
+//! sends any work, then the full state of every pod, then each change as it
+//! happens and a heartbeat (node metrics and every pod) at a fixed interval.
+//! When the scheduler goes away the client reconnects with exponential
+//! back-off and jitter, and resends the full state once back.
+
+use std::time::Duration;
+
+use proto::common::WorkloadRequestKind;
+use proto::common::{
+    InstanceMetric, ResourceStatus, WorkerMetric, WorkerRegistration, WorkerStatus, worker_status,
+};
+use proto::worker::worker_client::WorkerClient;
+use rand::Rng;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use crate::agent::{AgentHandle, InstanceReport};
+use crate::metrics::node::NodeMonitor;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A session with the scheduler that ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("scheduler refused: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("scheduler closed the instruction stream")]
+    Closed,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub scheduler: String,
+    pub node: String,
+    /// `host:port` of this riklet's node API, sent with every status.
+    pub host_address: String,
+    pub heartbeat_interval: Duration,
+}
+
+/// Runs sessions with the scheduler until `shutdown`.
+pub async fn run(
+    settings: ClientSettings,
+    agent: AgentHandle,
+    mut reports: mpsc::UnboundedReceiver<InstanceReport>,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let mut monitor = NodeMonitor::new(&settings.node);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            _ = shutdown.recv() => return,
+            r = session(&settings, &agent, &mut reports, &mut monitor) => r,
+        };
+        if let Err(e) = result {
+            warn!(node = %settings.node, scheduler = %settings.scheduler, error = %e, "scheduler session ended");
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = BACKOFF_MIN;
+        }
+        let jitter = rand::rng().random_range(0.5..1.5);
+        let wait = backoff.mul_f64(jitter);
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn instance_status(node: &str, host_address: &str, r: InstanceReport) -> WorkerStatus {
+    WorkerStatus {
+        identifier: node.to_string(),
+        host_address: host_address.to_string(),
+        status: Some(worker_status::Status::Instance(InstanceMetric {
+            status: r.status as i32,
+            metrics: r.metrics,
+            instance_id: r.instance_id,
+        })),
+    }
+}
+
+async fn session(
+    settings: &ClientSettings,
+    agent: &AgentHandle,
+    reports: &mut mpsc::UnboundedReceiver<InstanceReport>,
+    monitor: &mut NodeMonitor,
+) -> Result<(), SessionError> {
+    let mut client = WorkerClient::connect(settings.scheduler.clone()).await?;
+    let mut instructions = client
+        .register(WorkerRegistration {
+            hostname: settings.node.clone(),
+        })
+        .await?
+        .into_inner();
+    let (tx, rx) = mpsc::channel::<WorkerStatus>(1024);
+    let mut status_client = client.clone();
+    let mut upload = tokio::spawn(async move {
+        status_client
+            .send_status_updates(ReceiverStream::new(rx))
+            .await
+    });
+    let node = settings.node.as_str();
+    let addr = settings.host_address.as_str();
+    let worker_status = |monitor: &mut NodeMonitor| WorkerStatus {
+        identifier: node.to_string(),
+        host_address: addr.to_string(),
+        status: Some(worker_status::Status::Worker(WorkerMetric {
+            status: ResourceStatus::Running as i32,
+            metrics: monitor.heartbeat().to_string(),
+        })),
+    };
+    let send = |s: WorkerStatus| {
+        let tx = tx.clone();
+        async move { tx.send(s).await.map_err(|_| SessionError::Closed) }
+    };
+    send(worker_status(monitor)).await?;
+    // Changes queued while away are superseded by the full state.
+    while reports.try_recv().is_ok() {}
+    for r in agent.reports().await {
+        send(instance_status(node, addr, r)).await?;
+    }
+    info!(node, scheduler = %settings.scheduler, "registered with scheduler");
+    let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            msg = instructions.next() => match msg {
+                None => return Err(SessionError::Closed),
+                Some(Err(status)) => return Err(status.into()),
+                Some(Ok(i)) => match WorkloadRequestKind::try_from(i.action) {
+                    Ok(WorkloadRequestKind::Create) => {
+                        info!(node, pod = %i.instance_id, "CREATE received");
+                        agent.create(i.instance_id, i.definition);
+                    }
+                    Ok(WorkloadRequestKind::Destroy) => {
+                        info!(node, pod = %i.instance_id, "DESTROY received");
+                        agent.destroy(i.instance_id);
+                    }
+                    Err(_) => warn!(node, pod = %i.instance_id, action = i.action, "unknown action ignored"),
+                },
+            },
+            Some(r) = reports.recv() => send(instance_status(node, addr, r)).await?,
+            _ = heartbeat.tick() => {
+                send(worker_status(monitor)).await?;
+                for r in agent.reports().await {
+                    send(instance_status(node, addr, r)).await?;
+                }
+            }
+            done = &mut upload => {
+                return match done {
+                    Ok(Err(status)) => Err(status.into()),
+                    _ => Err(SessionError::Closed),
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Runtime memory: what the riklet knows of every pod, on disk.
+//!
+//! One JSON file per pod under `<state-dir>/pods/`, replaced atomically
+//! (write a temporary file, fsync it, rename it over the old one, fsync the
+//! directory) on every change, so that a riklet killed at any instant comes
+//! back with a consistent view: the pod's spec, state, process identities
+//! (pid + start time, never the pid alone), restart count and timestamps.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use proto::common::ResourceStatus;
+use proto::manifest::AppManifest;
+use serde::{Deserialize, Serialize};
+
+/// A runtime-memory operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state file {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, StateError>;
+
+/// Lifecycle of a pod as the riklet sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Being set up, or waiting for a restart back-off.
+    Creating,
+    /// Every container runs.
+    Running,
+    /// A container ended in error and will not be restarted.
+    Failed,
+    /// Every container ended successfully and will not be restarted.
+    Completed,
+    /// Being stopped and cleaned up.
+    Destroying,
+}
+
+impl Phase {
+    /// The RIK status reported for this phase.
+    pub fn status(self) -> ResourceStatus {
+        match self {
+            Phase::Creating => ResourceStatus::Creating,
+            Phase::Running => ResourceStatus::Running,
+            Phase::Failed => ResourceStatus::Failed,
+            Phase::Completed => ResourceStatus::Terminated,
+            Phase::Destroying => ResourceStatus::Destroying,
+        }
+    }
+}
+
+/// Identity of a process: pid plus its start time in clock ticks since
+/// boot (`/proc/<pid>/stat` field 22), which a recycled pid cannot share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcId {
+    /// Reads the identity of a live process.
+    pub fn of(pid: i32) -> Option<ProcId> {
+        let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+        Some(ProcId {
+            pid,
+            start_time: stat.starttime,
+        })
+    }
+
+    /// Whether this very process (not a reuse of its pid) is still alive
+    /// and not a zombie.
+    pub fn is_alive(&self) -> bool {
+        match procfs::process::Process::new(self.pid).and_then(|p| p.stat()) {
+            Ok(stat) => stat.starttime == self.start_time && stat.state != 'Z',
+            Err(_) => false,
+        }
+    }
+}
+
+/// How a container process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Unix milliseconds.
+    pub finished_at: i64,
+    /// `Completed`, `Error`, `Killed` or `Lost` (the shim vanished).
+    pub reason: String,
+}
+
+impl ExitRecord {
+    /// Whether the process ended with status 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// The current process of a container and its shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub shim: ProcId,
+    pub process: ProcId,
+    /// Unix milliseconds.
+    pub started_at: i64,
+}
+
+/// What the riklet remembers of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub name: String,
+    pub restart_count: u32,
+    /// The process running now, if any.
+    pub run: Option<RunRecord>,
+    pub last_exit: Option<ExitRecord>,
+    /// Unix milliseconds at which the next restart is due (crash loop).
+    pub restart_at: Option<i64>,
+    /// Current crash-loop back-off, seconds.
+    pub backoff_secs: u64,
+}
+
+/// What the riklet remembers of one pod (one app instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub instance_id: String,
+    pub manifest: AppManifest,
+    pub phase: Phase,
+    /// Why the pod is in this phase, for users (`CrashLoopBackOff`, …).
+    pub reason: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub containers: Vec<ContainerRecord>,
+}
+
+impl PodRecord {
+    /// Restarts summed over containers (seed 004's `restartCount`).
+    pub fn restart_count(&self) -> u32 {
+        self.containers.iter().map(|c| c.restart_count).sum()
+    }
+}
+
+/// The on-disk store of pod records.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        let dir = state_dir.join("pods");
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Store { dir })
+    }
+
+    fn path(&self, instance_id: &str) -> PathBuf {
+        self.dir.join(format!("{instance_id}.json"))
+    }
+
+    /// Every pod record, sorted by instance id. Leftover temporary files of
+    /// an interrupted write are removed.
+    pub fn load_all(&self) -> Result<Vec<PodRecord>> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        let mut pods = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let path = entry.map_err(io(&self.dir))?.path();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("json") => {
+                    let text = fs::read_to_string(&path).map_err(io(&path))?;
+                    let pod =
+                        serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    pods.push(pod);
+                }
+                Some("tmp") => {
+                    let _ = fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
+        pods.sort_by(|a: &PodRecord, b| a.instance_id.cmp(&b.instance_id));
+        Ok(pods)
+    }
+
+    /// Writes a pod record atomically.
+    pub fn save(&self, pod: &PodRecord) -> Result<()> {
+        let path = self.path(&pod.instance_id);
+        let json = serde_json::to_vec_pretty(pod).expect("pod record serializes");
+        write_atomic(&path, &json).map_err(|source| StateError::Io { path, source })
+    }
+
+    /// Forgets a pod.
+    pub fn remove(&self, instance_id: &str) -> Result<()> {
+        let path = self.path(instance_id);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir).map_err(|source| StateError::Io { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+}
+
+/// Replaces `path` with `data` so that a crash leaves the old or the new
+/// content, never a mix.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(id: &str) -> PodRecord {
+        let manifest = proto::manifest::parse(
+            "kind: Pod\nname: app\nspec: {containers: [{name: c, exec: /bin/true}]}",
+        )
+        .unwrap();
+        PodRecord {
+            instance_id: id.into(),
+            manifest,
+            phase: Phase::Running,
+            reason: None,
+            created_at: 1,
+            updated_at: 2,
+            containers: vec![ContainerRecord {
+                name: "c".into(),
+                restart_count: 3,
+                run: Some(RunRecord {
+                    shim: ProcId {
+                        pid: 10,
+                        start_time: 5,
+                    },
+                    process: ProcId {
+                        pid: 11,
+                        start_time: 6,
+                    },
+                    started_at: 7,
+                }),
+                last_exit: None,
+                restart_at: None,
+                backoff_secs: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn save_load_remove_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save(&pod("b-1")).unwrap();
+        store.save(&pod("a-1")).unwrap();
+        fs::write(dir.path().join("pods/x.tmp"), b"half").unwrap();
+        let pods = store.load_all().unwrap();
+        assert_eq!(pods.len(), 2);
+        assert_eq!(pods[0], pod("a-1"));
+        assert_eq!(pods[0].restart_count(), 3);
+        assert!(!dir.path().join("pods/x.tmp").exists());
+        store.remove("a-1").unwrap();
+        store.remove("a-1").unwrap();
+        assert_eq!(store.load_all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_record_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fs::write(dir.path().join("pods/bad.json"), b"{").unwrap();
+        let err = store.load_all().unwrap_err().to_string();
+        assert!(err.contains("bad.json"), "{err}");
+    }
+
+    #[test]
+    fn identity_checks_start_time() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        let reused = ProcId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!reused.is_alive());
+    }
+}

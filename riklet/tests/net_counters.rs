@@ -1,0 +1,370 @@
+//! Root test of `riklet::metrics::net`: the real eBPF object, attached to a
+//! throw-away cgroup v2 directory, counting real TCP traffic of a child
+//! process over 127.0.0.1.
+//!
+//! Needs root, a cgroup v2 hierarchy, bpffs (mounted by the code under test
+//! if missing), `/usr/bin/socat`, and the object from
+//! `cargo xtask build-ebpf`. A missing prerequisite fails the test with a
+//! message saying what is missing.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Read as _, Write as _},
+    net::{Shutdown, TcpListener},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, PerCpuHashMap};
+use riklet::metrics::net::{CgroupTraffic, NetCounters, cgroup_id};
+use riklet_common::net::CGROUP_TRAFFIC_MAP;
+
+const SOCAT: &str = "/usr/bin/socat";
+const PAYLOAD: u64 = 1 << 20;
+const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[test]
+fn counts_tcp_traffic_of_a_child_cgroup_then_forgets_and_closes() {
+    let v2_root = prerequisites();
+    let cgroup_root = CgroupGuard::new(v2_root.join(unique("riklet-test-net")), &v2_root);
+    let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-net")));
+
+    let mut counters = NetCounters::load(cgroup_root.path(), pins.path())
+        .unwrap_or_else(|e| panic!("NetCounters::load: {}", chain(&e)));
+    assert!(
+        pins.path().join(CGROUP_TRAFFIC_MAP).exists(),
+        "map is not pinned at {}",
+        pins.path().join(CGROUP_TRAFFIC_MAP).display()
+    );
+
+    let pod = CgroupGuard::create(cgroup_root.path().join("pod"), &v2_root);
+    let pod_id = cgroup_id(pod.path()).expect("cgroup id of the pod cgroup");
+    assert_eq!(counters.read(pod_id).expect("read"), None);
+
+    let received = echo_one_mebibyte_from(pod.path());
+    assert_eq!(received, PAYLOAD, "the server received a short payload");
+
+    let traffic = counters
+        .read(pod_id)
+        .expect("read")
+        .expect("no counters for the pod cgroup");
+    println!("pod cgroup {pod_id}: {traffic:?}");
+    assert!(traffic.tx_bytes >= PAYLOAD, "tx_bytes: {traffic:?}");
+    assert!(traffic.rx_bytes >= PAYLOAD, "rx_bytes: {traffic:?}");
+    assert!(traffic.tx_packets > 0, "tx_packets: {traffic:?}");
+    assert!(traffic.rx_packets > 0, "rx_packets: {traffic:?}");
+
+    let all = counters.read_all().expect("read_all");
+    assert!(
+        all.iter().any(|&(id, t)| id == pod_id && t == traffic),
+        "read_all lacks {pod_id} => {traffic:?}: {all:?}"
+    );
+
+    counters.forget(pod_id).expect("forget");
+    assert_eq!(counters.read(pod_id).expect("read after forget"), None);
+    counters.forget(pod_id).expect("forgetting twice is fine");
+
+    counters.close().expect("close");
+    assert_no_pins(pins.path());
+}
+
+#[test]
+fn load_replaces_a_stale_pin_of_a_crashed_predecessor() {
+    let v2_root = prerequisites();
+    let cgroup_root = CgroupGuard::new(v2_root.join(unique("riklet-test-stale")), &v2_root);
+    let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-stale")));
+
+    // A first load mounts bpffs if needed; its close leaves nothing behind.
+    NetCounters::load(cgroup_root.path(), pins.path())
+        .unwrap_or_else(|e| panic!("first NetCounters::load: {}", chain(&e)))
+        .close()
+        .expect("close");
+    assert_no_pins(pins.path());
+
+    // What a crashed riklet leaves: a pinned map nobody holds.
+    fs::create_dir_all(pins.path()).expect("creating the pin dir");
+    let pin = pins.path().join(CGROUP_TRAFFIC_MAP);
+    PerCpuHashMap::<MapData, u64, CgroupTraffic>::create(4, 0)
+        .expect("creating a standalone map")
+        .pin(&pin)
+        .expect("pinning the stale map");
+
+    let counters = NetCounters::load(cgroup_root.path(), pins.path())
+        .unwrap_or_else(|e| panic!("NetCounters::load over a stale pin: {}", chain(&e)));
+    let pinned = MapData::from_pin(&pin).expect("opening the pin");
+    let info = pinned.info().expect("map info");
+    assert_eq!(
+        info.name_as_str(),
+        Some(CGROUP_TRAFFIC_MAP),
+        "the pin still holds the stale map"
+    );
+    drop(pinned);
+    // Drop, not close: it must clean up just the same.
+    drop(counters);
+    assert_no_pins(pins.path());
+}
+
+/// Panics naming the first missing prerequisite; returns the cgroup v2 root.
+fn prerequisites() -> PathBuf {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (cgroups, bpf, bpffs); run it as root"
+    );
+    let v2_root = cgroup2_mount().unwrap_or_else(|| {
+        panic!("no cgroup2 mount in /proc/self/mountinfo: this test needs the cgroup v2 hierarchy")
+    });
+    assert!(
+        Path::new(SOCAT).is_file(),
+        "{SOCAT} is missing: install socat (apt-get install socat)"
+    );
+    v2_root
+}
+
+/// The cgroup v2 mount point (/sys/fs/cgroup on pure v2 hosts,
+/// /sys/fs/cgroup/unified on hybrid ones).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(mount.split_whitespace().nth(4)?))
+    })
+}
+
+/// Runs `head -c 1MiB /dev/zero | socat - TCP:127.0.0.1:port` in `cgroup`
+/// against a server in this process that reads everything and sends 1 MiB
+/// back. Returns how much the server received.
+fn echo_one_mebibyte_from(cgroup: &Path) -> u64 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    let port = listener.local_addr().expect("local addr").port();
+    let server = thread::spawn(move || -> io::Result<u64> {
+        let (mut stream, _) = listener.accept()?;
+        let mut writer = stream.try_clone()?;
+        let sender = thread::spawn(move || -> io::Result<()> {
+            writer.write_all(&vec![b'x'; PAYLOAD as usize])?;
+            writer.shutdown(Shutdown::Write)
+        });
+        let received = io::copy(&mut stream, &mut io::sink())?;
+        sender.join().expect("sender thread panicked")?;
+        Ok(received)
+    });
+
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("opening {}/cgroup.procs: {e}", cgroup.display()));
+    let script =
+        format!("head -c {PAYLOAD} /dev/zero | {SOCAT} -t 30 - TCP:127.0.0.1:{port} > /dev/null");
+    let mut command = Command::new("/bin/sh");
+    command
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    let procs_fd = procs.as_raw_fd();
+    // SAFETY: the closure only calls write(2), which is async-signal-safe,
+    // on a descriptor opened before the fork. "0" moves the writing process
+    // (the forked child) into the cgroup before it execs, so every socket it
+    // and its children create belongs to that cgroup.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    let child = ChildGuard(Some(command.spawn().expect("spawning sh/socat")));
+    drop(procs);
+    let output = child.wait(CHILD_TIMEOUT);
+    assert!(
+        output.0.success(),
+        "socat failed ({}): {}",
+        output.0,
+        output.1
+    );
+    server
+        .join()
+        .expect("server thread panicked")
+        .expect("server I/O")
+}
+
+fn assert_no_pins(pin_dir: &Path) {
+    match fs::read_dir(pin_dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => panic!("reading {}: {e}", pin_dir.display()),
+        Ok(entries) => {
+            let left: Vec<_> = entries.map(|e| e.map(|e| e.file_name())).collect();
+            assert!(
+                left.is_empty(),
+                "pins left in {}: {left:?}",
+                pin_dir.display()
+            );
+        }
+    }
+}
+
+/// A name no other test run uses: prefix, pid, time and a counter.
+fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A cgroup v2 directory removed on drop, even when the test panics: its
+/// processes are moved back to the hierarchy's root first, its child
+/// cgroups removed before it.
+struct CgroupGuard {
+    path: PathBuf,
+    v2_root: PathBuf,
+}
+
+impl CgroupGuard {
+    /// Guards a path that someone else (the code under test) creates.
+    fn new(path: PathBuf, v2_root: &Path) -> Self {
+        assert!(!path.exists(), "{} already exists", path.display());
+        Self {
+            path,
+            v2_root: v2_root.to_owned(),
+        }
+    }
+
+    /// Creates the directory and guards it.
+    fn create(path: PathBuf, v2_root: &Path) -> Self {
+        let guard = Self::new(path, v2_root);
+        fs::create_dir(&guard.path)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", guard.path.display()));
+        guard
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if !self.path.exists() {
+            return;
+        }
+        if let Err(e) = remove_cgroup(&self.path, &self.v2_root) {
+            eprintln!("cleanup: removing cgroup {}: {e}", self.path.display());
+        }
+    }
+}
+
+fn remove_cgroup(path: &Path, v2_root: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_cgroup(&entry.path(), v2_root)?;
+        }
+    }
+    let procs = fs::read_to_string(path.join("cgroup.procs"))?;
+    let mut root_procs = File::options()
+        .write(true)
+        .open(v2_root.join("cgroup.procs"))?;
+    for pid in procs.lines() {
+        // One pid per write(2); a process that exited meanwhile is fine.
+        let _ = root_procs.write_all(pid.as_bytes());
+    }
+    // A process that just exited may keep the cgroup busy for a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A bpffs directory whose entries (pins) and itself are removed on drop.
+struct PinDirGuard(PathBuf);
+
+impl PinDirGuard {
+    fn new(path: PathBuf) -> Self {
+        assert!(!path.exists(), "{} already exists", path.display());
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinDirGuard {
+    fn drop(&mut self) {
+        let Ok(entries) = fs::read_dir(&self.0) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                eprintln!("cleanup: removing pin {}: {e}", entry.path().display());
+            }
+        }
+        if let Err(e) = fs::remove_dir(&self.0) {
+            eprintln!("cleanup: removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// Waits up to `timeout`; returns the exit status and stderr.
+    fn wait(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        let child = self.0.as_mut().expect("child present until dropped");
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the child") {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                self.0 = None;
+                return (status, stderr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child did not finish within {timeout:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

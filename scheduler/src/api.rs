@@ -1,0 +1,315 @@
+//! `rik.v1.Rik`: the API the `rik` CLI talks to.
+//!
+//! Wire ⇄ domain conversions live here; the operations are in
+//! [`crate::cluster`]. `Logs` connects to each instance's node API
+//! (`NodeLogs`, at the `host_address` the riklet reported) and forwards the
+//! chunks.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use proto::common::ResourceStatus;
+use proto::rik::v1::node_logs_client::NodeLogsClient;
+use proto::rik::v1::rik_server::Rik;
+use proto::rik::v1::{
+    App, ApplyRequest, ApplyResponse, DeleteAppRequest, DeleteAppResponse, GetAppRequest, Instance,
+    ListAppsRequest, ListAppsResponse, ListNodesRequest, ListNodesResponse, LogChunk, LogsRequest,
+    Node, NodeLogsRequest,
+};
+use tokio::sync::watch;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::cluster::{Cluster, ClusterError, unix_secs};
+use crate::store::{AppRecord, Data};
+
+/// How long to wait for a node's API to accept a connection / answer.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `rik.v1.Rik` service.
+#[derive(Debug, Clone)]
+pub struct RikService {
+    cluster: Arc<Cluster>,
+    /// Becomes true at shutdown: followed log streams end.
+    stop: watch::Receiver<bool>,
+}
+
+impl RikService {
+    pub fn new(cluster: Arc<Cluster>, stop: watch::Receiver<bool>) -> Self {
+        Self { cluster, stop }
+    }
+}
+
+impl From<ClusterError> for Status {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::InvalidManifest(_) => Status::invalid_argument(e.to_string()),
+            ClusterError::AppNotFound(_) => Status::not_found(e.to_string()),
+            ClusterError::Store(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// The aggregated status of an app: FAILED if any instance failed, RUNNING
+/// if all run, CREATING if any is being created, else PENDING.
+pub fn app_status(statuses: &[ResourceStatus]) -> &'static str {
+    use ResourceStatus::*;
+    if statuses.contains(&Failed) {
+        "FAILED"
+    } else if !statuses.is_empty() && statuses.iter().all(|s| *s == Running) {
+        "RUNNING"
+    } else if statuses.contains(&Creating) {
+        "CREATING"
+    } else {
+        "PENDING"
+    }
+}
+
+fn app_to_wire(name: &str, record: &AppRecord, data: &Data) -> App {
+    let instances: Vec<Instance> = data
+        .instances_of(name)
+        .map(|(id, i)| Instance {
+            instance_id: id.clone(),
+            node: i.node.clone().unwrap_or_default(),
+            status: proto::status::name(i.status).to_string(),
+            metrics: i.metrics.clone(),
+            updated_at: i.updated_at,
+        })
+        .collect();
+    let statuses: Vec<ResourceStatus> = data.instances_of(name).map(|(_, i)| i.status).collect();
+    App {
+        name: name.to_string(),
+        replicas: record.manifest.replicas,
+        definition: record.manifest.to_definition(),
+        created_at: record.created_at,
+        instances,
+        status: app_status(&statuses).to_string(),
+    }
+}
+
+/// A log stream forwarded to the CLI.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+/// Where to fetch one instance's logs.
+struct LogSource {
+    instance_id: String,
+    node: String,
+    address: String,
+}
+
+async fn open_node_logs(
+    source: &LogSource,
+    tail: u32,
+    follow: bool,
+    container: &str,
+) -> Result<LogStream, Status> {
+    let LogSource {
+        instance_id,
+        node,
+        address,
+    } = source;
+    if address.is_empty() {
+        return Err(Status::unavailable(format!(
+            "node {node} (instance {instance_id}) has not reported its node API address, \
+             its logs cannot be fetched"
+        )));
+    }
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Status::unavailable(format!(
+            "node {node} (instance {instance_id}) is unreachable at {address}: {e}"
+        ))
+    };
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| unreachable(&e))?
+        .connect_timeout(NODE_CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let request = NodeLogsRequest {
+        instance_id: instance_id.clone(),
+        tail,
+        follow,
+        container: container.to_string(),
+    };
+    let response = tokio::time::timeout(
+        NODE_CALL_TIMEOUT,
+        NodeLogsClient::new(channel).logs(request),
+    )
+    .await
+    .map_err(|_| unreachable(&"no answer"))?
+    .map_err(|s| Status::new(s.code(), format!("node {node}: {}", s.message())))?;
+    let id = instance_id.clone();
+    Ok(response
+        .into_inner()
+        .map(move |chunk| {
+            chunk.map(|mut c| {
+                if c.instance_id.is_empty() {
+                    c.instance_id = id.clone();
+                }
+                c
+            })
+        })
+        .boxed())
+}
+
+#[tonic::async_trait]
+impl Rik for RikService {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let manifest = request.into_inner().manifest;
+        let outcome = self.cluster.lock().await.apply(&manifest)?;
+        info!(app = %outcome.name, result = outcome.result.as_str(), "apply");
+        Ok(Response::new(ApplyResponse {
+            name: outcome.name,
+            result: outcome.result.as_str().to_string(),
+            instance_ids: outcome.instance_ids,
+        }))
+    }
+
+    async fn list_apps(
+        &self,
+        _request: Request<ListAppsRequest>,
+    ) -> Result<Response<ListAppsResponse>, Status> {
+        let state = self.cluster.lock().await;
+        let data = state.store().data();
+        let apps = data
+            .apps
+            .iter()
+            .map(|(name, record)| app_to_wire(name, record, data))
+            .collect();
+        Ok(Response::new(ListAppsResponse { apps }))
+    }
+
+    async fn get_app(&self, request: Request<GetAppRequest>) -> Result<Response<App>, Status> {
+        let name = request.into_inner().name;
+        let state = self.cluster.lock().await;
+        let data = state.store().data();
+        let record = data
+            .apps
+            .get(&name)
+            .ok_or_else(|| ClusterError::AppNotFound(name.clone()))?;
+        Ok(Response::new(app_to_wire(&name, record, data)))
+    }
+
+    async fn delete_app(
+        &self,
+        request: Request<DeleteAppRequest>,
+    ) -> Result<Response<DeleteAppResponse>, Status> {
+        let name = request.into_inner().name;
+        let nodes = self.cluster.lock().await.delete(&name)?;
+        Ok(Response::new(DeleteAppResponse { name, nodes }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let state = self.cluster.lock().await;
+        let data = state.store().data();
+        let nodes = state
+            .nodes()
+            .iter()
+            .map(|n| Node {
+                name: n.name.clone(),
+                ready: n.ready,
+                metrics: n.metrics.clone(),
+                last_seen: unix_secs(n.last_seen),
+                host_address: n.host_address.clone(),
+                instances: u32::try_from(data.count_on(&n.name)).unwrap_or(u32::MAX),
+            })
+            .collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let LogsRequest {
+            app,
+            tail,
+            follow,
+            container,
+        } = request.into_inner();
+        let sources: Vec<LogSource> = {
+            let state = self.cluster.lock().await;
+            let data = state.store().data();
+            let record = data
+                .apps
+                .get(&app)
+                .ok_or_else(|| ClusterError::AppNotFound(app.clone()))?;
+            if !container.is_empty()
+                && !record
+                    .manifest
+                    .spec
+                    .containers
+                    .iter()
+                    .any(|c| c.name == container)
+            {
+                return Err(Status::not_found(format!(
+                    "container {container} not found in app {app}"
+                )));
+            }
+            data.instances_of(&app)
+                .filter_map(|(id, i)| {
+                    let node = i.node.as_ref()?;
+                    Some(LogSource {
+                        instance_id: id.clone(),
+                        node: node.clone(),
+                        address: state
+                            .nodes()
+                            .get(node)
+                            .map(|n| n.host_address.clone())
+                            .unwrap_or_default(),
+                    })
+                })
+                .collect()
+        };
+        if sources.is_empty() {
+            return Err(Status::unavailable(format!(
+                "app {app} has no instance placed on a node yet"
+            )));
+        }
+        let mut streams = Vec::with_capacity(sources.len());
+        for source in &sources {
+            match open_node_logs(source, tail, follow, &container).await {
+                Ok(s) => streams.push(s),
+                Err(status) => {
+                    warn!(app = %app, node = %source.node, instance = %source.instance_id,
+                        error = %status.message(), "cannot fetch logs");
+                    return Err(status);
+                }
+            }
+        }
+        // Followed logs interleave as they come; a one-off read gives each
+        // instance's lines in one block.
+        let merged: LogStream = if follow {
+            futures::stream::select_all(streams).boxed()
+        } else {
+            futures::stream::iter(streams).flatten().boxed()
+        };
+        let stopped = crate::stopped(self.stop.clone());
+        Ok(Response::new(merged.take_until(stopped).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_status_aggregation() {
+        use ResourceStatus::*;
+        assert_eq!(app_status(&[Running, Failed, Creating]), "FAILED");
+        assert_eq!(app_status(&[Running, Running]), "RUNNING");
+        assert_eq!(app_status(&[Running, Creating, Pending]), "CREATING");
+        assert_eq!(app_status(&[Running, Pending]), "PENDING");
+        assert_eq!(app_status(&[Terminated]), "PENDING");
+        assert_eq!(app_status(&[]), "PENDING");
+    }
+}
