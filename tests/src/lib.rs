@@ -1,1 +1,385 @@
-//! End-to-end tests live in `tests/*.rs`; run them with `cargo test -p riklet-e2e` as root.
+//! Harness of the end-to-end tests: real `rik-scheduler`, `riklet` and
+//! `rik` processes on this machine, against the real kernel, cgroups and
+//! eBPF. Everything a test starts is isolated (own ports, state dir, cgroup
+//! root, bpffs pin dir, log dir, node name) and removed by [`Cluster`]'s
+//! `Drop`, also when the test panics.
+//!
+//! Tests need root; a missing prerequisite fails them with a message.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Builds the binaries once per test process and returns their directory.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "-p", "riklet", "-p", "scheduler", "-p", "rik"])
+            .status()
+            .expect("running cargo build for the binaries under test");
+        assert!(
+            status.success(),
+            "cargo build of riklet, rik-scheduler and rik failed"
+        );
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        target.join("debug")
+    })
+}
+
+/// Fails the test unless it runs as root with a cgroup v2 hierarchy.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests need root (real cgroups, eBPF, shims running as nobody)"
+    );
+    assert!(
+        Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
+            || Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        "no cgroup v2 hierarchy mounted"
+    );
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox missing: run `cargo xtask setup` (busybox-static)"
+    );
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `f` until it returns `Some`, or panics naming `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How the scheduler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `riklet --standalone`.
+    Standalone,
+    /// A separate `rik-scheduler` process.
+    Separate,
+}
+
+/// A one-node cluster and everything it created.
+pub struct Cluster {
+    pub mode: Mode,
+    pub dir: tempfile::TempDir,
+    pub node: String,
+    pub cgroup_root: String,
+    pub pin_dir: PathBuf,
+    pub scheduler_port: u16,
+    riklet: Option<Child>,
+    scheduler: Option<Child>,
+}
+
+impl Cluster {
+    /// Starts a cluster and waits until its node is ready.
+    pub fn start(mode: Mode) -> Cluster {
+        require_root();
+        bin_dir();
+        let name = unique("e2e");
+        let dir = tempfile::Builder::new()
+            .prefix("riklet-e2e")
+            .tempdir()
+            .expect("tempdir");
+        let scheduler_port = free_port();
+        let cluster = Cluster {
+            mode,
+            node: name.clone(),
+            cgroup_root: format!("riklet-{name}"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/riklet-{name}")),
+            scheduler_port,
+            dir,
+            riklet: None,
+            scheduler: None,
+        };
+        let config = format!(
+            "node_name = \"{node}\"\nstandalone_listen = \"127.0.0.1:{port}\"\nscheduler = \"http://127.0.0.1:{port}\"\n\
+             log_dir = \"{logs}\"\ncgroup_root = \"{cg}\"\nbpf_pin_dir = \"{pins}\"\napi_listen = \"127.0.0.1:0\"\n\
+             heartbeat_interval = \"1s\"\nstop_grace_period = \"3s\"\nrestart_backoff_initial = \"1s\"\n",
+            node = cluster.node,
+            port = scheduler_port,
+            logs = cluster.log_dir().display(),
+            cg = cluster.cgroup_root,
+            pins = cluster.pin_dir.display(),
+        );
+        std::fs::write(cluster.dir.path().join("riklet.toml"), config).expect("write config");
+        let mut cluster = cluster;
+        if mode == Mode::Separate {
+            cluster.start_scheduler();
+        }
+        cluster.start_riklet();
+        cluster.wait_node_ready();
+        cluster
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(name))
+            .expect("log file")
+    }
+
+    /// Starts (or restarts) the riklet process.
+    pub fn start_riklet(&mut self) {
+        let mut cmd = Command::new(bin_dir().join("riklet"));
+        cmd.arg("--config").arg(self.dir.path().join("riklet.toml"));
+        cmd.arg("--state-dir").arg(self.state_dir());
+        if self.mode == Mode::Standalone {
+            cmd.arg("--standalone");
+        }
+        let log = self.log_file("riklet.log");
+        cmd.stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .stdin(Stdio::null());
+        self.riklet = Some(cmd.spawn().expect("start riklet"));
+    }
+
+    /// `kill -9` the riklet (its pods must survive).
+    pub fn kill_riklet(&mut self) {
+        if let Some(mut c) = self.riklet.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts (or restarts) the separate scheduler on the same port and state.
+    pub fn start_scheduler(&mut self) {
+        let log = self.log_file("scheduler.log");
+        let child = Command::new(bin_dir().join("rik-scheduler"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.scheduler_port))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("scheduler"))
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start rik-scheduler");
+        self.scheduler = Some(child);
+    }
+
+    /// Stops the separate scheduler (SIGKILL).
+    pub fn kill_scheduler(&mut self) {
+        if let Some(mut c) = self.scheduler.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `rik` against this cluster.
+    pub fn rik(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("rik"))
+            .arg("--scheduler")
+            .arg(format!("http://127.0.0.1:{}", self.scheduler_port))
+            .args(args)
+            .output()
+            .expect("run rik")
+    }
+
+    /// Runs `rik` and returns stdout, panicking with stderr on failure.
+    pub fn rik_ok(&self, args: &[&str]) -> String {
+        let out = self.rik(args);
+        assert!(
+            out.status.success(),
+            "rik {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Applies a manifest given as text.
+    pub fn apply(&self, manifest: &str, wait: bool) -> Output {
+        let path = self.dir.path().join(format!("{}.yaml", unique("manifest")));
+        std::fs::write(&path, manifest).expect("write manifest");
+        let p = path.to_str().expect("utf-8");
+        let mut args = vec!["apply", "-f", p];
+        if wait {
+            args.extend(["--wait", "--timeout", "30s"]);
+        }
+        self.rik(&args)
+    }
+
+    /// `rik get app NAME -o json` (one replica: the realtime app object).
+    pub fn app(&self, name: &str) -> Value {
+        serde_json::from_str(&self.rik_ok(&["get", "app", name, "-o", "json"])).expect("app JSON")
+    }
+
+    /// `riklet pods` of this node.
+    pub fn local_pods(&self) -> Value {
+        let out = Command::new(bin_dir().join("riklet"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("pods")
+            .output()
+            .expect("riklet pods");
+        assert!(
+            out.status.success(),
+            "riklet pods: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("pods JSON")
+    }
+
+    pub fn wait_node_ready(&self) {
+        wait_for(Duration::from_secs(30), "the node to be ready", || {
+            let out = self.rik(&["get", "nodes", "-o", "json"]);
+            let nodes: Value = serde_json::from_slice(&out.stdout).ok()?;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["ready"] == true && n["id"] == self.node.as_str())
+                .then_some(())
+        })
+    }
+
+    /// The app's state and its first container's pid once `pred` holds.
+    pub fn wait_app(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(Duration::from_secs(40), what, || {
+            let out = self.rik(&["get", "app", name, "-o", "json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            pred(&v).then_some(v)
+        })
+    }
+
+    /// Cgroup directories of a pod container in every hierarchy.
+    pub fn cgroup_dirs(&self, instance: &str, container: &str) -> Vec<PathBuf> {
+        let rel = format!("{}/{instance}_{container}", self.cgroup_root);
+        let mut dirs: Vec<PathBuf> = ["cpu", "cpuacct", "memory", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c))
+            .filter(|m| m.exists())
+            .map(|m| m.join(&rel))
+            .collect();
+        let v2 = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+            Path::new("/sys/fs/cgroup/unified")
+        } else {
+            Path::new("/sys/fs/cgroup")
+        };
+        dirs.push(v2.join(&rel));
+        dirs
+    }
+
+    fn cleanup_cgroups(&self) {
+        let mounts = ["unified", "cpu", "cpuacct", "memory", "pids", ""];
+        for m in mounts {
+            let root = Path::new("/sys/fs/cgroup").join(m).join(&self.cgroup_root);
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if !p.is_dir() {
+                    continue;
+                }
+                if let Ok(procs) = std::fs::read_to_string(p.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                for _ in 0..50 {
+                    if std::fs::remove_dir(&p).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = std::fs::remove_dir(&root);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_riklet();
+        self.kill_scheduler();
+        self.cleanup_cgroups();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// A minimal HTTP GET to loopback; returns the status line and body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+/// A bare-process web server app listening on `port`.
+pub fn http_app(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nname: {name}\nreplicas: 1\nspec:\n  containers:\n    - name: httpd\n      \
+         exec: /bin/busybox\n      args: [httpd, -f, -vv, -p, \"127.0.0.1:{port}\", -h, /usr/share/doc/busybox-static]\n      \
+         ports: {{port: {port}, target_port: {port}}}\n      resources: {{cpu: 500m, memory: 32Mi}}\n"
+    )
+}
+
+/// Whether a process is alive (not a zombie).
+pub fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}

@@ -7,7 +7,7 @@
 //! cgroup v2 id. A pod's cgroup id is the inode number of its cgroup v2
 //! directory ([`cgroup_id`]); [`NetCounters::read`] sums the per-CPU values.
 //!
-//! The map is pinned under the pin directory (default [`DEFAULT_PIN_DIR`]) so
+//! The map is pinned under the pin directory (default [`crate::config::paths::BPF_PIN_DIR`]) so
 //! that operators can look at it with `bpftool map dump pinned …`. The links
 //! are deliberately not pinned: if the riklet dies, the kernel detaches the
 //! programs with the last file descriptor instead of leaving them counting
@@ -45,10 +45,6 @@ use nix::{
 pub use riklet_common::net::CgroupTraffic;
 use riklet_common::net::{CGROUP_TRAFFIC_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM};
 use tracing::{debug, warn};
-
-/// Where [`NetCounters`] pins its map unless told otherwise: riklet's own
-/// directory on the bpffs at [`BPFFS_MOUNT`].
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/riklet";
 
 /// The conventional bpffs mount point; mounted by [`NetCounters::load`] if a
 /// pin directory below it is not on a bpffs yet.
