@@ -101,9 +101,31 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
             .is_some_and(|s| s == "stdout" || s == "stderr")
     }));
 
+    // The control socket is for root only.
+    let socket =
+        std::fs::metadata(cluster.state_dir().join("riklet.sock")).expect("control socket");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&socket.permissions()) & 0o777,
+        0o600
+    );
+
     // kill -9 of the riklet: the pod survives, is adopted, not restarted.
     cluster.kill_riklet();
     assert!(alive(pid), "the app died with the riklet");
+    // Meanwhile, leftovers nobody owns: a cgroup with a process in it and a
+    // run directory. The next riklet must remove both.
+    let ghost_cgroups = cluster.cgroup_dirs("ghost-x1", "c");
+    let mut ghost = std::process::Command::new("/bin/busybox")
+        .args(["sleep", "300"])
+        .spawn()
+        .expect("ghost");
+    for dir in &ghost_cgroups {
+        std::fs::create_dir_all(dir).expect("ghost cgroup");
+        std::fs::write(dir.join("cgroup.procs"), ghost.id().to_string())
+            .expect("ghost into cgroup");
+    }
+    let ghost_run = cluster.state_dir().join("run/ghost-x1/c");
+    std::fs::create_dir_all(&ghost_run).expect("ghost run dir");
     cluster.start_riklet();
     cluster.wait_node_ready();
     let app = cluster.wait_app("web", "RUNNING after the riklet restart", |a| {
@@ -112,6 +134,19 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
     assert_eq!(pid_of(&app), pid, "the app was restarted: {app:#}");
     assert_eq!(app["restartCount"], 0, "{app:#}");
     assert!(http_get(port, "/copyright").is_ok());
+    let ghost_status = wait_for(
+        Duration::from_secs(10),
+        "the orphan process to be killed",
+        || ghost.try_wait().ok().flatten(),
+    );
+    assert!(!ghost_status.success(), "orphan exited by itself?");
+    for dir in &ghost_cgroups {
+        assert!(!dir.exists(), "orphan cgroup {} not removed", dir.display());
+    }
+    assert!(
+        !cluster.state_dir().join("run/ghost-x1").exists(),
+        "orphan run dir not removed"
+    );
 
     // The app crashes: restarted per policy (Always), restartCount 1.
     nix::sys::signal::kill(

@@ -6,8 +6,8 @@ use proto::rik::v1::{LogChunk, LogsRequest};
 
 use super::Scheduler;
 
-/// Prints the logs of an app's instances (CRI log lines, as the riklets
-/// store them).
+/// Prints the logs of an app's instances: the containers' output, like
+/// `kubectl logs` (`--raw` for the CRI lines as the riklets store them).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The app (`NAME` or `app/NAME`).
@@ -24,6 +24,9 @@ pub struct Args {
     /// Prefix each line with `[instance/container]`.
     #[arg(long)]
     prefix: bool,
+    /// Print the stored CRI lines (`<time> <stream> <F|P> <text>`) as they are.
+    #[arg(long)]
+    raw: bool,
 }
 
 /// Runs `rik logs`: chunks go to `out` as they arrive.
@@ -41,7 +44,10 @@ pub async fn run(args: Args, scheduler: &mut Scheduler, out: &mut dyn Write) -> 
         container: args.container.unwrap_or_default(),
     };
     let mut stream = scheduler.logs(request).await?;
-    while let Some(chunk) = stream.next().await? {
+    while let Some(mut chunk) = stream.next().await? {
+        if !args.raw {
+            chunk.data = decode_cri(&chunk.data);
+        }
         if args.prefix {
             out.write_all(&prefixed(&chunk))?;
         } else {
@@ -50,6 +56,28 @@ pub async fn run(args: Args, scheduler: &mut Scheduler, out: &mut dyn Write) -> 
         out.flush()?;
     }
     Ok(())
+}
+
+/// The text of CRI log lines: the time, stream and tag are dropped, and a
+/// record tagged `P` (a long line cut in parts) is joined with the next.
+/// A line that is not in the CRI format is kept as it is.
+fn decode_cri(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for line in data.split_inclusive(|b| *b == b'\n') {
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        let mut fields = body.splitn(4, |b| *b == b' ');
+        let (_time, stream, tag) = (fields.next(), fields.next(), fields.next());
+        let text = fields.next().unwrap_or(b"");
+        match (stream, tag) {
+            (Some(b"stdout" | b"stderr"), Some(b"P")) => out.extend_from_slice(text),
+            (Some(b"stdout" | b"stderr"), Some(b"F")) => {
+                out.extend_from_slice(text);
+                out.push(b'\n');
+            }
+            _ => out.extend_from_slice(line),
+        }
+    }
+    out
 }
 
 /// The chunk's lines, each prefixed with `[instance/container] `.
@@ -75,5 +103,15 @@ mod tests {
             data: b"a\nb\n".to_vec(),
         };
         assert_eq!(prefixed(&chunk), b"[web-1/c] a\n[web-1/c] b\n");
+    }
+
+    #[test]
+    fn decodes_cri_lines_and_joins_partials() {
+        let data = b"2026-01-01T00:00:00.1Z stdout F hello world\n\
+2026-01-01T00:00:00.2Z stderr P abc\n\
+2026-01-01T00:00:00.3Z stderr F def\n\
+2026-01-01T00:00:00.4Z stdout F \n\
+not cri\n";
+        assert_eq!(decode_cri(data), b"hello world\nabcdef\n\nnot cri\n");
     }
 }
