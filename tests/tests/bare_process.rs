@@ -96,7 +96,7 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
         .join("httpd/0.log");
     let text = std::fs::read_to_string(&file).expect("CRI log file");
     assert!(text.lines().all(|l| {
-        l.splitn(4, ' ')
+        l.split(' ')
             .nth(1)
             .is_some_and(|s| s == "stdout" || s == "stderr")
     }));
