@@ -76,6 +76,7 @@ pub struct Port {
 
 /// An environment variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EnvVar {
     pub name: String,
     pub value: String,
@@ -83,6 +84,7 @@ pub struct EnvVar {
 
 /// Resource limits, as written and as parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
@@ -231,7 +233,14 @@ fn from_value<T: serde::de::DeserializeOwned>(
         let msg = e.to_string();
         match msg.split_once(": ") {
             Some((path, reason)) if !path.contains(' ') => field_err(path, reason),
-            _ => ManifestError::Syntax(msg),
+            // A top-level unknown field comes without a path.
+            _ => match msg
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split_once('`'))
+            {
+                Some((field, _)) => field_err(field, msg.clone()),
+                None => ManifestError::Syntax(msg),
+            },
         }
     })
 }
@@ -261,6 +270,46 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ManifestError> {
         ));
     }
     Ok(())
+}
+
+/// Validates an instance id (`<app>-<suffix>`, or RIK's `word-word-1234`):
+/// lower-case letters, digits and '-', at most 128 characters, so that it
+/// is safe in paths and cgroup names.
+pub fn validate_instance_id(id: &str) -> Result<(), ManifestError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(field_err(
+            "instance_id",
+            format!("{id:?} is not a valid instance id ([a-z0-9-], at most 128 characters)"),
+        ))
+    }
+}
+
+/// Validates a node name: a DNS-1123 subdomain (labels joined by dots, at
+/// most 253 characters), the form hostnames take.
+pub fn validate_node_name(field: &str, name: &str) -> Result<(), ManifestError> {
+    if name.len() > 253 {
+        return Err(field_err(
+            field,
+            format!("{} characters, at most 253 allowed", name.len()),
+        ));
+    }
+    name.split('.')
+        .try_for_each(|label| validate_name(field, label))
+        .map_err(|_| {
+            field_err(
+                field,
+                format!("{name:?} is not a DNS-1123 subdomain (e.g. node-1.example.com)"),
+            )
+        })
 }
 
 fn validate(m: &AppManifest) -> Result<(), ManifestError> {
@@ -809,6 +858,35 @@ spec:
             parse("kind: [unclosed"),
             Err(ManifestError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        assert_eq!(
+            field_of(parse(
+                "kind: Pod\nname: a\nreplica: 2\nspec: {containers: [{name: c, exec: /bin/true}]}"
+            )),
+            "replica"
+        );
+        let doc = with_container("      exec: /bin/true\n      resources: {cpus: 1}\n");
+        assert!(
+            matches!(parse(&doc), Err(ManifestError::Field { .. })),
+            "{:?}",
+            parse(&doc)
+        );
+    }
+
+    #[test]
+    fn instance_ids_and_node_names() {
+        assert!(validate_instance_id("opposite-join-5857").is_ok());
+        assert!(validate_instance_id(&format!("{}-abcde", "a".repeat(63))).is_ok());
+        for bad in ["../../etc", "a/b", "A", "", "-a"] {
+            assert!(validate_instance_id(bad).is_err(), "{bad}");
+        }
+        assert!(validate_node_name("node", "node-1.example.com").is_ok());
+        for bad in ["node..x", "Node", ".x", "a_b"] {
+            assert!(validate_node_name("node", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -226,7 +226,7 @@ impl Agent {
             status: ResourceStatus::Failed,
             metrics: json!({"appId": instance_id, "state": "FAILED", "reason": reason}).to_string(),
         };
-        if let Err(e) = manifest::validate_name("instance_id", &instance_id) {
+        if let Err(e) = manifest::validate_instance_id(&instance_id) {
             warn!(pod = %instance_id, error = %e, "refused instance");
             let _ = self.reports.send(refuse(e.to_string()));
             return;
@@ -337,15 +337,17 @@ impl Agent {
             }
             Err(reason) => {
                 warn!(pod = instance_id, container = name, %reason, "container failed to start");
-                if let Some(pod) = self.pods.get_mut(instance_id) {
-                    pod.reason = Some(reason);
-                }
-                let exit = ExitRecord {
-                    exit_code: Some(128),
-                    signal: None,
-                    finished_at: now_ms(),
-                    reason: "StartError".into(),
-                };
+                // The shim records why exec failed (exit code 126/127).
+                let exit = self
+                    .runtime
+                    .read_exit(instance_id, name)
+                    .unwrap_or(ExitRecord {
+                        exit_code: None,
+                        signal: None,
+                        finished_at: now_ms(),
+                        reason: "StartError".into(),
+                        message: Some(reason),
+                    });
                 self.after_exit(instance_id, name, exit);
             }
         }
@@ -485,33 +487,12 @@ impl Agent {
         if pod.phase == Phase::Destroying {
             return;
         }
-        let all_running = pod.containers.iter().all(|c| c.run.is_some());
-        let any_waiting = pod.containers.iter().any(|c| c.restart_at.is_some());
-        let finished: Vec<&ExitRecord> = pod
-            .containers
-            .iter()
-            .filter(|c| c.run.is_none() && c.restart_at.is_none())
-            .filter_map(|c| c.last_exit.as_ref())
-            .collect();
-        let (phase, reason) = if all_running {
-            (Phase::Running, None)
-        } else if any_waiting {
-            (Phase::Creating, Some("CrashLoopBackOff".to_string()))
-        } else if finished.len() == pod.containers.len() && finished.iter().all(|e| e.success()) {
-            (Phase::Completed, Some("Completed".to_string()))
-        } else if !finished.is_empty() {
-            let why = pod.reason.clone().filter(|_| pod.phase == Phase::Creating);
-            (Phase::Failed, why.or_else(|| Some("Error".to_string())))
-        } else {
-            (Phase::Creating, None)
-        };
+        let (phase, reason) = pod_phase(&pod.containers);
         if pod.phase != phase {
             info!(pod = instance_id, from = ?pod.phase, to = ?phase, "pod phase");
         }
         pod.phase = phase;
-        if phase == Phase::Running || reason.is_some() {
-            pod.reason = reason;
-        }
+        pod.reason = reason;
         self.commit(instance_id);
     }
 
@@ -688,6 +669,7 @@ impl Agent {
                     signal: None,
                     finished_at: now_ms(),
                     reason: "Lost".into(),
+                    message: Some("the shim died while the riklet was away".into()),
                 };
                 self.after_exit(id, name, exit);
             }
@@ -787,7 +769,13 @@ impl Agent {
                     "pid": c.run.as_ref().map(|r| r.process.pid),
                     "startedAt": c.run.as_ref().map(|r| r.started_at / 1000),
                     "restartCount": c.restart_count,
-                    "lastExit": c.last_exit,
+                    "lastExit": c.last_exit.as_ref().map(|e| json!({
+                        "exitCode": e.exit_code,
+                        "signal": e.signal,
+                        "reason": e.reason,
+                        "message": e.message,
+                        "finishedAt": e.finished_at / 1000,
+                    })),
                     "cgroup": cg.rel(),
                 })
             })
@@ -805,5 +793,113 @@ impl Agent {
             "containers": containers,
             "network": {"rxBytes": rx_tx[0], "rxPackets": rx_tx[1], "txBytes": rx_tx[2], "txPackets": rx_tx[3]},
         })
+    }
+}
+
+/// The phase of a pod from its containers (kubelet's rules): waiting for a
+/// restart → `Creating` (CrashLoopBackOff); some running and none failed
+/// for good → `Running` (a sidecar that completed does not fail the pod);
+/// all ended successfully → `Completed`; one ended in error with no
+/// restart coming → `Failed`, with that container's reason.
+fn pod_phase(containers: &[ContainerRecord]) -> (Phase, Option<String>) {
+    let ended = |c: &&ContainerRecord| c.run.is_none() && c.restart_at.is_none();
+    let failed = containers
+        .iter()
+        .filter(ended)
+        .find(|c| c.last_exit.as_ref().is_some_and(|e| !e.success()));
+    let running = containers.iter().filter(|c| c.run.is_some()).count();
+    if let Some(c) = containers.iter().find(|c| c.restart_at.is_some()) {
+        let why = c
+            .last_exit
+            .as_ref()
+            .map(|e| e.describe())
+            .unwrap_or_default();
+        return (
+            Phase::Creating,
+            Some(format!("CrashLoopBackOff: container {}: {why}", c.name)),
+        );
+    }
+    if let Some(c) = failed {
+        let why = c
+            .last_exit
+            .as_ref()
+            .map(|e| e.describe())
+            .unwrap_or_default();
+        return (Phase::Failed, Some(format!("container {}: {why}", c.name)));
+    }
+    let never_started = containers
+        .iter()
+        .any(|c| c.run.is_none() && c.last_exit.is_none());
+    if never_started {
+        (Phase::Creating, None)
+    } else if running > 0 {
+        (Phase::Running, None)
+    } else {
+        (Phase::Completed, Some("Completed".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ProcId;
+
+    fn running(name: &str) -> ContainerRecord {
+        ContainerRecord {
+            name: name.into(),
+            restart_count: 0,
+            run: Some(RunRecord {
+                shim: ProcId {
+                    pid: 1,
+                    start_time: 1,
+                },
+                process: ProcId {
+                    pid: 2,
+                    start_time: 2,
+                },
+                started_at: 0,
+            }),
+            last_exit: None,
+            restart_at: None,
+            backoff_secs: 0,
+        }
+    }
+
+    fn ended(name: &str, code: i32, restart: bool) -> ContainerRecord {
+        ContainerRecord {
+            run: None,
+            last_exit: Some(ExitRecord {
+                exit_code: Some(code),
+                signal: None,
+                finished_at: 1,
+                reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                message: None,
+            }),
+            restart_at: restart.then_some(5),
+            ..running(name)
+        }
+    }
+
+    #[test]
+    fn phases_follow_kubelet_rules() {
+        assert_eq!(pod_phase(&[running("a"), running("b")]).0, Phase::Running);
+        // A sidecar that completed does not fail a running pod.
+        assert_eq!(
+            pod_phase(&[running("a"), ended("b", 0, false)]).0,
+            Phase::Running
+        );
+        assert_eq!(
+            pod_phase(&[ended("a", 0, false), ended("b", 0, false)]).0,
+            Phase::Completed
+        );
+        let (phase, reason) = pod_phase(&[running("a"), ended("b", 2, false)]);
+        assert_eq!(phase, Phase::Failed);
+        assert_eq!(reason.as_deref(), Some("container b: Error: exit code 2"));
+        let (phase, reason) = pod_phase(&[running("a"), ended("b", 1, true)]);
+        assert_eq!(phase, Phase::Creating);
+        assert!(reason.unwrap().starts_with("CrashLoopBackOff: container b"));
+        let mut fresh = running("a");
+        fresh.run = None;
+        assert_eq!(pod_phase(&[fresh, running("b")]).0, Phase::Creating);
     }
 }

@@ -156,7 +156,7 @@ impl NodeLogs for LogService {
         request: Request<NodeLogsRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         let req = request.into_inner();
-        proto::manifest::validate_name("instance_id", &req.instance_id)
+        proto::manifest::validate_instance_id(&req.instance_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !req.container.is_empty() {
             proto::manifest::validate_name("container", &req.container)

@@ -118,7 +118,7 @@ impl Config {
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(name) = &self.node_name {
-            proto::manifest::validate_name("node_name", name).map_err(|e| {
+            proto::manifest::validate_node_name("node_name", name).map_err(|e| {
                 ConfigError::Invalid {
                     field: "node_name",
                     reason: e.to_string(),

@@ -81,7 +81,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .map_err(|e| Error::NodeName(e.to_string()))?
                 .to_string_lossy()
                 .to_ascii_lowercase();
-            proto::manifest::validate_name("hostname", &host)
+            proto::manifest::validate_node_name("hostname", &host)
                 .map_err(|e| Error::NodeName(e.to_string()))?;
             host
         }
@@ -108,7 +108,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let net = match metrics::net::NetCounters::load(&cgroups.v2_root(), &config.bpf_pin_dir) {
         Ok(n) => Some(n),
         Err(e) => {
-            warn!(error = %e, "eBPF network counters unavailable: pods get cgroup figures only");
+            warn!(
+                error = %error_chain(&e),
+                "eBPF network counters unavailable: pod network figures will be missing"
+            );
             None
         }
     };
@@ -218,4 +221,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let _ = std::fs::remove_file(config.socket_path());
     Ok(())
+}
+
+/// An error and its sources on one line (`a: b: c`), for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

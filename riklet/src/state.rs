@@ -97,14 +97,28 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// Unix milliseconds.
     pub finished_at: i64,
-    /// `Completed`, `Error`, `Killed` or `Lost` (the shim vanished).
+    /// `Completed`, `Error`, `Killed`, `StartError` or `Lost` (the shim
+    /// vanished).
     pub reason: String,
+    /// Details for a user, e.g. why the process could not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl ExitRecord {
     /// Whether the process ended with status 0.
     pub fn success(&self) -> bool {
         self.exit_code == Some(0)
+    }
+
+    /// One line for users: the message, or the exit code or signal.
+    pub fn describe(&self) -> String {
+        match (&self.message, self.exit_code, self.signal) {
+            (Some(m), _, _) => m.clone(),
+            (None, Some(code), _) => format!("{}: exit code {code}", self.reason),
+            (None, None, Some(sig)) => format!("{}: killed by signal {sig}", self.reason),
+            (None, None, None) => self.reason.clone(),
+        }
     }
 }
 
@@ -174,7 +188,9 @@ impl Store {
     }
 
     /// Every pod record, sorted by instance id. Leftover temporary files of
-    /// an interrupted write are removed.
+    /// an interrupted write are removed; a record that cannot be read is
+    /// renamed `*.corrupt` (kept for inspection) and logged, so that one bad
+    /// file does not make the riklet forget every other pod.
     pub fn load_all(&self) -> Result<Vec<PodRecord>> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -186,12 +202,18 @@ impl Store {
             match path.extension().and_then(|e| e.to_str()) {
                 Some("json") => {
                     let text = fs::read_to_string(&path).map_err(io(&path))?;
-                    let pod =
-                        serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
-                            path: path.clone(),
-                            source,
-                        })?;
-                    pods.push(pod);
+                    match serde_json::from_str(&text) {
+                        Ok(pod) => pods.push(pod),
+                        Err(source) => {
+                            let err = StateError::Corrupt {
+                                path: path.clone(),
+                                source,
+                            };
+                            tracing::error!(error = %err, "pod record set aside as .corrupt");
+                            let aside = path.with_extension("json.corrupt");
+                            fs::rename(&path, &aside).map_err(io(&path))?;
+                        }
+                    }
                 }
                 Some("tmp") => {
                     let _ = fs::remove_file(&path);
@@ -304,12 +326,15 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_record_is_reported_with_its_path() {
+    fn corrupt_record_is_set_aside_and_others_load() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        store.save(&pod("good-1")).unwrap();
         fs::write(dir.path().join("pods/bad.json"), b"{").unwrap();
-        let err = store.load_all().unwrap_err().to_string();
-        assert!(err.contains("bad.json"), "{err}");
+        let pods = store.load_all().unwrap();
+        assert_eq!(pods.len(), 1);
+        assert!(dir.path().join("pods/bad.json.corrupt").exists());
+        assert!(!dir.path().join("pods/bad.json").exists());
     }
 
     #[test]

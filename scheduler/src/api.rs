@@ -55,13 +55,17 @@ impl From<ClusterError> for Status {
 }
 
 /// The aggregated status of an app: FAILED if any instance failed, RUNNING
-/// if all run, CREATING if any is being created, else PENDING.
+/// if all run, COMPLETED if all ran to completion, CREATING if any is being
+/// created, else PENDING.
 pub fn app_status(statuses: &[ResourceStatus]) -> &'static str {
     use ResourceStatus::*;
     if statuses.contains(&Failed) {
         "FAILED"
     } else if !statuses.is_empty() && statuses.iter().all(|s| *s == Running) {
         "RUNNING"
+    } else if !statuses.is_empty() && statuses.iter().all(|s| *s == Terminated) {
+        // Every instance ran to completion (seed 004 shows `Completed`).
+        "COMPLETED"
     } else if statuses.contains(&Creating) {
         "CREATING"
     } else {
@@ -309,7 +313,8 @@ mod tests {
         assert_eq!(app_status(&[Running, Running]), "RUNNING");
         assert_eq!(app_status(&[Running, Creating, Pending]), "CREATING");
         assert_eq!(app_status(&[Running, Pending]), "PENDING");
-        assert_eq!(app_status(&[Terminated]), "PENDING");
+        assert_eq!(app_status(&[Terminated, Terminated]), "COMPLETED");
+        assert_eq!(app_status(&[Terminated, Running]), "PENDING");
         assert_eq!(app_status(&[]), "PENDING");
     }
 }

@@ -33,21 +33,8 @@ pub enum RegisterError {
 
 /// Checks that `hostname` is a DNS-1123 subdomain (`[a-z0-9.-]`, ≤ 253).
 pub fn validate_hostname(hostname: &str) -> Result<(), RegisterError> {
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if hostname.is_empty()
-        || hostname.len() > MAX_HOSTNAME_LEN
-        || !hostname.split('.').all(valid_label)
-    {
-        return Err(RegisterError::InvalidHostname(hostname.to_string()));
-    }
-    Ok(())
+    proto::manifest::validate_node_name("hostname", hostname)
+        .map_err(|_| RegisterError::InvalidHostname(hostname.to_string()))
 }
 
 /// Sending half of a node's `Register` stream.

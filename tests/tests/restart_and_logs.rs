@@ -62,7 +62,7 @@ fn restart_policies_and_lossless_output_capture() {
     let a = cluster.wait_app("failing", "failing to be restarted twice", |a| {
         a["restartCount"].as_u64() >= Some(2)
     });
-    assert_eq!(a["containers"][0]["lastExit"]["exit_code"], 1, "{a:#}");
+    assert_eq!(a["containers"][0]["lastExit"]["exitCode"], 1, "{a:#}");
     let logs = cluster.rik_ok(&["logs", "failing", "--raw"]);
     assert!(
         logs.contains(" stderr F ") && logs.contains("no-such-dir"),
@@ -78,7 +78,7 @@ fn restart_policies_and_lossless_output_capture() {
     );
     let a = cluster.wait_app("once", "once to fail", |a| a["state"] == "FAILED");
     assert_eq!(a["restartCount"], 0);
-    assert_eq!(a["containers"][0]["lastExit"]["exit_code"], 1, "{a:#}");
+    assert_eq!(a["containers"][0]["lastExit"]["exitCode"], 1, "{a:#}");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         cluster.app("once")["restartCount"],

@@ -63,7 +63,8 @@ impl NodeMonitor {
             "memory": memory().0,
             "disksize": disk("/").0,
             "distrib": distrib,
-            "version": version,
+            // A number where os-release has one (seed 004: `"version": 10`).
+            "version": version.parse::<u64>().map(Value::from).unwrap_or(Value::String(version)),
             "type": std::env::consts::OS,
             "arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
             "kernelVersion": kernel,

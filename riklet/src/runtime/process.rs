@@ -174,6 +174,7 @@ impl ProcessRuntime {
                 signal: None,
                 finished_at: now_ms(),
                 reason: "Lost".into(),
+                message: Some("the shim ended without recording an exit status".into()),
             })
     }
 

@@ -1,4 +1,4 @@
-//! The per-container shim: a small process (`riklet shim --spec FILE`) that
+//! The per-container shim: a small process (`riklet shim --run-dir DIR`) that
 //! starts one bare-process container, captures its output and records how it
 //! ended.
 //!
@@ -139,6 +139,7 @@ fn supervise(run_dir: &Path) -> io::Result<()> {
                 signal: None,
                 finished_at: now_ms(),
                 reason: "StartError".into(),
+                message: Some(message.clone()),
             };
             write_atomic(&run_dir.join(EXIT_FILE), &serde_json::to_vec(&exit)?)?;
             announce(&Ready::Failed(message));
@@ -206,6 +207,7 @@ fn supervise(run_dir: &Path) -> io::Result<()> {
             _ => "Error",
         }
         .into(),
+        message: None,
     };
     write_atomic(&run_dir.join(EXIT_FILE), &serde_json::to_vec(&exit)?)
 }
