@@ -319,9 +319,4 @@ impl ContainerCgroup {
         }
         Ok(())
     }
-
-    /// Whether the cgroup exists in any hierarchy.
-    pub fn exists(&self) -> bool {
-        self.v2_dir().exists() || self.v1_dirs().iter().any(|d| d.exists())
-    }
 }

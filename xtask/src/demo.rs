@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -56,6 +56,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     )?;
 
     step("start a one-node cluster: riklet --standalone");
+    let log_path = root.join("target/demo-riklet.log");
+    let log = std::fs::File::create(&log_path).context("creating the riklet log")?;
+    println!("riklet log: {}", log_path.display());
     let riklet = Riklet(
         Command::new(bin.join("riklet"))
             .arg("--standalone")
@@ -63,8 +66,8 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             .arg(&config)
             .arg("--state-dir")
             .arg(state.join("state"))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
             .context("starting riklet")?,
     );
