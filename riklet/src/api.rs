@@ -250,7 +250,8 @@ pub async fn serve_logs(
     tonic::transport::Server::builder()
         .add_service(NodeLogsServer::new(LogService::new(log_dir)))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // TCP_NODELAY: see the scheduler's server for why.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;

@@ -7,6 +7,7 @@
 //! - `bench`: benchmarks, results in `target/bench/` and docs/benchmarks.md.
 //! - `ci`: what `.ci/run` runs.
 
+mod bench;
 mod ci;
 mod demo;
 mod ebpf;
@@ -31,6 +32,18 @@ enum Command {
     Demo,
     /// Everything CI checks: setup, eBPF build, fmt, clippy, all tests (as root).
     Ci,
+    /// Benchmarks; results in target/bench/ (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Pod start latency (rik apply --wait vs fork+exec) and the riklet's
+    /// RSS/CPU idle and with 50 pods, in one run: target/bench/start.json.
+    Start,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +52,8 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => ebpf::build(),
         Command::Demo => demo::run(&ebpf::workspace_root()),
         Command::Ci => ci::run(&ebpf::workspace_root()),
+        Command::Bench { which } => match which {
+            BenchKind::Start => bench::start(&ebpf::workspace_root()),
+        },
     }
 }

@@ -10,8 +10,11 @@ use tokio::time::Instant;
 use super::{Scheduler, read_manifest};
 use crate::views::{failure_reason, instance_label};
 
-/// How often `--wait` asks the scheduler.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// `--wait` asks the scheduler after this long first, then twice as long
+/// each time up to [`POLL_MAX`]: a bare process is usually RUNNING within
+/// tens of milliseconds, an image pull takes seconds.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(200);
 
 /// Creates or updates an app from a manifest (RIK workload v1 or a seed 004
 /// deployment file, YAML or JSON).
@@ -104,6 +107,7 @@ async fn wait_running(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    let mut pause = POLL_FIRST;
     loop {
         let app = scheduler.get_app(name).await?;
         match progress(&app) {
@@ -118,7 +122,8 @@ async fn wait_running(
                 }
             }
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
     }
 }
 
