@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's tasks.
 //!
 //! # Layout
-//! - `setup`: installs what builds and tests need on a Debian machine (idempotent).
+//! - `setup`: installs what builds and tests need on a Debian machine and
+//!   starts containerd if it is not running (idempotent).
 //! - `build-ebpf`: builds `riklet-ebpf` for `bpfel-unknown-none` (see [`ebpf`]).
 //! - `demo`: the README's main job, end to end.
 //! - `bench`: benchmarks, results in `target/bench/` and docs/benchmarks.md.

@@ -16,6 +16,13 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "socat",
     "hyperfine",
+    "containerd",
+    "runc",
+    "docker-registry",
+    "skopeo",
+    "prometheus",
+    "nftables",
+    "iperf3",
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -24,6 +31,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     mount_if_missing("bpf", "/sys/fs/bpf", "bpf")?;
     mount_if_missing("tracefs", "/sys/kernel/tracing", "tracefs")?;
+    start_containerd()?;
     println!("setup: done");
     Ok(())
 }
@@ -106,4 +114,35 @@ fn mount_if_missing(fstype: &str, target: &str, source: &str) -> anyhow::Result<
         std::fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
     }
     sh(Command::new("mount").args(["-t", fstype, source, target]))
+}
+
+/// containerd's default socket.
+const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
+/// Starts containerd (Debian's package, default config) when nothing
+/// answers on its socket: machines without systemd do not start it.
+fn start_containerd() -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(CONTAINERD_SOCKET).is_ok() {
+        return Ok(());
+    }
+    println!("setup: starting containerd (log: /var/log/containerd.log)");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/var/log/containerd.log")
+        .context("opening /var/log/containerd.log")?;
+    let mut cmd = Command::new("containerd");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own session: it must outlive this command.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().context("starting containerd")?;
+    for _ in 0..100 {
+        if std::os::unix::net::UnixStream::connect(CONTAINERD_SOCKET).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("containerd did not open {CONTAINERD_SOCKET} within 10 s (see /var/log/containerd.log)")
 }
