@@ -45,6 +45,8 @@ enum Command {
     Get(commands::get::Args),
     Delete(commands::delete::Args),
     Logs(commands::logs::Args),
+    /// Show running pods by CPU and memory use.
+    Top(commands::top::Args),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +100,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => {
             let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
             commands::logs::run(args, &mut scheduler, &mut out).await
+        }
+        Command::Top(args) => {
+            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            commands::top::run(args, &mut scheduler, &mut out).await
         }
     };
     out.flush()?;

@@ -158,7 +158,9 @@ fn app_status(app: &App) -> &str {
 /// Headers of the apps table.
 pub fn app_headers(wide: bool) -> &'static [&'static str] {
     if wide {
-        &["NAME", "STATUS", "AGE", "NODE", "IP", "RESTARTS", "PORTS"]
+        &[
+            "NAME", "STATUS", "AGE", "NODE", "IP", "RESTARTS", "CPU", "MEMORY", "PORTS",
+        ]
     } else {
         &["NAME", "STATUS", "AGE"]
     }
@@ -190,6 +192,19 @@ pub fn app_row(app: &App, wide: bool, now: i64) -> Vec<String> {
         row.push(or_none(nodes.join(",")));
         row.push(or_none(ips.join(",")));
         row.push(restarts.to_string());
+        // Sums over the instances, as last reported by their riklets.
+        let sum = |a: &str, b: &str| -> Option<f64> {
+            let values: Vec<f64> = metrics
+                .iter()
+                .filter_map(|m| m.get(a)?.get(b)?.as_f64())
+                .collect();
+            (!values.is_empty()).then(|| values.iter().sum())
+        };
+        row.push(sum("cpu", "usageCores").map_or_else(|| NONE.to_string(), |c| format!("{c:.3}")));
+        row.push(sum("memory", "workingSetBytes").map_or_else(
+            || NONE.to_string(),
+            |b| format!("{:.1}Mi", b / (1u64 << 20) as f64),
+        ));
         row.push(or_none(
             manifest_of(app)
                 .map(|m| ports_column(&m))
@@ -471,7 +486,7 @@ mod tests {
                 "web-2",
                 "node-b",
                 "RUNNING",
-                r#"{"internalIp":"10.0.0.3","restartCount":1}"#,
+                r#"{"internalIp":"10.0.0.3","restartCount":1,"cpu":{"usageCores":0.25},"memory":{"workingSetBytes":3145728}}"#,
             ),
             inst("web-3", "node-a", "PENDING", ""),
         ]);
@@ -485,6 +500,8 @@ mod tests {
                 "node-a,node-b",
                 "10.0.0.2,10.0.0.3",
                 "3",
+                "0.250",
+                "3.0Mi",
                 "80:8080/TCP,53:53/UDP"
             ]
         );
@@ -493,7 +510,7 @@ mod tests {
         empty.status = String::new();
         assert_eq!(
             app_row(&empty, true, 1_045),
-            ["web", "UNKNOWN", "45s", NONE, NONE, "0", NONE]
+            ["web", "UNKNOWN", "45s", NONE, NONE, "0", NONE, NONE, NONE]
         );
     }
 

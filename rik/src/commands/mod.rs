@@ -5,6 +5,7 @@ pub mod apply;
 pub mod delete;
 pub mod get;
 pub mod logs;
+pub mod top;
 
 use std::time::Duration;
 
