@@ -7,6 +7,9 @@
 //!
 //! # Layout
 //! - [`net`]: per-cgroup network counters (the `cgroup_skb` programs).
+//! - [`sched`]: per-cgroup on-CPU time and run-queue latency (the
+//!   `sched/*` tracepoint programs).
+//! - [`oom`]: OOM kill events (the `oom/mark_victim` tracepoint program).
 //!
 //! # Features
 //! - `user`: implements `aya::Pod` for the map value types, which user-space
@@ -16,3 +19,5 @@
 #![no_std]
 
 pub mod net;
+pub mod oom;
+pub mod sched;

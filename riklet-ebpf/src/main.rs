@@ -4,17 +4,25 @@
 //! - [`count_ingress`] / [`count_egress`]: `cgroup_skb` programs that add
 //!   every packet's length and one packet to the [`CGROUP_TRAFFIC`] entry of
 //!   the cgroup owning the packet's socket. They never drop anything.
+//! - [`sched`]: `sched/sched_switch`, `sched/sched_wakeup` and
+//!   `sched/sched_wakeup_new` tracepoints measuring per-cgroup on-CPU time
+//!   and run-queue latency.
+//! - [`oom`]: the `oom/mark_victim` tracepoint, sending OOM kill events
+//!   through a ring buffer.
 //!
 //! Built by `cargo xtask build-ebpf` (nightly, `bpfel-unknown-none`,
 //! bpf-linker); `riklet/build.rs` embeds the object and
-//! `riklet::metrics::net` loads it. Shared names and types live in
-//! `riklet_common::net`.
+//! `riklet::metrics::ebpf` loads all programs from it, once. Shared names and
+//! types live in `riklet_common::{net, sched, oom}`.
 
 #![no_std]
 #![no_main]
 
+mod oom;
+mod sched;
+
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext,
     bindings::{__sk_buff, BPF_NOEXIST},
     helpers::bpf_skb_cgroup_id,
     macros::{cgroup_skb, map},
@@ -28,7 +36,7 @@ use riklet_common::net::{CGROUP_TRAFFIC_MAX_ENTRIES, CgroupTraffic};
 const ALLOW: i32 = 1;
 
 /// `-EEXIST` from `bpf_map_update_elem` with `BPF_NOEXIST`.
-const EEXIST: i32 = 17;
+pub(crate) const EEXIST: i32 = 17;
 
 /// Cgroup v2 id (inode number of the cgroup directory) to traffic counters.
 ///
@@ -57,7 +65,7 @@ enum Direction {
 #[cgroup_skb(ingress)]
 pub fn count_ingress(ctx: SkBuffContext) -> i32 {
     if let Err(errno) = try_count_ingress(&ctx) {
-        note_lost(&ctx, errno);
+        note_lost(&ctx, &TRAFFIC_LOST, "CGROUP_TRAFFIC", errno);
     }
     ALLOW
 }
@@ -69,7 +77,7 @@ fn try_count_ingress(ctx: &SkBuffContext) -> Result<(), i32> {
 #[cgroup_skb(egress)]
 pub fn count_egress(ctx: SkBuffContext) -> i32 {
     if let Err(errno) = try_count_egress(&ctx) {
-        note_lost(&ctx, errno);
+        note_lost(&ctx, &TRAFFIC_LOST, "CGROUP_TRAFFIC", errno);
     }
     ALLOW
 }
@@ -138,17 +146,24 @@ fn add(traffic: &mut CgroupTraffic, direction: Direction, len: u64) {
     }
 }
 
-/// Counts a packet that could not be accounted; logs only the first one per
-/// CPU so a full map does not flood the log ring buffer.
+/// Counts an event that could not be accounted in slot 0 of `lost` (a
+/// `*_LOST` map); logs only the first one per CPU and map, so that a full
+/// map does not flood the log ring buffer.
 #[inline(always)]
-fn note_lost(ctx: &SkBuffContext, errno: i32) {
-    if let Some(lost) = TRAFFIC_LOST.get_ptr_mut(0) {
+pub(crate) fn note_lost<C: EbpfContext>(
+    ctx: &C,
+    lost: &PerCpuArray<u64>,
+    map: &'static str,
+    errno: i32,
+) {
+    if let Some(lost) = lost.get_ptr_mut(0) {
         // SAFETY: as in `add_existing`, this CPU's slot of a per-CPU array.
         let lost = unsafe { &mut *lost };
         if *lost == 0 {
             warn!(
                 ctx,
-                "CGROUP_TRAFFIC insert failed (errno {}), map full? Further losses are only counted in TRAFFIC_LOST",
+                "{} update failed (errno {}), map full? Further losses on this CPU are only counted",
+                map,
                 errno
             );
         }

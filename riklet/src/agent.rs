@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::cgroups::{CgroupManager, Limits};
-use crate::metrics::net::NetCounters;
+use crate::metrics::collector::{PodUsage, Target};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::shim::ShimSpec;
 use crate::state::{ContainerRecord, ExitRecord, Phase, PodRecord, RunRecord, Store, now_ms};
@@ -75,6 +75,7 @@ enum Event {
     },
     Reports(oneshot::Sender<Vec<InstanceReport>>),
     Pods(oneshot::Sender<Vec<Value>>),
+    Targets(oneshot::Sender<Vec<Target>>),
 }
 
 /// Cheap handle to talk to the agent task.
@@ -104,6 +105,13 @@ impl AgentHandle {
         rx.await.unwrap_or_default()
     }
 
+    /// The running containers, for the metrics collector.
+    pub async fn targets(&self) -> Vec<Target> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Event::Targets(tx));
+        rx.await.unwrap_or_default()
+    }
+
     /// Detailed view of every pod (for `riklet pods`).
     pub async fn pods(&self) -> Vec<Value> {
         let (tx, rx) = oneshot::channel();
@@ -118,7 +126,7 @@ pub struct Agent {
     store: Store,
     cgroups: CgroupManager,
     runtime: Arc<ProcessRuntime>,
-    net: Option<NetCounters>,
+    usage: PodUsage,
     pods: HashMap<String, PodRecord>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
@@ -132,7 +140,7 @@ impl Agent {
         store: Store,
         cgroups: CgroupManager,
         runtime: ProcessRuntime,
-        net: Option<NetCounters>,
+        usage: PodUsage,
         reports: mpsc::UnboundedSender<InstanceReport>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -141,7 +149,7 @@ impl Agent {
             store,
             cgroups,
             runtime: Arc::new(runtime),
-            net,
+            usage,
             pods: HashMap::new(),
             tx,
             rx,
@@ -157,10 +165,7 @@ impl Agent {
 
     /// Reconciles the runtime memory with the host, then serves events
     /// until `shutdown` fires. Pods keep running after it returns.
-    pub async fn run(
-        mut self,
-        mut shutdown: tokio::sync::broadcast::Receiver<()>,
-    ) -> Option<NetCounters> {
+    pub async fn run(mut self, mut shutdown: tokio::sync::broadcast::Receiver<()>) {
         if let Err(e) = self.reconcile().await {
             error!(error = %e, "cannot read the runtime memory");
         }
@@ -170,7 +175,6 @@ impl Agent {
                 Some(ev) = self.rx.recv() => self.on_event(ev).await,
             }
         }
-        self.net.take()
     }
 
     async fn on_event(&mut self, ev: Event) {
@@ -199,6 +203,25 @@ impl Agent {
                     .map(|id| self.report_of(&self.pods[id]))
                     .collect();
                 let _ = tx.send(reports);
+            }
+            Event::Targets(tx) => {
+                let targets = self
+                    .pods
+                    .values()
+                    .filter(|p| p.phase != Phase::Destroying)
+                    .flat_map(|p| {
+                        p.containers
+                            .iter()
+                            .filter(|c| c.run.is_some())
+                            .map(|c| Target {
+                                app: p.manifest.name.clone(),
+                                instance: p.instance_id.clone(),
+                                container: c.name.clone(),
+                                cgroup: self.cgroups.container(&p.instance_id, &c.name),
+                            })
+                    })
+                    .collect();
+                let _ = tx.send(targets);
             }
             Event::Pods(tx) => {
                 let mut ids: Vec<&String> = self.pods.keys().collect();
@@ -263,6 +286,7 @@ impl Agent {
                     last_exit: None,
                     restart_at: None,
                     backoff_secs: 0,
+                    oom_kills_at_start: None,
                 })
                 .collect(),
             manifest,
@@ -329,9 +353,11 @@ impl Agent {
                     pid = run.process.pid,
                     "container started"
                 );
+                let oom_kills = crate::metrics::cgroup_stats::read(&cgroup).oom_kills;
                 let c = self.container_mut(instance_id, name).expect("exists");
                 c.run = Some(run.clone());
                 c.restart_at = None;
+                c.oom_kills_at_start = oom_kills;
                 self.commit(instance_id);
                 self.watch(instance_id, name, run);
             }
@@ -410,6 +436,15 @@ impl Agent {
         };
         if c.run.as_ref() != Some(run) {
             return; // a stale watcher of an older run
+        }
+        let mut exit = exit;
+        let oom_now =
+            crate::metrics::cgroup_stats::read(&self.cgroups.container(instance_id, name))
+                .oom_kills;
+        if !exit.success() && oom_now > c.oom_kills_at_start.or(Some(0)) {
+            exit.reason = "OOMKilled".into();
+            exit.message =
+                Some("killed by the OOM killer: the container reached its memory limit".into());
         }
         info!(pod = instance_id, container = name, code = ?exit.exit_code, signal = ?exit.signal, reason = %exit.reason, "container exited");
         self.after_exit(instance_id, name, exit);
@@ -550,12 +585,6 @@ impl Agent {
         let mut clean = true;
         for c in &pod.containers {
             let cg = self.cgroups.container(instance_id, &c.name);
-            if let (Some(net), Ok(id)) = (
-                self.net.as_mut(),
-                crate::metrics::net::cgroup_id(&cg.v2_dir()),
-            ) {
-                let _ = net.forget(id);
-            }
             if let Err(e) = cg.remove() {
                 error!(pod = instance_id, container = %c.name, error = %e, "cannot remove cgroup");
                 clean = false;
@@ -746,23 +775,19 @@ impl Agent {
         }
     }
 
-    /// Seed 004's realtime app object, extended with containers and
-    /// network counters.
+    /// Seed 004's realtime app object, extended with containers and the
+    /// last measured usage (`cpu`, `memory`, `network`, `runqueue`).
     fn view(&self, pod: &PodRecord) -> Value {
         let deployment = pod.manifest.deployment();
-        let mut rx_tx = [0u64; 4];
+        let usage = self
+            .usage
+            .get(&pod.instance_id)
+            .unwrap_or_else(|| json!({}));
         let containers: Vec<Value> = pod
             .containers
             .iter()
             .map(|c| {
                 let cg = self.cgroups.container(&pod.instance_id, &c.name);
-                if let (Some(net), Ok(id)) = (self.net.as_ref(), crate::metrics::net::cgroup_id(&cg.v2_dir()))
-                    && let Ok(Some(t)) = net.read(id)
-                {
-                    for (acc, v) in rx_tx.iter_mut().zip([t.rx_bytes, t.rx_packets, t.tx_bytes, t.tx_packets]) {
-                        *acc += v;
-                    }
-                }
                 json!({
                     "name": c.name,
                     "state": if c.run.is_some() { "running" } else if c.restart_at.is_some() { "waiting" } else { "terminated" },
@@ -777,6 +802,7 @@ impl Agent {
                         "finishedAt": e.finished_at / 1000,
                     })),
                     "cgroup": cg.rel(),
+                    "usage": usage["containers"][&c.name],
                 })
             })
             .collect();
@@ -791,7 +817,10 @@ impl Agent {
             "runsOn": self.settings.node,
             "deployment": {"app": deployment.app, "repository": deployment.repository, "version": deployment.version},
             "containers": containers,
-            "network": {"rxBytes": rx_tx[0], "rxPackets": rx_tx[1], "txBytes": rx_tx[2], "txPackets": rx_tx[3]},
+            "cpu": usage["cpu"],
+            "memory": usage["memory"],
+            "network": usage["network"],
+            "runqueue": usage["runqueue"],
         })
     }
 }
@@ -862,6 +891,7 @@ mod tests {
             last_exit: None,
             restart_at: None,
             backoff_secs: 0,
+            oom_kills_at_start: None,
         }
     }
 

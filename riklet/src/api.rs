@@ -46,6 +46,7 @@ pub struct NodeFacts {
     pub node: String,
     pub scheduler: String,
     pub api_address: String,
+    pub metrics_address: String,
     pub ebpf: bool,
 }
 
@@ -92,6 +93,7 @@ async fn answer(stream: UnixStream, agent: AgentHandle, facts: NodeFacts) -> std
             "node": facts.node,
             "scheduler": facts.scheduler,
             "apiAddress": facts.api_address,
+            "metricsAddress": facts.metrics_address,
             "ebpf": facts.ebpf,
             "pods": pods.len(),
             "running": pods.iter().filter(|p| p["state"] == "RUNNING").count(),

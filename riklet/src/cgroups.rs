@@ -192,6 +192,19 @@ impl ContainerCgroup {
         }
     }
 
+    /// The container's directory in the v1 hierarchy of `controller`
+    /// (`/sys/fs/cgroup/<controller>/<rel>`); `None` on pure v2 hosts or
+    /// when that controller is not mounted.
+    pub fn v1_dir(&self, controller: &str) -> Option<PathBuf> {
+        match self.layout {
+            Layout::Unified { .. } => None,
+            Layout::Hybrid { .. } => {
+                let mount = Path::new("/sys/fs/cgroup").join(controller);
+                mount.exists().then(|| mount.join(&self.rel))
+            }
+        }
+    }
+
     /// Creates the cgroup in every hierarchy and applies the limits.
     pub fn create(&self, limits: Limits) -> Result<()> {
         let mut builder = CgroupBuilder::new(&self.rel).set_specified_controllers(

@@ -73,6 +73,13 @@ pub struct Config {
     pub restart_backoff_max: Duration,
     /// Keep a pod's log directory when it is deleted.
     pub keep_logs_on_delete: bool,
+    /// Prometheus endpoint (`GET /metrics`); loopback by default.
+    pub metrics_addr: SocketAddr,
+    /// Interval between two collections of node and pod figures.
+    #[serde(deserialize_with = "duration")]
+    pub metrics_interval: Duration,
+    /// Pod network: bridge, pod CIDR, masquerade (`[network]` table).
+    pub network: crate::network::NetworkConfig,
 }
 
 impl Default for Config {
@@ -93,6 +100,9 @@ impl Default for Config {
             restart_backoff_initial: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
             keep_logs_on_delete: false,
+            metrics_addr: "127.0.0.1:9102".parse().expect("valid"),
+            metrics_interval: Duration::from_secs(5),
+            network: crate::network::NetworkConfig::default(),
         }
     }
 }
@@ -141,6 +151,7 @@ impl Config {
         for (field, d) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("restart_backoff_initial", self.restart_backoff_initial),
+            ("metrics_interval", self.metrics_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -155,6 +166,10 @@ impl Config {
                 reason: "must not be less than restart_backoff_initial".into(),
             });
         }
+        self.network.validate().map_err(|e| ConfigError::Invalid {
+            field: "network",
+            reason: e.to_string(),
+        })?;
         for (field, p) in [
             ("state_dir", &self.state_dir),
             ("log_dir", &self.log_dir),

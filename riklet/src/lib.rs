@@ -23,6 +23,7 @@ pub mod cgroups;
 pub mod config;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod observability;
 pub mod runtime;
 pub mod scheduler_client;
@@ -105,17 +106,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = state::Store::open(&config.state_dir)?;
     let cgroups = cgroups::CgroupManager::new(&config.cgroup_root)?;
     info!(node = %node, layout = ?cgroups.layout(), "riklet starting");
-    let net = match metrics::net::NetCounters::load(&cgroups.v2_root(), &config.bpf_pin_dir) {
+    let probes = match metrics::ebpf::Probes::load(&cgroups.v2_root(), &config.bpf_pin_dir) {
         Ok(n) => Some(n),
         Err(e) => {
             warn!(
                 error = %error_chain(&e),
-                "eBPF network counters unavailable: pod network figures will be missing"
+                "eBPF probes unavailable: pods get cgroup figures only (no network, \
+                 run-queue or OOM-event figures)"
             );
             None
         }
     };
-    let ebpf = net.is_some();
+    let ebpf = probes.is_some();
 
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let mut tasks = tokio::task::JoinSet::new();
@@ -174,14 +176,54 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let shim_exe = std::env::current_exe().map_err(state_err)?;
     let runtime = runtime::process::ProcessRuntime::new(shim_exe, &config.state_dir);
-    let agent = agent::Agent::new(settings, store, cgroups, runtime, net, reports_tx);
+    let usage = metrics::collector::PodUsage::default();
+    let agent = agent::Agent::new(settings, store, cgroups, runtime, usage.clone(), reports_tx);
     let handle = agent.handle();
     let agent_task = tokio::spawn(agent.run(stop_tx.subscribe()));
+
+    let snapshots = metrics::exporter::SnapshotHandle::new();
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            what: "metrics endpoint",
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let metrics_address = metrics_listener
+        .local_addr()
+        .map_err(|source| Error::Bind {
+            what: "metrics endpoint",
+            addr: config.metrics_addr,
+            source,
+        })?
+        .to_string();
+
+    let mut stop = stop_tx.subscribe();
+    let exporter = metrics::exporter::serve(metrics_listener, snapshots.clone(), async move {
+        let _ = stop.recv().await;
+    });
+    tasks.spawn(async move {
+        if let Err(e) = exporter.await {
+            error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    let collector = metrics::collector::Collector::new(&node, probes, snapshots, usage);
+    let targets_handle = handle.clone();
+    let collector_task = tokio::spawn(metrics::collector::run(
+        collector,
+        config.metrics_interval,
+        move || {
+            let h = targets_handle.clone();
+            async move { h.targets().await }
+        },
+        stop_tx.subscribe(),
+    ));
 
     let facts = api::NodeFacts {
         node: node.clone(),
         scheduler: config.scheduler.clone(),
         api_address: host_address.clone(),
+        metrics_address,
         ebpf,
     };
     let socket_task = tokio::spawn(api::serve_socket(socket, handle.clone(), facts));
@@ -214,11 +256,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(());
     socket_task.abort();
     while tasks.join_next().await.is_some() {}
-    if let Ok(Some(net)) = agent_task.await
-        && let Err(e) = net.close()
-    {
-        error!(error = %e, "cannot detach eBPF programs");
-    }
+    let _ = agent_task.await;
+    // The collector detaches the eBPF programs and removes their pins.
+    let _ = collector_task.await;
     let _ = std::fs::remove_file(config.socket_path());
     Ok(())
 }

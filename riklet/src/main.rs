@@ -45,6 +45,13 @@ enum Command {
         #[arg(long)]
         run_dir: PathBuf,
     },
+    /// Internal: containerd's logging binary for one container (started by
+    /// the containerd shim; output on fds 3 and 4).
+    #[command(hide = true)]
+    Logger {
+        /// CRI log file to append to.
+        log_path: PathBuf,
+    },
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -80,12 +87,17 @@ fn main() -> anyhow::Result<()> {
         // Before any thread exists: the shim forks.
         riklet::runtime::shim::main(run_dir);
     }
+    if let Some(Command::Logger { log_path }) = &cli.command {
+        // Before any thread exists: the logger blocks SIGTERM for all.
+        riklet::runtime::logger::main(log_path);
+    }
     let config = load_config(&cli)?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Some(Command::Status) => print_query(&runtime, &config, "status"),
         Some(Command::Pods) => print_query(&runtime, &config, "pods"),
         Some(Command::Shim { .. }) => unreachable!("handled above"),
+        Some(Command::Logger { .. }) => unreachable!("handled above"),
         None => {
             riklet::observability::init(cli.log_json);
             runtime.block_on(riklet::run(config, shutdown_signal()))?;

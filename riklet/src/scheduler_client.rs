@@ -112,19 +112,19 @@ async fn session(
     });
     let node = settings.node.as_str();
     let addr = settings.host_address.as_str();
-    let worker_status = |monitor: &mut NodeMonitor| WorkerStatus {
+    let worker_status = |metrics: serde_json::Value| WorkerStatus {
         identifier: node.to_string(),
         host_address: addr.to_string(),
         status: Some(worker_status::Status::Worker(WorkerMetric {
             status: ResourceStatus::Running as i32,
-            metrics: monitor.heartbeat().to_string(),
+            metrics: metrics.to_string(),
         })),
     };
     let send = |s: WorkerStatus| {
         let tx = tx.clone();
         async move { tx.send(s).await.map_err(|_| SessionError::Closed) }
     };
-    send(worker_status(monitor)).await?;
+    send(worker_status(monitor.heartbeat().await)).await?;
     // Changes queued while away are superseded by the full state.
     while reports.try_recv().is_ok() {}
     for r in agent.reports().await {
@@ -152,7 +152,7 @@ async fn session(
             },
             Some(r) = reports.recv() => send(instance_status(node, addr, r)).await?,
             _ = heartbeat.tick() => {
-                send(worker_status(monitor)).await?;
+                send(worker_status(monitor.heartbeat().await)).await?;
                 for r in agent.reports().await {
                     send(instance_status(node, addr, r)).await?;
                 }

@@ -143,6 +143,10 @@ pub struct ContainerRecord {
     pub restart_at: Option<i64>,
     /// Current crash-loop back-off, seconds.
     pub backoff_secs: u64,
+    /// The cgroup's OOM kill count when the current run started: a higher
+    /// count at exit means the OOM killer ended it.
+    #[serde(default)]
+    pub oom_kills_at_start: Option<u64>,
 }
 
 /// What the riklet remembers of one pod (one app instance).
@@ -304,6 +308,7 @@ mod tests {
                 last_exit: None,
                 restart_at: None,
                 backoff_secs: 0,
+                oom_kills_at_start: None,
             }],
         }
     }

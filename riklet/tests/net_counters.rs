@@ -1,9 +1,9 @@
-//! Root test of `riklet::metrics::net`: the real eBPF object, attached to a
-//! throw-away cgroup v2 directory, counting real TCP traffic of a child
-//! process over 127.0.0.1.
+//! Root test of the network counters of `riklet::metrics::ebpf::Probes`:
+//! the real eBPF object, attached to a throw-away cgroup v2 directory,
+//! counting real TCP traffic of a child process over 127.0.0.1.
 //!
-//! Needs root, a cgroup v2 hierarchy, bpffs (mounted by the code under test
-//! if missing), `/usr/bin/socat`, and the object from
+//! Needs root, a cgroup v2 hierarchy, bpffs and tracefs (mounted by the code
+//! under test if missing), `/usr/bin/socat`, and the object from
 //! `cargo xtask build-ebpf`. A missing prerequisite fails the test with a
 //! message saying what is missing.
 
@@ -20,8 +20,11 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuHashMap};
-use riklet::metrics::net::{CgroupTraffic, NetCounters, cgroup_id};
-use riklet_common::net::CGROUP_TRAFFIC_MAP;
+use riklet::metrics::{
+    ebpf::Probes,
+    net::{CgroupTraffic, cgroup_id},
+};
+use riklet_common::{net::CGROUP_TRAFFIC_MAP, sched::SCHED_STATS_MAP};
 
 const SOCAT: &str = "/usr/bin/socat";
 const PAYLOAD: u64 = 1 << 20;
@@ -33,24 +36,26 @@ fn counts_tcp_traffic_of_a_child_cgroup_then_forgets_and_closes() {
     let cgroup_root = CgroupGuard::new(v2_root.join(unique("riklet-test-net")), &v2_root);
     let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-net")));
 
-    let mut counters = NetCounters::load(cgroup_root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("NetCounters::load: {}", chain(&e)));
-    assert!(
-        pins.path().join(CGROUP_TRAFFIC_MAP).exists(),
-        "map is not pinned at {}",
-        pins.path().join(CGROUP_TRAFFIC_MAP).display()
-    );
+    let mut counters = Probes::load(cgroup_root.path(), pins.path())
+        .unwrap_or_else(|e| panic!("Probes::load: {}", chain(&e)));
+    for map in [CGROUP_TRAFFIC_MAP, SCHED_STATS_MAP] {
+        assert!(
+            pins.path().join(map).exists(),
+            "map is not pinned at {}",
+            pins.path().join(map).display()
+        );
+    }
 
     let pod = CgroupGuard::create(cgroup_root.path().join("pod"), &v2_root);
     let pod_id = cgroup_id(pod.path()).expect("cgroup id of the pod cgroup");
-    assert_eq!(counters.read(pod_id).expect("read"), None);
+    assert_eq!(counters.traffic(pod_id).expect("traffic"), None);
 
     let received = echo_one_mebibyte_from(pod.path());
     assert_eq!(received, PAYLOAD, "the server received a short payload");
 
     let traffic = counters
-        .read(pod_id)
-        .expect("read")
+        .traffic(pod_id)
+        .expect("traffic")
         .expect("no counters for the pod cgroup");
     println!("pod cgroup {pod_id}: {traffic:?}");
     assert!(traffic.tx_bytes >= PAYLOAD, "tx_bytes: {traffic:?}");
@@ -58,14 +63,25 @@ fn counts_tcp_traffic_of_a_child_cgroup_then_forgets_and_closes() {
     assert!(traffic.tx_packets > 0, "tx_packets: {traffic:?}");
     assert!(traffic.rx_packets > 0, "rx_packets: {traffic:?}");
 
-    let all = counters.read_all().expect("read_all");
-    assert!(
-        all.iter().any(|&(id, t)| id == pod_id && t == traffic),
-        "read_all lacks {pod_id} => {traffic:?}: {all:?}"
+    let all = counters.traffic_all().expect("traffic_all");
+    assert_eq!(
+        all.get(&pod_id),
+        Some(&traffic),
+        "traffic_all lacks {pod_id} => {traffic:?}: {all:?}"
     );
 
     counters.forget(pod_id).expect("forget");
-    assert_eq!(counters.read(pod_id).expect("read after forget"), None);
+    assert_eq!(
+        counters.traffic(pod_id).expect("traffic after forget"),
+        None
+    );
+    assert!(
+        !counters
+            .traffic_all()
+            .expect("traffic_all after forget")
+            .contains_key(&pod_id),
+        "traffic_all still has the forgotten {pod_id}"
+    );
     counters.forget(pod_id).expect("forgetting twice is fine");
 
     counters.close().expect("close");
@@ -79,8 +95,8 @@ fn load_replaces_a_stale_pin_of_a_crashed_predecessor() {
     let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-stale")));
 
     // A first load mounts bpffs if needed; its close leaves nothing behind.
-    NetCounters::load(cgroup_root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("first NetCounters::load: {}", chain(&e)))
+    Probes::load(cgroup_root.path(), pins.path())
+        .unwrap_or_else(|e| panic!("first Probes::load: {}", chain(&e)))
         .close()
         .expect("close");
     assert_no_pins(pins.path());
@@ -93,8 +109,8 @@ fn load_replaces_a_stale_pin_of_a_crashed_predecessor() {
         .pin(&pin)
         .expect("pinning the stale map");
 
-    let counters = NetCounters::load(cgroup_root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("NetCounters::load over a stale pin: {}", chain(&e)));
+    let counters = Probes::load(cgroup_root.path(), pins.path())
+        .unwrap_or_else(|e| panic!("Probes::load over a stale pin: {}", chain(&e)));
     let pinned = MapData::from_pin(&pin).expect("opening the pin");
     let info = pinned.info().expect("map info");
     assert_eq!(

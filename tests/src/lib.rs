@@ -134,7 +134,7 @@ impl Cluster {
         };
         let config = format!(
             "node_name = \"{node}\"\nstandalone_listen = \"127.0.0.1:{port}\"\nscheduler = \"http://127.0.0.1:{port}\"\n\
-             log_dir = \"{logs}\"\ncgroup_root = \"{cg}\"\nbpf_pin_dir = \"{pins}\"\napi_listen = \"127.0.0.1:0\"\n\
+             log_dir = \"{logs}\"\ncgroup_root = \"{cg}\"\nbpf_pin_dir = \"{pins}\"\napi_listen = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\nmetrics_interval = \"1s\"\n\
              heartbeat_interval = \"1s\"\nstop_grace_period = \"3s\"\nrestart_backoff_initial = \"1s\"\n",
             node = cluster.node,
             port = scheduler_port,

@@ -7,11 +7,13 @@
 //! - `demo`: the README's main job, end to end.
 //! - `bench`: benchmarks, results in `target/bench/` and docs/benchmarks.md.
 //! - `ci`: what `.ci/run` runs.
+//! - `image`: a tiny OCI image archive of Debian's static busybox (see [`image`]).
 
 mod bench;
 mod ci;
 mod demo;
 mod ebpf;
+mod image;
 mod setup;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,21 @@ enum Command {
         #[command(subcommand)]
         which: BenchKind,
     },
+    /// Build a tiny OCI image archive (busybox + applet links), reproducibly.
+    Image {
+        /// Where to write the archive [default: target/images/busybox.tar].
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Image name recorded in index.json.
+        #[arg(long, default_value = "busybox:latest")]
+        name: String,
+        /// Architecture written in the config (metadata only) [default: the host's].
+        #[arg(long)]
+        arch: Option<String>,
+        /// The static busybox to copy in.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -56,5 +73,18 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             BenchKind::Start => bench::start(&ebpf::workspace_root()),
         },
+        Command::Image {
+            out,
+            name,
+            arch,
+            busybox,
+        } => image::run(
+            &out.unwrap_or_else(|| ebpf::workspace_root().join("target/images/busybox.tar")),
+            &image::ImageSpec {
+                arch: arch.unwrap_or_else(|| image::host_arch().to_string()),
+                busybox,
+                ..image::ImageSpec::host(&name)
+            },
+        ),
     }
 }

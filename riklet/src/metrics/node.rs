@@ -1,14 +1,48 @@
 //! Node figures for the scheduler: seed 004's node resources and realtime
-//! node objects, and RIK's heartbeat metrics, from procfs and the kernel.
+//! node objects, and RIK's heartbeat metrics, from procfs and the kernel;
+//! and the node part of a metrics [`Snapshot`](super::sample::Snapshot)
+//! ([`NodeSampler`]).
+//!
+//! Network figures are the link statistics the kernel reports over netlink
+//! (`RTM_GETLINK`, `IFLA_STATS64`), summed over every link but loopback.
+//! Links come and go (a pod's veth disappears with the pod), so a plain sum
+//! would go backwards; [`LinkCounters`] instead accumulates each link's
+//! increase between two readings, which stays monotonic and is what a
+//! Prometheus counter needs.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Instant;
 
+use futures::TryStreamExt as _;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
 use serde_json::{Value, json};
+use tracing::debug;
 
-/// Samples the node between heartbeats (CPU usage needs two samples).
+use super::sample::NodeSample;
+
+/// Reading the link statistics failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No netlink route socket (or the runtime could not register it).
+    #[error("opening a netlink route socket")]
+    Socket(#[source] std::io::Error),
+    /// The kernel answered the link dump with an error.
+    #[error("dumping links over netlink")]
+    Netlink(#[source] rtnetlink::Error),
+    /// The netlink connection ended before the dump did.
+    #[error("the netlink connection closed during the link dump")]
+    Closed,
+}
+
+/// Samples the node between heartbeats (CPU usage and network rates need
+/// two samples).
 pub struct NodeMonitor {
     node: String,
     last_cpu: Option<(u64, u64)>,
+    links: LinkCounters,
+    /// When the previous network reading was taken, and its totals.
+    last_net: Option<(Instant, LinkTotals)>,
 }
 
 impl NodeMonitor {
@@ -16,13 +50,17 @@ impl NodeMonitor {
         NodeMonitor {
             node: node.to_string(),
             last_cpu: None,
+            links: LinkCounters::default(),
+            last_net: None,
         }
     }
 
     /// `WorkerMetric.metrics`: RIK's keys (`cpu`, `memory`, `disks`) so that
     /// RIK's scheduler understands it, plus seed 004's `resources` and
-    /// `realtime` objects.
-    pub fn heartbeat(&mut self) -> Value {
+    /// `realtime` objects. Async because the network figures come over
+    /// netlink.
+    pub async fn heartbeat(&mut self) -> Value {
+        let network = self.network().await;
         let cpus = cpu_count();
         let (mem_total, mem_free) = memory();
         let (disk_total, disk_free) = disk("/");
@@ -42,7 +80,42 @@ impl NodeMonitor {
                     "currentUsage": if mem_total > 0 { round1(100.0 * (mem_total - mem_free) as f64 / mem_total as f64) } else { 0.0 },
                 },
                 "load": load(),
+                "network": network,
             },
+        })
+    }
+
+    /// `{rxBytesPerSec, txBytesPerSec, rxBytes, txBytes}` over the
+    /// non-loopback links; the rates are over the time since the previous
+    /// call (`null` on the first one), `null` everywhere if netlink failed.
+    async fn network(&mut self) -> Value {
+        let totals = match self.links.update().await {
+            Ok(totals) => totals,
+            Err(e) => {
+                debug!(error = %e, "no link statistics");
+                return json!({
+                    "rxBytesPerSec": null, "txBytesPerSec": null, "rxBytes": null, "txBytes": null,
+                });
+            }
+        };
+        let now = Instant::now();
+        let rate = |current: u64, previous: u64, since: Instant| {
+            let secs = now.duration_since(since).as_secs_f64();
+            (secs > 0.0).then(|| round1(current.saturating_sub(previous) as f64 / secs))
+        };
+        let (rx_rate, tx_rate) = match self.last_net {
+            Some((since, prev)) => (
+                rate(totals.rx_bytes, prev.rx_bytes, since),
+                rate(totals.tx_bytes, prev.tx_bytes, since),
+            ),
+            None => (None, None),
+        };
+        self.last_net = Some((now, totals));
+        json!({
+            "rxBytesPerSec": rx_rate,
+            "txBytesPerSec": tx_rate,
+            "rxBytes": totals.rx_bytes,
+            "txBytes": totals.tx_bytes,
         })
     }
 
@@ -89,6 +162,174 @@ impl NodeMonitor {
         self.last_cpu = Some((busy, total));
         usage
     }
+}
+
+/// Builds the node part of each metrics snapshot. Keeps its own
+/// [`LinkCounters`], so that the network counters it reports only ever
+/// grow.
+#[derive(Debug)]
+pub struct NodeSampler {
+    node: String,
+    links: LinkCounters,
+}
+
+impl NodeSampler {
+    pub fn new(node: &str) -> Self {
+        NodeSampler {
+            node: node.to_string(),
+            links: LinkCounters::default(),
+        }
+    }
+
+    /// Reads the node now. Figures that cannot be read are `None`.
+    pub async fn sample(&mut self) -> NodeSample {
+        use procfs::Current;
+        let links = match self.links.update().await {
+            Ok(totals) => Some(totals),
+            Err(e) => {
+                debug!(error = %e, "no link statistics");
+                None
+            }
+        };
+        let meminfo = procfs::Meminfo::current().ok();
+        NodeSample {
+            node: self.node.clone(),
+            cpu_seconds_total: cpu_ticks()
+                .map(|(busy, _)| busy as f64 / procfs::ticks_per_second() as f64),
+            cpus: cpu_count() as u64,
+            memory_total_bytes: meminfo.as_ref().map(|m| m.mem_total),
+            memory_available_bytes: meminfo
+                .as_ref()
+                .map(|m| m.mem_available.unwrap_or(m.mem_free)),
+            load1: procfs::LoadAverage::current()
+                .ok()
+                .map(|l| f64::from(l.one)),
+            rx_bytes: links.map(|l| l.rx_bytes),
+            tx_bytes: links.map(|l| l.tx_bytes),
+        }
+    }
+}
+
+/// Byte and packet counts of one link, or of several.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkTotals {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+impl LinkTotals {
+    /// The increase from `previous`, field by field; a field that went
+    /// backwards was reset (or wrapped), so all of its value is new.
+    fn since(self, previous: LinkTotals) -> LinkTotals {
+        let delta = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now);
+        LinkTotals {
+            rx_bytes: delta(self.rx_bytes, previous.rx_bytes),
+            tx_bytes: delta(self.tx_bytes, previous.tx_bytes),
+            rx_packets: delta(self.rx_packets, previous.rx_packets),
+            tx_packets: delta(self.tx_packets, previous.tx_packets),
+        }
+    }
+
+    fn plus(self, other: LinkTotals) -> LinkTotals {
+        LinkTotals {
+            rx_bytes: self.rx_bytes.wrapping_add(other.rx_bytes),
+            tx_bytes: self.tx_bytes.wrapping_add(other.tx_bytes),
+            rx_packets: self.rx_packets.wrapping_add(other.rx_packets),
+            tx_packets: self.tx_packets.wrapping_add(other.tx_packets),
+        }
+    }
+}
+
+/// Monotonic traffic totals over the node's non-loopback links.
+///
+/// The first reading counts every link's traffic since it was created; each
+/// later one adds what every link gained since the previous reading, and
+/// all the traffic of a link seen for the first time (a new veth starts at
+/// 0). Traffic of a link deleted between two readings after the first of
+/// them is lost, nothing is ever subtracted.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Last reading of each link, by interface index (the kernel does not
+    /// reuse an index soon; a reused one looks like a reset).
+    last: HashMap<u32, LinkTotals>,
+    total: LinkTotals,
+}
+
+impl LinkCounters {
+    /// Reads the links over netlink and returns the updated totals.
+    pub async fn update(&mut self) -> Result<LinkTotals, NodeError> {
+        Ok(self.apply(link_stats().await?))
+    }
+
+    fn apply(&mut self, links: Vec<(u32, LinkTotals)>) -> LinkTotals {
+        let mut last = HashMap::with_capacity(links.len());
+        for (index, now) in links {
+            let gained = match self.last.get(&index) {
+                Some(previous) => now.since(*previous),
+                None => now,
+            };
+            self.total = self.total.plus(gained);
+            last.insert(index, now);
+        }
+        self.last = last;
+        self.total
+    }
+}
+
+/// Counters of every non-loopback link, by interface index, from one
+/// netlink link dump.
+pub async fn link_stats() -> Result<Vec<(u32, LinkTotals)>, NodeError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(NodeError::Socket)?;
+    let dump = async move {
+        let mut links = handle.link().get().execute();
+        let mut stats = Vec::new();
+        while let Some(link) = links.try_next().await.map_err(NodeError::Netlink)? {
+            if let Some(totals) = link_totals(&link) {
+                stats.push((link.header.index, totals));
+            }
+        }
+        Ok(stats)
+    };
+    // The connection is driven here rather than spawned: it ends with the
+    // dump, and this works on any runtime flavour.
+    tokio::select! {
+        stats = dump => stats,
+        () = connection => Err(NodeError::Closed),
+    }
+}
+
+/// The counters of one link, `None` for loopback.
+fn link_totals(link: &LinkMessage) -> Option<LinkTotals> {
+    if link.header.flags.contains(LinkFlags::Loopback)
+        || link.header.link_layer_type == LinkLayerType::Loopback
+    {
+        return None;
+    }
+    let mut stats32 = None;
+    for attribute in &link.attributes {
+        match attribute {
+            LinkAttribute::Stats64(s) => {
+                return Some(LinkTotals {
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                });
+            }
+            LinkAttribute::Stats(s) => {
+                stats32 = Some(LinkTotals {
+                    rx_bytes: s.rx_bytes.into(),
+                    tx_bytes: s.tx_bytes.into(),
+                    rx_packets: s.rx_packets.into(),
+                    tx_packets: s.tx_packets.into(),
+                });
+            }
+            _ => {}
+        }
+    }
+    stats32
 }
 
 fn round1(x: f64) -> f64 {
@@ -183,11 +424,11 @@ pub fn internal_ip() -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn heartbeat_has_rik_and_seed_fields() {
+    #[tokio::test]
+    async fn heartbeat_has_rik_and_seed_fields() {
         let mut m = NodeMonitor::new("node-a");
-        let _ = m.heartbeat();
-        let hb = m.heartbeat();
+        let _ = m.heartbeat().await;
+        let hb = m.heartbeat().await;
         assert!(hb["cpu"]["total"].as_u64().unwrap() >= 1);
         assert!(hb["memory"]["total"].as_u64().unwrap() > 0);
         assert!(hb["disks"][0]["total"].as_u64().unwrap() > 0);
@@ -197,5 +438,67 @@ mod tests {
         assert!(!r["distrib"].as_str().unwrap().is_empty());
         let usage = hb["realtime"]["cpu"]["currentUsage"].as_f64().unwrap();
         assert!((0.0..=100.0).contains(&usage));
+        let net = &hb["realtime"]["network"];
+        assert!(net["rxBytes"].is_u64(), "{net}");
+        assert!(net["txBytes"].is_u64(), "{net}");
+        assert!(net["rxBytesPerSec"].as_f64().unwrap() >= 0.0, "{net}");
+        assert!(net["txBytesPerSec"].as_f64().unwrap() >= 0.0, "{net}");
+        assert!(hb["realtime"]["load"].is_array());
+    }
+
+    #[tokio::test]
+    async fn netlink_link_stats_skip_loopback() {
+        let links = link_stats().await.expect("netlink link dump");
+        let lo = nix::net::if_::if_nametoindex("lo").expect("lo exists");
+        assert!(
+            links.iter().all(|(index, _)| *index != lo),
+            "loopback (index {lo}) counted: {links:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn node_sample_reads_everything() {
+        let mut sampler = NodeSampler::new("node-a");
+        let first = sampler.sample().await;
+        let second = sampler.sample().await;
+        assert_eq!(second.node, "node-a");
+        assert!(second.cpus >= 1);
+        assert!(second.cpu_seconds_total.unwrap() > 0.0);
+        assert!(second.cpu_seconds_total >= first.cpu_seconds_total);
+        assert!(second.memory_total_bytes.unwrap() >= second.memory_available_bytes.unwrap());
+        assert!(second.load1.unwrap() >= 0.0);
+        assert!(second.rx_bytes >= first.rx_bytes);
+        assert!(second.tx_bytes >= first.tx_bytes);
+    }
+
+    fn link(rx_bytes: u64, tx_bytes: u64) -> LinkTotals {
+        LinkTotals {
+            rx_bytes,
+            tx_bytes,
+            rx_packets: rx_bytes / 100,
+            tx_packets: tx_bytes / 100,
+        }
+    }
+
+    #[test]
+    fn link_counters_stay_monotonic_when_links_come_and_go() {
+        let mut c = LinkCounters::default();
+        // eth0 and a pod veth.
+        assert_eq!(
+            c.apply(vec![(2, link(1000, 500)), (7, link(300, 100))]),
+            link(1300, 600)
+        );
+        // eth0 grows, the veth is deleted: nothing is subtracted.
+        assert_eq!(c.apply(vec![(2, link(1500, 700))]), link(1800, 800));
+        // A new veth appears with its own traffic since creation.
+        assert_eq!(
+            c.apply(vec![(2, link(1500, 700)), (9, link(200, 0))]),
+            link(2000, 800)
+        );
+        // eth0 reset (driver reload): its whole new value is new traffic.
+        assert_eq!(
+            c.apply(vec![(2, link(50, 10)), (9, link(200, 0))]),
+            link(2050, 810)
+        );
     }
 }

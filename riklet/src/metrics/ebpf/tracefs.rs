@@ -1,0 +1,164 @@
+//! Tracepoint record layouts, read from tracefs at load time.
+//!
+//! The tracepoint programs read their fields at offsets the loader passes
+//! in as globals, so that the object does not depend on the record layout
+//! of the kernel it was built against. `events/<category>/<event>/format`
+//! lists each field as
+//! `field:pid_t prev_pid;<TAB>offset:24;<TAB>size:4;<TAB>signed:1;`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+};
+
+use nix::mount::{MsFlags, mount};
+use tracing::debug;
+
+use super::{ProbeError, Result};
+
+/// Where tracefs is mounted nowadays, and where it used to be (below
+/// debugfs). The first one is where a missing tracefs gets mounted.
+const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// One tracepoint field a program reads.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Field {
+    /// Event category (`sched`).
+    pub category: &'static str,
+    /// Event name (`sched_switch`).
+    pub event: &'static str,
+    /// Field name (`prev_pid`).
+    pub field: &'static str,
+    /// Sizes in bytes the program can read the field with.
+    pub sizes: &'static [u32],
+    /// The eBPF global receiving the offset.
+    pub global: &'static str,
+}
+
+/// The tracefs mount point holding `events/`; mounts tracefs at
+/// `/sys/kernel/tracing` if neither usual place has it.
+pub(super) fn tracefs() -> Result<PathBuf> {
+    // Two loads racing here (tests do) would mount twice.
+    static MOUNTING: Mutex<()> = Mutex::new(());
+    let _serialised = MOUNTING.lock().unwrap_or_else(PoisonError::into_inner);
+
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    let mount_point = Path::new(TRACEFS_MOUNTS[0]);
+    let mounted = mount(
+        Some("tracefs"),
+        mount_point,
+        Some("tracefs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    match (mounted, find()) {
+        (_, Some(found)) => {
+            debug!(path = %found.display(), "mounted tracefs");
+            Ok(found)
+        }
+        (Err(source), None) => Err(ProbeError::Tracefs {
+            source: Some(source),
+        }),
+        (Ok(()), None) => Err(ProbeError::Tracefs { source: None }),
+    }
+}
+
+fn find() -> Option<PathBuf> {
+    TRACEFS_MOUNTS
+        .iter()
+        .map(Path::new)
+        .find(|mount| mount.join("events").is_dir())
+        .map(Path::to_owned)
+}
+
+/// The byte offset of `field` in its event's records, checked against the
+/// sizes the program can read.
+pub(super) fn offset(tracefs: &Path, field: &Field) -> Result<u32> {
+    let path = tracefs
+        .join("events")
+        .join(field.category)
+        .join(field.event)
+        .join("format");
+    let format = fs::read_to_string(&path).map_err(|source| ProbeError::Io {
+        action: "reading tracepoint format",
+        path: path.clone(),
+        source,
+    })?;
+    let (offset, size) =
+        parse_field(&format, field.field).ok_or_else(|| ProbeError::TracepointField {
+            path: path.clone(),
+            field: field.field,
+        })?;
+    if !field.sizes.contains(&size) {
+        return Err(ProbeError::TracepointFieldSize {
+            path,
+            field: field.field,
+            size,
+            expected: field.sizes,
+        });
+    }
+    Ok(offset)
+}
+
+/// `(offset, size)` of a field in the text of a `format` file.
+fn parse_field(format: &str, name: &str) -> Option<(u32, u32)> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        // "pid_t prev_pid", "char prev_comm[16]", "__data_loc char[] comm".
+        let declared = declaration.split_whitespace().next_back()?;
+        let declared = declared.split_once('[').map_or(declared, |(n, _)| n);
+        if declared != name {
+            return None;
+        }
+        let mut offset = None;
+        let mut size = None;
+        for part in parts {
+            if let Some(value) = part.strip_prefix("offset:") {
+                offset = value.parse().ok();
+            } else if let Some(value) = part.strip_prefix("size:") {
+                size = value.parse().ok();
+            }
+        }
+        Some((offset?, size?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHED_SWITCH: &str = "name: sched_switch
+ID: 335
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:char prev_comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:pid_t prev_pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:long prev_state;\toffset:32;\tsize:8;\tsigned:1;
+\tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;
+
+print fmt: \"prev_comm=%s prev_pid=%d\", REC->prev_comm, REC->prev_pid
+";
+
+    #[test]
+    fn parses_fields_of_a_format_file() {
+        assert_eq!(parse_field(SCHED_SWITCH, "prev_pid"), Some((24, 4)));
+        assert_eq!(parse_field(SCHED_SWITCH, "prev_state"), Some((32, 8)));
+        assert_eq!(parse_field(SCHED_SWITCH, "next_pid"), Some((56, 4)));
+        assert_eq!(parse_field(SCHED_SWITCH, "prev_comm"), Some((8, 16)));
+        assert_eq!(parse_field(SCHED_SWITCH, "pid"), None);
+        assert_eq!(parse_field(SCHED_SWITCH, "next_prio"), None);
+        assert_eq!(
+            parse_field(
+                "\tfield:__data_loc char[] comm;\toffset:12;\tsize:4;\tsigned:0;",
+                "comm"
+            ),
+            Some((12, 4))
+        );
+    }
+}

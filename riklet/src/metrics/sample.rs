@@ -1,0 +1,251 @@
+//! The figures of one collection cycle: the node and every container.
+//!
+//! A [`Snapshot`] is built by the agent once per cycle and published to the
+//! Prometheus exporter ([`super::exporter::SnapshotHandle::publish`]); the
+//! same samples feed the pod JSON sent to the scheduler
+//! ([`PodSample::usage_json`]). Counters are cumulative (since the cgroup,
+//! the eBPF map or the boot); a `None` is a figure that could not be read
+//! this cycle and is left out of every output rather than reported as 0.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::cgroup_stats::CgroupStats;
+use super::net::CgroupTraffic;
+
+const NS_PER_SEC: f64 = 1e9;
+
+/// One container of one pod.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSample {
+    /// App (manifest) name.
+    pub app: String,
+    /// Instance id (the pod).
+    pub instance: String,
+    /// Container name within the pod.
+    pub container: String,
+    /// Node name.
+    pub node: String,
+    /// CPU time used, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Time throttled by the CFS quota, seconds.
+    pub cpu_throttled_seconds: Option<f64>,
+    /// CFS periods elapsed (only with a CPU limit).
+    pub cpu_periods: Option<u64>,
+    /// CFS periods in which the container was throttled.
+    pub cpu_throttled_periods: Option<u64>,
+    /// Memory charged, page cache included.
+    pub memory_usage_bytes: Option<u64>,
+    /// Usage minus inactive file pages (cAdvisor's working set, what
+    /// eviction and `kubectl top` look at).
+    pub memory_working_set_bytes: Option<u64>,
+    /// Hard memory limit; `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// Times usage hit the limit.
+    pub memory_failcnt: Option<u64>,
+    /// Processes killed by the OOM killer.
+    pub oom_kills: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
+    /// Bytes received (eBPF `cgroup_skb`).
+    pub rx_bytes: Option<u64>,
+    /// Bytes sent.
+    pub tx_bytes: Option<u64>,
+    /// Packets received.
+    pub rx_packets: Option<u64>,
+    /// Packets sent.
+    pub tx_packets: Option<u64>,
+    /// Time on a CPU measured by eBPF (sched_switch), seconds.
+    pub oncpu_seconds: Option<f64>,
+    /// Time runnable but waiting for a CPU (eBPF), per scheduling.
+    pub runq_latency: Option<Log2Histogram>,
+}
+
+impl PodSample {
+    /// A sample with its labels and no figures yet.
+    pub fn new(app: &str, instance: &str, container: &str, node: &str) -> Self {
+        PodSample {
+            app: app.to_string(),
+            instance: instance.to_string(),
+            container: container.to_string(),
+            node: node.to_string(),
+            ..PodSample::default()
+        }
+    }
+
+    /// Fills the CPU, memory and pids figures from a cgroup reading.
+    pub fn with_cgroup(mut self, stats: &CgroupStats) -> Self {
+        let seconds = |ns: Option<u64>| ns.map(|ns| ns as f64 / NS_PER_SEC);
+        self.cpu_seconds = seconds(stats.cpu_usage_ns);
+        self.cpu_throttled_seconds = seconds(stats.cpu_throttled_ns);
+        self.cpu_periods = stats.cpu_periods;
+        self.cpu_throttled_periods = stats.cpu_throttled_periods;
+        self.memory_usage_bytes = stats.memory_usage_bytes;
+        self.memory_working_set_bytes = stats.memory_working_set_bytes;
+        self.memory_limit_bytes = stats.memory_limit_bytes;
+        self.memory_failcnt = stats.memory_failcnt;
+        self.oom_kills = stats.oom_kills;
+        self.pids = stats.pids;
+        self
+    }
+
+    /// Fills the network figures from the eBPF counters of the container's
+    /// cgroup. A cgroup that has not sent or received anything yet has no
+    /// entry in the map: pass `CgroupTraffic::default()` for it, so that
+    /// its series start at 0 instead of being absent.
+    pub fn with_traffic(mut self, traffic: &CgroupTraffic) -> Self {
+        self.rx_bytes = Some(traffic.rx_bytes);
+        self.tx_bytes = Some(traffic.tx_bytes);
+        self.rx_packets = Some(traffic.rx_packets);
+        self.tx_packets = Some(traffic.tx_packets);
+        self
+    }
+
+    /// The usage part of the realtime app object (seed 004 allows extra
+    /// fields): `cpu`, `memory`, `pids`, `network`. Unknown figures are
+    /// `null`.
+    pub fn usage_json(&self) -> Value {
+        json!({
+            "cpu": {
+                "usageSeconds": self.cpu_seconds,
+                "throttledSeconds": self.cpu_throttled_seconds,
+                "oncpuSeconds": self.oncpu_seconds,
+            },
+            "memory": {
+                "usageBytes": self.memory_usage_bytes,
+                "workingSetBytes": self.memory_working_set_bytes,
+                "limitBytes": self.memory_limit_bytes,
+                "failcnt": self.memory_failcnt,
+                "oomKills": self.oom_kills,
+            },
+            "pids": self.pids,
+            "network": {
+                "rxBytes": self.rx_bytes,
+                "txBytes": self.tx_bytes,
+                "rxPackets": self.rx_packets,
+                "txPackets": self.tx_packets,
+            },
+        })
+    }
+}
+
+/// A histogram with power-of-two buckets, the shape eBPF programs fill
+/// cheaply (`bucket = log2(value)`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Log2Histogram {
+    /// Count per bucket: bucket `i` holds values in `[2^i, 2^(i+1))` ns
+    /// (bucket 0 also holds 0).
+    pub buckets_ns: Vec<u64>,
+    /// Number of observations (normally the sum of the buckets).
+    pub count: u64,
+    /// Sum of the observations, ns.
+    pub sum_ns: u64,
+}
+
+impl Log2Histogram {
+    /// Adds one observation (for tests and user-space producers).
+    pub fn observe(&mut self, ns: u64) {
+        let bucket = ns.max(1).ilog2() as usize;
+        if self.buckets_ns.len() <= bucket {
+            self.buckets_ns.resize(bucket + 1, 0);
+        }
+        self.buckets_ns[bucket] += 1;
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+
+    /// Observations of value `< 2^k` ns: the sum of buckets `0..k`.
+    pub fn count_below_pow2(&self, k: u32) -> u64 {
+        self.buckets_ns.iter().take(k as usize).sum()
+    }
+
+    /// Total observations: `count`, or the sum of the buckets if that is
+    /// more (a producer that updates the buckets and the count separately
+    /// can be caught in between).
+    pub fn total(&self) -> u64 {
+        self.count.max(self.buckets_ns.iter().sum())
+    }
+}
+
+/// The node as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSample {
+    /// Node name.
+    pub node: String,
+    /// CPU time spent busy (not idle, not iowait) over all CPUs since
+    /// boot, seconds.
+    pub cpu_seconds_total: Option<f64>,
+    /// Logical CPUs available.
+    pub cpus: u64,
+    /// `MemTotal`.
+    pub memory_total_bytes: Option<u64>,
+    /// `MemAvailable` (what can be allocated without swapping).
+    pub memory_available_bytes: Option<u64>,
+    /// One-minute load average.
+    pub load1: Option<f64>,
+    /// Bytes received over every non-loopback link (netlink link stats).
+    pub rx_bytes: Option<u64>,
+    /// Bytes sent over every non-loopback link.
+    pub tx_bytes: Option<u64>,
+}
+
+/// Everything measured in one collection cycle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// The node.
+    pub node: NodeSample,
+    /// One sample per container of every pod the node runs.
+    pub pods: Vec<PodSample>,
+    /// When the cycle ran, Unix milliseconds (0: never).
+    pub collected_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_figures_convert_to_seconds() {
+        let stats = CgroupStats {
+            cpu_usage_ns: Some(1_500_000_000),
+            cpu_throttled_ns: Some(250_000_000),
+            memory_usage_bytes: Some(10),
+            memory_working_set_bytes: Some(8),
+            pids: Some(2),
+            ..CgroupStats::default()
+        };
+        let s = PodSample::new("web", "web-1", "main", "node-a").with_cgroup(&stats);
+        assert_eq!(s.cpu_seconds, Some(1.5));
+        assert_eq!(s.cpu_throttled_seconds, Some(0.25));
+        assert_eq!(s.memory_limit_bytes, None);
+        assert_eq!(s.pids, Some(2));
+        let j = s.usage_json();
+        assert_eq!(j["cpu"]["usageSeconds"], 1.5);
+        assert_eq!(j["memory"]["workingSetBytes"], 8);
+        assert!(j["memory"]["limitBytes"].is_null());
+        assert!(j["network"]["rxBytes"].is_null());
+    }
+
+    #[test]
+    fn log2_buckets() {
+        let mut h = Log2Histogram::default();
+        for ns in [0, 1, 3, 1024, 1500, 2048] {
+            h.observe(ns);
+        }
+        // 0 and 1 → bucket 0; 3 → 1; 1024, 1500 → 10; 2048 → 11.
+        assert_eq!(h.buckets_ns.len(), 12);
+        assert_eq!(h.buckets_ns[0], 2);
+        assert_eq!(h.buckets_ns[1], 1);
+        assert_eq!(h.buckets_ns[10], 2);
+        assert_eq!(h.buckets_ns[11], 1);
+        assert_eq!(h.count_below_pow2(10), 3);
+        assert_eq!(h.count_below_pow2(11), 5);
+        assert_eq!(h.count_below_pow2(64), 6);
+        assert_eq!(h.total(), 6);
+        assert_eq!(h.sum_ns, 1 + 3 + 1024 + 1500 + 2048);
+    }
+}

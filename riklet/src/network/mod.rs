@@ -1,0 +1,565 @@
+//! Pod network: one network namespace per pod, wired to a host bridge.
+//!
+//! ```text
+//!  host                                      pod (netns /run/netns/rik-<id>)
+//!  ┌──────────────── bridge rik0 10.88.0.1/24 ┐
+//!  │  rikv<hash> ◀──────── veth ────────▶ eth0 10.88.0.N/24, lo up
+//!  └──────────────────────────────────────────┘    default via 10.88.0.1
+//!  nft: table ip riklet, chain pod_masquerade (postrouting):
+//!       ip saddr 10.88.0.0/24 ip daddr != 10.88.0.0/24 masquerade
+//! ```
+//!
+//! Every operation is idempotent and converges: [`PodNetwork::attach`]
+//! re-run on a half-attached pod (the riklet died in the middle) finishes
+//! the job; [`PodNetwork::reconcile`] removes what belongs to instances the
+//! riklet no longer runs. Kernel objects are only touched through netlink
+//! (`rtnetlink`) and the `nftables` crate.
+//!
+//! # Layout
+//! - [`ipam`]: the pod CIDR and its leases (`<state-dir>/ipam.json`).
+//! - [`netns`]: named network namespaces and sockets inside them.
+//! - `link`: netlink operations (bridge, veth, addresses, routes).
+//! - [`nat`]: the nftables masquerade rule.
+
+pub mod ipam;
+mod link;
+pub mod nat;
+pub mod netns;
+
+use std::collections::HashSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tracing::{info, warn};
+
+use ipam::{Ipam, Ipv4Cidr};
+use link::Netlink;
+
+/// Name of the pod's interface inside its namespace.
+pub const POD_IFNAME: &str = "eth0";
+
+/// Prefix of the host side of every pod veth.
+pub const VETH_PREFIX: &str = "rikv";
+
+/// IPAM state file, relative to the state dir.
+pub const IPAM_FILE: &str = "ipam.json";
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// A pod network operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A setting that cannot be used.
+    #[error("network config: {field}: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+    /// An instance id that must not reach a path or a link name.
+    #[error(transparent)]
+    InvalidInstance(#[from] proto::manifest::ManifestError),
+    /// Every address of the pod CIDR is leased.
+    #[error(
+        "pod CIDR {cidr} is exhausted: all {leases} pod addresses are leased \
+         (use a larger pod_cidr or remove pods)"
+    )]
+    CidrExhausted { cidr: String, leases: usize },
+    /// `pod_cidr` changed while pods still hold leases of the old one.
+    #[error(
+        "IPAM state {path} holds {leases} leases in {leased} but pod_cidr is {configured}: \
+         remove those pods or restore pod_cidr"
+    )]
+    CidrChanged {
+        path: PathBuf,
+        leased: String,
+        configured: String,
+        leases: usize,
+    },
+    /// The lease file cannot be trusted; refusing it avoids handing out
+    /// addresses that are in use.
+    #[error("IPAM state {path} is corrupt: {reason}")]
+    IpamCorrupt { path: PathBuf, reason: String },
+    /// The bridge name is taken by something else.
+    #[error("link {name} cannot be the pod bridge: {reason}")]
+    NotABridge { name: String, reason: String },
+    #[error("{what}: {path}: {source}")]
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Socket {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("{what}: {source}: {detail}")]
+    Nft {
+        what: String,
+        /// What `nft` printed on stderr.
+        detail: String,
+        #[source]
+        source: Box<nftables::helper::NftablesError>,
+    },
+    #[error("cannot spawn a thread for {what}: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}: the helper thread died")]
+    ThreadPanicked { what: &'static str },
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, NetworkError>;
+
+/// Pod network settings (the `[network]` table of the riklet config).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Host bridge the pods attach to (a link name: at most 15 characters).
+    pub bridge: String,
+    /// IPv4 network of the pods, `/8` to `/30`; the bridge takes its first
+    /// address, which is the pods' default gateway.
+    pub pod_cidr: String,
+    /// Masquerade pod traffic to addresses outside `pod_cidr` (pods reach
+    /// the outside world with the node's address).
+    pub masquerade: bool,
+    /// nftables table (family `ip`) holding the masquerade chain.
+    pub nft_table: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bridge: "rik0".into(),
+            pod_cidr: "10.88.0.0/24".into(),
+            masquerade: true,
+            nft_table: "riklet".into(),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// Checks what serde cannot; returns the parsed CIDR.
+    pub fn validate(&self) -> Result<Ipv4Cidr> {
+        let invalid = |field, reason: String| NetworkError::InvalidConfig { field, reason };
+        let b = &self.bridge;
+        if b.is_empty()
+            || b.len() > 15
+            || b == "."
+            || b == ".."
+            || !b
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        {
+            return Err(invalid(
+                "bridge",
+                format!("{b:?} is not a link name (1-15 characters of [A-Za-z0-9._-])"),
+            ));
+        }
+        let t = &self.nft_table;
+        if t.is_empty()
+            || t.len() > 64
+            || !t.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !t
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c))
+        {
+            return Err(invalid(
+                "nft_table",
+                format!("{t:?} is not a table name (a letter, then [A-Za-z0-9_-], at most 64)"),
+            ));
+        }
+        Ipv4Cidr::parse(&self.pod_cidr).map_err(|reason| invalid("pod_cidr", reason))
+    }
+}
+
+/// Where an attached pod is on the network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodAddress {
+    /// The pod's address on `eth0`.
+    pub ip: Ipv4Addr,
+    /// Prefix length of the pod CIDR.
+    pub prefix_len: u8,
+    /// The bridge address, the pod's default route.
+    pub gateway: Ipv4Addr,
+    /// The pod's network namespace (give it to runc / `setns`).
+    pub netns: PathBuf,
+}
+
+/// The host side of the pod veth of `instance_id`: `rikv` and 10 hex
+/// digits of a SHA-256 of the id (link names are limited to 15 bytes).
+pub fn host_veth_name(instance_id: &str) -> String {
+    let digest = Sha256::digest(instance_id.as_bytes());
+    format!("{VETH_PREFIX}{}", hex::encode(&digest[..5]))
+}
+
+/// The pod network of this node.
+pub struct PodNetwork {
+    config: NetworkConfig,
+    cidr: Ipv4Cidr,
+    host: Netlink,
+    ipam: Mutex<Ipam>,
+    /// Serialises the operations that change the kernel.
+    ops: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PodNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodNetwork")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodNetwork {
+    /// Ensures the bridge (gateway = first host address of the CIDR),
+    /// `net.ipv4.ip_forward = 1` and, if `masquerade`, the nftables
+    /// masquerade rule (removed if `masquerade` is off); loads the leases
+    /// from `<state_dir>/ipam.json`.
+    pub async fn new(config: NetworkConfig, state_dir: &Path) -> Result<Self> {
+        let cidr = config.validate()?;
+        std::fs::create_dir_all(state_dir).map_err(|source| NetworkError::Io {
+            what: "creating the state dir".into(),
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let ipam = Ipam::load(&state_dir.join(IPAM_FILE), cidr)?;
+        netns::prepare_dir()?;
+        let host = Netlink::host()?;
+        link::ensure_bridge(
+            &host.handle,
+            &config.bridge,
+            cidr.gateway(),
+            cidr.prefix_len(),
+        )
+        .await?;
+        enable_ip_forward()?;
+        if config.masquerade {
+            nat::ensure(&config.nft_table, cidr).await?;
+        } else if let Err(e) = nat::remove(&config.nft_table).await {
+            // Most likely there is nothing to remove (or no `nft` at all):
+            // not a reason to run without a pod network.
+            warn!(error = %e, "cannot remove a masquerade rule of an earlier configuration");
+        }
+        info!(
+            bridge = %config.bridge,
+            cidr = %cidr,
+            masquerade = config.masquerade,
+            leases = ipam.ids().len(),
+            "pod network ready"
+        );
+        Ok(PodNetwork {
+            config,
+            cidr,
+            host,
+            ipam: Mutex::new(ipam),
+            ops: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// Gives `instance_id` a network namespace (`/run/netns/rik-<id>`)
+    /// with `lo` up and `eth0` (a veth whose host side is on the bridge)
+    /// holding a leased address and a default route via the bridge.
+    /// Idempotent: returns the existing address of an attached instance,
+    /// and finishes a half-done attachment. A failed first attachment
+    /// leaves nothing behind.
+    pub async fn attach(&self, instance_id: &str) -> Result<PodAddress> {
+        proto::manifest::validate_instance_id(instance_id)?;
+        let _op = self.ops.lock().await;
+        let (ip, new) = self.lock_ipam().allocate(instance_id)?;
+        match self.attach_locked(instance_id, ip).await {
+            Ok(address) => {
+                if new {
+                    info!(instance = instance_id, ip = %ip, "pod attached to the network");
+                }
+                Ok(address)
+            }
+            Err(e) => {
+                if new && let Err(undo) = self.detach_locked(instance_id).await {
+                    warn!(
+                        instance = instance_id,
+                        error = %undo,
+                        "cannot undo a failed attachment; reconcile will retry"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the pod's veth and network namespace and frees its address.
+    /// Idempotent.
+    pub async fn detach(&self, instance_id: &str) -> Result<()> {
+        proto::manifest::validate_instance_id(instance_id)?;
+        let _op = self.ops.lock().await;
+        self.detach_locked(instance_id).await
+    }
+
+    /// Detaches every instance that holds a lease but is not in `live`,
+    /// and deletes pod veths on the bridge that belong to no lease
+    /// (clean-up after a crash). Continues past failures; returns the
+    /// first one.
+    pub async fn reconcile(&self, live: &[String]) -> Result<()> {
+        let _op = self.ops.lock().await;
+        let live: HashSet<&str> = live.iter().map(String::as_str).collect();
+        let mut first_error = None;
+        let leased = self.lock_ipam().ids();
+        for id in leased.iter().filter(|id| !live.contains(id.as_str())) {
+            info!(instance = %id, "removing the network of an instance that is gone");
+            if let Err(e) = self.detach_locked(id).await {
+                warn!(instance = %id, error = %e, "cannot remove a stale pod network");
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Err(e) = self.remove_stray_veths().await {
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The address of an attached instance, if any.
+    pub fn address(&self, instance_id: &str) -> Option<PodAddress> {
+        let ip = self.lock_ipam().get(instance_id)?;
+        Some(self.pod_address(instance_id, ip))
+    }
+
+    /// Every instance holding an address.
+    pub fn instances(&self) -> Vec<String> {
+        self.lock_ipam().ids()
+    }
+
+    /// Uninstall: detaches every pod, deletes the bridge, the masquerade
+    /// rule (and its table when nothing else is in it) and the IPAM state.
+    /// `net.ipv4.ip_forward` is left as it is: other software may rely on
+    /// it.
+    pub async fn remove_all(&self) -> Result<()> {
+        let _op = self.ops.lock().await;
+        let leased = self.lock_ipam().ids();
+        for id in &leased {
+            self.detach_locked(id).await?;
+        }
+        self.remove_stray_veths().await?;
+        link::delete(&self.host.handle, &self.config.bridge).await?;
+        nat::remove(&self.config.nft_table).await?;
+        self.lock_ipam().remove_file()?;
+        info!(bridge = %self.config.bridge, "pod network removed");
+        Ok(())
+    }
+
+    fn lock_ipam(&self) -> std::sync::MutexGuard<'_, Ipam> {
+        self.ipam.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pod_address(&self, instance_id: &str, ip: Ipv4Addr) -> PodAddress {
+        PodAddress {
+            ip,
+            prefix_len: self.cidr.prefix_len(),
+            gateway: self.cidr.gateway(),
+            netns: netns::path_of(instance_id),
+        }
+    }
+
+    async fn attach_locked(&self, id: &str, ip: Ipv4Addr) -> Result<PodAddress> {
+        let host = &self.host.handle;
+        let address = self.pod_address(id, ip);
+        let bridge = link::ensure_bridge(
+            host,
+            &self.config.bridge,
+            self.cidr.gateway(),
+            self.cidr.prefix_len(),
+        )
+        .await?;
+        netns::create(&address.netns).await?;
+        let pod = Netlink::from_socket(netns::netlink_socket(&address.netns).await?);
+        let result = self.wire(id, &address, bridge, &pod.handle).await;
+        pod.close().await;
+        result.map(|()| address)
+    }
+
+    /// Creates (or repairs) the veth pair and configures both ends.
+    async fn wire(
+        &self,
+        id: &str,
+        address: &PodAddress,
+        bridge: u32,
+        pod: &rtnetlink::Handle,
+    ) -> Result<()> {
+        let host = &self.host.handle;
+        let veth = host_veth_name(id);
+        let host_end = link::by_name(host, &veth).await?;
+        let pod_end = link::by_name(pod, POD_IFNAME).await?;
+        // The pair is intact when the pod's eth0 points at our host end.
+        let paired = matches!(
+            (&host_end, &pod_end),
+            (Some(h), Some(p)) if link::peer_of(p) == Some(h.header.index)
+        );
+        if !paired {
+            if let Some(h) = &host_end {
+                link::delete_index(host, h.header.index, &veth).await?;
+            }
+            if let Some(p) = &pod_end {
+                link::delete_index(pod, p.header.index, POD_IFNAME).await?;
+            }
+            let ns = netns::open(&address.netns)?;
+            link::create_veth(host, &veth, POD_IFNAME, ns.as_raw_fd()).await?;
+        }
+        let missing = |name: &str| NetworkError::Netlink {
+            what: format!("link {name} vanished while attaching {id}"),
+            source: Box::new(rtnetlink::Error::RequestFailed),
+        };
+        let host_end = link::by_name(host, &veth)
+            .await?
+            .ok_or_else(|| missing(&veth))?;
+        link::set_up(host, host_end.header.index, Some(bridge), &veth).await?;
+
+        let lo = link::by_name(pod, "lo")
+            .await?
+            .ok_or_else(|| missing("lo"))?;
+        link::set_up(pod, lo.header.index, None, "lo").await?;
+        let eth0 = link::by_name(pod, POD_IFNAME)
+            .await?
+            .ok_or_else(|| missing(POD_IFNAME))?
+            .header
+            .index;
+        link::ensure_address(pod, eth0, address.ip, address.prefix_len, POD_IFNAME).await?;
+        link::set_up(pod, eth0, None, POD_IFNAME).await?;
+        link::ensure_default_route(pod, eth0, address.gateway).await
+    }
+
+    async fn detach_locked(&self, id: &str) -> Result<()> {
+        let host = &self.host.handle;
+        let ip = self.lock_ipam().get(id);
+        // Deleting the host end deletes eth0 with it.
+        link::delete(host, &host_veth_name(id)).await?;
+        netns::remove(&netns::path_of(id))?;
+        if let Some(ip) = ip {
+            if let Some(bridge) = link::by_name(host, &self.config.bridge).await? {
+                link::forget_neighbour(host, bridge.header.index, ip).await?;
+            }
+            self.lock_ipam().release(id)?;
+            info!(instance = id, ip = %ip, "pod detached from the network");
+        }
+        Ok(())
+    }
+
+    /// Deletes pod veths on our bridge that no lease accounts for.
+    async fn remove_stray_veths(&self) -> Result<()> {
+        let host = &self.host.handle;
+        let Some(bridge) = link::by_name(host, &self.config.bridge).await? else {
+            return Ok(());
+        };
+        let expected: HashSet<String> = self
+            .lock_ipam()
+            .ids()
+            .iter()
+            .map(|id| host_veth_name(id))
+            .collect();
+        for l in link::all(host).await? {
+            let Some(name) = link::name_of(&l) else {
+                continue;
+            };
+            if link::controller_of(&l) == Some(bridge.header.index)
+                && name.starts_with(VETH_PREFIX)
+                && !expected.contains(name)
+            {
+                info!(
+                    veth = name,
+                    "deleting a pod veth that belongs to no instance"
+                );
+                link::delete_index(host, l.header.index, name).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn enable_ip_forward() -> Result<()> {
+    if std::fs::read_to_string(IP_FORWARD).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(IP_FORWARD, b"1\n").map_err(|source| NetworkError::Io {
+        what: "enabling IPv4 forwarding".into(),
+        path: IP_FORWARD.into(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c: NetworkConfig = toml::from_str("").unwrap();
+        assert_eq!(c.bridge, "rik0");
+        assert_eq!(c.pod_cidr, "10.88.0.0/24");
+        assert!(c.masquerade);
+        assert_eq!(c.nft_table, "riklet");
+        assert_eq!(c.validate().unwrap().gateway(), Ipv4Addr::new(10, 88, 0, 1));
+
+        let err = toml::from_str::<NetworkConfig>("bridg = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bridg"), "{err}");
+        for (toml, field) in [
+            ("bridge = \"a-very-long-bridge\"", "bridge"),
+            ("bridge = \"a/b\"", "bridge"),
+            ("nft_table = \"1x\"", "nft_table"),
+            ("nft_table = \"a b\"", "nft_table"),
+            ("pod_cidr = \"10.88.0.1/24\"", "pod_cidr"),
+            ("pod_cidr = \"10.88.0.0/31\"", "pod_cidr"),
+        ] {
+            let c: NetworkConfig = toml::from_str(toml).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn operations_can_run_on_spawned_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        fn check(net: &PodNetwork) {
+            send(&net.attach("x"));
+            send(&net.detach("x"));
+            send(&net.reconcile(&[]));
+            send(&net.remove_all());
+        }
+        send_sync::<PodNetwork>();
+        let _ = check;
+    }
+
+    #[test]
+    fn veth_names_fit_and_differ() {
+        let a = host_veth_name("opposite-join-5857");
+        let b = host_veth_name("opposite-join-5858");
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with(VETH_PREFIX));
+        assert_ne!(a, b);
+        assert_eq!(a, host_veth_name("opposite-join-5857"));
+    }
+}
