@@ -53,6 +53,20 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// When a riklet contacts the registry for a container's image
+/// (Kubernetes' `imagePullPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImagePullPolicy {
+    /// Resolve the reference at the registry at every start; download only
+    /// what the node lacks.
+    Always,
+    /// Use the node's copy; pull only when the image is missing.
+    #[default]
+    IfNotPresent,
+    /// Never contact a registry: the image must already be on the node.
+    Never,
+}
+
 /// Transport protocol of an exposed port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -123,6 +137,20 @@ pub struct Container {
     pub ports: Vec<Port>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Only for image containers; `None` means [`ImagePullPolicy::IfNotPresent`].
+    #[serde(
+        rename = "imagePullPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+}
+
+impl Container {
+    /// The pull policy in force (IfNotPresent unless the manifest says).
+    pub fn pull_policy(&self) -> ImagePullPolicy {
+        self.image_pull_policy.unwrap_or_default()
+    }
 }
 
 /// Where an app came from, for seed 004's `deployment` object.
@@ -139,6 +167,14 @@ pub struct PodSpec {
     pub containers: Vec<Container>,
     #[serde(rename = "restartPolicy", default)]
     pub restart_policy: RestartPolicy,
+    /// Run in the node's network namespace instead of one of the pod's own
+    /// (the pod's IP is then the node's).
+    #[serde(rename = "hostNetwork", default, skip_serializing_if = "is_false")]
+    pub host_network: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A validated app manifest, serialized as RIK workload v1 JSON (the
@@ -368,6 +404,12 @@ fn validate(m: &AppManifest) -> Result<(), ManifestError> {
             (Some(image), None) => validate_image(&at("image"), image)?,
             (None, Some(exec)) => validate_exec(&at("exec"), exec)?,
         }
+        if c.exec.is_some() && c.image_pull_policy.is_some() {
+            return Err(field_err(
+                at("imagePullPolicy"),
+                "only an `image` container has a pull policy",
+            ));
+        }
         if c.exec.is_some() && c.command.is_some() {
             return Err(field_err(
                 at("command"),
@@ -440,19 +482,169 @@ fn validate_exec(field: &str, exec: &str) -> Result<(), ManifestError> {
 }
 
 fn validate_image(field: &str, image: &str) -> Result<(), ManifestError> {
-    let ok = !image.is_empty()
-        && image.len() <= 255
-        && image
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
-        && !image.starts_with(['/', ':', '@', '-', '.']);
-    if !ok {
-        return Err(field_err(
+    check_image_reference(image).map_err(|why| {
+        field_err(
             field,
-            format!("{image:?} is not a valid image reference"),
+            format!("{image:?} is not a valid image reference: {why}"),
+        )
+    })
+}
+
+/// Longest image name (registry and repository) the distribution spec
+/// allows.
+pub const MAX_IMAGE_NAME: usize = 255;
+
+/// Checks an image reference against the grammar of the distribution
+/// project (`[registry[:port]/]path[:tag][@digest]`, docker's
+/// `reference.Parse`), so that a reference no registry could serve is
+/// refused at `rik apply` rather than failing on a node. Returns why not.
+pub fn check_image_reference(image: &str) -> Result<(), String> {
+    if image.is_empty() {
+        return Err("empty".into());
+    }
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        check_digest(d)?;
+    }
+    // A tag is what follows the last ':' after the last '/' (a ':' before
+    // it is a registry port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-'))
+            });
+        if !ok {
+            return Err(format!(
+                "tag {t:?} must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
+            ));
+        }
+    }
+    if name.is_empty() {
+        return Err("no repository".into());
+    }
+    if name.len() > MAX_IMAGE_NAME {
+        return Err(format!(
+            "the name is {} characters, at most {MAX_IMAGE_NAME} allowed",
+            name.len()
         ));
     }
+    let mut components: Vec<&str> = name.split('/').collect();
+    if components.len() > 1 {
+        let first = components[0];
+        if first.contains(['.', ':']) || first == "localhost" {
+            check_domain(first)?;
+            components.remove(0);
+        }
+    }
+    for c in components {
+        if !path_component(c) {
+            return Err(format!(
+                "repository part {c:?} must be lower-case letters and digits, separated by '.', '_', '__' or dashes"
+            ));
+        }
+    }
     Ok(())
+}
+
+/// `host[:port]`: DNS labels of letters, digits and inner '-', or an
+/// IPv6 address in brackets.
+fn check_domain(domain: &str) -> Result<(), String> {
+    let bad = || format!("registry {domain:?} is not a host name or host:port");
+    let (host, port) = if let Some(rest) = domain.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']').ok_or_else(bad)?;
+        v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        match after {
+            "" => (None, None),
+            p => (None, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else {
+        match domain.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(domain), None),
+        }
+    };
+    if let Some(host) = host {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if !host.split('.').all(label_ok) {
+            return Err(bad());
+        }
+    }
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn path_component(c: &str) -> bool {
+    let bytes = c.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut sep = String::new();
+    for &b in bytes {
+        if alnum(b) {
+            let ok = sep.is_empty()
+                || sep == "."
+                || sep == "_"
+                || sep == "__"
+                || sep.bytes().all(|s| s == b'-');
+            if !ok {
+                return false;
+            }
+            sep.clear();
+        } else if matches!(b, b'.' | b'_' | b'-') {
+            sep.push(b as char);
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// `algorithm:hex`; the registered algorithms are checked for their length.
+fn check_digest(d: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("digest {d:?}: {why}");
+    let (algo, hex) = d
+        .split_once(':')
+        .ok_or_else(|| bad("expected algorithm:hex"))?;
+    let algo_ok = !algo.is_empty()
+        && algo
+            .split(['+', '.', '_', '-'])
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    if !algo_ok {
+        return Err(bad("bad algorithm"));
+    }
+    let want = match algo {
+        "sha256" => Some(64),
+        "sha384" => Some(96),
+        "sha512" => Some(128),
+        _ => None,
+    };
+    let hex_ok = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    match want {
+        Some(n) if hex.len() == n && hex_ok => Ok(()),
+        Some(n) => Err(bad(&format!("{algo} needs {n} lower-case hex digits"))),
+        None if hex.len() >= 32 && hex_ok => Ok(()),
+        None => Err(bad("at least 32 lower-case hex digits")),
+    }
 }
 
 /// Parses a CPU quantity: `"500m"` or a number of cores (`"1"`, `"0.5"`).
@@ -522,6 +714,9 @@ mod raw {
         containers: Option<Vec<RawContainer>>,
         #[serde(rename = "restartPolicy")]
         restart_policy: Option<RestartPolicy>,
+        /// Checked by hand, to name the field in errors.
+        #[serde(rename = "hostNetwork")]
+        host_network: Option<serde_yaml::Value>,
         /// RIK's function workloads; not run by riklet.
         function: Option<serde_yaml::Value>,
     }
@@ -537,6 +732,9 @@ mod raw {
         env: Option<Vec<EnvVar>>,
         ports: Option<OneOrMany<RawPort>>,
         resources: Option<Resources>,
+        /// Parsed by hand: serde's error for an unknown variant names no field.
+        #[serde(rename = "imagePullPolicy")]
+        image_pull_policy: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -625,6 +823,18 @@ mod raw {
                     env: c.env.unwrap_or_default(),
                     ports: out_ports,
                     resources: c.resources,
+                    image_pull_policy: match c.image_pull_policy.as_deref() {
+                        None => None,
+                        Some("Always") => Some(ImagePullPolicy::Always),
+                        Some("IfNotPresent") => Some(ImagePullPolicy::IfNotPresent),
+                        Some("Never") => Some(ImagePullPolicy::Never),
+                        Some(other) => {
+                            return Err(field_err(
+                                at("imagePullPolicy"),
+                                format!("{other:?} is not Always, IfNotPresent or Never"),
+                            ));
+                        }
+                    },
                 });
             }
             let replicas = self.replicas.unwrap_or(1);
@@ -638,6 +848,13 @@ mod raw {
                 spec: PodSpec {
                     containers,
                     restart_policy: spec.restart_policy.unwrap_or_default(),
+                    host_network: match spec.host_network {
+                        None | Some(serde_yaml::Value::Null) => false,
+                        Some(serde_yaml::Value::Bool(b)) => b,
+                        Some(_) => {
+                            return Err(field_err("spec.hostNetwork", "must be true or false"));
+                        }
+                    },
                 },
                 deployment: self.deployment,
             })
@@ -710,8 +927,10 @@ mod raw {
                         env: vec![],
                         ports: vec![],
                         resources: None,
+                        image_pull_policy: None,
                     }],
                     restart_policy: RestartPolicy::Always,
+                    host_network: false,
                 },
                 deployment: Some(Deployment {
                     app: self.name,
@@ -886,6 +1105,98 @@ spec:
         assert!(validate_node_name("node", "node-1.example.com").is_ok());
         for bad in ["node..x", "Node", ".x", "a_b"] {
             assert!(validate_node_name("node", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_network_and_pull_policy_round_trip() {
+        let m = parse(
+            "kind: Pod\nname: web\nspec:\n  hostNetwork: true\n  containers:\n    \
+             - {name: a, image: \"127.0.0.1:5000/busybox:1\", imagePullPolicy: Always}\n    \
+             - {name: b, image: busybox}\n",
+        )
+        .unwrap();
+        assert!(m.spec.host_network);
+        assert_eq!(m.spec.containers[0].pull_policy(), ImagePullPolicy::Always);
+        assert_eq!(m.spec.containers[1].image_pull_policy, None);
+        assert_eq!(
+            m.spec.containers[1].pull_policy(),
+            ImagePullPolicy::IfNotPresent
+        );
+        let def = m.to_definition();
+        assert!(def.contains(r#""hostNetwork":true"#), "{def}");
+        assert!(def.contains(r#""imagePullPolicy":"Always""#), "{def}");
+        assert_eq!(parse_definition(&def).unwrap(), m);
+        // Defaults: a pod network of its own, nothing extra on the wire.
+        let m = parse("kind: Pod\nname: web\nspec: {containers: [{name: a, image: busybox}]}").unwrap();
+        assert!(!m.spec.host_network);
+        let def = m.to_definition();
+        assert!(!def.contains("hostNetwork") && !def.contains("imagePullPolicy"), "{def}");
+        assert_eq!(parse_definition(&def).unwrap(), m);
+        // RIK's own definitions (null everywhere) still parse.
+        let m = parse_definition(
+            r#"{"apiVersion":"v1","kind":"Pod","name":"a","spec":{"containers":[{"name":"a","image":"alpine:latest","imagePullPolicy":null}],"hostNetwork":null,"function":null},"replicas":1}"#,
+        )
+        .unwrap();
+        assert!(!m.spec.host_network);
+    }
+
+    #[test]
+    fn bad_pull_policy_and_host_network_name_the_field() {
+        let doc = with_container("      image: busybox\n      imagePullPolicy: Sometimes\n");
+        assert_eq!(
+            field_of(parse(&doc)),
+            "spec.containers[0].imagePullPolicy"
+        );
+        let doc = with_container("      exec: /bin/true\n      imagePullPolicy: Always\n");
+        assert_eq!(
+            field_of(parse(&doc)),
+            "spec.containers[0].imagePullPolicy"
+        );
+        let doc = "kind: Pod\nname: a\nspec: {hostNetwork: maybe, containers: [{name: c, exec: /bin/true}]}";
+        assert_eq!(field_of(parse(doc)), "spec.hostNetwork");
+    }
+
+    #[test]
+    fn image_references_follow_the_distribution_grammar() {
+        for good in [
+            "busybox",
+            "busybox:1.36",
+            "library/busybox:latest",
+            "docker.io/library/busybox:1",
+            "127.0.0.1:5000/busybox:1",
+            "localhost/a/b-c__d.e:1",
+            "registry.example.com:443/team/app:v1.2.3-rc_1",
+            "[::1]:5000/busybox:1",
+            &format!("busybox@sha256:{}", "a".repeat(64)),
+            &format!("127.0.0.1:5000/busybox:1@sha256:{}", "0".repeat(64)),
+        ] {
+            assert_eq!(check_image_reference(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "Not A Reference",
+            "busybox:",
+            "UPPER/x:1",
+            "127.0.0.1:9/UPPER/case:1",
+            "127.0.0.1:9/a@sha256:zz",
+            "127.0.0.1:9/busybox::1",
+            "127.0.0.1:9/a/-b:1",
+            "a/b._c",
+            "a/b___c",
+            "a/b_",
+            "busybox:-x",
+            "bad_host:5000/x:1",
+            "127.0.0.1:99999999/x",
+            "/busybox",
+            "busybox@md5",
+            &format!("busybox:{}", "t".repeat(129)),
+            &format!("a/{}", "b".repeat(255)),
+        ] {
+            let err = check_image_reference(bad);
+            assert!(err.is_err(), "{bad:?} accepted");
+            let doc = with_container(&format!("      image: {bad:?}\n"));
+            assert_eq!(field_of(parse(&doc)), "spec.containers[0].image", "{bad:?}");
         }
     }
 

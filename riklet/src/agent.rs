@@ -105,7 +105,7 @@ impl AgentHandle {
         rx.await.unwrap_or_default()
     }
 
-    /// The running containers, for the metrics collector.
+    /// The containers of live pods, for the metrics collector.
     pub async fn targets(&self) -> Vec<Target> {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Event::Targets(tx));
@@ -210,15 +210,14 @@ impl Agent {
                     .values()
                     .filter(|p| p.phase != Phase::Destroying)
                     .flat_map(|p| {
-                        p.containers
-                            .iter()
-                            .filter(|c| c.run.is_some())
-                            .map(|c| Target {
-                                app: p.manifest.name.clone(),
-                                instance: p.instance_id.clone(),
-                                container: c.name.clone(),
-                                cgroup: self.cgroups.container(&p.instance_id, &c.name),
-                            })
+                        // Waiting containers too: their cgroup lives on, and
+                        // an OOM kill is seen after the process is gone.
+                        p.containers.iter().map(|c| Target {
+                            app: p.manifest.name.clone(),
+                            instance: p.instance_id.clone(),
+                            container: c.name.clone(),
+                            cgroup: self.cgroups.container(&p.instance_id, &c.name),
+                        })
                     })
                     .collect();
                 let _ = tx.send(targets);
@@ -403,6 +402,7 @@ impl Agent {
                 instance_id,
                 &c.name,
             ),
+            netns: None,
         }
     }
 
@@ -653,11 +653,7 @@ impl Agent {
         // The run dir is the truth for the current run: the riklet may have
         // died between starting a shim and saving its record.
         let run = c.run.clone().or_else(|| {
-            started.map(|s| RunRecord {
-                shim: s.shim,
-                process: s.process,
-                started_at: s.started_at,
-            })
+            started.map(|s| RunRecord::process(s.shim, s.process, s.started_at))
         });
         let already_recorded = |e: &ExitRecord| {
             c.last_exit
@@ -670,7 +666,7 @@ impl Agent {
                 self.container_mut(id, name).expect("exists").run = Some(run);
                 self.after_exit(id, name, exit);
             }
-            (Some(run), None) if run.shim.is_alive() => {
+            (Some(run), None) if run.shim.is_some_and(|s| s.is_alive()) => {
                 let process_ok = run.process.is_alive() && cgroup.contains(run.process.pid);
                 info!(
                     pod = id,
@@ -821,6 +817,7 @@ impl Agent {
             "memory": usage["memory"],
             "network": usage["network"],
             "runqueue": usage["runqueue"],
+            "events": usage.get("events").cloned().unwrap_or_else(|| json!([])),
         })
     }
 }

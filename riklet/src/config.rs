@@ -1,6 +1,7 @@
 //! riklet configuration: a TOML file with documented defaults, overridden
 //! by command-line flags. Every host path has its default in [`paths`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,8 @@ pub mod paths {
     pub const CONFIG_FILE: &str = "/etc/riklet/config.toml";
     /// Node-local control socket, relative to the state dir.
     pub const SOCKET: &str = "riklet.sock";
+    /// containerd's gRPC socket on a standard install.
+    pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 }
 
 /// A configuration that cannot be used.
@@ -80,6 +83,76 @@ pub struct Config {
     pub metrics_interval: Duration,
     /// Pod network: bridge, pod CIDR, masquerade (`[network]` table).
     pub network: crate::network::NetworkConfig,
+    /// Where containerd is (`[containerd]` table).
+    pub containerd: ContainerdConfig,
+    /// How to reach image registries (`[registries]` table).
+    pub registries: RegistriesConfig,
+}
+
+/// The containerd that runs image containers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerdConfig {
+    /// containerd's gRPC socket. Nothing answering there is not fatal: the
+    /// riklet retries with back-off, bare-process pods run meanwhile.
+    pub socket: PathBuf,
+    /// containerd namespace of the riklet's images and containers (what
+    /// `ctr -n <namespace>` shows).
+    pub namespace: String,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            socket: paths::CONTAINERD_SOCKET.into(),
+            namespace: crate::runtime::containerd::DEFAULT_NAMESPACE.into(),
+        }
+    }
+}
+
+/// Registry settings of image pulls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistriesConfig {
+    /// Registries (`host:port` as written in image references) reached
+    /// over plain HTTP; a mirror used over HTTP must be listed too.
+    pub insecure: Vec<String>,
+    /// Registry → mirror (`"docker.io" = "10.0.0.5:5000"`): the mirror is
+    /// asked first, the registry itself when the mirror fails.
+    pub mirrors: HashMap<String, String>,
+    /// Connect timeout, and how long a registry may stay silent.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for RegistriesConfig {
+    fn default() -> Self {
+        let d = crate::runtime::image::RegistryConfig::default();
+        RegistriesConfig {
+            insecure: d.insecure,
+            mirrors: d.mirrors,
+            timeout: d.timeout,
+        }
+    }
+}
+
+impl RegistriesConfig {
+    /// The image store's form of these settings.
+    pub fn registry_config(&self) -> crate::runtime::image::RegistryConfig {
+        crate::runtime::image::RegistryConfig {
+            insecure: self.insecure.clone(),
+            mirrors: self.mirrors.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// `host[:port]`, as the registry part of an image reference.
+fn registry_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 impl Default for Config {
@@ -103,6 +176,8 @@ impl Default for Config {
             metrics_addr: "127.0.0.1:9102".parse().expect("valid"),
             metrics_interval: Duration::from_secs(5),
             network: crate::network::NetworkConfig::default(),
+            containerd: ContainerdConfig::default(),
+            registries: RegistriesConfig::default(),
         }
     }
 }
@@ -170,10 +245,39 @@ impl Config {
             field: "network",
             reason: e.to_string(),
         })?;
+        crate::runtime::containerd::check_namespace(&self.containerd.namespace).map_err(
+            |why| ConfigError::Invalid {
+                field: "containerd.namespace",
+                reason: format!("{:?}: {why}", self.containerd.namespace),
+            },
+        )?;
+        if self.registries.timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: "registries.timeout",
+                reason: "must be more than 0".into(),
+            });
+        }
+        let hosts = self
+            .registries
+            .insecure
+            .iter()
+            .map(|h| ("registries.insecure", h))
+            .chain(self.registries.mirrors.iter().flat_map(|(k, v)| {
+                [("registries.mirrors", k), ("registries.mirrors", v)]
+            }));
+        for (field, host) in hosts {
+            if !registry_host(host) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{host:?} is not a registry host (host or host:port)"),
+                });
+            }
+        }
         for (field, p) in [
             ("state_dir", &self.state_dir),
             ("log_dir", &self.log_dir),
             ("bpf_pin_dir", &self.bpf_pin_dir),
+            ("containerd.socket", &self.containerd.socket),
         ] {
             if !p.is_absolute() {
                 return Err(ConfigError::Invalid {
@@ -219,5 +323,47 @@ mod tests {
         );
         let c: Config = toml::from_str("state_dir = \"rel\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("state_dir"));
+        for (toml, field) in [
+            ("[containerd]\nnamespace = \"a b\"", "containerd.namespace"),
+            ("[containerd]\nsocket = \"c.sock\"", "containerd.socket"),
+            ("[registries]\ntimeout = \"0s\"", "registries.timeout"),
+            ("[registries]\ninsecure = [\"http://x\"]", "registries.insecure"),
+            ("[registries]\nmirrors = {\"docker.io\" = \"a/b\"}", "registries.mirrors"),
+        ] {
+            let c: Config = toml::from_str(toml).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn containerd_and_registries() {
+        let c = Config::default();
+        assert_eq!(
+            c.containerd.socket,
+            Path::new("/run/containerd/containerd.sock")
+        );
+        assert_eq!(c.containerd.namespace, "rik");
+        assert_eq!(c.registries.timeout, Duration::from_secs(30));
+        let c: Config = toml::from_str(
+            "[containerd]\nsocket = \"/tmp/c.sock\"\nnamespace = \"rik-test\"\n\
+             [registries]\ninsecure = [\"127.0.0.1:5000\"]\ntimeout = \"5s\"\n\
+             mirrors = {\"docker.io\" = \"10.0.0.5:5000\"}\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let r = c.registries.registry_config();
+        assert_eq!(r.insecure, vec!["127.0.0.1:5000".to_string()]);
+        assert_eq!(r.mirrors["docker.io"], "10.0.0.5:5000");
+        assert_eq!(r.timeout, Duration::from_secs(5));
+        // The shipped config file is the defaults, and parses.
+        let shipped: Config =
+            toml::from_str(include_str!("../../assets/config.toml")).expect("assets/config.toml");
+        shipped.validate().unwrap();
+        assert_eq!(
+            shipped.containerd.socket,
+            Config::default().containerd.socket
+        );
+        assert_eq!(shipped.registries.timeout, Duration::from_secs(30));
     }
 }

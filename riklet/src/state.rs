@@ -97,8 +97,9 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// Unix milliseconds.
     pub finished_at: i64,
-    /// `Completed`, `Error`, `Killed`, `StartError` or `Lost` (the shim
-    /// vanished).
+    /// `Completed`, `Error`, `Killed`, `OOMKilled`, `StartError`, `Lost`
+    /// (the shim vanished), or a failure before the process could run:
+    /// `ErrImagePull`, `NetworkError`, `ContainerdUnavailable`.
     pub reason: String,
     /// Details for a user, e.g. why the process could not start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,13 +123,43 @@ impl ExitRecord {
     }
 }
 
-/// The current process of a container and its shim.
+/// The current run of a container: a bare process behind its shim
+/// (`shim` set), or a containerd task (`container_id` set; containerd's
+/// runc shim is its parent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
-    pub shim: ProcId,
+    /// The riklet shim of a bare process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim: Option<ProcId>,
+    /// The container's (init) process.
     pub process: ProcId,
     /// Unix milliseconds.
     pub started_at: i64,
+    /// The containerd container (`<instance>_<container>`) of an image
+    /// container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Digest of the image the container runs (index or manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+}
+
+impl RunRecord {
+    /// A run of a bare process.
+    pub fn process(shim: ProcId, process: ProcId, started_at: i64) -> Self {
+        RunRecord {
+            shim: Some(shim),
+            process,
+            started_at,
+            container_id: None,
+            image_digest: None,
+        }
+    }
+
+    /// Whether containerd runs it.
+    pub fn is_containerd(&self) -> bool {
+        self.container_id.is_some()
+    }
 }
 
 /// What the riklet remembers of one container.
@@ -294,17 +325,17 @@ mod tests {
             containers: vec![ContainerRecord {
                 name: "c".into(),
                 restart_count: 3,
-                run: Some(RunRecord {
-                    shim: ProcId {
+                run: Some(RunRecord::process(
+                    ProcId {
                         pid: 10,
                         start_time: 5,
                     },
-                    process: ProcId {
+                    ProcId {
                         pid: 11,
                         start_time: 6,
                     },
-                    started_at: 7,
-                }),
+                    7,
+                )),
                 last_exit: None,
                 restart_at: None,
                 backoff_secs: 0,
@@ -328,6 +359,33 @@ mod tests {
         store.remove("a-1").unwrap();
         store.remove("a-1").unwrap();
         assert_eq!(store.load_all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn records_of_earlier_versions_load() {
+        // A record written before containerd support: no container_id,
+        // shim not optional, no hostNetwork or imagePullPolicy.
+        let old = r#"{"instance_id":"web-1","manifest":{"apiVersion":"v1","kind":"Pod","name":"web","replicas":1,
+            "spec":{"containers":[{"name":"c","exec":"/bin/true"}],"restartPolicy":"Always"}},
+            "phase":"Running","reason":null,"created_at":1,"updated_at":2,
+            "containers":[{"name":"c","restart_count":0,"run":{"shim":{"pid":10,"start_time":5},
+            "process":{"pid":11,"start_time":6},"started_at":7},"last_exit":null,"restart_at":null,"backoff_secs":0}]}"#;
+        let pod: PodRecord = serde_json::from_str(old).unwrap();
+        let run = pod.containers[0].run.clone().unwrap();
+        assert_eq!(run.shim.map(|s| s.pid), Some(10));
+        assert!(!run.is_containerd());
+        assert!(!pod.manifest.spec.host_network);
+        // And a containerd run round-trips.
+        let mut pod = pod;
+        pod.containers[0].run = Some(RunRecord {
+            shim: None,
+            container_id: Some("web-1_c".into()),
+            image_digest: Some("sha256:ab".into()),
+            ..run
+        });
+        let json = serde_json::to_string(&pod).unwrap();
+        assert!(!json.contains("\"shim\""), "{json}");
+        assert_eq!(serde_json::from_str::<PodRecord>(&json).unwrap(), pod);
     }
 
     #[test]

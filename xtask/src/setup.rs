@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "nftables",
     "iperf3",
+    "bpftool",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -69,7 +69,12 @@ pub struct Collector {
     usage: PodUsage,
     /// Previous CPU seconds of each container, for the usage rate.
     last_cpu: HashMap<(String, String), (f64, Instant)>,
+    /// OOM kill events seen by eBPF, per pod (the last [`MAX_EVENTS`]).
+    events: HashMap<String, Vec<Value>>,
 }
+
+/// Pod events kept per pod.
+const MAX_EVENTS: usize = 10;
 
 impl Collector {
     pub fn new(
@@ -85,6 +90,7 @@ impl Collector {
             exporter,
             usage,
             last_cpu: HashMap::new(),
+            events: HashMap::new(),
         }
     }
 
@@ -162,7 +168,16 @@ impl Collector {
         self.forget_stale(&ids);
         self.oom_events(&targets, &ids);
 
-        self.usage.replace(pod_usage(&samples, &rates));
+        let live: HashSet<&str> = targets.iter().map(|t| t.instance.as_str()).collect();
+        self.events
+            .retain(|instance, _| live.contains(instance.as_str()));
+        let mut usage = pod_usage(&samples, &rates);
+        for (instance, events) in &self.events {
+            if let Some(Value::Object(u)) = usage.get_mut(instance) {
+                u.insert("events".into(), Value::Array(events.clone()));
+            }
+        }
+        self.usage.replace(usage);
         let node = self.node_sampler.sample().await;
         self.exporter.publish(Snapshot {
             node,
@@ -206,13 +221,24 @@ impl Collector {
                 .position(|id| *id == Some(ev.cgroup_id))
                 .map(|i| &targets[i]);
             match target {
-                Some(t) => warn!(
-                    pod = %t.instance,
-                    container = %t.container,
-                    app = %t.app,
-                    pid = ev.pid,
-                    "OOM kill in pod"
-                ),
+                Some(t) => {
+                    warn!(
+                        pod = %t.instance,
+                        container = %t.container,
+                        app = %t.app,
+                        pid = ev.pid,
+                        "OOM kill in pod"
+                    );
+                    let at = super::ebpf::monotonic_to_system_time(ev.timestamp_ns)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let events = self.events.entry(t.instance.clone()).or_default();
+                    events.push(json!({"type": "OOMKill", "container": t.container, "pid": ev.pid, "at": at}));
+                    if events.len() > MAX_EVENTS {
+                        events.remove(0);
+                    }
+                }
                 None => debug!(
                     pid = ev.pid,
                     cgroup = ev.cgroup_id,

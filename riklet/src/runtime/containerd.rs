@@ -292,6 +292,12 @@ impl ContainerInfo {
     }
 }
 
+/// Checks a containerd namespace name (the rules of any containerd
+/// identifier); says why it is refused.
+pub fn check_namespace(namespace: &str) -> std::result::Result<(), &'static str> {
+    check_identifier(namespace)
+}
+
 /// Checks a containerd identifier: `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`, at
 /// most [`MAX_ID_LEN`] characters.
 fn check_identifier(id: &str) -> std::result::Result<(), &'static str> {

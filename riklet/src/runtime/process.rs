@@ -136,11 +136,7 @@ impl ProcessRuntime {
             Err(_) => return Err(ProcessError::ShimSilent("timed out".into())),
         }
         match serde_json::from_str::<Ready>(line.trim()) {
-            Ok(Ready::Started(s)) => Ok(RunRecord {
-                shim: s.shim,
-                process: s.process,
-                started_at: s.started_at,
-            }),
+            Ok(Ready::Started(s)) => Ok(RunRecord::process(s.shim, s.process, s.started_at)),
             Ok(Ready::Failed(msg)) => Err(ProcessError::StartFailed(msg)),
             Err(e) => Err(ProcessError::ShimSilent(format!(
                 "unreadable report {line:?}: {e}"
@@ -162,9 +158,11 @@ impl ProcessRuntime {
     /// Waits until the run's shim has exited, then returns how the container
     /// ended (`Lost` if the shim died without saying).
     pub async fn wait(&self, instance: &str, container: &str, run: &RunRecord) -> ExitRecord {
-        if let Err(e) = wait_process(run.shim).await {
+        if let Some(shim) = run.shim
+            && let Err(e) = wait_process(shim).await
+        {
             tracing::warn!(pod = instance, container, error = %e, "cannot watch shim; polling");
-            while run.shim.is_alive() {
+            while shim.is_alive() {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -191,8 +189,8 @@ impl ProcessRuntime {
         if let Ok(Err(e)) = killed {
             tracing::error!(cgroup = cgroup.rel(), error = %e, "cannot empty cgroup");
         }
-        if let Some(run) = run {
-            let _ = tokio::time::timeout(Duration::from_secs(5), wait_process(run.shim)).await;
+        if let Some(shim) = run.and_then(|r| r.shim) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), wait_process(shim)).await;
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct ShimSpec {
     /// `cgroup.procs` files the child joins before `exec`.
     pub procs_files: Vec<PathBuf>,
     pub log_path: PathBuf,
+    /// The pod's network namespace (`/run/netns/rik-<instance>`), joined
+    /// before `exec`; `None` stays in the host's (hostNetwork).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
 }
 
 /// What the shim reports once the child runs.
@@ -124,15 +128,30 @@ fn supervise(run_dir: &Path) -> io::Result<()> {
     let spec: ShimSpec =
         serde_json::from_slice(&fs::read(run_dir.join(SPEC_FILE))?).map_err(io::Error::other)?;
     let writer = CriWriter::open(&spec.log_path)?;
-    let mut child = match command(&spec).spawn() {
+    let spawned = match &spec.netns {
+        None => Ok(None),
+        Some(path) => File::open(path).map(Some).map_err(|e| {
+            (
+                126,
+                format!("cannot open network namespace {}: {e}", path.display()),
+            )
+        }),
+    }
+    .and_then(|netns| {
+        command(&spec, netns.as_ref())
+            .spawn()
+            .map_err(|e| {
+                let code = if e.kind() == io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                (code, format!("cannot start {}: {e}", spec.exec.display()))
+            })
+    });
+    let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => {
-            let code = if e.kind() == io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            let message = format!("cannot start {}: {e}", spec.exec.display());
+        Err((code, message)) => {
             let _ = writer.copy_from(Stream::Stderr, format!("{message}\n").as_bytes());
             let exit = ExitRecord {
                 exit_code: Some(code),
@@ -213,9 +232,11 @@ fn supervise(run_dir: &Path) -> io::Result<()> {
 }
 
 /// The child's command: cleared environment, stdin from /dev/null, output
-/// to pipes, and a `pre_exec` that joins the cgroups, drops privileges and
-/// sets `no_new_privs` — in that order, since joining needs root.
-fn command(spec: &ShimSpec) -> Command {
+/// to pipes, and a `pre_exec` that joins the cgroups and the pod's network
+/// namespace (`netns`, opened by the caller with `O_CLOEXEC`, kept open
+/// until the spawn), drops privileges and sets `no_new_privs` — in that
+/// order, since joining needs root.
+fn command(spec: &ShimSpec, netns: Option<&File>) -> Command {
     let mut cmd = Command::new(&spec.exec);
     cmd.args(&spec.args)
         .env_clear()
@@ -233,8 +254,10 @@ fn command(spec: &ShimSpec) -> Command {
         .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
         .collect();
     let (uid, gid) = (spec.uid, spec.gid);
+    let netns_fd = netns.map(std::os::fd::AsRawFd::as_raw_fd);
     // SAFETY: the closure runs between fork and exec; it only makes raw
     // system calls on data prepared before the fork, and allocates nothing.
+    // `netns_fd` stays open until `spawn` returns (the caller holds it).
     unsafe {
         cmd.pre_exec(move || {
             for file in &procs {
@@ -248,6 +271,11 @@ fn command(spec: &ShimSpec) -> Command {
                 if !ok {
                     return Err(err);
                 }
+            }
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(io::Error::last_os_error());
             }
             for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGPIPE] {
                 libc::signal(sig, libc::SIG_DFL);

@@ -1,0 +1,444 @@
+//! The Node Monitor against the real kernel: CPU, memory and network
+//! figures checked against independent measurements, run-queue latency
+//! under contention, OOM kills as pod events, the Prometheus endpoint
+//! (promtool), and a deleted pod's figures leaving the eBPF maps and
+//! `/metrics`.
+//!
+//! The tests of this file run one at a time: they load the CPUs on
+//! purpose, and each must not disturb the others' figures.
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use riklet_e2e::{Cluster, Mode, bin_dir, wait_for};
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn app(name: &str, containers: &[(&str, &str)], extra: &str) -> String {
+    let mut s = format!("apiVersion: v1\nkind: Pod\nname: {name}\nspec:\n{extra}  containers:\n");
+    for (c, args) in containers {
+        let (exec, args) = args.split_once(' ').expect("exec and args");
+        s.push_str(&format!(
+            "    - name: {c}\n      exec: {exec}\n      args: {args}\n"
+        ));
+    }
+    s
+}
+
+fn apply(cluster: &Cluster, manifest: &str) {
+    let out = cluster.apply(manifest, true);
+    assert!(
+        out.status.success(),
+        "apply: {}\n{manifest}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The riklet's own view of a pod of `app` (fresh, not via the scheduler).
+fn local(cluster: &Cluster, app: &str) -> Value {
+    let pods = cluster.local_pods();
+    pods.as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| p["app"] == app)
+        .unwrap_or_else(|| panic!("no pod of {app}: {pods:#}"))
+        .clone()
+}
+
+fn f64_at(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_f64)
+}
+
+fn metrics_port(cluster: &Cluster) -> u16 {
+    let out = Command::new(bin_dir().join("riklet"))
+        .arg("--state-dir")
+        .arg(cluster.state_dir())
+        .arg("status")
+        .output()
+        .expect("riklet status");
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let addr = status["metricsAddress"].as_str().expect("metricsAddress");
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port")
+}
+
+fn scrape(port: u16) -> String {
+    let (status, body) = riklet_e2e::http_get(port, "/metrics").expect("GET /metrics");
+    assert!(status.contains("200"), "{status}");
+    body
+}
+
+/// Rate of a counter of the pod over `window`, from two readings.
+fn rate(cluster: &Cluster, app: &str, path: &[&str], window: Duration) -> f64 {
+    let read = || {
+        wait_for(Duration::from_secs(10), "a figure", || {
+            f64_at(&local(cluster, app), path)
+        })
+    };
+    let (v0, t0) = (read(), Instant::now());
+    std::thread::sleep(window);
+    // Wait for a collection cycle after the window.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (v1, t1) = (read(), Instant::now());
+    (v1 - v0) / (t1 - t0).as_secs_f64()
+}
+
+#[test]
+fn cpu_and_memory_match_the_kernel_and_endpoint_passes_promtool() {
+    let _serial = serial();
+    let cluster = Cluster::start(Mode::Standalone);
+    let py = "/usr/bin/python3";
+    assert!(
+        std::path::Path::new(py).exists(),
+        "{py} missing (Debian python3)"
+    );
+    apply(
+        &cluster,
+        &app(
+            "burner",
+            &[("spin", "/bin/busybox [sh, -c, \"while :; do :; done\"]")],
+            "",
+        ),
+    );
+    let hold = |mib: u32| {
+        format!(
+            "{py} [-c, \"import time; b=bytearray({mib}<<20); b[::4096]=b'x'*(len(b)//4096); time.sleep(3600)\"]"
+        )
+    };
+    apply(&cluster, &app("holder", &[("py", &hold(64))], ""));
+    apply(&cluster, &app("baseline", &[("py", &hold(0))], ""));
+
+    // One core burnt for 3 s is reported as about one core: the cgroup's
+    // CPU time, the eBPF on-CPU time and the reported usage rate.
+    let cgroup_cores = rate(
+        &cluster,
+        "burner",
+        &["cpu", "usageSeconds"],
+        Duration::from_secs(3),
+    );
+    let ebpf_cores = rate(
+        &cluster,
+        "burner",
+        &["cpu", "oncpuSeconds"],
+        Duration::from_secs(3),
+    );
+    let reported = f64_at(&local(&cluster, "burner"), &["cpu", "usageCores"]).expect("usageCores");
+    println!(
+        "burner: cgroup {cgroup_cores:.3} cores, eBPF {ebpf_cores:.3}, reported {reported:.3}"
+    );
+    for (what, v) in [("cgroup", cgroup_cores), ("usageCores", reported)] {
+        assert!(
+            (0.8..=1.2).contains(&v),
+            "{what}: {v} cores for a pod burning one core"
+        );
+    }
+    // eBPF charges a slice when the task leaves the CPU: a spinner alone on
+    // a CPU may run uncharged for a long stretch, so the window's two
+    // readings can each lag by up to one slice (see docs/architecture.md).
+    assert!(
+        (0.6..=1.2).contains(&ebpf_cores),
+        "eBPF on-CPU: {ebpf_cores} cores for a pod burning one core"
+    );
+
+    // 64 MiB held: the difference with the same program holding nothing.
+    let ws = |a: &str| {
+        wait_for(Duration::from_secs(10), "working set", || {
+            f64_at(&local(&cluster, a), &["memory", "workingSetBytes"]).filter(|v| *v > 0.0)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = ws("holder") - ws("baseline");
+    let want = (64u64 << 20) as f64;
+    println!(
+        "holder - baseline working set: {:.1} MiB",
+        held / (1u64 << 20) as f64
+    );
+    assert!(
+        (held - want).abs() <= want * 0.10,
+        "64 MiB held, {held} bytes reported"
+    );
+
+    // The scheduler gets the same figures with the pod's status.
+    let via_scheduler = cluster.wait_app("burner", "usage in the scheduler's view", |a| {
+        f64_at(a, &["cpu", "usageCores"]).is_some()
+            && f64_at(a, &["memory", "workingSetBytes"]).is_some()
+    });
+    assert_eq!(via_scheduler["state"], "RUNNING");
+
+    // Prometheus endpoint: valid exposition, pod series with their labels.
+    let port = metrics_port(&cluster);
+    let body = scrape(port);
+    let burner_id = local(&cluster, "burner")["appId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("riklet_pod_cpu_seconds_total{")
+                && l.contains(&format!("instance=\"{burner_id}\""))
+                && l.contains("app=\"burner\"")
+                && l.contains(&format!("node=\"{}\"", cluster.node))),
+        "no CPU series for {burner_id}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian prometheus package; cargo xtask setup installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), body.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Delete: the pod's series leave /metrics and its cgroup's entries
+    // leave the eBPF maps.
+    let cgroup_dir = cluster
+        .cgroup_dirs(&burner_id, "spin")
+        .pop()
+        .expect("v2 cgroup dir");
+    let cgroup_id =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup_dir).expect("cgroup dir"));
+    let in_map = |map: &str| {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(cluster.pin_dir.join(map))
+            .output()
+            .expect("bpftool (cargo xtask setup installs it)");
+        assert!(
+            out.status.success(),
+            "bpftool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dump: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        dump.as_array().expect("entries").iter().any(|e| {
+            e["formatted"]["key"].as_u64() == Some(cgroup_id) || e["key"] == key_bytes(cgroup_id)
+        })
+    };
+    assert!(
+        in_map("SCHED_STATS"),
+        "the burner's cgroup {cgroup_id} is not in SCHED_STATS"
+    );
+    cluster.rik_ok(&["delete", "burner"]);
+    wait_for(
+        Duration::from_secs(20),
+        "the deleted pod's series to leave /metrics",
+        || (!scrape(port).contains(&burner_id)).then_some(()),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the deleted pod's eBPF entries to go",
+        || (!in_map("SCHED_STATS") && !in_map("CGROUP_TRAFFIC")).then_some(()),
+    );
+}
+
+/// bpftool's raw key form: little-endian bytes as "0x.." strings.
+fn key_bytes(id: u64) -> Value {
+    Value::Array(
+        id.to_le_bytes()
+            .iter()
+            .map(|b| Value::String(format!("0x{b:02x}")))
+            .collect(),
+    )
+}
+
+/// A peer host in its own network namespace, removed on drop.
+struct Peer {
+    ns: String,
+    host_if: String,
+}
+
+impl Peer {
+    fn new(n: u32) -> Peer {
+        let ns = format!("rkmon{}", std::process::id() % 100_000);
+        let host_if = format!("rkmh{}", std::process::id() % 100_000);
+        let peer_if = format!("rkmp{}", std::process::id() % 100_000);
+        let ip = |args: &str| {
+            let ok = Command::new("ip")
+                .args(args.split(' '))
+                .status()
+                .expect("ip")
+                .success();
+            assert!(ok, "ip {args}");
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).status();
+        let peer = Peer {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+        };
+        ip(&format!("netns add {ns}"));
+        ip(&format!(
+            "link add {host_if} type veth peer name {peer_if} netns {ns}"
+        ));
+        ip(&format!("addr add 10.216.{n}.1/30 dev {host_if}"));
+        ip(&format!("link set {host_if} up"));
+        ip(&format!("-n {ns} addr add 10.216.{n}.2/30 dev {peer_if}"));
+        ip(&format!("-n {ns} link set {peer_if} up"));
+        ip(&format!("-n {ns} link set lo up"));
+        ip(&format!("-n {ns} route add default via 10.216.{n}.1"));
+        peer
+    }
+
+    fn rx_bytes(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "cat"])
+            .arg(format!(
+                "/sys/class/net/{}/statistics/rx_bytes",
+                self.host_if.replace("rkmh", "rkmp")
+            ))
+            .output()
+            .expect("read rx_bytes");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("rx_bytes")
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn ebpf_egress_bytes_match_the_bytes_on_the_wire() {
+    let _serial = serial();
+    let cluster = Cluster::start(Mode::Standalone);
+    let peer = Peer::new(7);
+    // socat -u: receive only (busybox nc -l closes at its stdin's EOF).
+    let server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &peer.ns,
+            "socat",
+            "-u",
+            "TCP-LISTEN:9000",
+            "OPEN:/dev/null",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("socat server in the peer netns (cargo xtask setup installs socat)");
+    std::thread::sleep(Duration::from_millis(300));
+    let wire0 = peer.rx_bytes();
+    let send =
+        "/bin/busybox [sh, -c, \"head -c 20000000 /dev/zero | nc 10.216.7.2 9000; sleep 3600\"]";
+    apply(&cluster, &app("sender", &[("send", send)], ""));
+    let mut server = server;
+    wait_for(Duration::from_secs(30), "the peer to receive 20 MB", || {
+        server.try_wait().ok().flatten()
+    });
+    let wire = peer.rx_bytes() - wire0;
+    assert!(wire >= 20_000_000, "only {wire} bytes reached the peer");
+    std::thread::sleep(Duration::from_millis(1500));
+    let tx = f64_at(&local(&cluster, "sender"), &["network", "txBytes"]).expect("txBytes") as u64;
+    let diff = (tx as f64 - wire as f64).abs() / wire as f64;
+    println!(
+        "eBPF egress {tx} bytes, wire {wire} bytes, difference {:.2} %",
+        diff * 100.0
+    );
+    assert!(diff <= 0.05, "eBPF egress {tx} vs {wire} bytes on the wire");
+}
+
+#[test]
+fn runqueue_latency_shows_under_contention_and_oom_kills_become_events() {
+    let _serial = serial();
+    let cluster = Cluster::start(Mode::Standalone);
+    let spin = "/bin/busybox [sh, -c, \"while :; do :; done\"]";
+    apply(
+        &cluster,
+        &app("hogs", &[("a", spin), ("b", spin), ("c", spin)], ""),
+    );
+    apply(
+        &cluster,
+        &app(
+            "waker",
+            &[(
+                "w",
+                "/bin/busybox [sh, -c, \"while :; do usleep 1000; done\"]",
+            )],
+            "",
+        ),
+    );
+    let waker = wait_for(
+        Duration::from_secs(15),
+        "run-queue latency of the waker",
+        || {
+            let p = local(&cluster, "waker");
+            let count = f64_at(&p, &["runqueue", "count"])?;
+            let mean = f64_at(&p, &["runqueue", "meanSeconds"])?;
+            (count > 100.0 && mean > 0.0).then_some(p)
+        },
+    );
+    println!("waker run queue: {}", waker["runqueue"]);
+    let body = scrape(metrics_port(&cluster));
+    let waker_id = waker["appId"].as_str().expect("id");
+    assert!(
+        body.lines().any(
+            |l| l.starts_with("riklet_pod_runqueue_latency_seconds_bucket{")
+                && l.contains(waker_id)
+        ),
+        "no run-queue histogram for the waker"
+    );
+    cluster.rik_ok(&["delete", "hogs"]);
+
+    // OOM: 16 MiB limit, a 64 MiB buffer.
+    let oom = "apiVersion: v1\nkind: Pod\nname: oomer\nspec:\n  restartPolicy: Never\n  containers:\n    - name: dd\n      \
+               exec: /bin/busybox\n      args: [dd, if=/dev/zero, of=/dev/null, bs=64M]\n      resources: {memory: 16Mi}\n";
+    let out = cluster.apply(oom, false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = wait_for(
+        Duration::from_secs(20),
+        "the OOM kill as a pod event",
+        || {
+            let p = local(&cluster, "oomer");
+            println!("{p}");
+            let has_event = p["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["type"] == "OOMKill" && e["container"] == "dd")
+            });
+            (has_event && p["state"] == "FAILED").then_some(p)
+        },
+    );
+    assert_eq!(
+        p["containers"][0]["lastExit"]["reason"], "OOMKilled",
+        "{p:#}"
+    );
+    assert!(
+        f64_at(&p, &["memory", "oomKills"]).unwrap_or(0.0) >= 1.0,
+        "{p:#}"
+    );
+}
