@@ -200,6 +200,7 @@ fn snapshot(instances: &[&str]) -> Snapshot {
             })
             .collect(),
         collected_at: 1_700_000_000_000,
+        timings: Default::default(),
     }
 }
 

@@ -70,7 +70,7 @@ pub fn start(root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir)?;
 
     step("start a one-node cluster: riklet --standalone");
-    let mut cluster = Cluster::start(&target.join("release"))?;
+    let mut cluster = Cluster::start(&target.join("release"), "metrics_addr = \"127.0.0.1:0\"\n")?;
     let result = measure(&mut cluster);
     // Keep the riklet's log next to the results: the temp dir goes away.
     let _ = std::fs::copy(
@@ -246,7 +246,7 @@ fn measure(cluster: &mut Cluster) -> anyhow::Result<Value> {
 }
 
 /// A one-node cluster (`riklet --standalone`) and everything it created.
-struct Cluster {
+pub(crate) struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
     cgroup_root: String,
@@ -256,7 +256,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(bin: &Path) -> anyhow::Result<Cluster> {
+    /// Starts a cluster; `extra` is appended to the riklet's config.
+    pub(crate) fn start(bin: &Path, extra: &str) -> anyhow::Result<Cluster> {
         let id = format!("bench-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("riklet-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -273,7 +274,7 @@ impl Cluster {
         let config = format!(
             "node_name = \"{id}\"\nstandalone_listen = \"127.0.0.1:{port}\"\nscheduler = \"{sched}\"\n\
              log_dir = \"{logs}\"\ncgroup_root = \"{cg}\"\nbpf_pin_dir = \"{pins}\"\napi_listen = \"127.0.0.1:0\"\n\
-             heartbeat_interval = \"5s\"\nstop_grace_period = \"3s\"\nrestart_backoff_initial = \"1s\"\n",
+             heartbeat_interval = \"5s\"\nstop_grace_period = \"3s\"\nrestart_backoff_initial = \"1s\"\n{extra}",
             sched = cluster.scheduler,
             logs = cluster.dir.join("logs").display(),
             cg = cluster.cgroup_root,
@@ -324,15 +325,23 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn dir_path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn bin_path(&self) -> &Path {
+        &self.bin
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
         self.riklet.as_ref().map_or(0, Child::id)
     }
 
-    fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
 
-    fn rik(&self, args: &[&str]) -> anyhow::Result<Output> {
+    pub(crate) fn rik(&self, args: &[&str]) -> anyhow::Result<Output> {
         Command::new(self.bin.join("rik"))
             .arg("--scheduler")
             .arg(&self.scheduler)
@@ -342,7 +351,7 @@ impl Cluster {
             .context("running rik")
     }
 
-    fn rik_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn rik_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.rik(args)?;
         if !out.status.success() {
             bail!(
@@ -406,7 +415,7 @@ impl Cluster {
 
     /// `rik delete NAME`, then waits until `rik get apps` no longer lists it
     /// and its pods' shims have exited.
-    fn delete_and_wait(&self, name: &str) -> anyhow::Result<()> {
+    pub(crate) fn delete_and_wait(&self, name: &str) -> anyhow::Result<()> {
         self.rik_ok(&["delete", name])?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -437,7 +446,7 @@ impl Cluster {
     }
 
     /// The orderly end: every app deleted, then SIGTERM to the riklet.
-    fn shutdown(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn shutdown(&mut self) -> anyhow::Result<()> {
         let text = self.rik_ok(&["get", "apps", "-o", "json"])?;
         if !text.trim().is_empty() {
             let apps: Value = serde_json::from_str(&text)?;
@@ -624,7 +633,7 @@ fn footprint_line(f: &Value) -> String {
 }
 
 /// utime + stime (clock ticks) from /proc/PID/stat: the whole process.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command (which may hold spaces): state is field 3.
     let rest: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
@@ -634,7 +643,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// A numeric line of /proc/PID/status (`VmRSS:` is in KiB).
-fn status_kib(pid: u32, key: &str) -> Option<f64> {
+pub(crate) fn status_kib(pid: u32, key: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -646,7 +655,7 @@ fn status_kib(pid: u32, key: &str) -> Option<f64> {
 }
 
 /// Proportional set size (KiB): shared pages split among their users.
-fn pss_kib(pid: u32) -> Option<f64> {
+pub(crate) fn pss_kib(pid: u32) -> Option<f64> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     rollup
         .lines()
@@ -657,7 +666,7 @@ fn pss_kib(pid: u32) -> Option<f64> {
         .ok()
 }
 
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -666,7 +675,7 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cmd = |prog: &str, args: &[&str]| {
         Command::new(prog)
@@ -697,7 +706,7 @@ fn machine() -> Value {
 
 /// Samples with their median, p99 (nearest rank: of 20 samples, the
 /// maximum), min and max.
-fn series(samples: &[f64]) -> Value {
+pub(crate) fn series(samples: &[f64]) -> Value {
     json!({
         "n": samples.len(),
         "median": median(samples),
@@ -714,7 +723,7 @@ fn sorted(samples: &[f64]) -> Vec<f64> {
     v
 }
 
-fn median(samples: &[f64]) -> f64 {
+pub(crate) fn median(samples: &[f64]) -> f64 {
     let v = sorted(samples);
     match v.len() {
         0 => f64::NAN,
@@ -724,7 +733,7 @@ fn median(samples: &[f64]) -> f64 {
 }
 
 /// Nearest-rank p99: the ⌈0.99·n⌉-th smallest sample.
-fn p99(samples: &[f64]) -> f64 {
+pub(crate) fn p99(samples: &[f64]) -> f64 {
     let v = sorted(samples);
     if v.is_empty() {
         return f64::NAN;
@@ -826,7 +835,7 @@ fn table(r: &Value) -> String {
     out
 }
 
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     println!("\n==> {what}");
 }
 
@@ -840,6 +849,6 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

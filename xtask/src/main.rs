@@ -10,6 +10,7 @@
 //! - `image`: a tiny OCI image archive of Debian's static busybox (see [`image`]).
 
 mod bench;
+mod bench_metrics;
 mod ci;
 mod demo;
 mod ebpf;
@@ -62,6 +63,10 @@ enum BenchKind {
     /// Pod start latency (rik apply --wait vs fork+exec) and the riklet's
     /// RSS/CPU idle and with 50 pods, in one run: target/bench/start.json.
     Start,
+    /// One metrics collection cycle (eBPF and cgroup reads, whole cycle)
+    /// at 10, 100 and 500 pods, and the riklet's CPU at a 1 s interval:
+    /// target/bench/metrics.json.
+    Metrics,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ci => ci::run(&ebpf::workspace_root()),
         Command::Bench { which } => match which {
             BenchKind::Start => bench::start(&ebpf::workspace_root()),
+            BenchKind::Metrics => bench_metrics::metrics(&ebpf::workspace_root()),
         },
         Command::Image {
             out,

@@ -21,7 +21,7 @@ use super::cgroup_stats;
 use super::ebpf::Probes;
 use super::exporter::SnapshotHandle;
 use super::node::NodeSampler;
-use super::sample::{Log2Histogram, PodSample, Snapshot};
+use super::sample::{CollectionTimings, Log2Histogram, PodSample, Snapshot};
 use crate::cgroups::ContainerCgroup;
 
 /// One container to measure.
@@ -179,16 +179,21 @@ impl Collector {
         }
         self.usage.replace(usage);
         let node = self.node_sampler.sample().await;
-        self.exporter.publish(Snapshot {
-            node,
-            pods: samples,
-            collected_at: crate::state::now_ms(),
-        });
         let timings = CycleTimings {
             ebpf,
             cgroups,
             total: started.elapsed(),
         };
+        self.exporter.publish(Snapshot {
+            node,
+            pods: samples,
+            collected_at: crate::state::now_ms(),
+            timings: CollectionTimings {
+                ebpf_seconds: ebpf.as_secs_f64(),
+                cgroups_seconds: cgroups.as_secs_f64(),
+                total_seconds: timings.total.as_secs_f64(),
+            },
+        });
         debug!(pods = targets.len(), ?timings, "metrics cycle");
         timings
     }

@@ -496,6 +496,31 @@ fn encode_snapshot(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt:
         &node.node,
         Some(snapshot.collected_at as f64 / 1000.0),
     )?;
+    let t = &snapshot.timings;
+    for (name, help, value) in [
+        (
+            "riklet_collection_ebpf",
+            "Time the last collection cycle spent reading the eBPF maps.",
+            t.ebpf_seconds,
+        ),
+        (
+            "riklet_collection_cgroups",
+            "Time the last collection cycle spent reading pod cgroup files.",
+            t.cgroups_seconds,
+        ),
+        (
+            "riklet_collection_duration",
+            "Duration of the last collection cycle.",
+            t.total_seconds,
+        ),
+    ] {
+        node_family(
+            encoder,
+            &gauge(name, Some(&SECONDS), help),
+            &node.node,
+            Some(value),
+        )?;
+    }
     Ok(())
 }
 
@@ -635,6 +660,7 @@ mod tests {
             },
             pods: vec![pod("web-1"), pod("web-2")],
             collected_at: 1_700_000_000_000,
+            timings: Default::default(),
         }
     }
 

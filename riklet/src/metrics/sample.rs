@@ -202,6 +202,20 @@ pub struct Snapshot {
     pub pods: Vec<PodSample>,
     /// When the cycle ran, Unix milliseconds (0: never).
     pub collected_at: i64,
+    /// How long the cycle took, by part.
+    pub timings: CollectionTimings,
+}
+
+/// Durations of one collection cycle, seconds (the riklet's own cost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionTimings {
+    /// Bulk reads of the eBPF maps.
+    pub ebpf_seconds: f64,
+    /// Reads of every pod's cgroup files.
+    pub cgroups_seconds: f64,
+    /// The whole cycle, node figures included.
+    pub total_seconds: f64,
 }
 
 #[cfg(test)]

@@ -1,0 +1,230 @@
+//! `cargo xtask bench metrics`: the cost of one Node Monitor collection
+//! cycle at 10, 100 and 500 bare-process pods — the eBPF map reads and the
+//! cgroup reads separately, the whole cycle — and the riklet's CPU use
+//! with a 1 s collection interval. The riklet measures its own cycles and
+//! exports them (`riklet_collection_*_seconds`); this reads them from
+//! `/metrics` once a second over a 10 s window.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::bench::{
+    Cluster, clock_ticks, cpu_ticks, machine, median, p99, series, status_kib, step,
+};
+use crate::setup::sh;
+
+const POD_COUNTS: [usize; 3] = [10, 100, 500];
+const WINDOW: Duration = Duration::from_secs(10);
+
+pub fn metrics(root: &Path) -> anyhow::Result<()> {
+    if !crate::ebpf::object_path(root).is_file() {
+        crate::ebpf::build()?;
+    }
+    step("build the release binaries");
+    sh(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "riklet",
+        "-p",
+        "scheduler",
+        "-p",
+        "rik",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+
+    // Own bridge, CIDR (/22: 500 pods) and nft table, removed at the end.
+    let n = std::process::id() % 10_000;
+    let (bridge, table) = (format!("rkb{n}"), format!("riklet_bench_{n}"));
+    let extra = format!(
+        "metrics_addr = \"127.0.0.1:0\"\nmetrics_interval = \"1s\"\n\n[network]\nbridge = \"{bridge}\"\n\
+         pod_cidr = \"10.218.0.0/22\"\nnft_table = \"{table}\"\n"
+    );
+    step("start a one-node cluster: riklet --standalone, 1 s collection interval");
+    let mut cluster = Cluster::start(&target.join("release"), &extra)?;
+    let result = measure(&mut cluster);
+    let _ = std::fs::copy(
+        cluster.dir_path().join("riklet.log"),
+        out_dir.join("metrics-riklet.log"),
+    );
+    let shutdown = cluster.shutdown();
+    drop(cluster);
+    let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", &table])
+        .status();
+    let results = result?;
+    shutdown?;
+
+    let path = out_dir.join("metrics.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+    println!("\none collection cycle (ms; median and p99 of the window's samples)");
+    println!(
+        "{:>6} {:>14} {:>14} {:>14} {:>12}",
+        "pods", "eBPF read", "cgroup reads", "whole cycle", "riklet CPU"
+    );
+    for r in results["runs"].as_array().into_iter().flatten() {
+        let cell = |k: &str| {
+            format!(
+                "{:.2} / {:.2}",
+                r[k]["median"].as_f64().unwrap_or(f64::NAN),
+                r[k]["p99"].as_f64().unwrap_or(f64::NAN)
+            )
+        };
+        println!(
+            "{:>6} {:>14} {:>14} {:>14} {:>11.2}%",
+            r["pods"],
+            cell("ebpf_ms"),
+            cell("cgroups_ms"),
+            cell("cycle_ms"),
+            r["cpu_percent_of_one_core"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!("\nraw results: {}", path.display());
+    Ok(())
+}
+
+fn measure(cluster: &mut Cluster) -> anyhow::Result<Value> {
+    let port = metrics_port(cluster)?;
+    let clk = clock_ticks();
+    let mut runs = Vec::new();
+    for pods in POD_COUNTS {
+        step(&format!("{pods} bare-process pods"));
+        let manifest = cluster.dir_path().join(format!("m{pods}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: v1\nkind: Pod\nname: m{pods}\nreplicas: {pods}\nspec:\n  containers:\n    - name: sleep\n      \
+                 exec: /bin/busybox\n      args: [sleep, \"3600\"]\n"
+            ),
+        )?;
+        let t0 = Instant::now();
+        cluster.rik_ok(&[
+            "apply",
+            "-f",
+            manifest.to_str().context("utf-8 path")?,
+            "--wait",
+            "--timeout",
+            "600s",
+        ])?;
+        println!(
+            "  {pods} pods RUNNING after {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let (mut ebpf, mut cgroups, mut cycle) = (Vec::new(), Vec::new(), Vec::new());
+        let cpu0 = cpu_ticks(cluster.pid()).context("riklet /proc stat")?;
+        let w0 = Instant::now();
+        while w0.elapsed() < WINDOW {
+            let body = get(port, "/metrics")?;
+            let value = |name: &str| gauge(&body, name).map(|s| s * 1000.0);
+            if let (Some(e), Some(c), Some(t)) = (
+                value("riklet_collection_ebpf_seconds"),
+                value("riklet_collection_cgroups_seconds"),
+                value("riklet_collection_duration_seconds"),
+            ) {
+                ebpf.push(e);
+                cgroups.push(c);
+                cycle.push(t);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let cpu1 = cpu_ticks(cluster.pid()).context("riklet /proc stat")?;
+        let wall = w0.elapsed().as_secs_f64();
+        if cycle.is_empty() {
+            bail!("no riklet_collection_* series on /metrics");
+        }
+        let cpu = 100.0 * (cpu1 - cpu0) as f64 / clk / wall;
+        let pods_seen = count_pod_series(&get(port, "/metrics")?);
+        println!(
+            "  cycle median {:.2} ms (eBPF {:.3} ms, cgroups {:.2} ms), riklet CPU {cpu:.2}% of a core, {pods_seen} pods in /metrics",
+            median(&cycle),
+            median(&ebpf),
+            median(&cgroups)
+        );
+        runs.push(json!({
+            "pods": pods,
+            "pods_in_metrics": pods_seen,
+            "ebpf_ms": summary(&ebpf),
+            "cgroups_ms": summary(&cgroups),
+            "cycle_ms": summary(&cycle),
+            "cpu_percent_of_one_core": cpu,
+            "riklet_rss_kib": status_kib(cluster.pid(), "VmRSS:"),
+        }));
+        cluster.delete_and_wait(&format!("m{pods}"))?;
+    }
+    Ok(json!({"machine": machine(), "interval_seconds": 1, "runs": runs}))
+}
+
+fn summary(samples: &[f64]) -> Value {
+    let mut s = series(samples);
+    s["median"] = json!(median(samples));
+    s["p99"] = json!(p99(samples));
+    s
+}
+
+fn metrics_port(cluster: &Cluster) -> anyhow::Result<u16> {
+    let out = Command::new(cluster.bin_path().join("riklet"))
+        .arg("--state-dir")
+        .arg(cluster.state_dir())
+        .arg("status")
+        .output()?;
+    let status: Value = serde_json::from_slice(&out.stdout).context("riklet status JSON")?;
+    status["metricsAddress"]
+        .as_str()
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .context("no metricsAddress in riklet status")
+}
+
+/// A GET to the riklet's loopback endpoint.
+fn get(port: u16, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// The value of a single-series gauge in the text exposition.
+fn gauge(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn count_pod_series(body: &str) -> usize {
+    body.lines()
+        .filter(|l| l.starts_with("riklet_pod_pids{"))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_gauges_from_the_exposition() {
+        let body = "# HELP x\nriklet_collection_duration_seconds{node=\"n\"} 0.0125\nriklet_collection_duration_seconds_other 3\n";
+        assert_eq!(
+            gauge(body, "riklet_collection_duration_seconds"),
+            Some(0.0125)
+        );
+        assert_eq!(gauge(body, "riklet_collection_ebpf_seconds"), None);
+    }
+}
