@@ -26,6 +26,9 @@ struct Cli {
     /// Node name to register as (default: the hostname).
     #[arg(long)]
     node_name: Option<String>,
+    /// Prometheus endpoint address (default 127.0.0.1:9102).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -73,6 +76,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(n) = &cli.node_name {
         config.node_name = Some(n.clone());
+    }
+    if let Some(a) = cli.metrics_addr {
+        config.metrics_addr = a;
     }
     if config.standalone && cli.scheduler.is_none() {
         config.scheduler = format!("http://{}", config.standalone_listen);
