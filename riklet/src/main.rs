@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Logger { .. }) => unreachable!("handled above"),
         None => {
             riklet::observability::init(cli.log_json);
+            raise_fd_limit();
             runtime.block_on(riklet::run(config, shutdown_signal()))?;
             Ok(())
         }
@@ -132,5 +133,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// The metrics collector keeps each pod's cgroup files open (several per
+/// container): raise the soft descriptor limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
     }
 }

@@ -69,6 +69,8 @@ pub struct Collector {
     usage: PodUsage,
     /// Previous CPU seconds of each container, for the usage rate.
     last_cpu: HashMap<(String, String), (f64, Instant)>,
+    /// Open cgroup files, re-read every cycle.
+    reader: Option<cgroup_stats::StatsReader>,
     /// OOM kill events seen by eBPF, per pod (the last [`MAX_EVENTS`]).
     events: HashMap<String, Vec<Value>>,
 }
@@ -90,6 +92,7 @@ impl Collector {
             exporter,
             usage,
             last_cpu: HashMap::new(),
+            reader: Some(cgroup_stats::StatsReader::default()),
             events: HashMap::new(),
         }
     }
@@ -124,12 +127,16 @@ impl Collector {
         let ebpf = t0.elapsed();
 
         let t1 = Instant::now();
-        let stats = tokio::task::spawn_blocking({
-            let cgroups: Vec<ContainerCgroup> = targets.iter().map(|t| t.cgroup.clone()).collect();
-            move || cgroups.iter().map(cgroup_stats::read).collect::<Vec<_>>()
+        let mut reader = self.reader.take().unwrap_or_default();
+        let cgroups: Vec<ContainerCgroup> = targets.iter().map(|t| t.cgroup.clone()).collect();
+        let (reader, stats) = tokio::task::spawn_blocking(move || {
+            let stats: Vec<_> = cgroups.iter().map(|c| reader.read(c)).collect();
+            reader.sweep();
+            (reader, stats)
         })
         .await
         .unwrap_or_default();
+        self.reader = Some(reader);
         let cgroups = t1.elapsed();
 
         let now = Instant::now();
