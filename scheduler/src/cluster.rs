@@ -384,9 +384,12 @@ impl State {
             Some(i) if i.node.as_deref() == Some(hostname) => {
                 let app = i.app.clone();
                 let previous = i.status;
-                let inst = self
-                    .store
-                    .data_mut()
+                let data = if previous == status {
+                    self.store.data_mut_volatile()
+                } else {
+                    self.store.data_mut()
+                };
+                let inst = data
                     .instances
                     .get_mut(instance_id)
                     .expect("instance exists");

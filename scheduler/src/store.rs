@@ -182,6 +182,14 @@ impl Store {
         &mut self.data
     }
 
+    /// Write access for figures that need not reach the disk at once (an
+    /// instance's latest metrics): saved with the next real change, so
+    /// that heartbeats of hundreds of pods do not rewrite the file every
+    /// second.
+    pub fn data_mut_volatile(&mut self) -> &mut Data {
+        &mut self.data
+    }
+
     /// Replaces the data (rollback after a failed save); marks it dirty.
     pub fn restore(&mut self, data: Data) {
         self.data = data;
