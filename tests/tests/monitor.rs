@@ -206,6 +206,25 @@ fn cpu_and_memory_match_the_kernel_and_endpoint_passes_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A real Prometheus scrapes the riklet and can query a pod series.
+    let prom = Prometheus::start(&cluster, port);
+    let series = wait_for(
+        Duration::from_secs(40),
+        "Prometheus to have the holder's series",
+        || {
+            let (_, body) = riklet_e2e::http_get(
+                prom.port,
+                "/api/v1/query?query=riklet_pod_memory_working_set_bytes%7Bapp%3D%22holder%22%7D",
+            )
+            .ok()?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            let result = v["data"]["result"].as_array()?.clone();
+            (!result.is_empty()).then_some(result)
+        },
+    );
+    assert_eq!(series[0]["metric"]["container"], "py", "{series:?}");
+    drop(prom);
+
     // Delete: the pod's series leave /metrics and its cgroup's entries
     // leave the eBPF maps.
     let cgroup_dir = cluster
@@ -441,4 +460,46 @@ fn runqueue_latency_shows_under_contention_and_oom_kills_become_events() {
         f64_at(&p, &["memory", "oomKills"]).unwrap_or(0.0) >= 1.0,
         "{p:#}"
     );
+}
+
+/// A real Prometheus (Debian's) scraping the riklet every second.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(cluster: &Cluster, target: u16) -> Prometheus {
+        let dir = cluster.dir.path().join("prometheus");
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: riklet\n    honor_labels: true\n    \
+                 static_configs: [{{targets: ['127.0.0.1:{target}']}}]\n"
+            ),
+        )
+        .expect("prometheus config");
+        let port = riklet_e2e::free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian prometheus package; cargo xtask setup installs it)");
+        Prometheus { child, port }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
