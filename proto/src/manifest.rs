@@ -626,9 +626,11 @@ fn check_digest(d: &str) -> Result<(), String> {
         .split_once(':')
         .ok_or_else(|| bad("expected algorithm:hex"))?;
     let algo_ok = !algo.is_empty()
-        && algo
-            .split(['+', '.', '_', '-'])
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        && algo.split(['+', '.', '_', '-']).all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
     if !algo_ok {
         return Err(bad("bad algorithm"));
     }
@@ -638,7 +640,9 @@ fn check_digest(d: &str) -> Result<(), String> {
         "sha512" => Some(128),
         _ => None,
     };
-    let hex_ok = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex_ok = hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     match want {
         Some(n) if hex.len() == n && hex_ok => Ok(()),
         Some(n) => Err(bad(&format!("{algo} needs {n} lower-case hex digits"))),
@@ -1128,10 +1132,14 @@ spec:
         assert!(def.contains(r#""imagePullPolicy":"Always""#), "{def}");
         assert_eq!(parse_definition(&def).unwrap(), m);
         // Defaults: a pod network of its own, nothing extra on the wire.
-        let m = parse("kind: Pod\nname: web\nspec: {containers: [{name: a, image: busybox}]}").unwrap();
+        let m =
+            parse("kind: Pod\nname: web\nspec: {containers: [{name: a, image: busybox}]}").unwrap();
         assert!(!m.spec.host_network);
         let def = m.to_definition();
-        assert!(!def.contains("hostNetwork") && !def.contains("imagePullPolicy"), "{def}");
+        assert!(
+            !def.contains("hostNetwork") && !def.contains("imagePullPolicy"),
+            "{def}"
+        );
         assert_eq!(parse_definition(&def).unwrap(), m);
         // RIK's own definitions (null everywhere) still parse.
         let m = parse_definition(
@@ -1144,15 +1152,9 @@ spec:
     #[test]
     fn bad_pull_policy_and_host_network_name_the_field() {
         let doc = with_container("      image: busybox\n      imagePullPolicy: Sometimes\n");
-        assert_eq!(
-            field_of(parse(&doc)),
-            "spec.containers[0].imagePullPolicy"
-        );
+        assert_eq!(field_of(parse(&doc)), "spec.containers[0].imagePullPolicy");
         let doc = with_container("      exec: /bin/true\n      imagePullPolicy: Always\n");
-        assert_eq!(
-            field_of(parse(&doc)),
-            "spec.containers[0].imagePullPolicy"
-        );
+        assert_eq!(field_of(parse(&doc)), "spec.containers[0].imagePullPolicy");
         let doc = "kind: Pod\nname: a\nspec: {hostNetwork: maybe, containers: [{name: c, exec: /bin/true}]}";
         assert_eq!(field_of(parse(doc)), "spec.hostNetwork");
     }

@@ -48,6 +48,7 @@ pub struct NodeFacts {
     pub api_address: String,
     pub metrics_address: String,
     pub ebpf: bool,
+    pub containerd: crate::runtime::link::ContainerdLink,
 }
 
 /// Binds the control socket, removing a stale one, mode 0600.
@@ -95,6 +96,10 @@ async fn answer(stream: UnixStream, agent: AgentHandle, facts: NodeFacts) -> std
             "apiAddress": facts.api_address,
             "metricsAddress": facts.metrics_address,
             "ebpf": facts.ebpf,
+            "containerd": match facts.containerd.get() {
+                Some(c) => json!({"connected": true, "socket": c.runtime.socket(), "namespace": c.runtime.namespace()}),
+                None => json!({"connected": false, "error": facts.containerd.why_unavailable()}),
+            },
             "pods": pods.len(),
             "running": pods.iter().filter(|p| p["state"] == "RUNNING").count(),
         }),

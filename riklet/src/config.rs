@@ -76,7 +76,8 @@ pub struct Config {
     pub restart_backoff_max: Duration,
     /// Keep a pod's log directory when it is deleted.
     pub keep_logs_on_delete: bool,
-    /// Prometheus endpoint (`GET /metrics`); loopback by default.
+    /// Prometheus endpoint (`GET /metrics`); loopback by default; port 0
+    /// picks a free one (shown by `riklet status`).
     pub metrics_addr: SocketAddr,
     /// Interval between two collections of node and pod figures.
     #[serde(deserialize_with = "duration")]
@@ -245,12 +246,12 @@ impl Config {
             field: "network",
             reason: e.to_string(),
         })?;
-        crate::runtime::containerd::check_namespace(&self.containerd.namespace).map_err(
-            |why| ConfigError::Invalid {
+        crate::runtime::containerd::check_namespace(&self.containerd.namespace).map_err(|why| {
+            ConfigError::Invalid {
                 field: "containerd.namespace",
                 reason: format!("{:?}: {why}", self.containerd.namespace),
-            },
-        )?;
+            }
+        })?;
         if self.registries.timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "registries.timeout",
@@ -262,9 +263,12 @@ impl Config {
             .insecure
             .iter()
             .map(|h| ("registries.insecure", h))
-            .chain(self.registries.mirrors.iter().flat_map(|(k, v)| {
-                [("registries.mirrors", k), ("registries.mirrors", v)]
-            }));
+            .chain(
+                self.registries
+                    .mirrors
+                    .iter()
+                    .flat_map(|(k, v)| [("registries.mirrors", k), ("registries.mirrors", v)]),
+            );
         for (field, host) in hosts {
             if !registry_host(host) {
                 return Err(ConfigError::Invalid {
@@ -327,8 +331,14 @@ mod tests {
             ("[containerd]\nnamespace = \"a b\"", "containerd.namespace"),
             ("[containerd]\nsocket = \"c.sock\"", "containerd.socket"),
             ("[registries]\ntimeout = \"0s\"", "registries.timeout"),
-            ("[registries]\ninsecure = [\"http://x\"]", "registries.insecure"),
-            ("[registries]\nmirrors = {\"docker.io\" = \"a/b\"}", "registries.mirrors"),
+            (
+                "[registries]\ninsecure = [\"http://x\"]",
+                "registries.insecure",
+            ),
+            (
+                "[registries]\nmirrors = {\"docker.io\" = \"a/b\"}",
+                "registries.mirrors",
+            ),
         ] {
             let c: Config = toml::from_str(toml).unwrap();
             let err = c.validate().unwrap_err().to_string();

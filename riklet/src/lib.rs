@@ -1,15 +1,19 @@
 //! riklet, the RIK node agent.
 //!
-//! It registers with a scheduler, runs each app instance as a pod (bare
-//! processes under cgroups, each behind a small shim so pods outlive the
-//! riklet), remembers its pods on disk across crashes, counts their network
-//! traffic with eBPF, captures their logs and reports node and pod status.
+//! It registers with a scheduler, runs each app instance as a pod — image
+//! containers under containerd and bare processes under cgroups (each
+//! behind a small shim), sharing the pod's network namespace and IP — so
+//! that pods outlive the riklet, remembers its pods on disk across
+//! crashes, counts their network traffic with eBPF, captures their logs
+//! and reports node and pod status.
 //!
 //! # Layout
 //! - [`config`]: TOML settings, defaults, host paths.
 //! - [`agent`]: the Node Manager; owns every pod, restart policy, recovery.
 //! - [`scheduler_client`]: RIK worker protocol, heartbeats, reconnection.
-//! - [`runtime`]: container runtimes (bare processes and their shim).
+//! - [`runtime`]: container runtimes (bare processes and their shim;
+//!   containerd containers, image pulls, the containerd connection).
+//! - [`network`]: the pod network (bridge, netns, veth, IPAM, masquerade).
 //! - [`state`]: the runtime memory (atomic JSON records).
 //! - [`cgroups`]: pod cgroups on hybrid and pure v2 hosts.
 //! - [`metrics`]: eBPF network counters and node figures.
@@ -69,6 +73,8 @@ pub enum Error {
     },
     #[error("embedded scheduler: {0}")]
     Scheduler(#[from] scheduler::SchedulerError),
+    #[error("pod network: {0}")]
+    Network(#[from] network::NetworkError),
 }
 
 /// Runs the riklet until `shutdown` resolves. Pods keep running after it
@@ -105,6 +111,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let store = state::Store::open(&config.state_dir)?;
     let cgroups = cgroups::CgroupManager::new(&config.cgroup_root)?;
+    let network = std::sync::Arc::new(
+        network::PodNetwork::new(config.network.clone(), &config.state_dir).await?,
+    );
     info!(node = %node, layout = ?cgroups.layout(), "riklet starting");
     let probes = match metrics::ebpf::Probes::load(&cgroups.v2_root(), &config.bpf_pin_dir) {
         Ok(n) => Some(n),
@@ -175,9 +184,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         keep_logs_on_delete: config.keep_logs_on_delete,
     };
     let shim_exe = std::env::current_exe().map_err(state_err)?;
-    let runtime = runtime::process::ProcessRuntime::new(shim_exe, &config.state_dir);
+    let containerd = runtime::link::ContainerdLink::spawn(
+        &config.containerd.socket,
+        &config.containerd.namespace,
+        config.registries.registry_config(),
+        stop_tx.subscribe(),
+    );
+    let backends = agent::Backends {
+        store,
+        cgroups,
+        process: runtime::process::ProcessRuntime::new(shim_exe, &config.state_dir),
+        containerd: containerd.clone(),
+        network,
+    };
     let usage = metrics::collector::PodUsage::default();
-    let agent = agent::Agent::new(settings, store, cgroups, runtime, usage.clone(), reports_tx);
+    let agent = agent::Agent::new(settings, backends, usage.clone(), reports_tx);
     let handle = agent.handle();
     let agent_task = tokio::spawn(agent.run(stop_tx.subscribe()));
 
@@ -225,6 +246,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         api_address: host_address.clone(),
         metrics_address,
         ebpf,
+        containerd,
     };
     let socket_task = tokio::spawn(api::serve_socket(socket, handle.clone(), facts));
     let mut stop = stop_tx.subscribe();

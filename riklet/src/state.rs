@@ -178,6 +178,10 @@ pub struct ContainerRecord {
     /// count at exit means the OOM killer ended it.
     #[serde(default)]
     pub oom_kills_at_start: Option<u64>,
+    /// A start is under way (network, image pull, shim or task): a riklet
+    /// that dies meanwhile starts it again unless it finds it running.
+    #[serde(default)]
+    pub starting: bool,
 }
 
 /// What the riklet remembers of one pod (one app instance).
@@ -340,6 +344,7 @@ mod tests {
                 restart_at: None,
                 backoff_secs: 0,
                 oom_kills_at_start: None,
+                starting: false,
             }],
         }
     }

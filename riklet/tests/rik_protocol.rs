@@ -63,10 +63,28 @@ impl Worker for FakeRik {
 struct Cleanup {
     cgroup_root: String,
     pin_dir: std::path::PathBuf,
+    /// The pod network's bridge and nftables table (also named so).
+    bridge: String,
+    /// Pod network namespaces the test may leave when it fails.
+    netns: Vec<String>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        for ns in &self.netns {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
         for m in ["unified", "cpu", "cpuacct", "memory", "pids", ""] {
             let _ = std::fs::remove_dir(
                 std::path::Path::new("/sys/fs/cgroup")
@@ -124,17 +142,29 @@ async fn speaks_rik_worker_protocol_and_distrusts_the_wire() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let unique = format!("riklet-proto-{}", std::process::id());
+    // A pod network of the test's own; a containerd socket where nothing
+    // answers, so that RIK's `alpine:latest` is never pulled from the
+    // internet.
+    let bridge = format!("rkp{}", std::process::id() % 100_000);
     let _cleanup = Cleanup {
         cgroup_root: unique.clone(),
         pin_dir: format!("/sys/fs/bpf/{unique}").into(),
+        bridge: bridge.clone(),
+        netns: vec!["rik-opposite-join-5857".into()],
     };
     let config: riklet::Config = toml::from_str(&format!(
         "node_name = \"proto-node\"\nscheduler = \"http://{addr}\"\nstate_dir = \"{state}\"\nlog_dir = \"{logs}\"\n\
-         cgroup_root = \"{unique}\"\nbpf_pin_dir = \"/sys/fs/bpf/{unique}\"\napi_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"1s\"\n",
+         cgroup_root = \"{unique}\"\nbpf_pin_dir = \"/sys/fs/bpf/{unique}\"\napi_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"1s\"\n\
+         metrics_addr = \"127.0.0.1:0\"\n\
+         [network]\nbridge = \"{bridge}\"\nnft_table = \"{bridge}\"\npod_cidr = \"10.215.{octet}.0/24\"\n\
+         [containerd]\nsocket = \"{nowhere}\"\n",
         state = dir.path().join("state").display(),
         logs = dir.path().join("logs").display(),
+        octet = std::process::id() % 250,
+        nowhere = dir.path().join("no-containerd.sock").display(),
     ))
     .expect("config");
+    let network_config = config.network.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let riklet = tokio::spawn(riklet::run(config, async move {
         let _ = stop_rx.await;
@@ -179,8 +209,8 @@ async fn speaks_rik_worker_protocol_and_distrusts_the_wire() {
         action: action as i32,
     };
 
-    // RIK's controller definition, nulls included: parsed, then refused
-    // with a reason since image pods need containerd support.
+    // RIK's controller definition, nulls included: parsed, then waiting
+    // for containerd (not running here), saying so.
     let rik_def = r#"{"apiVersion":"v1","kind":"Pod","name":"alpine","spec":{"containers":[{"name":"alpine","image":"alpine:latest","env":null,"ports":null}],"function":null},"replicas":1}"#;
     instructions
         .send(Ok(send(
@@ -190,12 +220,21 @@ async fn speaks_rik_worker_protocol_and_distrusts_the_wire() {
         )))
         .await
         .expect("send");
-    let (status, m) = next_instance(&mut statuses, "opposite-join-5857").await;
-    assert_eq!(status, ResourceStatus::Failed);
+    let (status, m) = loop {
+        let (status, m) = next_instance(&mut statuses, "opposite-join-5857").await;
+        if m["reason"].is_string() {
+            break (status, m);
+        }
+    };
+    assert_eq!(status, ResourceStatus::Creating, "{m}");
     assert!(
-        m["reason"].as_str().unwrap_or("").contains("containerd"),
+        m["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("waiting for containerd"),
         "{m}"
     );
+    assert_eq!(m["containers"][0]["image"], "alpine:latest", "{m}");
 
     // Never trust the wire: a relative exec is refused naming the field.
     let bad = r#"{"apiVersion":"v1","kind":"Pod","name":"bad","spec":{"containers":[{"name":"c","exec":"bin/sh"}]},"replicas":1}"#;
@@ -252,4 +291,12 @@ async fn speaks_rik_worker_protocol_and_distrusts_the_wire() {
         !std::path::Path::new(&format!("/sys/fs/bpf/{unique}/CGROUP_TRAFFIC")).exists(),
         "pin left behind"
     );
+    // The pods stay (a later riklet adopts them): remove their network the
+    // way an uninstall does.
+    riklet::network::PodNetwork::new(network_config, &dir.path().join("state"))
+        .await
+        .expect("pod network")
+        .remove_all()
+        .await
+        .expect("removing the pod network");
 }

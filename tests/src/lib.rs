@@ -1,13 +1,23 @@
 //! Harness of the end-to-end tests: real `rik-scheduler`, `riklet` and
-//! `rik` processes on this machine, against the real kernel, cgroups and
-//! eBPF. Everything a test starts is isolated (own ports, state dir, cgroup
-//! root, bpffs pin dir, log dir, node name) and removed by [`Cluster`]'s
+//! `rik` processes on this machine, against the real kernel, cgroups,
+//! eBPF, containerd and a local registry. Everything a test starts is
+//! isolated (own ports, state dir, cgroup root, bpffs pin dir, log dir,
+//! node name, pod network — bridge `rkt<n>`, CIDR `10.214.<n>.0/24`,
+//! nftables table —, containerd namespace) and removed by [`Cluster`]'s
 //! `Drop`, also when the test panics.
 //!
 //! Tests need root; a missing prerequisite fails them with a message.
+//!
+//! # Layout
+//! - [`Cluster`]: a one-node cluster and its clean-up.
+//! - [`registry`]: a throwaway `docker-registry` and the busybox image.
+//! - [`containerd`]: the machine's containerd, or a private one.
+
+pub mod containerd;
+pub mod registry;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -99,6 +109,21 @@ pub enum Mode {
     Separate,
 }
 
+/// What a test changes in a cluster's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Prefix length of the pod CIDR (default 24: 253 pods).
+    pub pod_prefix: Option<u8>,
+    /// containerd socket (default: the machine's, see [`containerd`]).
+    pub containerd_socket: Option<PathBuf>,
+    /// Registries reached over plain HTTP (`127.0.0.1:<port>`).
+    pub insecure_registries: Vec<String>,
+    /// Registry request timeout (default the riklet's, 30 s).
+    pub registry_timeout: Option<Duration>,
+    /// Do not wait for the node to be ready.
+    pub no_wait: bool,
+}
+
 /// A one-node cluster and everything it created.
 pub struct Cluster {
     pub mode: Mode,
@@ -107,6 +132,12 @@ pub struct Cluster {
     pub cgroup_root: String,
     pub pin_dir: PathBuf,
     pub scheduler_port: u16,
+    /// The pod network of this cluster's riklet.
+    pub net: NetSlot,
+    /// containerd namespace of this cluster's images and containers.
+    pub containerd_namespace: String,
+    /// The containerd socket the riklet uses.
+    pub containerd_socket: PathBuf,
     riklet: Option<Child>,
     scheduler: Option<Child>,
 }
@@ -114,6 +145,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a cluster and waits until its node is ready.
     pub fn start(mode: Mode) -> Cluster {
+        Cluster::start_with(mode, Options::default())
+    }
+
+    /// Starts a cluster with `options` and (unless told not to) waits
+    /// until its node is ready.
+    pub fn start_with(mode: Mode, options: Options) -> Cluster {
         require_root();
         bin_dir();
         let name = unique("e2e");
@@ -122,34 +159,92 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let scheduler_port = free_port();
+        let net = NetSlot::take(options.pod_prefix.unwrap_or(24));
+        let containerd_socket = options
+            .containerd_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(containerd::SOCKET));
         let cluster = Cluster {
             mode,
             node: name.clone(),
             cgroup_root: format!("riklet-{name}"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/riklet-{name}")),
             scheduler_port,
+            containerd_namespace: format!("rik-{name}"),
+            containerd_socket,
+            net,
             dir,
             riklet: None,
             scheduler: None,
         };
-        let config = format!(
+        let quoted: Vec<String> = options
+            .insecure_registries
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        let mut config = format!(
             "node_name = \"{node}\"\nstandalone_listen = \"127.0.0.1:{port}\"\nscheduler = \"http://127.0.0.1:{port}\"\n\
              log_dir = \"{logs}\"\ncgroup_root = \"{cg}\"\nbpf_pin_dir = \"{pins}\"\napi_listen = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\nmetrics_interval = \"1s\"\n\
-             heartbeat_interval = \"1s\"\nstop_grace_period = \"3s\"\nrestart_backoff_initial = \"1s\"\n",
+             heartbeat_interval = \"1s\"\nstop_grace_period = \"3s\"\nrestart_backoff_initial = \"1s\"\n\
+             [network]\nbridge = \"{bridge}\"\npod_cidr = \"{cidr}\"\nnft_table = \"{table}\"\n\
+             [containerd]\nsocket = \"{socket}\"\nnamespace = \"{ns}\"\n\
+             [registries]\ninsecure = [{insecure}]\n",
             node = cluster.node,
             port = scheduler_port,
             logs = cluster.log_dir().display(),
             cg = cluster.cgroup_root,
             pins = cluster.pin_dir.display(),
+            bridge = cluster.net.bridge,
+            cidr = cluster.net.cidr,
+            table = cluster.net.table,
+            socket = cluster.containerd_socket.display(),
+            ns = cluster.containerd_namespace,
+            insecure = quoted.join(", "),
         );
+        if let Some(t) = options.registry_timeout {
+            config.push_str(&format!("timeout = \"{}ms\"\n", t.as_millis()));
+        }
         std::fs::write(cluster.dir.path().join("riklet.toml"), config).expect("write config");
         let mut cluster = cluster;
         if mode == Mode::Separate {
             cluster.start_scheduler();
         }
         cluster.start_riklet();
-        cluster.wait_node_ready();
+        if !options.no_wait {
+            cluster.wait_node_ready();
+        }
         cluster
+    }
+
+    /// `ctr` against this cluster's containerd namespace.
+    pub fn ctr(&self) -> containerd::Ctr {
+        containerd::Ctr::new(&self.containerd_socket, &self.containerd_namespace)
+    }
+
+    /// The riklet's log so far.
+    pub fn riklet_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("riklet.log")).unwrap_or_default()
+    }
+
+    /// `riklet status` of this node.
+    pub fn local_status(&self) -> Value {
+        let out = Command::new(bin_dir().join("riklet"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("status")
+            .output()
+            .expect("riklet status");
+        assert!(
+            out.status.success(),
+            "riklet status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Pid of the running riklet.
+    pub fn riklet_pid(&self) -> Option<u32> {
+        self.riklet.as_ref().map(Child::id)
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -239,12 +334,18 @@ impl Cluster {
 
     /// Applies a manifest given as text.
     pub fn apply(&self, manifest: &str, wait: bool) -> Output {
+        self.apply_timeout(manifest, wait.then_some(Duration::from_secs(30)))
+    }
+
+    /// Applies a manifest; with `wait`, `--wait --timeout <wait>`.
+    pub fn apply_timeout(&self, manifest: &str, wait: Option<Duration>) -> Output {
         let path = self.dir.path().join(format!("{}.yaml", unique("manifest")));
         std::fs::write(&path, manifest).expect("write manifest");
         let p = path.to_str().expect("utf-8");
+        let timeout = wait.map(|d| format!("{}ms", d.as_millis()));
         let mut args = vec!["apply", "-f", p];
-        if wait {
-            args.extend(["--wait", "--timeout", "30s"]);
+        if let Some(t) = &timeout {
+            args.extend(["--wait", "--timeout", t]);
         }
         self.rik(&args)
     }
@@ -310,9 +411,13 @@ impl Cluster {
     }
 
     fn cleanup_cgroups(&self) {
-        let mounts = ["unified", "cpu", "cpuacct", "memory", "pids", ""];
+        // Every hierarchy: runc creates a container's cgroup in all of them.
+        let mut mounts: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        mounts.push(PathBuf::from("/sys/fs/cgroup"));
         for m in mounts {
-            let root = Path::new("/sys/fs/cgroup").join(m).join(&self.cgroup_root);
+            let root = m.join(&self.cgroup_root);
             let Ok(entries) = std::fs::read_dir(&root) else {
                 continue;
             };
@@ -345,14 +450,146 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_riklet();
         self.kill_scheduler();
+        if containerd::answers(&self.containerd_socket) {
+            self.ctr().remove_namespace();
+        }
+        self.net.cleanup(&self.state_dir());
         self.cleanup_cgroups();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }
 
+/// A pod network of its own for one cluster: bridge `rkt<n>`, CIDR
+/// `10.214.<n>.0/<prefix>`, nftables table `rkt<n>`. `n` is reserved
+/// across test processes with a lock file under `/run/riklet-e2e-nets`
+/// (taken over when its owner is dead).
+pub struct NetSlot {
+    pub n: u8,
+    pub bridge: String,
+    pub cidr: String,
+    pub table: String,
+    lock: PathBuf,
+}
+
+impl NetSlot {
+    const DIR: &str = "/run/riklet-e2e-nets";
+
+    /// Reserves a free slot.
+    pub fn take(prefix: u8) -> NetSlot {
+        std::fs::create_dir_all(Self::DIR).expect("creating /run/riklet-e2e-nets");
+        for n in 1..=250u8 {
+            let lock = Path::new(Self::DIR).join(n.to_string());
+            let mine = format!("{}", std::process::id());
+            let taken = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+                .and_then(|mut f| f.write_all(mine.as_bytes()));
+            let ok = match taken {
+                Ok(()) => true,
+                Err(_) => {
+                    // A dead owner's slot is taken over.
+                    let owner = std::fs::read_to_string(&lock).unwrap_or_default();
+                    let dead = owner
+                        .trim()
+                        .parse::<i64>()
+                        .is_ok_and(|pid| !alive(pid) && pid != std::process::id() as i64);
+                    dead && std::fs::write(&lock, &mine).is_ok()
+                }
+            };
+            if ok {
+                let slot = NetSlot {
+                    n,
+                    bridge: format!("rkt{n}"),
+                    cidr: format!("10.214.{n}.0/{prefix}"),
+                    table: format!("rkt{n}"),
+                    lock,
+                };
+                // Whatever a crashed test left in this slot.
+                slot.remove_kernel_objects(&[]);
+                return slot;
+            }
+        }
+        panic!("no free e2e network slot in {} (250 in use?)", Self::DIR);
+    }
+
+    /// The gateway (bridge) address.
+    pub fn gateway(&self) -> String {
+        format!("10.214.{}.1", self.n)
+    }
+
+    /// Removes the pod netns of the leases in `<state_dir>/ipam.json`, the
+    /// veths on the bridge, the bridge and the nftables table.
+    fn cleanup(&self, state_dir: &Path) {
+        let leases: Vec<String> = std::fs::read_to_string(state_dir.join("ipam.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["leases"].as_object().map(|m| m.keys().cloned().collect()))
+            .unwrap_or_default();
+        self.remove_kernel_objects(&leases);
+    }
+
+    fn remove_kernel_objects(&self, instances: &[String]) {
+        let run = |args: &[&str], tool: &str| {
+            Command::new(tool)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        };
+        for id in instances {
+            let _ = run(&["netns", "del", &format!("rik-{id}")], "ip");
+        }
+        for link in links_on(&self.bridge) {
+            let _ = run(&["link", "del", &link], "ip");
+        }
+        let _ = run(&["link", "del", &self.bridge], "ip");
+        let _ = run(&["delete", "table", "ip", &self.table], "nft");
+    }
+}
+
+impl Drop for NetSlot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.lock);
+    }
+}
+
+/// Names of the links whose master is `bridge`.
+pub fn links_on(bridge: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output();
+    let Ok(out) = out else { return vec![] };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            Some(name.split('@').next()?.to_string())
+        })
+        .collect()
+}
+
+/// Names of the network namespaces under `/run/netns` that start with
+/// `prefix`.
+pub fn netns_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A minimal HTTP GET to loopback; returns the status line and body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    http_get_at("127.0.0.1".parse().expect("an address"), port, path)
+}
+
+/// A minimal HTTP GET to `ip` (loopback or a pod of this machine).
+pub fn http_get_at(ip: IpAddr, port: u16, path: &str) -> std::io::Result<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut out = String::new();
@@ -364,13 +601,32 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
     ))
 }
 
-/// A bare-process web server app listening on `port`.
+/// A bare-process web server app listening on `port` in its pod's
+/// network namespace (reach it at the pod's `internalIp`).
 pub fn http_app(name: &str, port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nname: {name}\nreplicas: 1\nspec:\n  containers:\n    - name: httpd\n      \
+         exec: /bin/busybox\n      args: [httpd, -f, -vv, -p, \"{port}\", -h, /usr/share/doc/busybox-static]\n      \
+         ports: {{port: {port}, target_port: {port}}}\n      resources: {{cpu: 500m, memory: 32Mi}}\n"
+    )
+}
+
+/// The same web server in the node's network namespace (`hostNetwork`),
+/// on 127.0.0.1:`port`.
+pub fn http_app_host_network(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nname: {name}\nreplicas: 1\nspec:\n  hostNetwork: true\n  containers:\n    - name: httpd\n      \
          exec: /bin/busybox\n      args: [httpd, -f, -vv, -p, \"127.0.0.1:{port}\", -h, /usr/share/doc/busybox-static]\n      \
          ports: {{port: {port}, target_port: {port}}}\n      resources: {{cpu: 500m, memory: 32Mi}}\n"
     )
+}
+
+/// The pod IP (`internalIp`) of a realtime app object.
+pub fn pod_ip(app: &Value) -> IpAddr {
+    app["internalIp"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no internalIp in {app:#}"))
 }
 
 /// Whether a process is alive (not a zombie).

@@ -1,11 +1,16 @@
-//! Bare-process pods end to end: deploy, serve, survive a riklet crash,
-//! restart after a crash of the app, count traffic with eBPF, delete
-//! without leftovers, survive a scheduler restart, refuse bad input.
+//! Bare-process pods end to end: deploy in the pod's own network namespace
+//! (reached at its `internalIp`), serve, survive a riklet crash, restart
+//! after a crash of the app, count traffic with eBPF, delete without
+//! leftovers (process, cgroups, netns, veth, address lease), survive a
+//! scheduler restart (a `hostNetwork` pod on 127.0.0.1), refuse bad input.
 
 use std::path::Path;
 use std::time::Duration;
 
-use riklet_e2e::{Cluster, Mode, alive, free_port, http_app, http_get, wait_for};
+use riklet_e2e::{
+    Cluster, Mode, alive, free_port, http_app, http_app_host_network, http_get, http_get_at,
+    links_on, pod_ip, wait_for,
+};
 use serde_json::Value;
 
 fn pid_of(app: &Value) -> i64 {
@@ -40,13 +45,47 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Deployed, RUNNING, answering on its port, as the unprivileged user.
+    // Deployed, RUNNING, answering on its port at its pod IP (in its own
+    // network namespace), as the unprivileged user.
     let app = cluster.app("web");
     assert_eq!(app["state"], "RUNNING", "{app:#}");
     assert_eq!(app["runsOn"], cluster.node.as_str());
     let instance = app["appId"].as_str().expect("appId").to_string();
     let pid = pid_of(&app);
-    let (status, body) = http_get(port, "/copyright").expect("GET the app");
+    let ip = pod_ip(&app);
+    assert!(
+        ip.to_string()
+            .starts_with(&format!("10.214.{}.", cluster.net.n)),
+        "pod IP {ip} outside {}",
+        cluster.net.cidr
+    );
+    let netns = Path::new("/run/netns").join(format!("rik-{instance}"));
+    let pod_ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("pod netns");
+    assert_ne!(
+        pod_ns,
+        std::fs::read_link("/proc/self/ns/net").expect("host netns"),
+        "the app runs in the host's network namespace"
+    );
+    assert_eq!(
+        std::fs::metadata(&netns)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok(),
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok(),
+        "the app is not in {}",
+        netns.display()
+    );
+    assert_eq!(
+        links_on(&cluster.net.bridge).len(),
+        1,
+        "one veth on the bridge"
+    );
+    assert!(
+        http_get(port, "/copyright").is_err(),
+        "the pod's port answers on the host's loopback"
+    );
+    let (status, body) = http_get_at(ip, port, "/copyright").expect("GET the app");
     assert!(status.contains("200"), "{status}");
     assert!(body.contains("debianized"), "unexpected body");
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -76,7 +115,7 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
     // eBPF counters of the pod's cgroup grow when it serves traffic.
     let (rx0, tx0) = network(&cluster, &instance);
     for _ in 0..20 {
-        http_get(port, "/copyright").expect("GET");
+        http_get_at(ip, port, "/copyright").expect("GET");
     }
     let (rx1, tx1) = wait_for(Duration::from_secs(5), "eBPF counters to grow", || {
         let (rx, tx) = network(&cluster, &instance);
@@ -133,7 +172,8 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
     });
     assert_eq!(pid_of(&app), pid, "the app was restarted: {app:#}");
     assert_eq!(app["restartCount"], 0, "{app:#}");
-    assert!(http_get(port, "/copyright").is_ok());
+    assert_eq!(pod_ip(&app), ip, "the pod changed address");
+    assert!(http_get_at(ip, port, "/copyright").is_ok());
     let ghost_status = wait_for(
         Duration::from_secs(10),
         "the orphan process to be killed",
@@ -161,13 +201,15 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
     });
     let new_pid = pid_of(&app);
     assert_eq!(app["containers"][0]["lastExit"]["signal"], 9, "{app:#}");
+    assert_eq!(pod_ip(&app), ip, "a restart changed the pod's address");
     wait_for(
         Duration::from_secs(5),
         "the restarted app to answer",
-        || http_get(port, "/").ok(),
+        || http_get_at(ip, port, "/").ok(),
     );
 
-    // Delete: process, cgroups (v1 and v2), state, logs gone.
+    // Delete: process, cgroups (v1 and v2), netns, veth, address lease,
+    // state, logs gone.
     let out = cluster.rik_ok(&["delete", "web"]);
     assert_eq!(out.trim(), format!("web deleted on {}", cluster.node));
     wait_for(Duration::from_secs(20), "the pod to be cleaned up", || {
@@ -182,6 +224,17 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
             .then_some(())
     });
     assert!(!file.exists(), "log file kept after delete");
+    assert!(!netns.exists(), "{} left", netns.display());
+    assert_eq!(
+        links_on(&cluster.net.bridge),
+        Vec::<String>::new(),
+        "veth left"
+    );
+    let ipam: Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster.state_dir().join("ipam.json")).expect("ipam.json"),
+    )
+    .expect("ipam JSON");
+    assert_eq!(ipam["leases"], serde_json::json!({}), "address lease left");
     assert!(!cluster.rik_ok(&["get", "apps"]).contains("web"));
     assert_eq!(cluster.local_pods(), Value::Array(vec![]));
 }
@@ -190,13 +243,17 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
 fn separate_scheduler_restart_loses_no_app() {
     let mut cluster = Cluster::start(Mode::Separate);
     let port = free_port();
-    let out = cluster.apply(&http_app("kept", port), true);
+    // In the node's network namespace: the pod answers on 127.0.0.1.
+    let out = cluster.apply(&http_app_host_network("kept", port), true);
     assert!(
         out.status.success(),
         "apply --wait: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pid = pid_of(&cluster.app("kept"));
+    let app = cluster.app("kept");
+    let pid = pid_of(&app);
+    assert_eq!(app["hostNetwork"], true, "{app:#}");
+    assert!(http_get(port, "/copyright").is_ok());
 
     cluster.kill_scheduler();
     cluster.start_scheduler();
@@ -234,7 +291,9 @@ fn bad_manifests_are_refused_naming_the_field_and_touch_nothing() {
         "apply --wait: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pid = pid_of(&cluster.app("steady"));
+    let app = cluster.app("steady");
+    let pid = pid_of(&app);
+    let ip = pod_ip(&app);
 
     let container = |extra: &str| {
         format!("kind: Pod\nname: steady\nspec:\n  containers:\n    - name: c\n{extra}")
@@ -272,5 +331,5 @@ fn bad_manifests_are_refused_naming_the_field_and_touch_nothing() {
     assert_eq!(app["state"], "RUNNING");
     assert_eq!(pid_of(&app), pid);
     assert_eq!(app["restartCount"], 0);
-    assert!(http_get(port, "/copyright").is_ok());
+    assert!(http_get_at(ip, port, "/copyright").is_ok());
 }

@@ -1,21 +1,35 @@
 //! `cargo xtask demo`: the README's main job. Sets the machine up, builds
-//! everything, starts a one-node cluster (`riklet --standalone`), deploys
-//! the example bare-process app, lists it, reaches it on its port, reads
-//! its logs and deletes it.
+//! everything and the busybox image (`cargo xtask image`), runs a local
+//! registry on 127.0.0.1 and pushes the image to it (`skopeo`), starts a
+//! one-node cluster (`riklet --standalone`, the machine's containerd),
+//! deploys the example bare-process app and the example container app,
+//! lists them, reaches each at its pod IP and port, reads their logs and
+//! deletes them; then removes what it created (registry, images, the
+//! demo's pod network).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde_json::Value;
 
 use crate::setup::sh;
 
 const SCHEDULER: &str = "http://127.0.0.1:4995";
-const APP: &str = "hello-http";
-const MANIFEST: &str = "assets/examples/hello-http.yaml";
+/// The bare-process app and the container app, with their manifests.
+const APPS: [(&str, &str); 2] = [
+    ("hello-http", "assets/examples/hello-http.yaml"),
+    ("hello-container", "assets/examples/hello-container.yaml"),
+];
+/// Where the container app's manifest expects the registry.
+const REGISTRY: &str = "127.0.0.1:5000";
+/// The demo's own pod network and containerd namespace, removed at the end.
+const BRIDGE: &str = "rikdemo0";
+const NFT_TABLE: &str = "riklet_demo";
+const NAMESPACE: &str = "rik-demo";
 
 /// Stops the riklet when the demo ends, however it ends.
 struct Riklet(Child);
@@ -34,6 +48,98 @@ fn nix_kill(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus>
         .status()
 }
 
+/// `docker-registry serve` with its storage in a temp dir; killed on drop.
+struct Registry {
+    child: Child,
+    dir: PathBuf,
+    host: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The demo's containerd namespace and pod network, removed on drop.
+struct Leftovers;
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let ctr = |args: &[&str]| {
+            Command::new("ctr")
+                .args(["-n", NAMESPACE])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        };
+        let out = Command::new("ctr")
+            .args(["-n", NAMESPACE, "images", "ls", "-q"])
+            .output();
+        for image in out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = ctr(&["images", "rm", "--sync", image]);
+        }
+        let _ = Command::new("ctr")
+            .args(["namespaces", "rm", NAMESPACE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", BRIDGE])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", NFT_TABLE])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn start_registry(archive: &Path) -> anyhow::Result<Registry> {
+    if TcpStream::connect(REGISTRY).is_ok() {
+        bail!("{REGISTRY} is in use: the demo runs its registry there");
+    }
+    let dir = tempdir("riklet-demo-registry")?;
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
+            dir.join("data").display()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("registry.log"))?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting docker-registry")?;
+    let registry = Registry {
+        child,
+        dir,
+        host: REGISTRY.to_string(),
+    };
+    wait_for(Duration::from_secs(10), "the registry to listen", || {
+        TcpStream::connect(&registry.host).is_ok()
+    })?;
+    sh(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{}/busybox:1", registry.host)))?;
+    Ok(registry)
+}
+
 pub fn run(root: &Path) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::ebpf::build()?;
@@ -48,12 +154,27 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         "rik",
     ]))?;
     let bin = root.join("target/release");
+
+    step("build the busybox image (cargo xtask image) and push it to a local registry");
+    let archive = root.join("target/images/busybox.tar");
+    crate::image::run(&archive, &crate::image::ImageSpec::host("busybox:1"))?;
+    let registry = start_registry(&archive)?;
+    println!("registry: http://{}/v2/busybox/tags/list", registry.host);
+    let _leftovers = Leftovers;
+
     let state = tempdir("riklet-demo")?;
     let config = state.join("config.toml");
     std::fs::write(
         &config,
-        "restart_backoff_initial = \"1s\"\nstop_grace_period = \"3s\"\n",
+        format!(
+            "restart_backoff_initial = \"1s\"\nstop_grace_period = \"3s\"\n\
+             [network]\nbridge = \"{BRIDGE}\"\npod_cidr = \"10.89.0.0/24\"\nnft_table = \"{NFT_TABLE}\"\n\
+             [containerd]\nnamespace = \"{NAMESPACE}\"\n\
+             [registries]\ninsecure = [\"{}\"]\n",
+            registry.host
+        ),
     )?;
+    println!("riklet config:\n{}", std::fs::read_to_string(&config)?);
 
     step("start a one-node cluster: riklet --standalone");
     let log_path = root.join("target/demo-riklet.log");
@@ -96,36 +217,65 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     })?;
     print!("{}", rik(&["get", "nodes"])?);
 
-    step(&format!("deploy {MANIFEST}"));
-    print!(
-        "{}",
-        rik(&["apply", "-f", MANIFEST, "--wait", "--timeout", "30s"])?
-    );
+    for (_, manifest) in APPS {
+        step(&format!("deploy {manifest}"));
+        print!(
+            "{}",
+            rik(&["apply", "-f", manifest, "--wait", "--timeout", "60s"])?
+        );
+    }
 
     step("list apps");
     print!("{}", rik(&["get", "apps"])?);
     print!("{}", rik(&["get", "apps", "-o", "wide"])?);
-    print!("{}", rik(&["get", "app", APP, "-o", "json"])?);
+    print!("{}", rik(&["get", "app", APPS[1].0, "-o", "json"])?);
+    println!(
+        "containerd (ctr -n {NAMESPACE} containers ls):\n{}",
+        String::from_utf8_lossy(
+            &Command::new("ctr")
+                .args(["-n", NAMESPACE, "containers", "ls"])
+                .output()?
+                .stdout
+        )
+    );
 
-    step("reach the app on its port (127.0.0.1:8080)");
-    let body = http_get("127.0.0.1:8080", "/copyright")?;
-    println!("{}", body.lines().next().unwrap_or(""));
+    let mut addresses = Vec::new();
+    for (app, path) in [(APPS[0].0, "/copyright"), (APPS[1].0, "/")] {
+        let json: Value = serde_json::from_str(&rik(&["get", "app", app, "-o", "json"])?)?;
+        let ip = json["internalIp"]
+            .as_str()
+            .with_context(|| format!("{app} has no pod IP: {json}"))?
+            .to_string();
+        let addr = format!("{ip}:8080");
+        step(&format!("reach {app} at its pod IP and port ({addr})"));
+        let body = http_get(&addr, path)?;
+        println!("{}", body.lines().next().unwrap_or(""));
+        addresses.push(addr);
+    }
 
-    step("read its logs");
-    wait_for(Duration::from_secs(10), "the request in the logs", || {
-        rik(&["logs", APP])
-            .map(|t| t.contains("/copyright"))
-            .unwrap_or(false)
-    })?;
-    print!("{}", rik(&["logs", APP, "--tail", "5"])?);
-
-    step("delete it");
-    print!("{}", rik(&["delete", APP])?);
-    wait_for(Duration::from_secs(20), "the app to be gone", || {
-        TcpStream::connect("127.0.0.1:8080").is_err()
-            && rik(&["get", "apps"])
-                .map(|t| !t.contains(APP))
+    for (app, _) in APPS {
+        step(&format!("read the logs of {app}"));
+        wait_for(Duration::from_secs(10), "the request in the logs", || {
+            // httpd -vv logs each request's URL.
+            rik(&["logs", app])
+                .map(|t| t.contains("url:/"))
                 .unwrap_or(false)
+        })?;
+        print!("{}", rik(&["logs", app, "--tail", "5"])?);
+    }
+
+    for (app, _) in APPS {
+        step(&format!("delete {app}"));
+        print!("{}", rik(&["delete", app])?);
+    }
+    wait_for(Duration::from_secs(30), "the apps to be gone", || {
+        addresses.iter().all(|a| {
+            a.parse::<std::net::SocketAddr>().is_ok_and(|sa| {
+                TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_err()
+            })
+        }) && rik(&["get", "apps"])
+            .map(|t| APPS.iter().all(|(app, _)| !t.contains(app)))
+            .unwrap_or(false)
     })?;
     drop(riklet);
     let _ = std::fs::remove_dir_all(&state);
@@ -154,9 +304,11 @@ fn wait_for(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) -> anyh
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
-/// A minimal HTTP/1.0 GET (to loopback only).
+/// A minimal HTTP/1.0 GET (to loopback or a pod of this machine only).
 fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    let sa: std::net::SocketAddr = addr.parse().context("a socket address")?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut out = String::new();

@@ -10,6 +10,7 @@
 //! - `image`: a tiny OCI image archive of Debian's static busybox (see [`image`]).
 
 mod bench;
+mod bench_containers;
 mod bench_metrics;
 mod ci;
 mod demo;
@@ -67,6 +68,10 @@ enum BenchKind {
     /// at 10, 100 and 500 pods, and the riklet's CPU at a 1 s interval:
     /// target/bench/metrics.json.
     Metrics,
+    /// containerd pods: rik apply --wait → RUNNING with the image present
+    /// against `ctr run`, and the pull path (cold, present, Always):
+    /// target/bench/containers.json.
+    Containers,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             BenchKind::Start => bench::start(&ebpf::workspace_root()),
             BenchKind::Metrics => bench_metrics::metrics(&ebpf::workspace_root()),
+            BenchKind::Containers => bench_containers::containers(&ebpf::workspace_root()),
         },
         Command::Image {
             out,

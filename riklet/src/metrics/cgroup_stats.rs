@@ -392,9 +392,10 @@ mod tests {
     #[test]
     fn missing_cgroup_reads_as_empty() {
         let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(read_v2(&tmp.path().join("gone")), CgroupStats::default());
-        assert_eq!(read_v1(&v1_dirs(tmp.path())), CgroupStats::default());
-        assert_eq!(read_v1(&V1Dirs::default()), CgroupStats::default());
+        let r = &mut StatsReader::default();
+        assert_eq!(read_v2(&tmp.path().join("gone"), r), CgroupStats::default());
+        assert_eq!(read_v1(&v1_dirs(tmp.path()), r), CgroupStats::default());
+        assert_eq!(read_v1(&V1Dirs::default(), r), CgroupStats::default());
     }
 
     #[test]

@@ -40,7 +40,9 @@ use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::snapshots::{
+    Kind as SnapshotKind, ListSnapshotsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+};
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
@@ -171,6 +173,19 @@ impl ContainerdError {
     /// Whether the error says that the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, ContainerdError::NotFound(_))
+    }
+
+    /// Whether the error says that containerd cannot be reached (down or
+    /// restarting), as opposed to refusing the call.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ContainerdError::Connect { .. }
+                | ContainerdError::Rpc {
+                    code: Code::Unavailable,
+                    ..
+                }
+        )
     }
 }
 
@@ -442,6 +457,12 @@ impl ContainerdRuntime {
     /// The socket this client talks to.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The connection, to share with other containerd clients (the image
+    /// store).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     fn request<T>(&self, msg: T) -> Request<T> {
@@ -872,6 +893,46 @@ impl ContainerdRuntime {
         self.delete_task(container_id).await?;
         self.delete_container(container_id).await?;
         self.remove_snapshot(container_id).await
+    }
+
+    /// Keys of the active snapshots named like a container id
+    /// (`<instance>_<container>`): the writable layers of the riklet's
+    /// containers, and leftovers of starts interrupted before their
+    /// container existed.
+    pub async fn container_snapshots(&self) -> Result<Vec<String>> {
+        let mut stream = self
+            .snapshots()
+            .list(self.request(ListSnapshotsRequest {
+                snapshotter: SNAPSHOTTER.to_string(),
+                filters: vec![],
+            }))
+            .await
+            .map_err(|s| ContainerdError::rpc("list snapshots", "", s))?
+            .into_inner();
+        let mut keys = Vec::new();
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| ContainerdError::rpc("list snapshots", "", s))?
+        {
+            keys.extend(
+                msg.info
+                    .into_iter()
+                    .filter(|i| i.kind == SnapshotKind::Active as i32)
+                    .map(|i| i.name)
+                    .filter(|name| {
+                        split_container_id(name).is_some_and(|(i, c)| container_id(i, c).is_ok())
+                    }),
+            );
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Removes a snapshot left without its container ([`Self::remove`]
+    /// removes a container's own); a missing one is not an error.
+    pub async fn remove_leftover_snapshot(&self, key: &str) -> Result<()> {
+        self.remove_snapshot(key).await
     }
 
     /// Every container of the namespace with its labels and task state.

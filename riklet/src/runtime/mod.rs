@@ -1,8 +1,12 @@
-//! Container runtimes. Bare processes ([`process`], through the per-container
-//! [`shim`]) for now; containerd comes next and plugs in beside them.
+//! Container runtimes: bare processes ([`process`], through the
+//! per-container [`shim`]) and image containers under containerd
+//! ([`containerd`], images pulled by [`image`], the connection kept by
+//! [`link`], output written by [`logger`], the OCI spec built by
+//! [`oci_spec`]).
 
 pub mod containerd;
 pub mod image;
+pub mod link;
 pub mod logger;
 pub mod oci_spec;
 pub mod process;

@@ -138,16 +138,14 @@ fn supervise(run_dir: &Path) -> io::Result<()> {
         }),
     }
     .and_then(|netns| {
-        command(&spec, netns.as_ref())
-            .spawn()
-            .map_err(|e| {
-                let code = if e.kind() == io::ErrorKind::NotFound {
-                    127
-                } else {
-                    126
-                };
-                (code, format!("cannot start {}: {e}", spec.exec.display()))
-            })
+        command(&spec, netns.as_ref()).spawn().map_err(|e| {
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            (code, format!("cannot start {}: {e}", spec.exec.display()))
+        })
     });
     let mut child = match spawned {
         Ok(child) => child,
