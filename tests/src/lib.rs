@@ -122,6 +122,9 @@ pub struct Options {
     pub registry_timeout: Option<Duration>,
     /// Do not wait for the node to be ready.
     pub no_wait: bool,
+    /// Pin the eBPF maps outside any bpffs, so that the probes cannot load
+    /// (a kernel without eBPF, as far as the riklet can tell).
+    pub no_ebpf: bool,
 }
 
 /// A one-node cluster and everything it created.
@@ -193,7 +196,11 @@ impl Cluster {
             port = scheduler_port,
             logs = cluster.log_dir().display(),
             cg = cluster.cgroup_root,
-            pins = cluster.pin_dir.display(),
+            pins = if options.no_ebpf {
+                cluster.dir.path().join("not-bpffs").display().to_string()
+            } else {
+                cluster.pin_dir.display().to_string()
+            },
             bridge = cluster.net.bridge,
             cidr = cluster.net.cidr,
             table = cluster.net.table,

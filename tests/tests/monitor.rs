@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use riklet_e2e::{Cluster, Mode, bin_dir, wait_for};
+use riklet_e2e::{Cluster, Mode, Options, bin_dir, wait_for};
 use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -502,4 +502,56 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[test]
+fn without_ebpf_the_riklet_says_so_once_and_keeps_cgroup_figures() {
+    let _serial = serial();
+    let cluster = Cluster::start_with(
+        Mode::Standalone,
+        Options {
+            no_ebpf: true,
+            ..Options::default()
+        },
+    );
+    apply(
+        &cluster,
+        &app(
+            "plain",
+            &[("spin", "/bin/busybox [sh, -c, \"while :; do :; done\"]")],
+            "",
+        ),
+    );
+    let p = wait_for(
+        Duration::from_secs(15),
+        "cgroup figures without eBPF",
+        || {
+            let p = local(&cluster, "plain");
+            (f64_at(&p, &["cpu", "usageSeconds"]).is_some_and(|s| s > 0.0)
+                && f64_at(&p, &["memory", "usageBytes"]).is_some())
+            .then_some(p)
+        },
+    );
+    assert!(
+        p["network"]["txBytes"].is_null(),
+        "eBPF figure without eBPF: {p:#}"
+    );
+    assert!(
+        p["cpu"]["oncpuSeconds"].is_null(),
+        "eBPF figure without eBPF: {p:#}"
+    );
+    let out = Command::new(bin_dir().join("riklet"))
+        .arg("--state-dir")
+        .arg(cluster.state_dir())
+        .arg("status")
+        .output()
+        .expect("riklet status");
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status["ebpf"], false);
+    let log = std::fs::read_to_string(cluster.dir.path().join("riklet.log")).expect("riklet log");
+    assert_eq!(
+        log.matches("eBPF probes unavailable").count(),
+        1,
+        "the missing eBPF must be said once"
+    );
 }
