@@ -6,9 +6,6 @@
 //! test works in its own containerd namespace, removed (images, content,
 //! snapshots, leases) by a guard even when the test panics.
 
-#[path = "support/registry.rs"]
-mod registry;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -17,7 +14,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use registry::{Registry, build_image, http, require};
+use riklet_e2e::registry::{Registry, build_image, http, require};
 use riklet::runtime::image::{ImageError, ImageStore, PullPolicy, RegistryConfig};
 
 const SOCKET: &str = "/run/containerd/containerd.sock";

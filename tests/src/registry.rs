@@ -1,5 +1,5 @@
 //! A throwaway image registry for the end-to-end tests, and the images to
-//! put in it (the same helpers as `riklet/tests/support/registry.rs`).
+//! put in it (also used by riklet's own image tests).
 //!
 //! [`Registry::start`] runs Debian's `docker-registry` (the CNCF
 //! distribution registry) on `127.0.0.1:<free port>` over plain HTTP, with

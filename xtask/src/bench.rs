@@ -49,25 +49,8 @@ pub fn start(root: &Path) -> anyhow::Result<()> {
     if !Path::new(BUSYBOX).exists() {
         bail!("{BUSYBOX} missing: run `cargo xtask setup` (busybox-static)");
     }
-    if !crate::ebpf::object_path(root).is_file() {
-        crate::ebpf::build()?;
-    }
     step("build the release binaries");
-    sh(Command::new("cargo").current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "riklet",
-        "-p",
-        "scheduler",
-        "-p",
-        "rik",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let out_dir = target.join("bench");
-    std::fs::create_dir_all(&out_dir)?;
+    let (target, out_dir) = release_binaries(root)?;
 
     step("start a one-node cluster: riklet --standalone");
     let mut cluster = Cluster::start(&target.join("release"), "metrics_addr = \"127.0.0.1:0\"\n")?;
@@ -851,4 +834,28 @@ fn unix_ms() -> i64 {
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Builds the eBPF object if missing and the release binaries; returns the
+/// target dir and `target/bench`, where results go.
+pub(crate) fn release_binaries(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if !crate::ebpf::object_path(root).is_file() {
+        crate::ebpf::build()?;
+    }
+    sh(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "riklet",
+        "-p",
+        "scheduler",
+        "-p",
+        "rik",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    Ok((target, out_dir))
 }

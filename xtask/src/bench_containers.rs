@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{Cluster, free_port, machine, median, series, step};
+use crate::bench::{Cluster, free_port, machine, median, release_binaries, series, step};
 use crate::setup::sh;
 
 /// Samples per start-latency series.
@@ -67,25 +67,8 @@ pub fn containers(root: &Path) -> anyhow::Result<()> {
     if std::os::unix::net::UnixStream::connect("/run/containerd/containerd.sock").is_err() {
         bail!("containerd does not answer on /run/containerd/containerd.sock: `cargo xtask setup`");
     }
-    if !crate::ebpf::object_path(root).is_file() {
-        crate::ebpf::build()?;
-    }
     step("build the release binaries and the busybox image");
-    sh(Command::new("cargo").current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "riklet",
-        "-p",
-        "scheduler",
-        "-p",
-        "rik",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let out_dir = target.join("bench");
-    std::fs::create_dir_all(&out_dir)?;
+    let (target, out_dir) = release_binaries(root)?;
     let archive = target.join("images/bench-busybox.tar");
     crate::image::run(&archive, &crate::image::ImageSpec::host("busybox:1"))?;
 

@@ -15,33 +15,16 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::bench::{
-    Cluster, clock_ticks, cpu_ticks, machine, median, p99, series, status_kib, step,
+    Cluster, clock_ticks, cpu_ticks, machine, median, p99, release_binaries, series, status_kib,
+    step,
 };
-use crate::setup::sh;
 
 const POD_COUNTS: [usize; 3] = [10, 100, 500];
 const WINDOW: Duration = Duration::from_secs(10);
 
 pub fn metrics(root: &Path) -> anyhow::Result<()> {
-    if !crate::ebpf::object_path(root).is_file() {
-        crate::ebpf::build()?;
-    }
     step("build the release binaries");
-    sh(Command::new("cargo").current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "riklet",
-        "-p",
-        "scheduler",
-        "-p",
-        "rik",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let out_dir = target.join("bench");
-    std::fs::create_dir_all(&out_dir)?;
+    let (target, out_dir) = release_binaries(root)?;
 
     // Own bridge, CIDR (/22: 500 pods) and nft table, removed at the end.
     let n = std::process::id() % 10_000;
