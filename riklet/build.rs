@@ -3,7 +3,7 @@
 //! The object is built by the xtask rather than here because it needs
 //! nightly, `-Z build-std=core` and bpf-linker, which a stable `cargo build`
 //! cannot provide by itself; this script only copies the result into
-//! `OUT_DIR`, where `metrics::net` includes it with
+//! `OUT_DIR`, where `metrics::ebpf` includes it with
 //! `aya::include_bytes_aligned!`.
 
 use std::{env, fs, path::PathBuf, process::ExitCode};
