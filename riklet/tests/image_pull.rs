@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use riklet_e2e::registry::{Registry, build_image, http, require};
 use riklet::runtime::image::{ImageError, ImageStore, PullPolicy, RegistryConfig};
+use riklet_e2e::registry::{Registry, build_image, http, require};
 
 const SOCKET: &str = "/run/containerd/containerd.sock";
 
