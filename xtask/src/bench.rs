@@ -425,7 +425,33 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The pod clean-up (network, cgroups, records) ends after the
+        // shims: stopping the riklet before it would leave netns and veths.
+        while !self.local_pods()?.is_empty() {
+            if Instant::now() > deadline {
+                bail!("timed out after 60s waiting for the riklet to forget {name}'s pods");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Ok(())
+    }
+
+    /// The riklet's own list of pods (`riklet pods`).
+    pub(crate) fn local_pods(&self) -> anyhow::Result<Vec<Value>> {
+        let out = Command::new(self.bin.join("riklet"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("pods")
+            .output()
+            .context("riklet pods")?;
+        if !out.status.success() {
+            bail!(
+                "riklet pods: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let pods: Value = serde_json::from_slice(&out.stdout).context("riklet pods JSON")?;
+        Ok(pods.as_array().cloned().unwrap_or_default())
     }
 
     /// The orderly end: every app deleted, then SIGTERM to the riklet.
