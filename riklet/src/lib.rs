@@ -285,8 +285,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// An error and its sources on one line (`a: b: c`), for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line (`a: b: c`), for logs and test
+/// messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -490,17 +490,6 @@ fn processes_with(needle: &str) -> Vec<i32> {
     pids
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
-
 async fn start(
     rt: &ContainerdRuntime,
     spec: ContainerSpec,
@@ -508,7 +497,7 @@ async fn start(
     let id = format!("{}_{}", spec.instance_id, spec.container);
     rt.start(spec)
         .await
-        .unwrap_or_else(|e| panic!("start {id}: {}", chain(&e)))
+        .unwrap_or_else(|e| panic!("start {id}: {}", riklet::error_chain(&e)))
 }
 
 // ---- tests --------------------------------------------------------------------

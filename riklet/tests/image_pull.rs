@@ -171,7 +171,7 @@ fn pull_unpack_and_reuse_without_registry() {
         let info = store
             .ensure(&reference, PullPolicy::IfNotPresent)
             .await
-            .unwrap_or_else(|e| panic!("pull failed: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("pull failed: {}", riklet::error_chain(&e)));
         let cold = t.elapsed();
         assert_eq!(info.reference, reference);
         assert_eq!(info.cmd, vec!["/bin/sh".to_string()]);
@@ -243,19 +243,24 @@ fn pull_unpack_and_reuse_without_registry() {
         let again = store
             .ensure(&reference, PullPolicy::IfNotPresent)
             .await
-            .unwrap_or_else(|e| panic!("IfNotPresent contacted the registry? {}", chain(&e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "IfNotPresent contacted the registry? {}",
+                    riklet::error_chain(&e)
+                )
+            });
         let warm = t.elapsed();
         assert_eq!(again, info);
         let never = store
             .ensure(&reference, PullPolicy::Never)
             .await
-            .unwrap_or_else(|e| panic!("Never: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("Never: {}", riklet::error_chain(&e)));
         assert_eq!(never, info);
         println!("busybox pull: cold {cold:?}, IfNotPresent {warm:?}");
 
         let always = store.ensure(&reference, PullPolicy::Always).await;
         if let Err(e) = &always {
-            println!("Always, registry down: {}", chain(e));
+            println!("Always, registry down: {}", riklet::error_chain(e));
         }
         assert!(
             matches!(always, Err(ImageError::Unreachable { .. })),
@@ -268,7 +273,7 @@ fn pull_unpack_and_reuse_without_registry() {
         let unpacked = store
             .ensure(&reference, PullPolicy::IfNotPresent)
             .await
-            .unwrap_or_else(|e| panic!("re-unpack: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("re-unpack: {}", riklet::error_chain(&e)));
         println!(
             "busybox re-unpack from the content store: {:?}",
             t.elapsed()
@@ -296,13 +301,16 @@ fn always_repulls_and_concurrent_ensures_share_one_pull() {
             store.ensure(&reference, PullPolicy::IfNotPresent),
             store.ensure(&reference, PullPolicy::IfNotPresent)
         );
-        let a = a.unwrap_or_else(|e| panic!("{}", chain(&e)));
-        assert_eq!(a, b.unwrap_or_else(|e| panic!("{}", chain(&e))));
+        let a = a.unwrap_or_else(|e| panic!("{}", riklet::error_chain(&e)));
+        assert_eq!(
+            a,
+            b.unwrap_or_else(|e| panic!("{}", riklet::error_chain(&e)))
+        );
         let t = Instant::now();
         let again = store
             .ensure(&reference, PullPolicy::Always)
             .await
-            .unwrap_or_else(|e| panic!("{}", chain(&e)));
+            .unwrap_or_else(|e| panic!("{}", riklet::error_chain(&e)));
         println!("busybox Always with everything present: {:?}", t.elapsed());
         assert_eq!(again, a);
         let other = ImageStore::connect(SOCKET, &ns.0, RegistryConfig::default())
@@ -311,7 +319,7 @@ fn always_repulls_and_concurrent_ensures_share_one_pull() {
         let seen = other
             .ensure(&reference, PullPolicy::Never)
             .await
-            .unwrap_or_else(|e| panic!("{}", chain(&e)));
+            .unwrap_or_else(|e| panic!("{}", riklet::error_chain(&e)));
         assert_eq!(seen, a);
     });
     assert_eq!(ns.ctr(&["images", "ls", "-q"]).trim(), reference);
@@ -341,7 +349,7 @@ fn mirror_serves_the_origin_registry() {
         let info = store
             .ensure(&reference, PullPolicy::Always)
             .await
-            .unwrap_or_else(|e| panic!("pull through the mirror: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("pull through the mirror: {}", riklet::error_chain(&e)));
         assert_eq!(info.reference, reference);
 
         // Mirror without the image: the origin is tried, and fails.
@@ -352,7 +360,7 @@ fn mirror_serves_the_origin_registry() {
         assert!(
             matches!(err, ImageError::Unreachable { ref registry, .. } if registry == origin),
             "{}",
-            chain(&err)
+            riklet::error_chain(&err)
         );
     });
     assert_eq!(ns.ctr(&["images", "ls", "-q"]).trim(), reference);
@@ -378,10 +386,10 @@ fn unknown_repository_or_tag_is_not_found() {
             assert!(
                 matches!(err, ImageError::NotFound { .. }),
                 "{reference}: {}",
-                chain(&err)
+                riklet::error_chain(&err)
             );
             assert!(err.to_string().contains(&reference), "{err}");
-            println!("{reference}: {}", chain(&err));
+            println!("{reference}: {}", riklet::error_chain(&err));
         }
         let never = store
             .ensure(&format!("{}/busybox:1", reg.host()), PullPolicy::Never)
@@ -430,7 +438,11 @@ fn garbage_and_silent_registries_fail_fast() {
             .ensure(&format!("{junk_addr}/busybox:1"), PullPolicy::Always)
             .await
             .expect_err("junk pulled");
-        println!("junk pulled? {} ({:?})", chain(&err), t.elapsed());
+        println!(
+            "junk pulled? {} ({:?})",
+            riklet::error_chain(&err),
+            t.elapsed()
+        );
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "took {:?}",
@@ -439,7 +451,7 @@ fn garbage_and_silent_registries_fail_fast() {
         assert!(
             matches!(err, ImageError::BadAnswer { .. }),
             "junk over HTTP: {}",
-            chain(&err)
+            riklet::error_chain(&err)
         );
 
         // Same junk where TLS is expected.
@@ -451,7 +463,11 @@ fn garbage_and_silent_registries_fail_fast() {
             .ensure(&format!("{junk_addr}/busybox:1"), PullPolicy::Always)
             .await
             .expect_err("junk pulled over TLS");
-        println!("junk pulled over TLS? {} ({:?})", chain(&err), t.elapsed());
+        println!(
+            "junk pulled over TLS? {} ({:?})",
+            riklet::error_chain(&err),
+            t.elapsed()
+        );
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "took {:?}",
@@ -463,7 +479,7 @@ fn garbage_and_silent_registries_fail_fast() {
                 ImageError::Unreachable { .. } | ImageError::BadAnswer { .. }
             ),
             "junk over TLS: {}",
-            chain(&err)
+            riklet::error_chain(&err)
         );
 
         // Accepts, never answers.
@@ -483,7 +499,11 @@ fn garbage_and_silent_registries_fail_fast() {
             .ensure(&format!("{silent_addr}/busybox:1"), PullPolicy::Always)
             .await
             .expect_err("silence pulled");
-        println!("silence pulled? {} ({:?})", chain(&err), t.elapsed());
+        println!(
+            "silence pulled? {} ({:?})",
+            riklet::error_chain(&err),
+            t.elapsed()
+        );
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "took {:?}",
@@ -492,7 +512,7 @@ fn garbage_and_silent_registries_fail_fast() {
         assert!(
             matches!(err, ImageError::Timeout { .. }),
             "silent registry: {}",
-            chain(&err)
+            riklet::error_chain(&err)
         );
     });
 }
@@ -522,10 +542,10 @@ fn unparsable_reference_is_named() {
             assert!(
                 matches!(err, ImageError::InvalidReference { .. }),
                 "{bad}: {}",
-                chain(&err)
+                riklet::error_chain(&err)
             );
             assert!(err.to_string().contains(bad), "{err}");
-            println!("{}", chain(&err));
+            println!("{}", riklet::error_chain(&err));
         }
     });
 }
@@ -588,7 +608,7 @@ fn other_architecture_only_is_refused() {
             assert!(
                 matches!(err, ImageError::WrongPlatform { .. }),
                 "{reference}: {}",
-                chain(&err)
+                riklet::error_chain(&err)
             );
             let msg = err.to_string();
             println!("{msg}");
@@ -601,15 +621,4 @@ fn other_architecture_only_is_refused() {
     });
     assert!(ns.ctr(&["images", "ls", "-q"]).trim().is_empty());
     assert!(ns.snapshots().is_empty(), "nothing unpacked");
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -37,7 +37,7 @@ fn counts_tcp_traffic_of_a_child_cgroup_then_forgets_and_closes() {
     let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-net")));
 
     let mut counters = Probes::load(cgroup_root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("Probes::load: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("Probes::load: {}", riklet::error_chain(&e)));
     for map in [CGROUP_TRAFFIC_MAP, SCHED_STATS_MAP] {
         assert!(
             pins.path().join(map).exists(),
@@ -96,7 +96,7 @@ fn load_replaces_a_stale_pin_of_a_crashed_predecessor() {
 
     // A first load mounts bpffs if needed; its close leaves nothing behind.
     Probes::load(cgroup_root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("first Probes::load: {}", chain(&e)))
+        .unwrap_or_else(|e| panic!("first Probes::load: {}", riklet::error_chain(&e)))
         .close()
         .expect("close");
     assert_no_pins(pins.path());
@@ -110,7 +110,7 @@ fn load_replaces_a_stale_pin_of_a_crashed_predecessor() {
         .expect("pinning the stale map");
 
     let counters = Probes::load(cgroup_root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("Probes::load over a stale pin: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("Probes::load over a stale pin: {}", riklet::error_chain(&e)));
     let pinned = MapData::from_pin(&pin).expect("opening the pin");
     let info = pinned.info().expect("map info");
     assert_eq!(
@@ -237,17 +237,6 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A cgroup v2 directory removed on drop, even when the test panics: its

@@ -126,10 +126,10 @@ async fn two_pods_talk_to_the_host_and_each_other_then_detach_cleanly() {
     for id in [&id_a, &id_b] {
         net.detach(id)
             .await
-            .unwrap_or_else(|e| panic!("detach {id}: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("detach {id}: {}", riklet::error_chain(&e)));
         net.detach(id)
             .await
-            .unwrap_or_else(|e| panic!("second detach {id}: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("second detach {id}: {}", riklet::error_chain(&e)));
         assert!(!netns::path_of(id).exists(), "netns of {id} left");
         assert!(!mounted(&netns::path_of(id)), "netns of {id} still mounted");
         assert_eq!(link_index(&host_veth_name(id)), None, "veth of {id} left");
@@ -176,7 +176,7 @@ async fn reconcile_removes_leftovers_of_unknown_instances_after_a_crash() {
     let net = fx.network().await;
     net.reconcile(std::slice::from_ref(&kept))
         .await
-        .unwrap_or_else(|e| panic!("reconcile: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("reconcile: {}", riklet::error_chain(&e)));
     assert!(
         !netns::path_of(&gone).exists(),
         "netns of the unknown instance left"
@@ -259,7 +259,7 @@ async fn a_small_cidr_gets_exhausted_with_a_clear_error() {
     assert_eq!(only.prefix_len, 30);
 
     let err = net.attach(&second).await.expect_err("a /30 holds one pod");
-    let text = chain(&err);
+    let text = riklet::error_chain(&err);
     assert!(matches!(err, NetworkError::CidrExhausted { .. }), "{text}");
     assert!(
         text.contains("10.213.5.0/30") && text.contains("exhausted"),
@@ -329,7 +329,7 @@ async fn masquerade_rule_is_installed_once_and_removed_by_remove_all() {
     };
     let net = PodNetwork::new(off, fx.state.path())
         .await
-        .unwrap_or_else(|e| panic!("PodNetwork::new: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("PodNetwork::new: {}", riklet::error_chain(&e)));
     assert!(
         nft_table(&fx.table).is_none(),
         "masquerade = false left the rule"
@@ -356,7 +356,7 @@ async fn a_hundred_attach_detach_cycles_leak_nothing() {
         seen.insert(pod.ip);
         net.detach(&id)
             .await
-            .unwrap_or_else(|e| panic!("cycle {i}: detach: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("cycle {i}: detach: {}", riklet::error_chain(&e)));
     }
     println!("100 cycles in {:?}", started.elapsed());
     assert!(seen.len() > 3, "addresses rotate: {seen:?}");
@@ -424,7 +424,7 @@ impl Fixture {
     async fn network(&self) -> PodNetwork {
         PodNetwork::new(self.config(), self.state.path())
             .await
-            .unwrap_or_else(|e| panic!("PodNetwork::new: {}", chain(&e)))
+            .unwrap_or_else(|e| panic!("PodNetwork::new: {}", riklet::error_chain(&e)))
     }
 
     fn clean(&self) {
@@ -483,13 +483,13 @@ fn prerequisites() {
 async fn attach(net: &PodNetwork, id: &str) -> PodAddress {
     net.attach(id)
         .await
-        .unwrap_or_else(|e| panic!("attach {id}: {}", chain(&e)))
+        .unwrap_or_else(|e| panic!("attach {id}: {}", riklet::error_chain(&e)))
 }
 
 async fn remove_all(net: &PodNetwork) {
     net.remove_all()
         .await
-        .unwrap_or_else(|e| panic!("remove_all: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("remove_all: {}", riklet::error_chain(&e)));
 }
 
 trait InNetns {
@@ -654,15 +654,4 @@ fn open_fds() -> Vec<PathBuf> {
         .collect();
     fds.sort();
     fds
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

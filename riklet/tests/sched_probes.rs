@@ -47,7 +47,7 @@ fn a_child_burning_one_second_of_cpu_is_charged_one_second() {
     let root = CgroupGuard::new(v2_root.join(unique("riklet-test-sched")), &v2_root);
     let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-sched")));
     let mut probes = Probes::load(root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("Probes::load: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("Probes::load: {}", riklet::error_chain(&e)));
 
     let pod = CgroupGuard::create(root.path().join("burn"), &v2_root);
     let pod_id = cgroup_id(pod.path()).expect("cgroup id of the pod cgroup");
@@ -153,7 +153,7 @@ fn processes_sharing_one_cpu_wait_in_the_run_queue() {
     let root = CgroupGuard::new(v2_root.join(unique("riklet-test-runq")), &v2_root);
     let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-runq")));
     let probes = Probes::load(root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("Probes::load: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("Probes::load: {}", riklet::error_chain(&e)));
 
     let pod = CgroupGuard::create(root.path().join("crowded"), &v2_root);
     let pod_id = cgroup_id(pod.path()).expect("cgroup id of the pod cgroup");
@@ -239,7 +239,7 @@ fn an_oom_killed_process_is_reported_with_its_pid_and_cgroup() {
     let root = CgroupGuard::new(v2_root.join(unique("riklet-test-oom")), &v2_root);
     let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-oom")));
     let mut probes = Probes::load(root.path(), pins.path())
-        .unwrap_or_else(|e| panic!("Probes::load: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("Probes::load: {}", riklet::error_chain(&e)));
     // Events of earlier OOM kills elsewhere on the node do not matter.
     let _ = probes.oom_events();
 
@@ -602,17 +602,6 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A forked child, killed and reaped on drop.

@@ -713,7 +713,7 @@ impl Probes {
 impl Drop for Probes {
     fn drop(&mut self) {
         if let Err(error) = self.shut_down() {
-            warn!(error = %error_chain(&error), "closing eBPF probes");
+            warn!(error = %crate::error_chain(&error), "closing eBPF probes");
         }
     }
 }
@@ -980,18 +980,6 @@ fn map_error(map: &'static str) -> impl Fn(MapError) -> ProbeError {
         map,
         source: Box::new(source),
     }
-}
-
-/// "outer: inner: innermost", for the one place (Drop) that can only log.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    chain
 }
 
 /// A thread that moves aya-log records from the eBPF ring buffer into the

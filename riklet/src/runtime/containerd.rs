@@ -426,7 +426,7 @@ impl ContainerdRuntime {
             tokio::time::timeout(Duration::from_secs(10), containerd_client::connect(socket))
                 .await
                 .map_err(|_| connect_err("timed out".into()))?
-                .map_err(|e| connect_err(error_chain(&e)))?;
+                .map_err(|e| connect_err(crate::error_chain(&e)))?;
         let mut version = Request::new(());
         version.set_timeout(Duration::from_secs(10));
         VersionClient::new(channel.clone())
@@ -1115,17 +1115,6 @@ fn read_image_file(mounts: &[Mount], rel: &str) -> Option<String> {
         }
     }
     None
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
