@@ -37,6 +37,12 @@ pub const RUNNABLE_SINCE_MAP: &str = "RUNNABLE_SINCE";
 /// it was still on its CPU, then exiting) cannot fill it up.
 pub const RUNNABLE_SINCE_MAX_ENTRIES: u32 = 16384;
 
+/// Name of the `BPF_MAP_TYPE_PERCPU_ARRAY` map (one [`OnCpu`] slot) that
+/// holds, on each CPU, the task running there since its last switch-in. User
+/// space reads it to add the slice in progress, which `SCHED_STATS` only
+/// charges at the switch-out, and to know which cgroups are running now.
+pub const ON_CPU_MAP: &str = "ON_CPU";
+
 /// Name of the `BPF_MAP_TYPE_PERCPU_ARRAY` map ([`SCHED_LOST_SLOTS`] `u64`
 /// slots) counting scheduler events that could not be accounted: slot 0 a
 /// map update failed, slot [`SCHED_LOST_UNSEEN`] a switch was not seen.
@@ -207,6 +213,31 @@ pub const fn bucket_upper_ns(bucket: usize) -> u64 {
 // 35 u64 and nothing else: no padding, identical on every target.
 const _: () = assert!(core::mem::size_of::<SchedStats>() == 8 * (3 + RUNQ_BUCKETS));
 const _: () = assert!(core::mem::align_of::<SchedStats>() == 8);
+
+/// The task on one CPU since its switch-in (the one slot of [`ON_CPU_MAP`]
+/// on that CPU). The eBPF program rewrites it at every switch; a reader may
+/// see a half-written slot, so what it derives must tolerate one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnCpu {
+    /// Its pid (a thread id); 0 for the idle task or before the first
+    /// switch.
+    pub pid: u32,
+    /// 1 if `runq_ns` holds a wait not yet charged.
+    pub runq_pending: u32,
+    /// When it got the CPU (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`); 0
+    /// before the first switch on this CPU.
+    pub since_ns: u64,
+    /// How long it waited in a run queue before that.
+    pub runq_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<OnCpu>() == 24);
+
+// SAFETY: `OnCpu` is `#[repr(C)]`, `Copy`, made of two `u32` then two `u64`
+// (no padding: asserted above); every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for OnCpu {}
 
 // SAFETY: `SchedStats` is `#[repr(C)]`, `Copy`, made only of `u64` fields and
 // arrays of them, and has no padding (asserted above): every bit pattern is

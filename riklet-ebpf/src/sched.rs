@@ -29,8 +29,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use riklet_common::sched::{
-    PREV_STATE_SLEEPING_MASK, RUNNABLE_SINCE_MAX_ENTRIES, SCHED_LOST_SLOTS, SCHED_LOST_UNSEEN,
-    SCHED_STATS_MAX_ENTRIES, SchedStats, runq_bucket,
+    OnCpu, PREV_STATE_SLEEPING_MASK, RUNNABLE_SINCE_MAX_ENTRIES, SCHED_LOST_SLOTS,
+    SCHED_LOST_UNSEEN, SCHED_STATS_MAX_ENTRIES, SchedStats, runq_bucket,
 };
 
 use crate::{EEXIST, note_lost};
@@ -88,20 +88,6 @@ static ON_CPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
 /// [`SCHED_LOST_UNSEEN`] because a switch was not seen.
 #[map]
 static SCHED_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCHED_LOST_SLOTS, 0);
-
-/// The task on this CPU since its switch-in. Only the eBPF side uses it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OnCpu {
-    /// Its pid; 0 for the idle task or before the first switch.
-    pid: u32,
-    /// 1 if `runq_ns` holds a wait not yet charged.
-    runq_pending: u32,
-    /// When it got the CPU; 0 before the first switch on this CPU.
-    since_ns: u64,
-    /// How long it waited in a run queue before that.
-    runq_ns: u64,
-}
 
 #[tracepoint(category = "sched", name = "sched_switch")]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {

@@ -228,7 +228,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             error!(error = %e, "metrics endpoint stopped");
         }
     });
-    let collector = metrics::collector::Collector::new(&node, probes, snapshots, usage);
+    let collector = metrics::collector::Collector::new(
+        &node,
+        probes,
+        snapshots,
+        usage,
+        config.metrics_interval,
+    );
     let targets_handle = handle.clone();
     let collector_task = tokio::spawn(metrics::collector::run(
         collector,

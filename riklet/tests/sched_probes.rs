@@ -61,6 +61,24 @@ fn a_child_burning_one_second_of_cpu_is_charged_one_second() {
         burn_cpu_time(Duration::from_secs(1));
         sleep_until(monotonic_now() + CHILD_TIMEOUT);
     });
+    // While it burns, it is on a CPU: `running` shows its slice.
+    let seen_running = loop {
+        let running = probes.running().expect("running");
+        if let Some(slot) = running.iter().find(|s| s.pid == child.pid as u32) {
+            break Some(*slot);
+        }
+        if started.elapsed() > Duration::from_millis(800) {
+            break None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let slot = seen_running.expect("the burning child never showed in ON_CPU");
+    let now_ns = monotonic_now().as_nanos() as u64;
+    assert!(
+        slot.since_ns > 0 && slot.since_ns <= now_ns,
+        "slice start {} ns is not before now ({now_ns} ns)",
+        slot.since_ns
+    );
     let kernel = child.wait_asleep_after(Duration::from_secs(1), CHILD_TIMEOUT);
     let wall = started.elapsed();
 

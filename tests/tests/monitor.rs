@@ -135,19 +135,19 @@ fn cpu_and_memory_match_the_kernel_and_endpoint_passes_promtool() {
     println!(
         "burner: cgroup {cgroup_cores:.3} cores, eBPF {ebpf_cores:.3}, reported {reported:.3}"
     );
-    for (what, v) in [("cgroup", cgroup_cores), ("usageCores", reported)] {
+    // eBPF charges a slice when the task leaves the CPU; the riklet adds
+    // the slice in progress (a spinner alone on a CPU may not leave it for
+    // seconds), so the eBPF figure is as close as the cgroup's.
+    for (what, v) in [
+        ("cgroup", cgroup_cores),
+        ("usageCores", reported),
+        ("eBPF on-CPU", ebpf_cores),
+    ] {
         assert!(
             (0.8..=1.2).contains(&v),
             "{what}: {v} cores for a pod burning one core"
         );
     }
-    // eBPF charges a slice when the task leaves the CPU: a spinner alone on
-    // a CPU may run uncharged for a long stretch, so the window's two
-    // readings can each lag by up to one slice (see docs/architecture.md).
-    assert!(
-        (0.6..=1.2).contains(&ebpf_cores),
-        "eBPF on-CPU: {ebpf_cores} cores for a pod burning one core"
-    );
 
     // 64 MiB held: the difference with the same program holding nothing.
     let ws = |a: &str| {

@@ -53,7 +53,11 @@ pub fn start(root: &Path) -> anyhow::Result<()> {
     let (target, out_dir) = release_binaries(root)?;
 
     step("start a one-node cluster: riklet --standalone");
-    let mut cluster = Cluster::start(&target.join("release"), "metrics_addr = \"127.0.0.1:0\"\n")?;
+    let mut cluster = Cluster::start(
+        &target.join("release"),
+        "metrics_addr = \"127.0.0.1:0\"\n",
+        SchedulerProcess::Embedded,
+    )?;
     let result = measure(&mut cluster);
     // Keep the riklet's log next to the results: the temp dir goes away.
     let _ = std::fs::copy(
@@ -228,7 +232,17 @@ fn measure(cluster: &mut Cluster) -> anyhow::Result<Value> {
     }))
 }
 
-/// A one-node cluster (`riklet --standalone`) and everything it created.
+/// Where a bench cluster's scheduler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SchedulerProcess {
+    /// In the riklet (`riklet --standalone`).
+    Embedded,
+    /// A `rik-scheduler` process of its own, so that the riklet's CPU use
+    /// is the riklet's only.
+    Separate,
+}
+
+/// A one-node cluster and everything it created.
 pub(crate) struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
@@ -236,11 +250,16 @@ pub(crate) struct Cluster {
     pin_dir: PathBuf,
     scheduler: String,
     riklet: Option<Child>,
+    scheduler_process: Option<Child>,
 }
 
 impl Cluster {
     /// Starts a cluster; `extra` is appended to the riklet's config.
-    pub(crate) fn start(bin: &Path, extra: &str) -> anyhow::Result<Cluster> {
+    pub(crate) fn start(
+        bin: &Path,
+        extra: &str,
+        scheduler: SchedulerProcess,
+    ) -> anyhow::Result<Cluster> {
         let id = format!("bench-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("riklet-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -253,7 +272,23 @@ impl Cluster {
             scheduler: format!("http://127.0.0.1:{port}"),
             dir,
             riklet: None,
+            scheduler_process: None,
         };
+        if scheduler == SchedulerProcess::Separate {
+            let log = std::fs::File::create(cluster.dir.join("scheduler.log"))?;
+            cluster.scheduler_process = Some(
+                Command::new(cluster.bin.join("rik-scheduler"))
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg("--state-dir")
+                    .arg(cluster.dir.join("scheduler"))
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()
+                    .context("starting rik-scheduler")?,
+            );
+        }
         let config = format!(
             "node_name = \"{id}\"\nstandalone_listen = \"127.0.0.1:{port}\"\nscheduler = \"{sched}\"\n\
              log_dir = \"{logs}\"\ncgroup_root = \"{cg}\"\nbpf_pin_dir = \"{pins}\"\napi_listen = \"127.0.0.1:0\"\n\
@@ -268,7 +303,7 @@ impl Cluster {
         let log = std::fs::File::create(cluster.dir.join("riklet.log"))?;
         cluster.riklet = Some(
             Command::new(cluster.bin.join("riklet"))
-                .arg("--standalone")
+                .args((scheduler == SchedulerProcess::Embedded).then_some("--standalone"))
                 .arg("--config")
                 .arg(&config_path)
                 .arg("--state-dir")
@@ -496,6 +531,10 @@ impl Drop for Cluster {
     /// processes (SIGKILL), cgroups, pins, the temp dir.
     fn drop(&mut self) {
         self.stop_riklet();
+        if let Some(mut scheduler) = self.scheduler_process.take() {
+            let _ = scheduler.kill();
+            let _ = scheduler.wait();
+        }
         let leftover = shims(&self.state_dir());
         kill9(&leftover);
         for mount in ["unified", "cpu", "cpuacct", "memory", "pids", ""] {

@@ -35,7 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{Cluster, free_port, machine, median, release_binaries, series, step};
+use crate::bench::{
+    Cluster, SchedulerProcess, free_port, machine, median, release_binaries, series, step,
+};
 use crate::setup::sh;
 
 /// Samples per start-latency series.
@@ -93,7 +95,7 @@ pub fn containers(root: &Path) -> anyhow::Result<()> {
         host = registry.host,
     );
     step("start a one-node cluster: riklet --standalone");
-    let mut cluster = Cluster::start(&target.join("release"), &extra)?;
+    let mut cluster = Cluster::start(&target.join("release"), &extra, SchedulerProcess::Embedded)?;
     let result = measure(&cluster, &env, &image);
     let _ = std::fs::copy(
         cluster.dir_path().join("riklet.log"),

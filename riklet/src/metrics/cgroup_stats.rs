@@ -64,75 +64,168 @@ pub struct CgroupStats {
     pub pids: Option<u64>,
 }
 
-/// Reads the statistics of `cgroup` from whichever hierarchy carries its
-/// controllers on this host (one-shot; the collector uses a [`StatsReader`]).
-pub fn read(cgroup: &ContainerCgroup) -> CgroupStats {
-    StatsReader::default().read(cgroup)
+/// What [`StatsReader::read`] learns of a container's cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct Reading {
+    pub stats: CgroupStats,
+    /// The cgroup v2 id (the key of the eBPF maps), `None` if the v2
+    /// directory is gone.
+    pub cgroup_id: Option<u64>,
 }
 
-/// Reads cgroup statistics keeping the files open between cycles: a
-/// cgroup file re-read with `pread` at offset 0 costs one system call
-/// instead of three (open, read, close) and no path walk, which is most of
-/// the cost of a cycle at hundreds of pods.
-#[derive(Debug, Default)]
+/// Reads the statistics of `cgroup` from whichever hierarchy carries its
+/// controllers on this host, every file now (one-shot; the collector keeps
+/// a [`StatsReader`]).
+pub fn read(cgroup: &ContainerCgroup) -> CgroupStats {
+    StatsReader::new(1).read(cgroup, None).stats
+}
+
+/// Reads cgroup statistics cycle after cycle, as cheaply as the kernel
+/// allows, because at hundreds of pods these reads are most of what the
+/// riklet does:
+/// - each container's directories are found once, and its files are kept
+///   open and re-read with `pread` at offset 0: one system call per file
+///   instead of a path walk, open, read and close;
+/// - files that change rarely or only under pressure (limits, failcnt, OOM
+///   counters, and CPU throttling of a container without a CPU quota) are
+///   re-read every `slow_every`-th reading of the container only; the
+///   figures in between repeat the last values (the eBPF probe reports OOM
+///   kills as they happen).
+///
+/// A read of an open file that fails means the cgroup was removed (perhaps
+/// to be created again under the same name): the container's files and its
+/// cgroup id are then looked up afresh at its next reading.
+#[derive(Debug)]
 pub struct StatsReader {
-    files: HashMap<PathBuf, File>,
-    used: HashSet<PathBuf>,
+    cgroups: HashMap<String, OpenCgroup>,
+    slow_every: u64,
+    buf: Vec<u8>,
+}
+
+impl Default for StatsReader {
+    fn default() -> Self {
+        StatsReader::new(1)
+    }
 }
 
 impl StatsReader {
-    /// Reads the statistics of `cgroup` (see [`read`]).
-    pub fn read(&mut self, cgroup: &ContainerCgroup) -> CgroupStats {
+    /// A reader that reads the slow-changing files every `slow_every`-th
+    /// time (at least every time).
+    pub fn new(slow_every: u64) -> Self {
+        StatsReader {
+            cgroups: HashMap::new(),
+            slow_every: slow_every.max(1),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads the statistics of `cgroup`. `ran` names the cgroups (by id)
+    /// whose tasks ran since the previous reading, `None` if unknown: a
+    /// cgroup that did not run used no CPU, started and ended no process
+    /// and charged no memory, so between slow readings it is not read
+    /// again and its last figures are repeated (only memory taken back by
+    /// reclaim can be missed, until its next slow reading).
+    pub fn read(&mut self, cgroup: &ContainerCgroup, ran: Option<&HashSet<u64>>) -> Reading {
+        let open = match self.cgroups.get_mut(cgroup.rel()) {
+            Some(open) if !open.files.stale => open,
+            _ => {
+                let open = OpenCgroup::new(cgroup);
+                self.cgroups.insert(cgroup.rel().to_string(), open);
+                self.cgroups.get_mut(cgroup.rel()).expect("just inserted")
+            }
+        };
+        open.used = true;
+        // The first reading reads everything; later slow readings are
+        // spread over the cycles by `phase`, not all on the same one.
+        let slow = open.reads == 0 || (open.reads + open.phase).is_multiple_of(self.slow_every);
+        open.reads += 1;
+        let idle = match (ran, open.cgroup_id) {
+            (Some(ran), Some(id)) => !ran.contains(&id),
+            _ => false,
+        };
+        if idle
+            && !slow
+            && let Some(last) = &open.last
+        {
+            return Reading {
+                stats: last.clone(),
+                cgroup_id: open.cgroup_id,
+            };
+        }
+        let io = &mut FileReader {
+            files: &mut open.files,
+            buf: &mut self.buf,
+        };
+        let stats = match &open.dirs {
+            Dirs::V1(dirs) => read_v1(dirs, io, &mut open.slow, slow),
+            Dirs::V2(dir) => read_v2(dir, io, &mut open.slow, slow),
+        };
+        open.last = Some(stats.clone());
+        Reading {
+            stats,
+            cgroup_id: open.cgroup_id,
+        }
+    }
+
+    /// Forgets (and closes the files of) the cgroups not read since the
+    /// last sweep: removed containers.
+    pub fn sweep(&mut self) {
+        self.cgroups
+            .retain(|_, open| std::mem::take(&mut open.used));
+    }
+}
+
+/// One container's cgroup as the reader knows it.
+#[derive(Debug)]
+struct OpenCgroup {
+    dirs: Dirs,
+    files: Files,
+    cgroup_id: Option<u64>,
+    /// The figures of the slow files, from their last reading.
+    slow: SlowStats,
+    /// The last figures read, repeated while the cgroup is idle.
+    last: Option<CgroupStats>,
+    reads: u64,
+    /// Offsets this cgroup's slow readings (a hash of its path).
+    phase: u64,
+    used: bool,
+}
+
+impl OpenCgroup {
+    fn new(cgroup: &ContainerCgroup) -> Self {
         let v1 = V1Dirs {
             cpu: cgroup.v1_dir("cpu"),
             cpuacct: cgroup.v1_dir("cpuacct"),
             memory: cgroup.v1_dir("memory"),
             pids: cgroup.v1_dir("pids"),
         };
-        if v1.is_empty() {
-            read_v2(&cgroup.v2_dir(), self)
-        } else {
-            read_v1(&v1, self)
+        let v2 = cgroup.v2_dir();
+        OpenCgroup {
+            cgroup_id: super::net::cgroup_id(&v2).ok(),
+            dirs: if v1.is_empty() {
+                Dirs::V2(v2)
+            } else {
+                Dirs::V1(v1)
+            },
+            files: Files::default(),
+            slow: SlowStats::default(),
+            last: None,
+            reads: 0,
+            phase: {
+                use std::hash::{Hash as _, Hasher as _};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                cgroup.rel().hash(&mut h);
+                h.finish() % 1024
+            },
+            used: false,
         }
-    }
-
-    /// Closes the files not read since the last sweep (removed cgroups).
-    pub fn sweep(&mut self) {
-        let used = std::mem::take(&mut self.used);
-        self.files.retain(|path, _| used.contains(path));
-    }
-
-    /// The content of `path`, through the cached descriptor if any.
-    fn text(&mut self, path: &Path) -> Option<String> {
-        self.used.insert(path.to_path_buf());
-        if let Some(f) = self.files.get(path)
-            && let Some(text) = pread_all(f)
-        {
-            return Some(text);
-        }
-        let f = File::open(path).ok()?;
-        let text = pread_all(&f)?;
-        self.files.insert(path.to_path_buf(), f);
-        Some(text)
     }
 }
 
-/// The whole file from offset 0 (cgroup files regenerate on each read).
-fn pread_all(f: &File) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        let n = f.read_at(&mut buf[len..], len as u64).ok()?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).ok()
+#[derive(Debug)]
+enum Dirs {
+    V1(V1Dirs),
+    V2(PathBuf),
 }
 
 /// A container's directory in each v1 hierarchy (`None`: not mounted).
@@ -150,91 +243,221 @@ impl V1Dirs {
     }
 }
 
-fn read_v1(dirs: &V1Dirs, r: &mut StatsReader) -> CgroupStats {
-    let file = |dir: &Option<PathBuf>, name: &str| dir.as_ref().map(|d| d.join(name));
-    let cpu_stat = file(&dirs.cpu, "cpu.stat").and_then(|f| read_keyed(r, &f));
-    let memory_stat = file(&dirs.memory, "memory.stat").and_then(|f| read_keyed(r, &f));
-    let oom_control = file(&dirs.memory, "memory.oom_control").and_then(|f| read_keyed(r, &f));
-    let usage = file(&dirs.memory, "memory.usage_in_bytes").and_then(|f| read_u64(r, &f));
-    // `total_*` is hierarchical (the container's children included), which
-    // is what usage_in_bytes counts too.
-    let inactive_file = memory_stat.as_ref().and_then(|s| {
-        s.get("total_inactive_file")
-            .or_else(|| s.get("inactive_file"))
-    });
-    CgroupStats {
-        cpu_usage_ns: file(&dirs.cpuacct, "cpuacct.usage").and_then(|f| read_u64(r, &f)),
-        cpu_periods: cpu_stat.as_ref().and_then(|s| s.get("nr_periods")),
-        cpu_throttled_periods: cpu_stat.as_ref().and_then(|s| s.get("nr_throttled")),
-        cpu_throttled_ns: cpu_stat.as_ref().and_then(|s| s.get("throttled_time")),
-        memory_usage_bytes: usage,
-        memory_inactive_file_bytes: inactive_file,
-        memory_working_set_bytes: working_set(usage, inactive_file),
-        memory_limit_bytes: file(&dirs.memory, "memory.limit_in_bytes")
-            .and_then(|f| read_u64(r, &f))
-            .filter(|&limit| limit < V1_UNLIMITED),
-        memory_failcnt: file(&dirs.memory, "memory.failcnt").and_then(|f| read_u64(r, &f)),
-        oom_events: None,
-        oom_kills: oom_control.as_ref().and_then(|s| s.get("oom_kill")),
-        pids: file(&dirs.pids, "pids.current").and_then(|f| read_u64(r, &f)),
+/// The figures of the slow files, kept between their readings.
+#[derive(Debug, Default, Clone, Copy)]
+struct SlowStats {
+    memory_limit_bytes: Option<u64>,
+    memory_failcnt: Option<u64>,
+    oom_events: Option<u64>,
+    oom_kills: Option<u64>,
+    /// v1 `cpu.stat` of a container without a CPU quota (nothing to
+    /// throttle): periods, throttled periods, throttled ns.
+    cpu_throttling: Option<[Option<u64>; 3]>,
+}
+
+/// The open files of one cgroup, by name (names are unique across the v1
+/// controllers). A file that could not be opened is remembered as `None`
+/// and tried again at the next slow reading.
+#[derive(Debug, Default)]
+struct Files {
+    open: HashMap<&'static str, Option<File>>,
+    /// A read of an open file failed: the cgroup is gone.
+    stale: bool,
+}
+
+impl Files {
+    /// Forgets the files that could not be opened, to try them again.
+    fn retry_missing(&mut self) {
+        self.open.retain(|_, f| f.is_some());
     }
 }
 
-fn read_v2(dir: &Path, r: &mut StatsReader) -> CgroupStats {
-    let cpu_stat = read_keyed(r, &dir.join("cpu.stat"));
-    let memory_stat = read_keyed(r, &dir.join("memory.stat"));
-    let events = read_keyed(r, &dir.join("memory.events"));
-    let usage = read_u64(r, &dir.join("memory.current"));
-    let inactive_file = memory_stat.as_ref().and_then(|s| s.get("inactive_file"));
-    let usec = |key| {
-        cpu_stat
-            .as_ref()
-            .and_then(|s| s.get(key))
-            .map(|us| us.saturating_mul(1000))
+/// Reads one cgroup's files into a buffer shared by all of them (a cycle
+/// allocates nothing per file).
+struct FileReader<'a> {
+    files: &'a mut Files,
+    buf: &'a mut Vec<u8>,
+}
+
+impl FileReader<'_> {
+    /// The content of `dir/name`, `None` if it cannot be read.
+    fn text(&mut self, dir: Option<&Path>, name: &'static str) -> Option<&str> {
+        let file = self
+            .files
+            .open
+            .entry(name)
+            .or_insert_with(|| File::open(dir?.join(name)).ok())
+            .as_ref()?;
+        if !pread_all(file, self.buf) {
+            self.files.stale = true;
+            return None;
+        }
+        std::str::from_utf8(self.buf).ok()
+    }
+
+    /// A single-number file (`memory.current`, `pids.current`, …); `None`
+    /// if missing or not a number (`max`).
+    fn u64(&mut self, dir: Option<&Path>, name: &'static str) -> Option<u64> {
+        dir?;
+        self.text(dir, name)?.trim().parse().ok()
+    }
+
+    /// The values of `keys` in a flat keyed file (`key value` lines:
+    /// `cpu.stat`, `memory.stat`, `memory.events`, `memory.oom_control`);
+    /// `None` if the file is missing.
+    fn keyed<const N: usize>(
+        &mut self,
+        dir: Option<&Path>,
+        name: &'static str,
+        keys: [&str; N],
+    ) -> Option<[Option<u64>; N]> {
+        dir?;
+        Some(parse_keyed(self.text(dir, name)?, keys))
+    }
+}
+
+/// The values of `keys` in `key value` lines (one pass over the text).
+fn parse_keyed<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] {
+    let mut values = [None; N];
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(' ') else {
+            continue;
+        };
+        if let Some(i) = keys.iter().position(|key| *key == k) {
+            values[i] = v.trim().parse().ok();
+        }
+    }
+    values
+}
+
+/// Reads the whole file from offset 0 into `buf` (cgroup files regenerate
+/// on each read); false if the read failed.
+fn pread_all(f: &File, buf: &mut Vec<u8>) -> bool {
+    buf.resize(buf.len().max(4096), 0);
+    let mut len = 0;
+    loop {
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(_) => return false,
+        }
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+    buf.truncate(len);
+    true
+}
+
+fn read_v1(dirs: &V1Dirs, io: &mut FileReader, last: &mut SlowStats, slow: bool) -> CgroupStats {
+    let (cpu, memory) = (dirs.cpu.as_deref(), dirs.memory.as_deref());
+    let throttling_keys = ["nr_periods", "nr_throttled", "throttled_time"];
+    if slow {
+        io.files.retry_missing();
+        let [oom_kills] = io
+            .keyed(memory, "memory.oom_control", ["oom_kill"])
+            .unwrap_or_default();
+        // No quota (-1): cpu.stat only changes once one is set.
+        let no_quota = io.text(cpu, "cpu.cfs_quota_us").map(|q| q.trim() == "-1");
+        *last = SlowStats {
+            memory_limit_bytes: io
+                .u64(memory, "memory.limit_in_bytes")
+                .filter(|&limit| limit < V1_UNLIMITED),
+            memory_failcnt: io.u64(memory, "memory.failcnt"),
+            oom_events: None,
+            oom_kills,
+            cpu_throttling: match no_quota {
+                Some(true) => Some(
+                    io.keyed(cpu, "cpu.stat", throttling_keys)
+                        .unwrap_or_default(),
+                ),
+                _ => None,
+            },
+        };
+    }
+    let [cpu_periods, cpu_throttled_periods, cpu_throttled_ns] = match last.cpu_throttling {
+        Some(t) => t,
+        None => io
+            .keyed(cpu, "cpu.stat", throttling_keys)
+            .unwrap_or_default(),
     };
+    // `total_*` is hierarchical (the container's children included), which
+    // is what usage_in_bytes counts too.
+    let inactive_file = io
+        .keyed(
+            memory,
+            "memory.stat",
+            ["total_inactive_file", "inactive_file"],
+        )
+        .and_then(|[total, own]| total.or(own));
+    let usage = io.u64(memory, "memory.usage_in_bytes");
     CgroupStats {
-        cpu_usage_ns: usec("usage_usec"),
-        cpu_periods: cpu_stat.as_ref().and_then(|s| s.get("nr_periods")),
-        cpu_throttled_periods: cpu_stat.as_ref().and_then(|s| s.get("nr_throttled")),
-        cpu_throttled_ns: usec("throttled_usec"),
+        cpu_usage_ns: io.u64(dirs.cpuacct.as_deref(), "cpuacct.usage"),
+        cpu_periods,
+        cpu_throttled_periods,
+        cpu_throttled_ns,
         memory_usage_bytes: usage,
         memory_inactive_file_bytes: inactive_file,
         memory_working_set_bytes: working_set(usage, inactive_file),
-        // "max" (no limit) does not parse as a number: None.
-        memory_limit_bytes: read_u64(r, &dir.join("memory.max")),
-        memory_failcnt: events.as_ref().and_then(|e| e.get("max")),
-        oom_events: events.as_ref().and_then(|e| e.get("oom")),
-        oom_kills: events.as_ref().and_then(|e| e.get("oom_kill")),
-        pids: read_u64(r, &dir.join("pids.current")),
+        memory_limit_bytes: last.memory_limit_bytes,
+        memory_failcnt: last.memory_failcnt,
+        oom_events: last.oom_events,
+        oom_kills: last.oom_kills,
+        pids: io.u64(dirs.pids.as_deref(), "pids.current"),
+    }
+}
+
+fn read_v2(dir: &Path, io: &mut FileReader, last: &mut SlowStats, slow: bool) -> CgroupStats {
+    let d = Some(dir);
+    if slow {
+        io.files.retry_missing();
+        let [max, oom, oom_kill] = io
+            .keyed(d, "memory.events", ["max", "oom", "oom_kill"])
+            .unwrap_or_default();
+        *last = SlowStats {
+            // "max" (no limit) does not parse as a number: None.
+            memory_limit_bytes: io.u64(d, "memory.max"),
+            memory_failcnt: max,
+            oom_events: oom,
+            oom_kills: oom_kill,
+            cpu_throttling: None,
+        };
+    }
+    let [
+        usage_usec,
+        cpu_periods,
+        cpu_throttled_periods,
+        throttled_usec,
+    ] = io
+        .keyed(
+            d,
+            "cpu.stat",
+            ["usage_usec", "nr_periods", "nr_throttled", "throttled_usec"],
+        )
+        .unwrap_or_default();
+    let [inactive_file] = io
+        .keyed(d, "memory.stat", ["inactive_file"])
+        .unwrap_or_default();
+    let usage = io.u64(d, "memory.current");
+    let ns = |us: Option<u64>| us.map(|us| us.saturating_mul(1000));
+    CgroupStats {
+        cpu_usage_ns: ns(usage_usec),
+        cpu_periods,
+        cpu_throttled_periods,
+        cpu_throttled_ns: ns(throttled_usec),
+        memory_usage_bytes: usage,
+        memory_inactive_file_bytes: inactive_file,
+        memory_working_set_bytes: working_set(usage, inactive_file),
+        memory_limit_bytes: last.memory_limit_bytes,
+        memory_failcnt: last.memory_failcnt,
+        oom_events: last.oom_events,
+        oom_kills: last.oom_kills,
+        pids: io.u64(d, "pids.current"),
     }
 }
 
 fn working_set(usage: Option<u64>, inactive_file: Option<u64>) -> Option<u64> {
     usage.map(|usage| usage.saturating_sub(inactive_file.unwrap_or(0)))
-}
-
-/// A single-number file (`memory.current`, `pids.current`, …); `None` if
-/// missing or not a number (`max`).
-fn read_u64(r: &mut StatsReader, path: &Path) -> Option<u64> {
-    r.text(path)?.trim().parse().ok()
-}
-
-/// A flat keyed file (`key value` lines: `cpu.stat`, `memory.stat`,
-/// `memory.events`, `memory.oom_control`); `None` if missing.
-fn read_keyed(r: &mut StatsReader, path: &Path) -> Option<Keyed> {
-    r.text(path).map(Keyed)
-}
-
-/// The text of a flat keyed file.
-struct Keyed(String);
-
-impl Keyed {
-    fn get(&self, key: &str) -> Option<u64> {
-        self.0.lines().find_map(|line| {
-            let (k, v) = line.split_once(' ')?;
-            (k == key).then(|| v.trim().parse().ok()).flatten()
-        })
-    }
 }
 
 #[cfg(test)]
@@ -290,7 +513,7 @@ mod tests {
         );
         write(pids, "pids.current", "5\n");
 
-        let stats = read_v1(&dirs, &mut StatsReader::default());
+        let stats = read_all_v1(&dirs);
         assert_eq!(
             stats,
             CgroupStats {
@@ -319,7 +542,7 @@ mod tests {
         write(memory, "memory.usage_in_bytes", "100\n");
         // inactive_file above usage (it happens, transiently): floor at 0.
         write(memory, "memory.stat", "total_inactive_file 4096\n");
-        let stats = read_v1(&dirs, &mut StatsReader::default());
+        let stats = read_all_v1(&dirs);
         assert_eq!(stats.memory_limit_bytes, None);
         assert_eq!(stats.memory_working_set_bytes, Some(0));
     }
@@ -347,7 +570,7 @@ mod tests {
         );
         write(&dir, "pids.current", "3\n");
 
-        let stats = read_v2(&dir, &mut StatsReader::default());
+        let stats = read_all_v2(&dir);
         assert_eq!(
             stats,
             CgroupStats {
@@ -379,7 +602,7 @@ mod tests {
             "usage_usec 42\nuser_usec 40\nsystem_usec 2\n",
         );
         write(&dir, "memory.max", "max\n");
-        let stats = read_v2(&dir, &mut StatsReader::default());
+        let stats = read_all_v2(&dir);
         assert_eq!(
             stats,
             CgroupStats {
@@ -392,17 +615,132 @@ mod tests {
     #[test]
     fn missing_cgroup_reads_as_empty() {
         let tmp = tempfile::tempdir().unwrap();
-        let r = &mut StatsReader::default();
-        assert_eq!(read_v2(&tmp.path().join("gone"), r), CgroupStats::default());
-        assert_eq!(read_v1(&v1_dirs(tmp.path()), r), CgroupStats::default());
-        assert_eq!(read_v1(&V1Dirs::default(), r), CgroupStats::default());
+        assert_eq!(
+            read_all_v2(&tmp.path().join("gone")),
+            CgroupStats::default()
+        );
+        assert_eq!(read_all_v1(&v1_dirs(tmp.path())), CgroupStats::default());
+        assert_eq!(read_all_v1(&V1Dirs::default()), CgroupStats::default());
+    }
+
+    #[test]
+    fn slow_files_are_reread_only_on_slow_readings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = v1_dirs(tmp.path());
+        let (cpu, memory) = (
+            dirs.cpu.as_deref().unwrap(),
+            dirs.memory.as_deref().unwrap(),
+        );
+        write(cpu, "cpu.cfs_quota_us", "-1\n");
+        write(
+            cpu,
+            "cpu.stat",
+            "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n",
+        );
+        write(memory, "memory.usage_in_bytes", "100\n");
+        write(memory, "memory.failcnt", "1\n");
+        let (files, buf, last) = (
+            &mut Files::default(),
+            &mut Vec::new(),
+            &mut SlowStats::default(),
+        );
+        let io = &mut FileReader { files, buf };
+        let first = read_v1(&dirs, io, last, true);
+        assert_eq!(
+            (first.memory_usage_bytes, first.memory_failcnt),
+            (Some(100), Some(1))
+        );
+        assert_eq!(first.cpu_periods, Some(0));
+
+        // Files rewritten on tmpfs keep their inode: the open ones see it.
+        write(memory, "memory.usage_in_bytes", "200\n");
+        write(memory, "memory.failcnt", "2\n");
+        write(
+            cpu,
+            "cpu.stat",
+            "nr_periods 5\nnr_throttled 1\nthrottled_time 9\n",
+        );
+        let fast = read_v1(&dirs, io, last, false);
+        assert_eq!(
+            fast.memory_usage_bytes,
+            Some(200),
+            "usage is read every time"
+        );
+        assert_eq!(
+            fast.memory_failcnt,
+            Some(1),
+            "failcnt repeats between slow readings"
+        );
+        assert_eq!(fast.cpu_periods, Some(0), "no quota: cpu.stat is slow");
+
+        let slow = read_v1(&dirs, io, last, true);
+        assert_eq!((slow.memory_failcnt, slow.cpu_periods), (Some(2), Some(5)));
+
+        // With a quota, throttling is read every time.
+        write(cpu, "cpu.cfs_quota_us", "50000\n");
+        read_v1(&dirs, io, last, true);
+        write(
+            cpu,
+            "cpu.stat",
+            "nr_periods 7\nnr_throttled 1\nthrottled_time 9\n",
+        );
+        assert_eq!(read_v1(&dirs, io, last, false).cpu_periods, Some(7));
+        assert!(!io.files.stale);
+    }
+
+    #[test]
+    fn missing_files_are_tried_again_on_slow_readings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("riklet/pod_c");
+        write(&dir, "cpu.stat", "usage_usec 1\n");
+        let (files, buf, last) = (
+            &mut Files::default(),
+            &mut Vec::new(),
+            &mut SlowStats::default(),
+        );
+        let io = &mut FileReader { files, buf };
+        assert_eq!(read_v2(&dir, io, last, true).pids, None);
+        write(&dir, "pids.current", "4\n");
+        assert_eq!(read_v2(&dir, io, last, false).pids, None);
+        assert_eq!(read_v2(&dir, io, last, true).pids, Some(4));
+    }
+
+    fn read_all_v1(dirs: &V1Dirs) -> CgroupStats {
+        let io = &mut FileReader {
+            files: &mut Files::default(),
+            buf: &mut Vec::new(),
+        };
+        read_v1(dirs, io, &mut SlowStats::default(), true)
+    }
+
+    fn read_all_v2(dir: &Path) -> CgroupStats {
+        let io = &mut FileReader {
+            files: &mut Files::default(),
+            buf: &mut Vec::new(),
+        };
+        read_v2(dir, io, &mut SlowStats::default(), true)
     }
 
     #[test]
     fn keyed_ignores_prefixes_and_garbage() {
-        let k = Keyed("nr_periods_x 1\nnr_periods 2\nbroken\nnr_throttled x\n".into());
-        assert_eq!(k.get("nr_periods"), Some(2));
-        assert_eq!(k.get("nr_throttled"), None);
-        assert_eq!(k.get("absent"), None);
+        let text = "nr_periods_x 1\nnr_periods 2\nbroken\nnr_throttled x\n";
+        assert_eq!(
+            parse_keyed(text, ["nr_periods", "nr_throttled", "absent"]),
+            [Some(2), None, None]
+        );
+    }
+
+    #[test]
+    fn files_longer_than_the_buffer_are_read_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lines: String = (0..1000).map(|i| format!("key{i} {i}\n")).collect();
+        assert!(lines.len() > 4096);
+        write(tmp.path(), "memory.stat", &lines);
+        let io = &mut FileReader {
+            files: &mut Files::default(),
+            buf: &mut Vec::new(),
+        };
+        let got = io.keyed(Some(tmp.path()), "memory.stat", ["key0", "key999"]);
+        assert_eq!(got, Some([Some(0), Some(999)]));
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use super::cgroup_stats;
-use super::ebpf::Probes;
+use super::ebpf::{OnCpu, Probes, SchedStats};
 use super::exporter::SnapshotHandle;
 use super::node::NodeSampler;
 use super::sample::{CollectionTimings, Log2Histogram, PodSample, Snapshot};
@@ -33,22 +33,33 @@ pub struct Target {
     pub cgroup: ContainerCgroup,
 }
 
-/// Usage of each pod (by instance id), as JSON for the realtime app object.
+/// The last measured usage of each pod (by instance id), for the realtime
+/// app object. Kept as samples: the JSON is built when asked (every
+/// heartbeat, `rik get app`), not at every cycle.
 #[derive(Debug, Clone, Default)]
-pub struct PodUsage(Arc<RwLock<HashMap<String, Value>>>);
+pub struct PodUsage(Arc<RwLock<UsageTable>>);
+
+#[derive(Debug, Default)]
+struct UsageTable {
+    /// Each pod's containers, with their CPU use over the last cycle (cores).
+    pods: HashMap<String, Vec<(PodSample, Option<f64>)>>,
+    /// Pod events (OOM kills).
+    events: HashMap<String, Vec<Value>>,
+}
 
 impl PodUsage {
-    /// The last usage of a pod, if measured.
+    /// The last usage of a pod as JSON, if measured.
     pub fn get(&self, instance: &str) -> Option<Value> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(instance)
-            .cloned()
+        let table = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let mut usage = pod_usage(table.pods.get(instance)?);
+        if let Some(events) = table.events.get(instance) {
+            usage["events"] = Value::Array(events.clone());
+        }
+        Some(usage)
     }
 
-    fn replace(&self, usage: HashMap<String, Value>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = usage;
+    fn replace(&self, table: UsageTable) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 }
 
@@ -67,33 +78,53 @@ pub struct Collector {
     node_sampler: NodeSampler,
     exporter: SnapshotHandle,
     usage: PodUsage,
-    /// Previous CPU seconds of each container, for the usage rate.
-    last_cpu: HashMap<(String, String), (f64, Instant)>,
+    /// What the previous cycle saw of each container.
+    previous: HashMap<(String, String), Previous>,
+    /// On-CPU ns of each cgroup in the previous cycle's eBPF read: a cgroup
+    /// whose figure did not move did not run (see [`Collector::ran`]).
+    last_oncpu: HashMap<u64, u64>,
     /// Open cgroup files, re-read every cycle; one reader per thread.
     readers: Vec<cgroup_stats::StatsReader>,
     /// OOM kill events seen by eBPF, per pod (the last [`MAX_EVENTS`]).
     events: HashMap<String, Vec<Value>>,
 }
 
+/// What a cycle keeps of one container for the next one.
+#[derive(Debug, Default, Clone, Copy)]
+struct Previous {
+    /// CPU seconds and when read, for the usage rate.
+    cpu: Option<(f64, Instant)>,
+    /// On-CPU seconds reported, which never go backwards.
+    oncpu: Option<f64>,
+}
+
 /// Pod events kept per pod.
 const MAX_EVENTS: usize = 10;
 
+/// How stale the slow-changing cgroup figures (limits, failcnt, OOM
+/// counters) may get: they are re-read at least this often.
+const SLOW_FIGURES_EVERY: Duration = Duration::from_secs(10);
+
 impl Collector {
+    /// A collector whose cycles run every `interval`.
     pub fn new(
         node: &str,
         probes: Option<Probes>,
         exporter: SnapshotHandle,
         usage: PodUsage,
+        interval: Duration,
     ) -> Self {
+        let slow_every = SLOW_FIGURES_EVERY.as_millis() / interval.as_millis().max(1);
         Collector {
             node: node.to_string(),
             probes,
             node_sampler: NodeSampler::new(node),
             exporter,
             usage,
-            last_cpu: HashMap::new(),
+            previous: HashMap::new(),
+            last_oncpu: HashMap::new(),
             readers: (0..READ_THREADS)
-                .map(|_| cgroup_stats::StatsReader::default())
+                .map(|_| cgroup_stats::StatsReader::new(slow_every as u64))
                 .collect(),
             events: HashMap::new(),
         }
@@ -116,73 +147,97 @@ impl Collector {
     /// Measures every target once and publishes the results.
     pub async fn cycle(&mut self, targets: Vec<Target>) -> CycleTimings {
         let started = Instant::now();
-        let ids: Vec<Option<u64>> = targets
-            .iter()
-            .map(|t| super::ebpf::cgroup_id(&t.cgroup.v2_dir()).ok())
-            .collect();
-
         let t0 = Instant::now();
-        let (traffic, sched) = match &self.probes {
-            Some(p) => (p.traffic_all().ok(), p.sched_all().ok()),
-            None => (None, None),
+        let (traffic, sched, running) = match &self.probes {
+            Some(p) => (p.traffic_all().ok(), p.sched_all().ok(), p.running().ok()),
+            None => (None, None, None),
         };
         let ebpf = t0.elapsed();
+        // The targets on a CPU now, with the time their slice began.
+        let on_cpu = running.map(|r| on_cpu_targets(&targets, &r));
+        let ran = match (&sched, &on_cpu) {
+            (Some(sched), Some(on_cpu)) => Some(self.ran(sched, on_cpu, &targets)),
+            _ => None,
+        };
 
         let t1 = Instant::now();
         let readers = std::mem::take(&mut self.readers);
         let cgroups: Vec<ContainerCgroup> = targets.iter().map(|t| t.cgroup.clone()).collect();
-        let (readers, stats) = tokio::task::spawn_blocking(move || read_all(readers, &cgroups))
-            .await
-            .unwrap_or_default();
+        let (readers, readings) =
+            tokio::task::spawn_blocking(move || read_all(readers, &cgroups, ran.as_ref()))
+                .await
+                .unwrap_or_default();
         self.readers = readers;
         let cgroups = t1.elapsed();
+        let ids: Vec<Option<u64>> = readings.iter().map(|r| r.cgroup_id).collect();
 
         let now = Instant::now();
+        let now_ns = super::ebpf::monotonic_now().map_or(0, |d| d.as_nanos() as u64);
         let mut samples = Vec::with_capacity(targets.len());
-        let mut live_cpu = HashMap::new();
-        let mut rates: HashMap<(String, String), f64> = HashMap::new();
-        for ((t, id), st) in targets.iter().zip(&ids).zip(&stats) {
-            let mut s =
-                PodSample::new(&t.app, &t.instance, &t.container, &self.node).with_cgroup(st);
+        let mut previous = HashMap::with_capacity(targets.len());
+        let mut pods: HashMap<String, Vec<(PodSample, Option<f64>)>> = HashMap::new();
+        for (i, ((t, id), reading)) in targets.iter().zip(&ids).zip(&readings).enumerate() {
+            let mut s = PodSample::new(&t.app, &t.instance, &t.container, &self.node)
+                .with_cgroup(&reading.stats);
             if let (Some(traffic), Some(id)) = (&traffic, id) {
                 s = s.with_traffic(&traffic.get(id).copied().unwrap_or_default());
             }
-            if let (Some(sched), Some(id)) = (&sched, id)
-                && let Some(x) = sched.get(id)
-            {
-                s.oncpu_seconds = Some(x.oncpu_ns as f64 / 1e9);
-                s.runq_latency = Some(Log2Histogram {
-                    buckets_ns: x.runq_buckets.to_vec(),
-                    count: x.runq_count,
-                    sum_ns: x.runq_sum_ns,
-                });
-            }
             let key = (t.instance.clone(), t.container.clone());
+            let before = self.previous.get(&key).copied().unwrap_or_default();
+            let mut now_seen = Previous::default();
+            if let (Some(sched), Some(id)) = (&sched, id) {
+                let charged = sched.get(id);
+                // The slices running now are charged at their switch-out
+                // only; a long one would otherwise be missing for seconds.
+                let running_ns: u64 = on_cpu
+                    .iter()
+                    .flatten()
+                    .filter(|(target, _)| *target == i)
+                    .map(|(_, since)| now_ns.saturating_sub(*since))
+                    .sum();
+                if charged.is_some() || running_ns > 0 {
+                    let oncpu = (charged.map_or(0, |x| x.oncpu_ns) + running_ns) as f64 / 1e9;
+                    // A slice counted running but not charged later (its
+                    // switch-out missed) must not make the counter go back.
+                    let oncpu = before.oncpu.map_or(oncpu, |b| b.max(oncpu));
+                    s.oncpu_seconds = Some(oncpu);
+                    now_seen.oncpu = Some(oncpu);
+                }
+                if let Some(x) = charged {
+                    s.runq_latency = Some(Log2Histogram {
+                        buckets_ns: x.runq_buckets.to_vec(),
+                        count: x.runq_count,
+                        sum_ns: x.runq_sum_ns,
+                    });
+                }
+            }
+            let mut cores = None;
             if let Some(cpu) = s.cpu_seconds {
-                if let Some((prev, at)) = self.last_cpu.get(&key) {
-                    let dt = now.duration_since(*at).as_secs_f64();
-                    if dt > 0.0 && cpu >= *prev {
-                        rates.insert(key.clone(), (cpu - prev) / dt);
+                if let Some((prev, at)) = before.cpu {
+                    let dt = now.duration_since(at).as_secs_f64();
+                    if dt > 0.0 && cpu >= prev {
+                        cores = Some((cpu - prev) / dt);
                     }
                 }
-                live_cpu.insert(key, (cpu, now));
+                now_seen.cpu = Some((cpu, now));
             }
+            previous.insert(key, now_seen);
+            pods.entry(t.instance.clone())
+                .or_default()
+                .push((s.clone(), cores));
             samples.push(s);
         }
-        self.last_cpu = live_cpu;
+        self.previous = previous;
         self.forget_stale(&ids, traffic.as_ref(), sched.as_ref());
         self.oom_events(&targets, &ids);
 
         let live: HashSet<&str> = targets.iter().map(|t| t.instance.as_str()).collect();
         self.events
             .retain(|instance, _| live.contains(instance.as_str()));
-        let mut usage = pod_usage(&samples, &rates);
-        for (instance, events) in &self.events {
-            if let Some(Value::Object(u)) = usage.get_mut(instance) {
-                u.insert("events".into(), Value::Array(events.clone()));
-            }
-        }
-        self.usage.replace(usage);
+        self.usage.replace(UsageTable {
+            pods,
+            events: self.events.clone(),
+        });
         let node = self.node_sampler.sample().await;
         let timings = CycleTimings {
             ebpf,
@@ -201,6 +256,31 @@ impl Collector {
         });
         debug!(pods = targets.len(), ?timings, "metrics cycle");
         timings
+    }
+
+    /// The cgroups (by id) whose tasks ran since the previous cycle: those
+    /// whose on-CPU time moved, and those on a CPU now (a task running
+    /// since before the previous cycle has not been charged yet).
+    fn ran(
+        &mut self,
+        sched: &HashMap<u64, SchedStats>,
+        on_cpu: &[(usize, u64)],
+        targets: &[Target],
+    ) -> HashSet<u64> {
+        let mut ran: HashSet<u64> = sched
+            .iter()
+            .filter(|(id, x)| self.last_oncpu.get(id) != Some(&x.oncpu_ns))
+            .map(|(id, _)| *id)
+            .collect();
+        // An entry that vanished (LRU eviction): nothing is known of it.
+        ran.extend(self.last_oncpu.keys().filter(|id| !sched.contains_key(id)));
+        ran.extend(
+            on_cpu
+                .iter()
+                .filter_map(|(i, _)| super::net::cgroup_id(&targets[*i].cgroup.v2_dir()).ok()),
+        );
+        self.last_oncpu = sched.iter().map(|(id, x)| (*id, x.oncpu_ns)).collect();
+        ran
     }
 
     /// Removes eBPF entries of cgroups that hold no pod any more.
@@ -270,10 +350,8 @@ const READ_THREADS: usize = 2;
 fn read_all(
     mut readers: Vec<cgroup_stats::StatsReader>,
     cgroups: &[ContainerCgroup],
-) -> (
-    Vec<cgroup_stats::StatsReader>,
-    Vec<cgroup_stats::CgroupStats>,
-) {
+    ran: Option<&HashSet<u64>>,
+) -> (Vec<cgroup_stats::StatsReader>, Vec<cgroup_stats::Reading>) {
     if readers.is_empty() {
         readers.push(cgroup_stats::StatsReader::default());
     }
@@ -285,7 +363,7 @@ fn read_all(
         (h.finish() as usize) % n
     };
     let shards: Vec<usize> = cgroups.iter().map(shard).collect();
-    let mut parts: Vec<Vec<(usize, cgroup_stats::CgroupStats)>> = std::thread::scope(|s| {
+    let mut parts: Vec<Vec<(usize, cgroup_stats::Reading)>> = std::thread::scope(|s| {
         let handles: Vec<_> = readers
             .iter_mut()
             .enumerate()
@@ -296,7 +374,7 @@ fn read_all(
                         .iter()
                         .enumerate()
                         .filter(|(j, _)| shards[*j] == i)
-                        .map(|(j, c)| (j, reader.read(c)))
+                        .map(|(j, c)| (j, reader.read(c, ran)))
                         .collect();
                     reader.sweep();
                     out
@@ -308,69 +386,82 @@ fn read_all(
             .map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let mut stats = vec![cgroup_stats::CgroupStats::default(); cgroups.len()];
-    for (j, st) in parts.iter_mut().flat_map(|p| p.drain(..)) {
-        stats[j] = st;
+    let mut readings = vec![cgroup_stats::Reading::default(); cgroups.len()];
+    for (j, reading) in parts.iter_mut().flat_map(|p| p.drain(..)) {
+        readings[j] = reading;
     }
-    (readers, stats)
+    (readers, readings)
 }
 
-/// Per-pod usage JSON: sums over the pod's containers, the CPU rate over
-/// the last cycle, and each container's own figures.
-fn pod_usage(
-    samples: &[PodSample],
-    rates: &HashMap<(String, String), f64>,
-) -> HashMap<String, Value> {
-    let mut by_pod: HashMap<&str, Vec<&PodSample>> = HashMap::new();
-    for s in samples {
-        by_pod.entry(&s.instance).or_default().push(s);
+/// The targets whose tasks are on a CPU now, by index in `targets`, with
+/// the start of their slices (from the task's cgroup in
+/// `/proc/<pid>/cgroup`; tasks of other cgroups are left out).
+fn on_cpu_targets(targets: &[Target], running: &[OnCpu]) -> Vec<(usize, u64)> {
+    if running.is_empty() {
+        return Vec::new();
     }
-    by_pod
-        .into_iter()
-        .map(|(instance, cs)| {
-            let sum_f = |f: fn(&PodSample) -> Option<f64>| {
-                let v: Vec<f64> = cs.iter().filter_map(|s| f(s)).collect();
-                (!v.is_empty()).then(|| v.iter().sum::<f64>())
-            };
-            let sum_u = |f: fn(&PodSample) -> Option<u64>| {
-                let v: Vec<u64> = cs.iter().filter_map(|s| f(s)).collect();
-                (!v.is_empty()).then(|| v.iter().sum::<u64>())
-            };
-            let cores: Vec<f64> = cs
-                .iter()
-                .filter_map(|s| rates.get(&(s.instance.clone(), s.container.clone())).copied())
-                .collect();
-            let runq: Vec<&Log2Histogram> = cs.iter().filter_map(|s| s.runq_latency.as_ref()).collect();
-            let runq_count: u64 = runq.iter().map(|h| h.count).sum();
-            let runq_sum: u64 = runq.iter().map(|h| h.sum_ns).sum();
-            let value = json!({
-                "cpu": {
-                    "usageCores": (!cores.is_empty()).then(|| cores.iter().sum::<f64>()),
-                    "usageSeconds": sum_f(|s| s.cpu_seconds),
-                    "throttledSeconds": sum_f(|s| s.cpu_throttled_seconds),
-                    "oncpuSeconds": sum_f(|s| s.oncpu_seconds),
-                },
-                "memory": {
-                    "usageBytes": sum_u(|s| s.memory_usage_bytes),
-                    "workingSetBytes": sum_u(|s| s.memory_working_set_bytes),
-                    "limitBytes": sum_u(|s| s.memory_limit_bytes),
-                    "oomKills": sum_u(|s| s.oom_kills),
-                },
-                "network": {
-                    "rxBytes": sum_u(|s| s.rx_bytes),
-                    "txBytes": sum_u(|s| s.tx_bytes),
-                    "rxPackets": sum_u(|s| s.rx_packets),
-                    "txPackets": sum_u(|s| s.tx_packets),
-                },
-                "runqueue": {
-                    "count": (!runq.is_empty()).then_some(runq_count),
-                    "meanSeconds": (runq_count > 0).then(|| runq_sum as f64 / runq_count as f64 / 1e9),
-                },
-                "containers": cs.iter().map(|s| (s.container.clone(), s.usage_json())).collect::<serde_json::Map<_, _>>(),
-            });
-            (instance.to_string(), value)
+    let by_rel: HashMap<&str, usize> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.cgroup.rel(), i))
+        .collect();
+    running
+        .iter()
+        .filter_map(|slot| {
+            let text = std::fs::read_to_string(format!("/proc/{}/cgroup", slot.pid)).ok()?;
+            let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+            let target = by_rel.get(path.trim_start_matches('/'))?;
+            Some((*target, slot.since_ns))
         })
         .collect()
+}
+
+/// One pod's usage JSON: sums over its containers (each with its CPU use
+/// over the last cycle, in cores), and each container's own figures.
+fn pod_usage(containers: &[(PodSample, Option<f64>)]) -> Value {
+    let sum_f = |f: fn(&PodSample) -> Option<f64>| {
+        let v: Vec<f64> = containers.iter().filter_map(|(s, _)| f(s)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>())
+    };
+    let sum_u = |f: fn(&PodSample) -> Option<u64>| {
+        let v: Vec<u64> = containers.iter().filter_map(|(s, _)| f(s)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<u64>())
+    };
+    let cores: Vec<f64> = containers.iter().filter_map(|(_, c)| *c).collect();
+    let runq: Vec<&Log2Histogram> = containers
+        .iter()
+        .filter_map(|(s, _)| s.runq_latency.as_ref())
+        .collect();
+    let runq_count: u64 = runq.iter().map(|h| h.count).sum();
+    let runq_sum: u64 = runq.iter().map(|h| h.sum_ns).sum();
+    json!({
+        "cpu": {
+            "usageCores": (!cores.is_empty()).then(|| cores.iter().sum::<f64>()),
+            "usageSeconds": sum_f(|s| s.cpu_seconds),
+            "throttledSeconds": sum_f(|s| s.cpu_throttled_seconds),
+            "oncpuSeconds": sum_f(|s| s.oncpu_seconds),
+        },
+        "memory": {
+            "usageBytes": sum_u(|s| s.memory_usage_bytes),
+            "workingSetBytes": sum_u(|s| s.memory_working_set_bytes),
+            "limitBytes": sum_u(|s| s.memory_limit_bytes),
+            "oomKills": sum_u(|s| s.oom_kills),
+        },
+        "network": {
+            "rxBytes": sum_u(|s| s.rx_bytes),
+            "txBytes": sum_u(|s| s.tx_bytes),
+            "rxPackets": sum_u(|s| s.rx_packets),
+            "txPackets": sum_u(|s| s.tx_packets),
+        },
+        "runqueue": {
+            "count": (!runq.is_empty()).then_some(runq_count),
+            "meanSeconds": (runq_count > 0).then(|| runq_sum as f64 / runq_count as f64 / 1e9),
+        },
+        "containers": containers
+            .iter()
+            .map(|(s, _)| (s.container.clone(), s.usage_json()))
+            .collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 /// Runs cycles every `interval` until `shutdown`; `targets` asks the agent
@@ -411,11 +502,7 @@ mod tests {
         let mut b = PodSample::new("app", "app-1", "b", "n");
         b.cpu_seconds = Some(1.0);
         b.memory_working_set_bytes = Some(5);
-        let mut rates = HashMap::new();
-        rates.insert(("app-1".to_string(), "a".to_string()), 0.5);
-        rates.insert(("app-1".to_string(), "b".to_string()), 0.25);
-        let usage = pod_usage(&[a, b], &rates);
-        let u = &usage["app-1"];
+        let u = &pod_usage(&[(a, Some(0.5)), (b, Some(0.25))]);
         assert_eq!(u["cpu"]["usageSeconds"], 3.0);
         assert_eq!(u["cpu"]["usageCores"], 0.75);
         assert_eq!(u["memory"]["workingSetBytes"], 15);

@@ -69,13 +69,13 @@ use nix::{
 pub use riklet_common::{
     net::CgroupTraffic,
     oom::OomEvent,
-    sched::{RUNQ_BUCKETS, SchedStats},
+    sched::{OnCpu, RUNQ_BUCKETS, SchedStats},
 };
 use riklet_common::{
     net::{CGROUP_TRAFFIC_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, TRAFFIC_LOST_MAP},
     oom::{MARK_VICTIM_PID_OFFSET, MARK_VICTIM_PROGRAM, OOM_EVENTS_MAP, OOM_LOST_MAP},
     sched::{
-        SCHED_LOST_MAP, SCHED_LOST_UNSEEN, SCHED_STATS_MAP, SWITCH_NEXT_PID_OFFSET,
+        ON_CPU_MAP, SCHED_LOST_MAP, SCHED_LOST_UNSEEN, SCHED_STATS_MAP, SWITCH_NEXT_PID_OFFSET,
         SWITCH_PREV_PID_OFFSET, SWITCH_PREV_STATE_OFFSET, SWITCH_PROGRAM, WAKEUP_NEW_PID_OFFSET,
         WAKEUP_NEW_PROGRAM, WAKEUP_PID_OFFSET, WAKEUP_PROGRAM,
     },
@@ -588,6 +588,25 @@ impl Probes {
         self.oom_events.as_fd()
     }
 
+    /// What each CPU runs now: the tasks (pid and switch-in time) on a
+    /// CPU, idle CPUs left out. Their current slices are not in
+    /// [`sched_all`](Self::sched_all) yet.
+    pub fn running(&self) -> Result<Vec<OnCpu>> {
+        let found: &Map = self
+            .ebpf
+            .map(ON_CPU_MAP)
+            .ok_or(ProbeError::MapMissing { map: ON_CPU_MAP })?;
+        let slots = PerCpuArray::<&MapData, OnCpu>::try_from(found)
+            .map_err(map_error(ON_CPU_MAP))?
+            .get(&0, 0)
+            .map_err(map_error(ON_CPU_MAP))?;
+        Ok(slots
+            .iter()
+            .filter(|slot| slot.pid != 0 && slot.since_ns != 0)
+            .copied()
+            .collect())
+    }
+
     /// Events the programs could not record since the load.
     pub fn lost(&self) -> Result<LostEvents> {
         Ok(LostEvents {
@@ -751,23 +770,30 @@ fn add_sched(total: SchedStats, cpu: &SchedStats) -> SchedStats {
 /// between the two clocks (exact unless the wall clock was stepped since).
 pub fn monotonic_to_system_time(timestamp_ns: u64) -> SystemTime {
     let now = SystemTime::now();
+    let Some(monotonic_now) = monotonic_now() else {
+        return now;
+    };
+    let event = Duration::from_nanos(timestamp_ns);
+    match monotonic_now.checked_sub(event) {
+        Some(ago) => now.checked_sub(ago).unwrap_or(now),
+        None => now + (event - monotonic_now),
+    }
+}
+
+/// `CLOCK_MONOTONIC` now: the clock of `bpf_ktime_get_ns` timestamps.
+pub fn monotonic_now() -> Option<Duration> {
     let mut monotonic = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `clock_gettime` writes one `timespec` to a valid pointer.
     if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut monotonic) } != 0 {
-        return now;
+        return None;
     }
-    let monotonic_now = Duration::new(
-        u64::try_from(monotonic.tv_sec).unwrap_or(0),
-        u32::try_from(monotonic.tv_nsec).unwrap_or(0),
-    );
-    let event = Duration::from_nanos(timestamp_ns);
-    match monotonic_now.checked_sub(event) {
-        Some(ago) => now.checked_sub(ago).unwrap_or(now),
-        None => now + (event - monotonic_now),
-    }
+    Some(Duration::new(
+        u64::try_from(monotonic.tv_sec).ok()?,
+        u32::try_from(monotonic.tv_nsec).ok()?,
+    ))
 }
 
 /// Loads one `cgroup_skb` program (the verifier runs here) and attaches it.

@@ -471,7 +471,7 @@ fn encode_snapshot(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt:
         &counter(
             "riklet_node_network_receive",
             Some(&BYTES),
-            "Bytes received over the node's non-loopback links.",
+            "Bytes received over the node's uplinks (its NICs).",
         ),
         &node.node,
         node.rx_bytes,
@@ -481,7 +481,7 @@ fn encode_snapshot(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt:
         &counter(
             "riklet_node_network_transmit",
             Some(&BYTES),
-            "Bytes sent over the node's non-loopback links.",
+            "Bytes sent over the node's uplinks (its NICs).",
         ),
         &node.node,
         node.tx_bytes,

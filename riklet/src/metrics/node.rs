@@ -4,18 +4,18 @@
 //! ([`NodeSampler`]).
 //!
 //! Network figures are the link statistics the kernel reports over netlink
-//! (`RTM_GETLINK`, `IFLA_STATS64`), summed over every link but loopback.
-//! Links come and go (a pod's veth disappears with the pod), so a plain sum
-//! would go backwards; [`LinkCounters`] instead accumulates each link's
-//! increase between two readings, which stays monotonic and is what a
-//! Prometheus counter needs.
+//! (`RTM_GETLINK`, `IFLA_STATS64`), summed over the node's uplinks (its
+//! NICs, see [`LinkCounters`]). Links come and go, so a plain sum could go
+//! backwards; [`LinkCounters`] instead accumulates each link's increase
+//! between two readings, which stays monotonic and is what a Prometheus
+//! counter needs.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage};
 use serde_json::{Value, json};
 use tracing::debug;
 
@@ -242,25 +242,74 @@ impl LinkTotals {
     }
 }
 
-/// Monotonic traffic totals over the node's non-loopback links.
+/// Monotonic traffic totals over the node's uplinks.
+///
+/// The uplinks are the links the node's traffic enters and leaves by: the
+/// non-loopback links that are not virtual devices (no `IFLA_INFO_KIND`:
+/// not a veth, bridge, tunnel, …), that is its NICs. Virtual links are left
+/// out because they would count a pod's packet on its veth, on the bridge
+/// and again on the NIC, and because reading 500 pod veths every cycle was
+/// a third of the collection's CPU. A node with no such link (a node that
+/// is itself a container, behind a veth) counts every non-loopback link.
+///
+/// The uplinks are found with a link dump at the first reading and every
+/// [`UPLINK_DISCOVERY`] after (or as soon as one disappears); readings in
+/// between ask the kernel for those links only, by index.
 ///
 /// The first reading counts every link's traffic since it was created; each
 /// later one adds what every link gained since the previous reading, and
-/// all the traffic of a link seen for the first time (a new veth starts at
-/// 0). Traffic of a link deleted between two readings after the first of
-/// them is lost, nothing is ever subtracted.
+/// all the traffic of a link seen for the first time. Traffic of a link
+/// deleted between two readings after the first of them is lost, nothing is
+/// ever subtracted.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
     /// Last reading of each link, by interface index (the kernel does not
     /// reuse an index soon; a reused one looks like a reset).
     last: HashMap<u32, LinkTotals>,
     total: LinkTotals,
+    /// The NICs' indexes and when they were found; `None` before the first
+    /// dump, after a failed reading, and on a node without NICs.
+    nics: Option<(Vec<u32>, Instant)>,
 }
 
+/// How often the node's uplinks are looked for again (a NIC added).
+const UPLINK_DISCOVERY: Duration = Duration::from_secs(300);
+
 impl LinkCounters {
-    /// Reads the links over netlink and returns the updated totals.
+    /// Reads the uplinks over netlink and returns the updated totals.
     pub async fn update(&mut self) -> Result<LinkTotals, NodeError> {
-        Ok(self.apply(link_stats().await?))
+        let known = self
+            .nics
+            .as_ref()
+            .filter(|(_, found)| found.elapsed() < UPLINK_DISCOVERY)
+            .map(|(nics, _)| nics.clone());
+        let links = match known {
+            Some(nics) => match links_by_index(&nics).await {
+                Ok(links) => links,
+                Err(e) => {
+                    debug!(error = %e, "an uplink is gone: looking for uplinks again");
+                    self.discover().await?
+                }
+            },
+            None => self.discover().await?,
+        };
+        Ok(self.apply(links))
+    }
+
+    /// Dumps every link, remembers the NICs, returns the uplinks' counters.
+    async fn discover(&mut self) -> Result<Vec<(u32, LinkTotals)>, NodeError> {
+        self.nics = None;
+        let links = dump_links().await?;
+        let nics: Vec<(u32, LinkTotals)> = links
+            .iter()
+            .filter(|l| l.nic)
+            .map(|l| (l.index, l.totals))
+            .collect();
+        if nics.is_empty() {
+            return Ok(links.into_iter().map(|l| (l.index, l.totals)).collect());
+        }
+        self.nics = Some((nics.iter().map(|(i, _)| *i).collect(), Instant::now()));
+        Ok(nics)
     }
 
     fn apply(&mut self, links: Vec<(u32, LinkTotals)>) -> LinkTotals {
@@ -278,26 +327,73 @@ impl LinkCounters {
     }
 }
 
-/// Counters of every non-loopback link, by interface index, from one
-/// netlink link dump.
-pub async fn link_stats() -> Result<Vec<(u32, LinkTotals)>, NodeError> {
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(NodeError::Socket)?;
-    let dump = async move {
+/// One non-loopback link of a dump.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    index: u32,
+    /// Not a virtual device: no `IFLA_INFO_KIND`.
+    nic: bool,
+    totals: LinkTotals,
+}
+
+/// Every non-loopback link, from one netlink link dump.
+async fn dump_links() -> Result<Vec<Link>, NodeError> {
+    with_netlink(|handle| async move {
         let mut links = handle.link().get().execute();
-        let mut stats = Vec::new();
+        let mut out = Vec::new();
         while let Some(link) = links.try_next().await.map_err(NodeError::Netlink)? {
             if let Some(totals) = link_totals(&link) {
-                stats.push((link.header.index, totals));
+                out.push(Link {
+                    index: link.header.index,
+                    nic: !has_kind(&link),
+                    totals,
+                });
             }
         }
-        Ok(stats)
-    };
-    // The connection is driven here rather than spawned: it ends with the
-    // dump, and this works on any runtime flavour.
+        Ok(out)
+    })
+    .await
+}
+
+/// The counters of the links `indexes`, one request each; fails if one of
+/// them is gone.
+async fn links_by_index(indexes: &[u32]) -> Result<Vec<(u32, LinkTotals)>, NodeError> {
+    with_netlink(|handle| async move {
+        let mut out = Vec::with_capacity(indexes.len());
+        for &index in indexes {
+            let mut reply = handle.link().get().match_index(index).execute();
+            while let Some(link) = reply.try_next().await.map_err(NodeError::Netlink)? {
+                if let Some(totals) = link_totals(&link) {
+                    out.push((index, totals));
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Runs `requests` on a fresh netlink route connection, driven here rather
+/// than spawned: it ends with the requests, and this works on any runtime
+/// flavour.
+async fn with_netlink<T, F, Fut>(requests: F) -> Result<T, NodeError>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<T, NodeError>>,
+{
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(NodeError::Socket)?;
     tokio::select! {
-        stats = dump => stats,
+        out = requests(handle) => out,
         () = connection => Err(NodeError::Closed),
     }
+}
+
+/// Whether the link is a virtual device (veth, bridge, tunnel, …).
+fn has_kind(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| matches!(i, LinkInfo::Kind(_))),
+        _ => false,
+    })
 }
 
 /// The counters of one link, `None` for loopback.
@@ -403,8 +499,27 @@ fn os_release() -> (String, String) {
     )
 }
 
-/// First IPv4 address of an interface that is up and not loopback.
+/// First IPv4 address of an interface that is up and not loopback, looked
+/// up at most every [`INTERNAL_IP_TTL`]: the lookup dumps every link and
+/// address of the node (hundreds with pod veths), and every heartbeat asks
+/// for it, once per host-network pod.
 pub fn internal_ip() -> Option<IpAddr> {
+    static LAST: std::sync::Mutex<Option<(Instant, Option<IpAddr>)>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, ip)) = *last
+        && at.elapsed() < INTERNAL_IP_TTL
+    {
+        return ip;
+    }
+    let ip = lookup_internal_ip();
+    *last = Some((Instant::now(), ip));
+    ip
+}
+
+/// How long [`internal_ip`] keeps an answer.
+const INTERNAL_IP_TTL: Duration = Duration::from_secs(30);
+
+fn lookup_internal_ip() -> Option<IpAddr> {
     let addrs = nix::ifaddrs::getifaddrs().ok()?;
     for ifa in addrs {
         let flags = ifa.flags;
@@ -447,13 +562,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn netlink_link_stats_skip_loopback() {
-        let links = link_stats().await.expect("netlink link dump");
+    async fn uplinks_are_the_nics_read_by_index() {
+        let links = dump_links().await.expect("netlink link dump");
         let lo = nix::net::if_::if_nametoindex("lo").expect("lo exists");
         assert!(
-            links.iter().all(|(index, _)| *index != lo),
+            links.iter().all(|l| l.index != lo),
             "loopback (index {lo}) counted: {links:?}"
         );
+        let nics: Vec<u32> = links.iter().filter(|l| l.nic).map(|l| l.index).collect();
+        assert!(
+            !nics.is_empty(),
+            "this test needs a node with a NIC (a link without a kind): {links:?}"
+        );
+
+        let mut counters = LinkCounters::default();
+        let first = counters.update().await.expect("first reading (dump)");
+        let found = counters.nics.clone().expect("NICs remembered").0;
+        assert_eq!(found, nics, "uplinks: the links without a kind");
+        let second = counters.update().await.expect("second reading (by index)");
+        assert!(second.rx_bytes >= first.rx_bytes && second.tx_bytes >= first.tx_bytes);
+        let mut read: Vec<u32> = counters.last.keys().copied().collect();
+        read.sort_unstable();
+        let mut want = nics.clone();
+        want.sort_unstable();
+        assert_eq!(read, want, "the second reading reads the NICs only");
+
+        // A NIC that disappeared (an index nobody has) sends the next
+        // reading back to a dump.
+        counters.nics = Some((vec![u32::MAX - 1], Instant::now()));
+        counters
+            .update()
+            .await
+            .expect("reading after a link went away");
+        assert_eq!(counters.nics.expect("rediscovered").0, nics);
     }
 
     #[tokio::test]
