@@ -52,12 +52,16 @@ fn a_recreated_cgroup_is_read_afresh() {
         cpu_millis: None,
         memory_bytes: Some(mib << 20),
     };
+    // Slow files every 3rd reading: the limit is one of them.
+    let mut reader = StatsReader::new(3);
+    // A container being set up: no cgroup yet, nothing to read.
+    let before = reader.read(&container, None);
+    assert_eq!(before.cgroup_id, None);
+    assert_eq!(before.stats, Default::default());
+
     container
         .create(limits(32))
         .unwrap_or_else(|e| panic!("create: {}", riklet::error_chain(&e)));
-
-    // Slow files every 3rd reading: the limit is one of them.
-    let mut reader = StatsReader::new(3);
     let first = reader.read(&container, None);
     let first_id = cgroup_id(&container.v2_dir()).expect("cgroup id");
     assert_eq!(first.cgroup_id, Some(first_id));

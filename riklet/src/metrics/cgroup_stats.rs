@@ -94,7 +94,9 @@ pub fn read(cgroup: &ContainerCgroup) -> CgroupStats {
 ///
 /// A read of an open file that fails means the cgroup was removed (perhaps
 /// to be created again under the same name): the container's files and its
-/// cgroup id are then looked up afresh at its next reading.
+/// cgroup id are then looked up afresh at its next reading. A cgroup not
+/// created yet (a container being set up) is looked up at every reading
+/// until it exists.
 #[derive(Debug)]
 pub struct StatsReader {
     cgroups: HashMap<String, OpenCgroup>,
@@ -127,7 +129,9 @@ impl StatsReader {
     /// reclaim can be missed, until its next slow reading).
     pub fn read(&mut self, cgroup: &ContainerCgroup, ran: Option<&HashSet<u64>>) -> Reading {
         let open = match self.cgroups.get_mut(cgroup.rel()) {
-            Some(open) if !open.files.stale => open,
+            // No id: the cgroup did not exist yet (a container being
+            // created) and its files may be missing too: look again.
+            Some(open) if !open.files.stale && open.cgroup_id.is_some() => open,
             _ => {
                 let open = OpenCgroup::new(cgroup);
                 self.cgroups.insert(cgroup.rel().to_string(), open);
@@ -331,7 +335,10 @@ fn parse_keyed<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] 
 }
 
 /// Reads the whole file from offset 0 into `buf` (cgroup files regenerate
-/// on each read); false if the read failed.
+/// on each read); false if the read failed. A read that does not fill the
+/// buffer has reached the end (cgroup files are seq files, which fill a
+/// read as far as they can), which saves the second system call that
+/// would only return 0.
 fn pread_all(f: &File, buf: &mut Vec<u8>) -> bool {
     buf.resize(buf.len().max(4096), 0);
     let mut len = 0;
@@ -341,9 +348,10 @@ fn pread_all(f: &File, buf: &mut Vec<u8>) -> bool {
             Ok(n) => len += n,
             Err(_) => return false,
         }
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
+        if len < buf.len() {
+            break;
         }
+        buf.resize(buf.len() * 2, 0);
     }
     buf.truncate(len);
     true

@@ -159,6 +159,7 @@ impl Collector {
             (Some(sched), Some(on_cpu)) => Some(self.ran(sched, on_cpu, &targets)),
             _ => None,
         };
+        let ran_count = ran.as_ref().map(HashSet::len);
 
         let t1 = Instant::now();
         let readers = std::mem::take(&mut self.readers);
@@ -254,7 +255,7 @@ impl Collector {
                 total_seconds: timings.total.as_secs_f64(),
             },
         });
-        debug!(pods = targets.len(), ?timings, "metrics cycle");
+        debug!(pods = targets.len(), ran = ?ran_count, ?timings, "metrics cycle");
         timings
     }
 
