@@ -34,20 +34,27 @@ impl Drop for Cleanup {
     }
 }
 
-#[test]
-fn a_recreated_cgroup_is_read_afresh() {
+/// A container cgroup handle under a root of the test's own (not created
+/// yet), removed with its root when the guard drops.
+fn test_container(test: &str) -> (ContainerCgroup, Cleanup) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test creates cgroups: run it as root"
     );
-    let root = format!("riklet-test-stats-{}", std::process::id());
+    let root = format!("riklet-test-{test}-{}", std::process::id());
     let manager = CgroupManager::new(&root)
         .unwrap_or_else(|e| panic!("cgroup root: {}", riklet::error_chain(&e)));
     let container = manager.container("pod", "c");
-    let _cleanup = Cleanup {
+    let cleanup = Cleanup {
         root,
         container: container.clone(),
     };
+    (container, cleanup)
+}
+
+#[test]
+fn a_recreated_cgroup_is_read_afresh() {
+    let (container, _cleanup) = test_container("stats");
     let limits = |mib: u64| Limits {
         cpu_millis: None,
         memory_bytes: Some(mib << 20),
@@ -91,18 +98,7 @@ fn a_recreated_cgroup_is_read_afresh() {
 
 #[test]
 fn an_idle_cgroup_repeats_its_last_figures() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates cgroups: run it as root"
-    );
-    let root = format!("riklet-test-idle-{}", std::process::id());
-    let manager = CgroupManager::new(&root)
-        .unwrap_or_else(|e| panic!("cgroup root: {}", riklet::error_chain(&e)));
-    let container = manager.container("pod", "c");
-    let _cleanup = Cleanup {
-        root,
-        container: container.clone(),
-    };
+    let (container, _cleanup) = test_container("idle");
     container
         .create(Limits::default())
         .unwrap_or_else(|e| panic!("create: {}", riklet::error_chain(&e)));
