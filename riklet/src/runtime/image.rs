@@ -42,9 +42,10 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    AbortRequest, ApplyRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
-    DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image, InfoRequest, ReadContentRequest,
-    UpdateImageRequest, UpdateRequest as UpdateContentRequest, WriteAction, WriteContentRequest,
+    AbortRequest, AddResourceRequest, ApplyRequest, CreateImageRequest,
+    CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest, GetImageRequest,
+    Image, InfoRequest, ReadContentRequest, Resource as LeaseResource, UpdateImageRequest,
+    UpdateRequest as UpdateContentRequest, WriteAction, WriteContentRequest,
 };
 use containerd_client::types::Descriptor;
 use futures::{Stream, StreamExt};
@@ -756,6 +757,11 @@ impl ImageStore {
             .zip(&chain)
             .zip(&config.rootfs.diff_ids)
         {
+            // An unpacked layer is kept from garbage collection only by the
+            // layers above it: when they were removed, it can be collected
+            // at any moment, e.g. between this check and the prepare that
+            // names it as parent. Under the lease it stays until we are done.
+            self.lease_snapshot(lease, chain_id).await?;
             if self.snapshot_exists(chain_id).await? {
                 parent = chain_id.clone();
                 continue;
@@ -1130,6 +1136,24 @@ impl ImageStore {
             .await
             .map_err(|s| containerd("create lease", &id, s))?;
         Ok(id)
+    }
+
+    /// Adds a snapshot (existing or not yet) to `lease`.
+    async fn lease_snapshot(&self, lease: &str, snapshot: &str) -> Result<()> {
+        LeasesClient::new(self.channel.clone())
+            .add_resource(self.req(
+                AddResourceRequest {
+                    id: lease.to_string(),
+                    resource: Some(LeaseResource {
+                        id: snapshot.to_string(),
+                        r#type: format!("snapshots/{SNAPSHOTTER}"),
+                    }),
+                },
+                None,
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|s| containerd("add snapshot to lease", snapshot, s))
     }
 
     /// Best effort: an undeleted lease expires by itself.
