@@ -10,6 +10,8 @@
 //! - [`sched`]: per-cgroup on-CPU time and run-queue latency (the
 //!   `sched/*` tracepoint programs).
 //! - [`oom`]: OOM kill events (the `oom/mark_victim` tracepoint program).
+//! - [`tcp`]: TCP retransmissions per source address (the
+//!   `tcp/tcp_retransmit_skb` tracepoint program).
 //!
 //! # Features
 //! - `user`: implements `aya::Pod` for the map value types, which user-space
@@ -21,3 +23,4 @@
 pub mod net;
 pub mod oom;
 pub mod sched;
+pub mod tcp;

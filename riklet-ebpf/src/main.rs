@@ -9,17 +9,20 @@
 //!   and run-queue latency.
 //! - [`oom`]: the `oom/mark_victim` tracepoint, sending OOM kill events
 //!   through a ring buffer.
+//! - [`tcp`]: the `tcp/tcp_retransmit_skb` tracepoint, counting TCP
+//!   retransmissions per source address.
 //!
 //! Built by `cargo xtask build-ebpf` (nightly, `bpfel-unknown-none`,
 //! bpf-linker); `riklet/build.rs` embeds the object and
 //! `riklet::metrics::ebpf` loads all programs from it, once. Shared names and
-//! types live in `riklet_common::{net, sched, oom}`.
+//! types live in `riklet_common::{net, sched, oom, tcp}`.
 
 #![no_std]
 #![no_main]
 
 mod oom;
 mod sched;
+mod tcp;
 
 use aya_ebpf::{
     EbpfContext,

@@ -20,6 +20,7 @@
 //! only containerd is missing).
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -315,18 +316,25 @@ impl Agent {
                 let _ = tx.send(reports);
             }
             Event::Targets(tx) => {
-                let targets = self
+                let agent = &*self;
+                let targets = agent
                     .pods
                     .values()
                     .filter(|p| p.phase != Phase::Destroying)
                     .flat_map(|p| {
+                        // A host-network pod's traffic is the node's.
+                        let pod_ip = (!p.manifest.spec.host_network)
+                            .then(|| agent.network.address(&p.instance_id))
+                            .flatten()
+                            .map(|a| IpAddr::V4(a.ip));
                         // Waiting containers too: their cgroup lives on, and
                         // an OOM kill is seen after the process is gone.
-                        p.containers.iter().map(|c| Target {
+                        p.containers.iter().map(move |c| Target {
                             app: p.manifest.name.clone(),
                             instance: p.instance_id.clone(),
                             container: c.name.clone(),
-                            cgroup: self.cgroups.container(&p.instance_id, &c.name),
+                            cgroup: agent.cgroups.container(&p.instance_id, &c.name),
+                            pod_ip,
                         })
                     })
                     .collect();

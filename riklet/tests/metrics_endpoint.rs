@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use riklet::metrics::exporter::{
     self, OPENMETRICS_CONTENT_TYPE, SnapshotHandle, TEXT_CONTENT_TYPE,
 };
-use riklet::metrics::sample::{Log2Histogram, NodeSample, PodSample, Snapshot};
+use riklet::metrics::sample::{Log2Histogram, NodeSample, PodNetSample, PodSample, Snapshot};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -197,6 +197,15 @@ fn snapshot(instances: &[&str]) -> Snapshot {
                 oncpu_seconds: Some(1.4),
                 runq_latency: Some(runq.clone()),
                 ..PodSample::new("web", instance, "main", "node-a")
+            })
+            .collect(),
+        pod_nets: instances
+            .iter()
+            .map(|instance| PodNetSample {
+                app: "web".into(),
+                instance: instance.to_string(),
+                node: "node-a".into(),
+                tcp_retransmits: 3,
             })
             .collect(),
         collected_at: 1_700_000_000_000,

@@ -132,7 +132,7 @@ fn prerequisites() -> PathBuf {
         nix::unistd::geteuid().is_root(),
         "this test needs root (cgroups, bpf, bpffs); run it as root"
     );
-    let v2_root = cgroup2_mount().unwrap_or_else(|| {
+    let v2_root = support::cgroup2_mount().unwrap_or_else(|| {
         panic!("no cgroup2 mount in /proc/self/mountinfo: this test needs the cgroup v2 hierarchy")
     });
     assert!(
@@ -140,19 +140,6 @@ fn prerequisites() -> PathBuf {
         "{SOCAT} is missing: install socat (apt-get install socat)"
     );
     v2_root
-}
-
-/// The cgroup v2 mount point (/sys/fs/cgroup on pure v2 hosts,
-/// /sys/fs/cgroup/unified on hybrid ones).
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        if fs.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        Some(PathBuf::from(mount.split_whitespace().nth(4)?))
-    })
 }
 
 /// Runs `head -c 1MiB /dev/zero | socat - TCP:127.0.0.1:port` in `cgroup`

@@ -383,7 +383,7 @@ fn prerequisites() -> PathBuf {
         nix::unistd::geteuid().is_root(),
         "this test needs root (cgroups, bpf, tracefs); run it as root"
     );
-    let v2_root = cgroup2_mount().unwrap_or_else(|| {
+    let v2_root = support::cgroup2_mount().unwrap_or_else(|| {
         panic!("no cgroup2 mount in /proc/self/mountinfo: this test needs the cgroup v2 hierarchy")
     });
     let tracefs = TRACEFS_MOUNTS
@@ -406,14 +406,6 @@ fn prerequisites() -> PathBuf {
         }
     }
     v2_root
-}
-
-/// The cgroup v2 mount point (/sys/fs/cgroup on pure v2 hosts,
-/// /sys/fs/cgroup/unified on hybrid ones).
-fn cgroup2_mount() -> Option<PathBuf> {
-    mounts()
-        .into_iter()
-        .find_map(|(point, fs_type, _)| (fs_type == "cgroup2").then_some(point))
 }
 
 /// The cgroup v1 hierarchy with the memory controller, if mounted.

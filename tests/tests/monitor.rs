@@ -1,12 +1,14 @@
 //! The Node Monitor against the real kernel: CPU, memory and network
 //! figures checked against independent measurements, run-queue latency
-//! under contention, OOM kills as pod events, the Prometheus endpoint
+//! under contention, OOM kills as pod events, TCP retransmissions checked
+//! against the pod's own namespace counters, the Prometheus endpoint
 //! (promtool), and a deleted pod's figures leaving the eBPF maps and
 //! `/metrics`.
 //!
 //! The tests of this file run one at a time: they load the CPUs on
 //! purpose, and each must not disturb the others' figures.
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -386,6 +388,93 @@ fn ebpf_egress_bytes_match_the_bytes_on_the_wire() {
         diff * 100.0
     );
     assert!(diff <= 0.05, "eBPF egress {tx} vs {wire} bytes on the wire");
+}
+
+#[test]
+fn tcp_retransmissions_of_a_pod_are_reported() {
+    let _serial = serial();
+    let cluster = Cluster::start(Mode::Standalone);
+    let peer = Peer::new(8);
+    // The peer drops one packet in twenty on the way in: the pod resends.
+    for rule in [
+        "add table inet loss",
+        "add chain inet loss input { type filter hook input priority 0; }",
+        "add rule inet loss input tcp dport 9000 numgen random mod 20 0 drop",
+    ] {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &peer.ns, "nft", rule])
+            .status()
+            .expect("nft (cargo xtask setup installs nftables)")
+            .success();
+        assert!(ok, "nft {rule}");
+    }
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &peer.ns,
+            "socat",
+            "-u",
+            "TCP-LISTEN:9000",
+            "OPEN:/dev/null",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("socat server in the peer netns (cargo xtask setup installs socat)");
+    std::thread::sleep(Duration::from_millis(300));
+    // After the transfer, the pod prints its network namespace's own TCP
+    // counters, once the last retransmissions are over.
+    let send = "/bin/busybox [sh, -c, \"head -c 5000000 /dev/zero | nc 10.216.8.2 9000; sleep 3; cat /proc/net/snmp; sleep 3600\"]";
+    apply(&cluster, &app("resender", &[("send", send)], ""));
+    wait_for(Duration::from_secs(60), "the peer to receive 5 MB", || {
+        server.try_wait().ok().flatten()
+    });
+    let snmp = wait_for(Duration::from_secs(20), "the pod's TCP counters", || {
+        let logs = cluster.rik_ok(&["logs", "resender"]);
+        let tcp: Vec<&str> = logs.lines().filter(|l| l.starts_with("Tcp:")).collect();
+        (tcp.len() == 2).then(|| {
+            tcp[0]
+                .split_whitespace()
+                .zip(tcp[1].split_whitespace())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<String, String>>()
+        })
+    });
+    let retrans_segs: u64 = snmp["RetransSegs"].parse().expect("RetransSegs");
+    std::thread::sleep(Duration::from_millis(1500));
+    let counted = f64_at(&local(&cluster, "resender"), &["network", "tcpRetransmits"])
+        .expect("network.tcpRetransmits") as u64;
+    println!(
+        "pod with 5 % loss: eBPF {counted} retransmitted skbs, its namespace's RetransSegs {retrans_segs}"
+    );
+    assert!(retrans_segs > 0, "the lossy path caused no retransmission");
+    // One per retransmitted skb, which can carry several segments.
+    assert!(
+        counted >= 1 && counted <= retrans_segs,
+        "eBPF counted {counted} retransmissions, the pod's namespace {retrans_segs} segments"
+    );
+    let instance = local(&cluster, "resender")["appId"]
+        .as_str()
+        .expect("appId")
+        .to_string();
+    let body = scrape(metrics_port(&cluster));
+    let series = body
+        .lines()
+        .find(|l| {
+            l.starts_with("riklet_pod_tcp_retransmits_total{")
+                && l.contains(&format!("instance=\"{instance}\""))
+        })
+        .unwrap_or_else(|| panic!("no retransmission series of {instance}:\n{body}"));
+    let exported: u64 = series
+        .rsplit_once(' ')
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("series value");
+    assert!(
+        exported >= counted && exported <= retrans_segs,
+        "/metrics says {exported}, the pod JSON {counted}, the kernel {retrans_segs}"
+    );
+    drop(peer);
 }
 
 #[test]

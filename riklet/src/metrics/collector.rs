@@ -7,9 +7,12 @@
 //! puts in the realtime app object reported to the scheduler. eBPF entries
 //! of cgroups that no longer hold a pod are removed, so a deleted pod's
 //! figures leave the maps and `/metrics` within one cycle. OOM kills seen
-//! by the `oom/mark_victim` probe are logged as pod events.
+//! by the `oom/mark_victim` probe are logged as pod events. TCP
+//! retransmissions, counted by eBPF per source address, are the pod's whose
+//! address it is; counts of other addresses are dropped every cycle.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,7 +24,7 @@ use super::cgroup_stats;
 use super::ebpf::{OnCpu, Probes, SchedStats};
 use super::exporter::SnapshotHandle;
 use super::node::NodeSampler;
-use super::sample::{CollectionTimings, Log2Histogram, PodSample, Snapshot};
+use super::sample::{CollectionTimings, Log2Histogram, PodNetSample, PodSample, Snapshot};
 use crate::cgroups::ContainerCgroup;
 
 /// One container to measure.
@@ -31,6 +34,9 @@ pub struct Target {
     pub instance: String,
     pub container: String,
     pub cgroup: ContainerCgroup,
+    /// The pod's own address (`None` on the host network), to which its
+    /// TCP retransmissions are attributed.
+    pub pod_ip: Option<IpAddr>,
 }
 
 /// The last measured usage of each pod (by instance id), for the realtime
@@ -45,6 +51,8 @@ struct UsageTable {
     pods: HashMap<String, Vec<(PodSample, Option<f64>)>>,
     /// Pod events (OOM kills).
     events: HashMap<String, Vec<Value>>,
+    /// TCP retransmissions of each pod with an address of its own.
+    retransmits: HashMap<String, u64>,
 }
 
 impl PodUsage {
@@ -52,6 +60,9 @@ impl PodUsage {
     pub fn get(&self, instance: &str) -> Option<Value> {
         let table = self.0.read().unwrap_or_else(|p| p.into_inner());
         let mut usage = pod_usage(table.pods.get(instance)?);
+        if let Some(count) = table.retransmits.get(instance) {
+            usage["network"]["tcpRetransmits"] = json!(count);
+        }
         if let Some(events) = table.events.get(instance) {
             usage["events"] = Value::Array(events.clone());
         }
@@ -148,9 +159,14 @@ impl Collector {
     pub async fn cycle(&mut self, targets: Vec<Target>) -> CycleTimings {
         let started = Instant::now();
         let t0 = Instant::now();
-        let (traffic, sched, running) = match &self.probes {
-            Some(p) => (p.traffic_all().ok(), p.sched_all().ok(), p.running().ok()),
-            None => (None, None, None),
+        let (traffic, sched, running, retransmits) = match &self.probes {
+            Some(p) => (
+                p.traffic_all().ok(),
+                p.sched_all().ok(),
+                p.running().ok(),
+                p.retransmits_all().ok(),
+            ),
+            None => (None, None, None, None),
         };
         let ebpf = t0.elapsed();
         // The targets on a CPU now, with the time their slice began.
@@ -229,7 +245,14 @@ impl Collector {
             samples.push(s);
         }
         self.previous = previous;
+        let pod_nets = retransmits
+            .as_ref()
+            .map(|r| pod_nets(&targets, r, &self.node))
+            .unwrap_or_default();
         self.forget_stale(&ids, traffic.as_ref(), sched.as_ref());
+        if let Some(r) = &retransmits {
+            self.forget_stale_addresses(&targets, r);
+        }
         self.oom_events(&targets, &ids);
 
         let live: HashSet<&str> = targets.iter().map(|t| t.instance.as_str()).collect();
@@ -238,6 +261,10 @@ impl Collector {
         self.usage.replace(UsageTable {
             pods,
             events: self.events.clone(),
+            retransmits: pod_nets
+                .iter()
+                .map(|n| (n.instance.clone(), n.tcp_retransmits))
+                .collect(),
         });
         let node = self.node_sampler.sample().await;
         let timings = CycleTimings {
@@ -248,6 +275,7 @@ impl Collector {
         self.exporter.publish(Snapshot {
             node,
             pods: samples,
+            pod_nets,
             collected_at: crate::state::now_ms(),
             timings: CollectionTimings {
                 ebpf_seconds: ebpf.as_secs_f64(),
@@ -301,6 +329,20 @@ impl Collector {
         seen.extend(sched.into_iter().flat_map(|s| s.keys()));
         for id in seen.difference(&live) {
             let _ = p.forget(*id);
+        }
+    }
+
+    /// Removes the retransmission counts of addresses that are no pod's:
+    /// the node's own, other containers', pods deleted since the last
+    /// cycle (the address allocator hands out every other address of the
+    /// pod network before one comes back, so none is reused meanwhile).
+    fn forget_stale_addresses(&mut self, targets: &[Target], retransmits: &HashMap<IpAddr, u64>) {
+        let Some(p) = self.probes.as_mut() else {
+            return;
+        };
+        let live: HashSet<IpAddr> = targets.iter().filter_map(|t| t.pod_ip).collect();
+        for address in retransmits.keys().filter(|a| !live.contains(a)) {
+            let _ = p.forget_address(*address);
         }
     }
 
@@ -413,6 +455,27 @@ fn on_cpu_targets(targets: &[Target], running: &[OnCpu]) -> Vec<(usize, u64)> {
             let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
             let target = by_rel.get(path.trim_start_matches('/'))?;
             Some((*target, slot.since_ns))
+        })
+        .collect()
+}
+
+/// One sample per pod with an address of its own: its retransmissions
+/// (0 until the first).
+fn pod_nets(
+    targets: &[Target],
+    retransmits: &HashMap<IpAddr, u64>,
+    node: &str,
+) -> Vec<PodNetSample> {
+    let mut seen = HashSet::new();
+    targets
+        .iter()
+        .filter_map(|t| Some((t, t.pod_ip?)))
+        .filter(|(t, _)| seen.insert(t.instance.as_str()))
+        .map(|(t, ip)| PodNetSample {
+            app: t.app.clone(),
+            instance: t.instance.clone(),
+            node: node.to_string(),
+            tcp_retransmits: retransmits.get(&ip).copied().unwrap_or(0),
         })
         .collect()
 }

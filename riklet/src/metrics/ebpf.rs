@@ -13,10 +13,14 @@
 //!   ([`Probes::sched`], see `riklet_common::sched` for the method).
 //! - `oom/mark_victim`, node-wide: OOM kills, drained with
 //!   [`Probes::oom_events`].
+//! - `tcp/tcp_retransmit_skb`, node-wide: TCP retransmissions per source
+//!   address ([`Probes::retransmits_all`]), which the collector maps to pod
+//!   addresses.
 //!
 //! Every cgroup of the node is counted by the tracepoints, not only those
 //! below the cgroup root; the per-cgroup maps are bounded (LRU for the
-//! scheduler map), and [`Probes::forget`] removes a deleted pod's entries.
+//! scheduler map), and [`Probes::forget`] removes a deleted pod's entries
+//! ([`Probes::forget_address`] those of an address that is no pod's).
 //!
 //! # Layout
 //! - this file: [`Probes`], its errors, bpffs and cgroup checks, the log
@@ -40,7 +44,9 @@ mod tracefs;
 use std::{
     collections::HashMap,
     fs::{self, File},
+    hash::Hash,
     io,
+    net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
     sync::{
@@ -79,6 +85,10 @@ use riklet_common::{
         SWITCH_PREV_PID_OFFSET, SWITCH_PREV_STATE_OFFSET, SWITCH_PROGRAM, WAKEUP_NEW_PID_OFFSET,
         WAKEUP_NEW_PROGRAM, WAKEUP_PID_OFFSET, WAKEUP_PROGRAM,
     },
+    tcp::{
+        Address, RETRANSMIT_ERR_OFFSET, RETRANSMIT_PROGRAM, RETRANSMIT_SADDR_V6_OFFSET,
+        TCP_RETRANS_LOST_MAP, TCP_RETRANS_MAP,
+    },
 };
 use tracing::{debug, warn};
 
@@ -100,22 +110,24 @@ const CGROUP_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
 ];
 
 /// The tracepoint programs: (program, category, event).
-const TRACEPOINTS: [(&str, &str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
     (SWITCH_PROGRAM, "sched", "sched_switch"),
     (WAKEUP_PROGRAM, "sched", "sched_wakeup"),
     (WAKEUP_NEW_PROGRAM, "sched", "sched_wakeup_new"),
     (MARK_VICTIM_PROGRAM, "oom", "mark_victim"),
+    (RETRANSMIT_PROGRAM, "tcp", "tcp_retransmit_skb"),
 ];
 
 /// The tracepoint fields the programs read, with the globals that receive
 /// their offsets. `prev_state` is a `long`; the program reads its low byte.
-const FIELDS: [Field; 6] = [
+const FIELDS: [Field; 8] = [
     Field {
         category: "sched",
         event: "sched_switch",
         field: "prev_pid",
         sizes: &[4],
         global: SWITCH_PREV_PID_OFFSET,
+        optional: false,
     },
     Field {
         category: "sched",
@@ -123,6 +135,7 @@ const FIELDS: [Field; 6] = [
         field: "prev_state",
         sizes: &[4, 8],
         global: SWITCH_PREV_STATE_OFFSET,
+        optional: false,
     },
     Field {
         category: "sched",
@@ -130,6 +143,7 @@ const FIELDS: [Field; 6] = [
         field: "next_pid",
         sizes: &[4],
         global: SWITCH_NEXT_PID_OFFSET,
+        optional: false,
     },
     Field {
         category: "sched",
@@ -137,6 +151,7 @@ const FIELDS: [Field; 6] = [
         field: "pid",
         sizes: &[4],
         global: WAKEUP_PID_OFFSET,
+        optional: false,
     },
     Field {
         category: "sched",
@@ -144,6 +159,7 @@ const FIELDS: [Field; 6] = [
         field: "pid",
         sizes: &[4],
         global: WAKEUP_NEW_PID_OFFSET,
+        optional: false,
     },
     Field {
         category: "oom",
@@ -151,11 +167,28 @@ const FIELDS: [Field; 6] = [
         field: "pid",
         sizes: &[4],
         global: MARK_VICTIM_PID_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "tcp",
+        event: "tcp_retransmit_skb",
+        field: "saddr_v6",
+        sizes: &[16],
+        global: RETRANSMIT_SADDR_V6_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "tcp",
+        event: "tcp_retransmit_skb",
+        field: "err",
+        sizes: &[4],
+        global: RETRANSMIT_ERR_OFFSET,
+        optional: true,
     },
 ];
 
 /// The maps pinned under the pin directory (file name = map name).
-const PINNED_MAPS: [&str; 2] = [CGROUP_TRAFFIC_MAP, SCHED_STATS_MAP];
+const PINNED_MAPS: [&str; 3] = [CGROUP_TRAFFIC_MAP, SCHED_STATS_MAP, TCP_RETRANS_MAP];
 
 /// How often the log thread drains eBPF log records. They are rare (see
 /// `riklet-ebpf`), so a slow poll is plenty and costs nothing.
@@ -379,6 +412,8 @@ pub struct LostEvents {
     pub sched_unseen: u64,
     /// OOM events dropped (ring buffer full: not drained often enough).
     pub oom: u64,
+    /// TCP retransmissions not counted (`TCP_RETRANS` full).
+    pub retransmits: u64,
 }
 
 /// The loaded and attached eBPF programs, and the only handle to their maps.
@@ -475,9 +510,15 @@ impl Probes {
         };
 
         // Check the maps' shapes before anything is attached.
-        percpu_hash::<CgroupTraffic>(&ebpf, CGROUP_TRAFFIC_MAP)?;
-        percpu_hash::<SchedStats>(&ebpf, SCHED_STATS_MAP)?;
-        for map in [TRAFFIC_LOST_MAP, SCHED_LOST_MAP, OOM_LOST_MAP] {
+        percpu_hash::<u64, CgroupTraffic>(&ebpf, CGROUP_TRAFFIC_MAP)?;
+        percpu_hash::<u64, SchedStats>(&ebpf, SCHED_STATS_MAP)?;
+        percpu_hash::<Address, u64>(&ebpf, TCP_RETRANS_MAP)?;
+        for map in [
+            TRAFFIC_LOST_MAP,
+            SCHED_LOST_MAP,
+            OOM_LOST_MAP,
+            TCP_RETRANS_LOST_MAP,
+        ] {
             lost_counter(&ebpf, map)?;
         }
         let oom_events = ebpf
@@ -565,6 +606,22 @@ impl Probes {
         self.read_all(SCHED_STATS_MAP, add_sched)
     }
 
+    /// TCP retransmissions per source address (IPv4 addresses as such, not
+    /// mapped), summed over CPUs, in one pass over the map as for
+    /// [`traffic_all`](Self::traffic_all). Counts start when the address
+    /// first retransmits after the load or after
+    /// [`forget_address`](Self::forget_address).
+    pub fn retransmits_all(&self) -> Result<HashMap<IpAddr, u64>> {
+        let by_address: HashMap<Address, u64> = self
+            .read_all(TCP_RETRANS_MAP, |total: u64, cpu: &u64| {
+                total.wrapping_add(*cpu)
+            })?;
+        Ok(by_address
+            .into_iter()
+            .map(|(address, count)| (Ipv6Addr::from(address).to_canonical(), count))
+            .collect())
+    }
+
     /// The OOM kills recorded since the last call, oldest first. Never
     /// blocks; empty if there are none. To wait for events, poll
     /// [`oom_events_fd`](Self::oom_events_fd) for readability.
@@ -614,6 +671,7 @@ impl Probes {
             sched: self.lost_count(SCHED_LOST_MAP, 0)?,
             sched_unseen: self.lost_count(SCHED_LOST_MAP, SCHED_LOST_UNSEEN)?,
             oom: self.lost_count(OOM_LOST_MAP, 0)?,
+            retransmits: self.lost_count(TCP_RETRANS_LOST_MAP, 0)?,
         })
     }
 
@@ -621,8 +679,20 @@ impl Probes {
     /// that the bounded maps do not fill up with dead ids. Forgetting an id
     /// without entries is fine.
     pub fn forget(&mut self, cgroup_id: u64) -> Result<()> {
-        remove_entry::<CgroupTraffic>(&mut self.ebpf, CGROUP_TRAFFIC_MAP, cgroup_id)?;
-        remove_entry::<SchedStats>(&mut self.ebpf, SCHED_STATS_MAP, cgroup_id)
+        remove_entry::<u64, CgroupTraffic>(&mut self.ebpf, CGROUP_TRAFFIC_MAP, &cgroup_id)?;
+        remove_entry::<u64, SchedStats>(&mut self.ebpf, SCHED_STATS_MAP, &cgroup_id)
+    }
+
+    /// Drops an address's retransmission count: one that is no pod's (any
+    /// more), so that the map keeps room for pods, and a reused pod address
+    /// starts from zero. Forgetting an address without an entry is fine.
+    pub fn forget_address(&mut self, address: IpAddr) -> Result<()> {
+        let key = match address {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        }
+        .octets();
+        remove_entry::<Address, u64>(&mut self.ebpf, TCP_RETRANS_MAP, &key)
     }
 
     /// Detaches the programs and removes every pin it created (the map pins,
@@ -637,19 +707,19 @@ impl Probes {
         cgroup_id: u64,
         fold: impl Fn(V, &V) -> V,
     ) -> Result<Option<V>> {
-        match percpu_hash::<V>(&self.ebpf, map)?.get(&cgroup_id, 0) {
+        match percpu_hash::<u64, V>(&self.ebpf, map)?.get(&cgroup_id, 0) {
             Ok(values) => Ok(Some(values.iter().fold(V::default(), fold))),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(map_error(map)(source)),
         }
     }
 
-    fn read_all<V: Pod + Default>(
+    fn read_all<K: Pod + Default + Eq + Hash, V: Pod + Default>(
         &self,
         map: &'static str,
         fold: impl Fn(V, &V) -> V,
-    ) -> Result<HashMap<u64, V>> {
-        let typed = percpu_hash::<V>(&self.ebpf, map)?;
+    ) -> Result<HashMap<K, V>> {
+        let typed = percpu_hash::<K, V>(&self.ebpf, map)?;
         if self.batch.load(Ordering::Relaxed) {
             let fd = typed.map().fd().as_fd();
             match batch::lookup_percpu(fd, self.possible_cpus, &fold) {
@@ -669,8 +739,8 @@ impl Probes {
         typed
             .iter()
             .map(|entry| {
-                let (cgroup_id, values) = entry.map_err(map_error(map))?;
-                Ok((cgroup_id, values.iter().fold(V::default(), &fold)))
+                let (key, values) = entry.map_err(map_error(map))?;
+                Ok((key, values.iter().fold(V::default(), &fold)))
             })
             .collect()
     }
@@ -971,10 +1041,10 @@ fn remove_pin(path: &Path) -> Result<()> {
 }
 
 /// A per-cgroup map, typed; fails if the object's map has another shape.
-fn percpu_hash<'a, V: Pod>(
+fn percpu_hash<'a, K: Pod, V: Pod>(
     ebpf: &'a Ebpf,
     map: &'static str,
-) -> Result<PerCpuHashMap<&'a MapData, u64, V>> {
+) -> Result<PerCpuHashMap<&'a MapData, K, V>> {
     let found: &Map = ebpf.map(map).ok_or(ProbeError::MapMissing { map })?;
     PerCpuHashMap::try_from(found).map_err(map_error(map))
 }
@@ -985,12 +1055,11 @@ fn lost_counter<'a>(ebpf: &'a Ebpf, map: &'static str) -> Result<PerCpuArray<&'a
     PerCpuArray::try_from(found).map_err(map_error(map))
 }
 
-/// Removes one key from a per-cgroup map; a missing key is fine.
-fn remove_entry<V: Pod>(ebpf: &mut Ebpf, map: &'static str, cgroup_id: u64) -> Result<()> {
+/// Removes one key from a per-CPU hash map; a missing key is fine.
+fn remove_entry<K: Pod, V: Pod>(ebpf: &mut Ebpf, map: &'static str, key: &K) -> Result<()> {
     let found = ebpf.map_mut(map).ok_or(ProbeError::MapMissing { map })?;
-    let mut typed =
-        PerCpuHashMap::<&mut MapData, u64, V>::try_from(found).map_err(map_error(map))?;
-    match typed.remove(&cgroup_id) {
+    let mut typed = PerCpuHashMap::<&mut MapData, K, V>::try_from(found).map_err(map_error(map))?;
+    match typed.remove(key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(ref error))
             if error.io_error.raw_os_error() == Some(libc::ENOENT) =>

@@ -15,9 +15,9 @@
 //!   and `# EOF` lines: a text-format parser would otherwise see
 //!   `x_total` samples under no `# TYPE`.
 //!
-//! Series (labels `app`, `instance`, `container`, `node` on pods, `node` on
-//! the node; a figure that could not be read is left out, never reported
-//! as 0):
+//! Series (labels `app`, `instance`, `container`, `node` on pods' containers,
+//! `app`, `instance`, `node` on pods as a whole, `node` on the node; a
+//! figure that could not be read is left out, never reported as 0):
 //!
 //! | name | type |
 //! |---|---|
@@ -34,6 +34,7 @@
 //! | `riklet_pod_network_{receive,transmit}_{bytes,packets}_total` | counter |
 //! | `riklet_pod_oncpu_seconds_total` | counter |
 //! | `riklet_pod_runqueue_latency_seconds` | histogram |
+//! | `riklet_pod_tcp_retransmits_total` | counter (pod, no `container`) |
 //! | `riklet_node_cpu_seconds_total` | counter |
 //! | `riklet_node_cpus` | gauge |
 //! | `riklet_node_memory_{total,available}_bytes` | gauge |
@@ -57,7 +58,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::sample::{Log2Histogram, PodSample, Snapshot};
+use super::sample::{Log2Histogram, PodNetSample, PodSample, Snapshot};
 
 /// Content type of the OpenMetrics answer (Prometheus asks for it).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -418,6 +419,16 @@ fn encode_snapshot(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt:
         |p| p.oncpu_seconds,
     )?;
     runq_family(encoder, pods)?;
+    pod_net_family(
+        encoder,
+        &counter(
+            "riklet_pod_tcp_retransmits",
+            None,
+            "TCP retransmissions from the pod's address (eBPF tcp_retransmit_skb; one retransmitted skb may hold several segments).",
+        ),
+        &snapshot.pod_nets,
+        |p| p.tcp_retransmits,
+    )?;
 
     let node = &snapshot.node;
     node_family(
@@ -550,6 +561,35 @@ where
     Ok(())
 }
 
+/// Encodes one family with a series per pod (labels without `container`).
+fn pod_net_family<V>(
+    encoder: &mut DescriptorEncoder,
+    family: &Family,
+    pods: &[PodNetSample],
+    value: impl Fn(&PodNetSample) -> V,
+) -> fmt::Result
+where
+    V: EncodeCounterValue + EncodeGaugeValue,
+{
+    if pods.is_empty() {
+        return Ok(());
+    }
+    let mut metric = descriptor(encoder, family)?;
+    for pod in pods {
+        let labels = [
+            ("app", pod.app.as_str()),
+            ("instance", pod.instance.as_str()),
+            ("node", pod.node.as_str()),
+        ];
+        point(
+            &mut metric.encode_family(&labels)?,
+            family.kind,
+            &value(pod),
+        )?;
+    }
+    Ok(())
+}
+
 fn node_family<V>(
     encoder: &mut DescriptorEncoder,
     family: &Family,
@@ -659,6 +699,12 @@ mod tests {
                 ..NodeSample::default()
             },
             pods: vec![pod("web-1"), pod("web-2")],
+            pod_nets: vec![PodNetSample {
+                app: "web".into(),
+                instance: "web-1".into(),
+                node: "node-a".into(),
+                tcp_retransmits: 7,
+            }],
             collected_at: 1_700_000_000_000,
             timings: Default::default(),
         }
@@ -693,6 +739,12 @@ mod tests {
         assert!(
             !om.contains("riklet_pod_pids"),
             "unknown must be absent: {om}"
+        );
+        assert!(
+            om.contains(
+                "riklet_pod_tcp_retransmits_total{app=\"web\",instance=\"web-1\",node=\"node-a\"} 7\n"
+            ),
+            "{om}"
         );
         assert!(om.contains("riklet_node_cpus{node=\"node-a\"} 4\n"), "{om}");
         assert!(

@@ -130,6 +130,23 @@ impl PodSample {
     }
 }
 
+/// The figures of a pod as a whole, its network namespace, rather than of
+/// one of its containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodNetSample {
+    /// App (manifest) name.
+    pub app: String,
+    /// Instance id (the pod).
+    pub instance: String,
+    /// Node name.
+    pub node: String,
+    /// TCP retransmissions from the pod's address (eBPF
+    /// `tcp/tcp_retransmit_skb`): one per retransmitted `skb`, which holds
+    /// one segment or, with segmentation offload, several.
+    pub tcp_retransmits: u64,
+}
+
 /// A histogram with power-of-two buckets, the shape eBPF programs fill
 /// cheaply (`bucket = log2(value)`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -200,6 +217,8 @@ pub struct Snapshot {
     pub node: NodeSample,
     /// One sample per container of every pod the node runs.
     pub pods: Vec<PodSample>,
+    /// One sample per pod with an address of its own, when eBPF measures.
+    pub pod_nets: Vec<PodNetSample>,
     /// When the cycle ran, Unix milliseconds (0: never).
     pub collected_at: i64,
     /// How long the cycle took, by part.

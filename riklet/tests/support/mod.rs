@@ -24,6 +24,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The cgroup v2 mount point (/sys/fs/cgroup on pure v2 hosts,
+/// /sys/fs/cgroup/unified on hybrid ones).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(mount.split_whitespace().nth(4)?))
+    })
+}
+
 /// A cgroup v2 directory removed on drop, even when the test panics: its
 /// processes are moved back to the hierarchy's root first, its child
 /// cgroups removed before it.

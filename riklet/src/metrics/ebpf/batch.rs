@@ -1,4 +1,4 @@
-//! `BPF_MAP_LOOKUP_BATCH` for per-CPU hash maps keyed by `u64`.
+//! `BPF_MAP_LOOKUP_BATCH` for per-CPU hash maps.
 //!
 //! aya has no batch operations (aya issue #1124): its iterator costs two
 //! syscalls per entry (`BPF_MAP_GET_NEXT_KEY`, `BPF_MAP_LOOKUP_ELEM`), which
@@ -16,6 +16,7 @@
 
 use std::{
     collections::HashMap,
+    hash::Hash,
     io, mem,
     os::fd::{AsRawFd as _, BorrowedFd},
 };
@@ -48,7 +49,7 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Reads every entry of a `BPF_MAP_TYPE_(LRU_)PERCPU_HASH` map with `u64`
+/// Reads every entry of a `BPF_MAP_TYPE_(LRU_)PERCPU_HASH` map with `K`
 /// keys and `V` values, folding each entry's per-CPU values with `fold`
 /// (starting from `V::default()`). Entries added or removed meanwhile may or
 /// may not show up; none shows up twice (the kernel copies whole buckets).
@@ -56,15 +57,17 @@ struct BatchAttr {
 /// `possible_cpus` is the number of possible CPUs (the per-CPU slot count).
 /// Errors are the syscall's; `EINVAL` (or `ENOSYS`/`ENOTSUPP`) means the
 /// kernel or the map type has no batch support.
-pub fn lookup_percpu<V: Pod + Default>(
+pub fn lookup_percpu<K: Pod + Default + Eq + Hash, V: Pod + Default>(
     map_fd: BorrowedFd<'_>,
     possible_cpus: usize,
     fold: impl Fn(V, &V) -> V,
-) -> io::Result<HashMap<u64, V>> {
+) -> io::Result<HashMap<K, V>> {
     let stride = mem::size_of::<V>().next_multiple_of(8);
     let entry_bytes = stride * possible_cpus.max(1);
     let mut chunk = (BUFFER_BYTES / entry_bytes).clamp(MIN_CHUNK, MAX_CHUNK);
-    let mut keys = vec![0u64; chunk];
+    // The kernel writes `key_size` bytes per key, back to back: `K` has
+    // that size and, being `Pod`, no padding to leave undefined.
+    let mut keys = vec![K::default(); chunk];
     // u64 elements: 8-byte aligned, like the kernel's per-CPU slots.
     let mut values = vec![0u64; chunk * entry_bytes / 8];
 
@@ -85,7 +88,7 @@ pub fn lookup_percpu<V: Pod + Default>(
             ..BatchAttr::default()
         };
         // SAFETY: `attr` is a valid `bpf_attr` prefix for this command; the
-        // kernel writes at most `count` keys into `keys` (u64 each), `count`
+        // kernel writes at most `count` keys into `keys` (a `K` each), `count`
         // per-CPU values into `values` (sized for them), and the position
         // (at most 8 bytes: a u32 bucket index for hash maps) into
         // `next_position`, all of which outlive the call.
@@ -105,7 +108,7 @@ pub fn lookup_percpu<V: Pod + Default>(
                     // One bucket holds more than `chunk` entries: retry the
                     // same position with room for more.
                     chunk *= 2;
-                    keys.resize(chunk, 0);
+                    keys.resize(chunk, K::default());
                     values.resize(chunk * entry_bytes / 8, 0);
                     continue;
                 }

@@ -34,6 +34,10 @@ pub(super) struct Field {
     pub sizes: &'static [u32],
     /// The eBPF global receiving the offset.
     pub global: &'static str,
+    /// Whether the program copes without it (offset 0, which no event's
+    /// own field has: `common_type` is there), for fields that only newer
+    /// kernels have.
+    pub optional: bool,
 }
 
 /// The tracefs mount point holding `events/`; mounts tracefs at
@@ -75,7 +79,7 @@ fn find() -> Option<PathBuf> {
 }
 
 /// The byte offset of `field` in its event's records, checked against the
-/// sizes the program can read.
+/// sizes the program can read; 0 for a missing optional field.
 pub(super) fn offset(tracefs: &Path, field: &Field) -> Result<u32> {
     let path = tracefs
         .join("events")
@@ -87,11 +91,20 @@ pub(super) fn offset(tracefs: &Path, field: &Field) -> Result<u32> {
         path: path.clone(),
         source,
     })?;
-    let (offset, size) =
-        parse_field(&format, field.field).ok_or_else(|| ProbeError::TracepointField {
-            path: path.clone(),
+    let Some((offset, size)) = parse_field(&format, field.field) else {
+        if field.optional {
+            debug!(
+                event = field.event,
+                field = field.field,
+                "optional tracepoint field absent"
+            );
+            return Ok(0);
+        }
+        return Err(ProbeError::TracepointField {
+            path,
             field: field.field,
-        })?;
+        });
+    };
     if !field.sizes.contains(&size) {
         return Err(ProbeError::TracepointFieldSize {
             path,
