@@ -316,6 +316,22 @@ impl Peer {
         peer
     }
 
+    /// A server in the peer that reads one connection on `port` to its end,
+    /// then exits. socat -u: receive only (busybox nc -l closes at its
+    /// stdin's EOF).
+    fn sink(&self, port: u16) -> std::process::Child {
+        let server = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "socat", "-u"])
+            .arg(format!("TCP-LISTEN:{port}"))
+            .arg("OPEN:/dev/null")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("socat server in the peer netns (cargo xtask setup installs socat)");
+        std::thread::sleep(Duration::from_millis(300));
+        server
+    }
+
     fn rx_bytes(&self) -> u64 {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns, "cat"])
@@ -354,27 +370,11 @@ fn ebpf_egress_bytes_match_the_bytes_on_the_wire() {
     let _serial = serial();
     let cluster = Cluster::start(Mode::Standalone);
     let peer = Peer::new(7);
-    // socat -u: receive only (busybox nc -l closes at its stdin's EOF).
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &peer.ns,
-            "socat",
-            "-u",
-            "TCP-LISTEN:9000",
-            "OPEN:/dev/null",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("socat server in the peer netns (cargo xtask setup installs socat)");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut server = peer.sink(9000);
     let wire0 = peer.rx_bytes();
     let send =
         "/bin/busybox [sh, -c, \"head -c 20000000 /dev/zero | nc 10.216.7.2 9000; sleep 3600\"]";
     apply(&cluster, &app("sender", &[("send", send)], ""));
-    let mut server = server;
     wait_for(Duration::from_secs(30), "the peer to receive 20 MB", || {
         server.try_wait().ok().flatten()
     });
@@ -408,21 +408,7 @@ fn tcp_retransmissions_of_a_pod_are_reported() {
             .success();
         assert!(ok, "nft {rule}");
     }
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &peer.ns,
-            "socat",
-            "-u",
-            "TCP-LISTEN:9000",
-            "OPEN:/dev/null",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("socat server in the peer netns (cargo xtask setup installs socat)");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut server = peer.sink(9000);
     // After the transfer, the pod prints its network namespace's own TCP
     // counters, once the last retransmissions are over.
     let send = "/bin/busybox [sh, -c, \"head -c 5000000 /dev/zero | nc 10.216.8.2 9000; sleep 3; cat /proc/net/snmp; sleep 3600\"]";

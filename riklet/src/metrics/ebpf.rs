@@ -62,7 +62,7 @@ use aya::{
     maps::{IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     pin::PinError,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError, TracePoint,
         cgroup_skb::CgroupSkbLinkId, trace_point::TracePointLinkId,
     },
     sys::SyscallError,
@@ -874,16 +874,8 @@ fn attach_cgroup(
     cgroup: &File,
     cgroup_path: &Path,
 ) -> Result<CgroupSkbLinkId> {
-    let load_error = |source| ProbeError::LoadProgram {
-        program,
-        source: Box::new(source),
-    };
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::ProgramMissing { program })?
-        .try_into()
-        .map_err(load_error)?;
-    prog.load().map_err(load_error)?;
+    let prog: &mut CgroupSkb = typed_program(ebpf, program, load_error(program))?;
+    prog.load().map_err(load_error(program))?;
     prog.attach(cgroup, attach_type, CgroupAttachMode::Single)
         .map_err(|source| ProbeError::Attach {
             program,
@@ -899,16 +891,8 @@ fn attach_tracepoint(
     category: &'static str,
     event: &'static str,
 ) -> Result<TracePointLinkId> {
-    let load_error = |source| ProbeError::LoadProgram {
-        program,
-        source: Box::new(source),
-    };
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::ProgramMissing { program })?
-        .try_into()
-        .map_err(load_error)?;
-    prog.load().map_err(load_error)?;
+    let prog: &mut TracePoint = typed_program(ebpf, program, load_error(program))?;
+    prog.load().map_err(load_error(program))?;
     prog.attach(category, event)
         .map_err(|source| ProbeError::AttachTracepoint {
             program,
@@ -919,29 +903,42 @@ fn attach_tracepoint(
 }
 
 fn detach_cgroup(ebpf: &mut Ebpf, program: &'static str, link: CgroupSkbLinkId) -> Result<()> {
-    let detach_error = |source| ProbeError::Detach {
-        program,
-        source: Box::new(source),
-    };
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::ProgramMissing { program })?
-        .try_into()
-        .map_err(detach_error)?;
-    prog.detach(link).map_err(detach_error)
+    let prog: &mut CgroupSkb = typed_program(ebpf, program, detach_error(program))?;
+    prog.detach(link).map_err(detach_error(program))
 }
 
 fn detach_tracepoint(ebpf: &mut Ebpf, program: &'static str, link: TracePointLinkId) -> Result<()> {
-    let detach_error = |source| ProbeError::Detach {
-        program,
-        source: Box::new(source),
-    };
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
+    let prog: &mut TracePoint = typed_program(ebpf, program, detach_error(program))?;
+    prog.detach(link).map_err(detach_error(program))
+}
+
+/// The program named `program` as a `P`; `error` wraps a type mismatch.
+fn typed_program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+    error: impl Fn(ProgramError) -> ProbeError,
+) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(program)
         .ok_or(ProbeError::ProgramMissing { program })?
         .try_into()
-        .map_err(detach_error)?;
-    prog.detach(link).map_err(detach_error)
+        .map_err(error)
+}
+
+fn load_error(program: &'static str) -> impl Fn(ProgramError) -> ProbeError {
+    move |source| ProbeError::LoadProgram {
+        program,
+        source: Box::new(source),
+    }
+}
+
+fn detach_error(program: &'static str) -> impl Fn(ProgramError) -> ProbeError {
+    move |source| ProbeError::Detach {
+        program,
+        source: Box::new(source),
+    }
 }
 
 /// Creates `path` if missing and opens it, after checking that it is (or
