@@ -945,13 +945,8 @@ impl Agent {
                 let cg = cgroup.clone();
                 let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
                 self.container_mut(id, name).expect("exists").run = Some(run);
-                let exit = ExitRecord {
-                    exit_code: None,
-                    signal: None,
-                    finished_at: now_ms(),
-                    reason: "Lost".into(),
-                    message: Some("the shim died while the riklet was away".into()),
-                };
+                let exit =
+                    ExitRecord::without_status("Lost", "the shim died while the riklet was away");
                 self.after_exit(id, name, exit);
             }
             _ => {
@@ -1131,13 +1126,10 @@ impl Agent {
                     container = name,
                     "container task vanished while the riklet was away"
                 );
-                let exit = ExitRecord {
-                    exit_code: None,
-                    signal: None,
-                    finished_at: now_ms(),
-                    reason: "Lost".into(),
-                    message: Some("containerd has no running task for this container".into()),
-                };
+                let exit = ExitRecord::without_status(
+                    "Lost",
+                    "containerd has no running task for this container",
+                );
                 self.after_exit(id, name, exit);
             }
             (None, _) if unrecorded => self.start_container(id, name),
@@ -1324,7 +1316,7 @@ impl StartJob {
             match self.network.attach(&self.instance_id).await {
                 Ok(address) => Some(address.netns),
                 Err(e) => {
-                    return Err(setup_failure(
+                    return Err(ExitRecord::without_status(
                         NETWORK_ERROR,
                         format!("pod network: {}", crate::error_chain(&e)),
                     ));
@@ -1381,13 +1373,7 @@ impl StartJob {
             Err(reason) => Err(self
                 .process
                 .read_exit(&self.instance_id, &c.name)
-                .unwrap_or(ExitRecord {
-                    exit_code: None,
-                    signal: None,
-                    finished_at: now_ms(),
-                    reason: "StartError".into(),
-                    message: Some(reason),
-                })),
+                .unwrap_or(ExitRecord::without_status("StartError", reason))),
         }
     }
 
@@ -1397,7 +1383,7 @@ impl StartJob {
     /// cgroup and applies the limits).
     async fn start_image(self, image: &str, netns: Option<PathBuf>) -> StartResult {
         let Some(cd) = self.containerd.get() else {
-            return Err(setup_failure(
+            return Err(ExitRecord::without_status(
                 CONTAINERD_UNAVAILABLE,
                 self.containerd.why_unavailable(),
             ));
@@ -1414,7 +1400,7 @@ impl StartJob {
             } else {
                 ERR_IMAGE_PULL
             };
-            setup_failure(reason, crate::error_chain(&e))
+            ExitRecord::without_status(reason, crate::error_chain(&e))
         })?;
         let id = containerd::container_id(&self.instance_id, &c.name).map_err(start_error)?;
         // An earlier run's task, container and snapshot.
@@ -1478,13 +1464,10 @@ async fn wait_task(link: &ContainerdLink, id: &str) -> ExitRecord {
         match cd.runtime.wait(id).await {
             Ok(exit) => return exit.to_exit_record(),
             Err(e) if e.is_not_found() => {
-                return ExitRecord {
-                    exit_code: None,
-                    signal: None,
-                    finished_at: now_ms(),
-                    reason: "Lost".into(),
-                    message: Some("containerd has no task for this container any more".into()),
-                };
+                return ExitRecord::without_status(
+                    "Lost",
+                    "containerd has no task for this container any more",
+                );
             }
             Err(e) => {
                 if !warned {
@@ -1498,17 +1481,6 @@ async fn wait_task(link: &ContainerdLink, id: &str) -> ExitRecord {
     }
 }
 
-/// An exit record for a container that could not be set up.
-fn setup_failure(reason: &str, message: String) -> ExitRecord {
-    ExitRecord {
-        exit_code: None,
-        signal: None,
-        finished_at: now_ms(),
-        reason: reason.into(),
-        message: Some(message),
-    }
-}
-
 /// A containerd failure while starting: containerd down, or a refusal.
 fn start_error(e: ContainerdError) -> ExitRecord {
     let reason = if e.is_unavailable() {
@@ -1516,7 +1488,7 @@ fn start_error(e: ContainerdError) -> ExitRecord {
     } else {
         "StartError"
     };
-    setup_failure(reason, crate::error_chain(&e))
+    ExitRecord::without_status(reason, crate::error_chain(&e))
 }
 
 /// Whether a pull failed because containerd (not the registry) is away.
@@ -1642,7 +1614,7 @@ mod tests {
     fn not_set_up(name: &str, reason: &str) -> ContainerRecord {
         ContainerRecord {
             run: None,
-            last_exit: Some(setup_failure(reason, "why".into())),
+            last_exit: Some(ExitRecord::without_status(reason, "why")),
             restart_at: Some(5),
             ..running(name)
         }

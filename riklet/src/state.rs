@@ -107,6 +107,18 @@ pub struct ExitRecord {
 }
 
 impl ExitRecord {
+    /// An end without a process status: the process never ran (a setup
+    /// failure) or its status was lost with its shim or task.
+    pub fn without_status(reason: &str, message: impl Into<String>) -> Self {
+        ExitRecord {
+            exit_code: None,
+            signal: None,
+            finished_at: now_ms(),
+            reason: reason.into(),
+            message: Some(message.into()),
+        }
+    }
+
     /// Whether the process ended with status 0.
     pub fn success(&self) -> bool {
         self.exit_code == Some(0)

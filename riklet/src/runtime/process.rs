@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::shim::{self, Ready, ShimSpec};
 use crate::cgroups::ContainerCgroup;
-use crate::state::{ExitRecord, ProcId, RunRecord, now_ms};
+use crate::state::{ExitRecord, ProcId, RunRecord};
 
 /// Longest time a shim may take to report that its child runs.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -166,14 +166,9 @@ impl ProcessRuntime {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        self.read_exit(instance, container)
-            .unwrap_or_else(|| ExitRecord {
-                exit_code: None,
-                signal: None,
-                finished_at: now_ms(),
-                reason: "Lost".into(),
-                message: Some("the shim ended without recording an exit status".into()),
-            })
+        self.read_exit(instance, container).unwrap_or_else(|| {
+            ExitRecord::without_status("Lost", "the shim ended without recording an exit status")
+        })
     }
 
     /// Stops a run: SIGTERM to every process of the cgroup, up to `grace`
