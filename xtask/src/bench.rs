@@ -901,12 +901,9 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Builds the eBPF object if missing and the release binaries; returns the
-/// target dir and `target/bench`, where results go.
-pub(crate) fn release_binaries(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    if !crate::ebpf::object_path(root).is_file() {
-        crate::ebpf::build()?;
-    }
+/// Builds riklet, rik-scheduler and rik in release mode (with the eBPF
+/// object as it is); returns the target dir (`release/` holds them).
+pub(crate) fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
     sh(Command::new("cargo").current_dir(root).args([
         "build",
         "--release",
@@ -917,9 +914,18 @@ pub(crate) fn release_binaries(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)
         "-p",
         "rik",
     ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+        .unwrap_or_else(|| root.join("target")))
+}
+
+/// Builds the eBPF object if missing and the release binaries; returns the
+/// target dir and `target/bench`, where results go.
+pub(crate) fn release_binaries(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if !crate::ebpf::object_path(root).is_file() {
+        crate::ebpf::build()?;
+    }
+    let target = build_release(root)?;
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir)?;
     Ok((target, out_dir))

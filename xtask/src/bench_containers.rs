@@ -28,8 +28,8 @@
 //!
 //! Nothing here asserts on time: the figures are reported, not judged.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 use crate::bench::{
     Cluster, SchedulerProcess, free_port, machine, median, release_binaries, series, step,
 };
+use crate::registry::Registry;
 use crate::setup::sh;
 
 /// Samples per start-latency series.
@@ -75,7 +76,10 @@ pub fn containers(root: &Path) -> anyhow::Result<()> {
     crate::image::run(&archive, &crate::image::ImageSpec::host("busybox:1"))?;
 
     step("start a registry on 127.0.0.1 and push the image");
-    let registry = Registry::start()?;
+    let registry = Registry::start(
+        std::env::temp_dir().join(format!("riklet-bench-registry-{}", std::process::id())),
+        format!("127.0.0.1:{}", free_port()?),
+    )?;
     registry.push(&archive, "busybox:1")?;
     let image = format!("{}/busybox:1", registry.host);
 
@@ -367,74 +371,6 @@ impl Drop for Env {
                 let _ = std::fs::remove_dir(h.path().join(&self.cgroup_root));
             }
         }
-    }
-}
-
-/// `docker-registry serve` on a free loopback port, storage in a temp dir.
-struct Registry {
-    child: Child,
-    dir: PathBuf,
-    host: String,
-}
-
-impl Registry {
-    fn start() -> anyhow::Result<Registry> {
-        let dir =
-            std::env::temp_dir().join(format!("riklet-bench-registry-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let host = format!("127.0.0.1:{}", free_port()?);
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\n",
-                dir.join("data").display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("registry.log"))?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting docker-registry")?;
-        let registry = Registry { child, dir, host };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&registry.host).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "docker-registry did not listen on {} within 10 s",
-                    registry.host
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(registry)
-    }
-
-    fn push(&self, archive: &Path, repo_tag: &str) -> anyhow::Result<()> {
-        sh(Command::new("skopeo")
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-            ])
-            .arg(format!("oci-archive:{}", archive.display()))
-            .arg(format!("docker://{}/{repo_tag}", self.host)))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

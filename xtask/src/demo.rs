@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::setup::sh;
+use crate::registry::Registry;
 
 const SCHEDULER: &str = "http://127.0.0.1:4995";
 /// The bare-process app and the container app, with their manifests.
@@ -46,21 +46,6 @@ fn nix_kill(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus>
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .status()
-}
-
-/// `docker-registry serve` with its storage in a temp dir; killed on drop.
-struct Registry {
-    child: Child,
-    dir: PathBuf,
-    host: String,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// The demo's containerd namespace and pod network, removed on drop.
@@ -106,57 +91,19 @@ fn start_registry(archive: &Path) -> anyhow::Result<Registry> {
     if TcpStream::connect(REGISTRY).is_ok() {
         bail!("{REGISTRY} is in use: the demo runs its registry there");
     }
-    let dir = tempdir("riklet-demo-registry")?;
-    let config = dir.join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
-            dir.join("data").display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("registry.log"))?;
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting docker-registry")?;
-    let registry = Registry {
-        child,
-        dir,
-        host: REGISTRY.to_string(),
-    };
-    wait_for(Duration::from_secs(10), "the registry to listen", || {
-        TcpStream::connect(&registry.host).is_ok()
-    })?;
-    sh(Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-        .arg(format!("oci-archive:{}", archive.display()))
-        .arg(format!("docker://{}/busybox:1", registry.host)))?;
+    let registry = Registry::start(tempdir("riklet-demo-registry")?, REGISTRY.to_string())?;
+    registry.push(archive, "busybox:1")?;
     Ok(registry)
 }
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::ebpf::build()?;
-    sh(Command::new("cargo").current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "riklet",
-        "-p",
-        "scheduler",
-        "-p",
-        "rik",
-    ]))?;
-    let bin = root.join("target/release");
+    let target = crate::bench::build_release(root)?;
+    let bin = target.join("release");
 
     step("build the busybox image (cargo xtask image) and push it to a local registry");
-    let archive = root.join("target/images/busybox.tar");
+    let archive = target.join("images/busybox.tar");
     crate::image::run(&archive, &crate::image::ImageSpec::host("busybox:1"))?;
     let registry = start_registry(&archive)?;
     println!("registry: http://{}/v2/busybox/tags/list", registry.host);
@@ -177,7 +124,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     println!("riklet config:\n{}", std::fs::read_to_string(&config)?);
 
     step("start a one-node cluster: riklet --standalone");
-    let log_path = root.join("target/demo-riklet.log");
+    let log_path = target.join("demo-riklet.log");
     let log = std::fs::File::create(&log_path).context("creating the riklet log")?;
     println!("riklet log: {}", log_path.display());
     let riklet = Riklet(

@@ -16,6 +16,7 @@ mod ci;
 mod demo;
 mod ebpf;
 mod image;
+mod registry;
 mod setup;
 
 use clap::{Parser, Subcommand};
