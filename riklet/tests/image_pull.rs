@@ -285,6 +285,21 @@ fn pull_unpack_and_reuse_without_registry() {
 
 /// Always resolves at the registry but downloads nothing it already has;
 /// a second store (like a restarted riklet) sees the image.
+/// Pulls `reference` expecting a failure, which must come at once or
+/// after the registry timeout, not hang (a hanging pull would hold a pod
+/// start).
+async fn failed_pull(store: &ImageStore, reference: &str, what: &str) -> ImageError {
+    let t = Instant::now();
+    let err = store
+        .ensure(reference, PullPolicy::Always)
+        .await
+        .expect_err(what);
+    let took = t.elapsed();
+    println!("{what}? {} ({took:?})", riklet::error_chain(&err));
+    assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
+    err
+}
+
 #[test]
 fn always_repulls_and_concurrent_ensures_share_one_pull() {
     prerequisites();
@@ -433,21 +448,7 @@ fn garbage_and_silent_registries_fail_fast() {
         let store = ImageStore::connect(SOCKET, &ns.0, insecure(&junk_addr.to_string()))
             .await
             .expect("connecting to containerd");
-        let t = Instant::now();
-        let err = store
-            .ensure(&format!("{junk_addr}/busybox:1"), PullPolicy::Always)
-            .await
-            .expect_err("junk pulled");
-        println!(
-            "junk pulled? {} ({:?})",
-            riklet::error_chain(&err),
-            t.elapsed()
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            t.elapsed()
-        );
+        let err = failed_pull(&store, &format!("{junk_addr}/busybox:1"), "junk pulled").await;
         assert!(
             matches!(err, ImageError::BadAnswer { .. }),
             "junk over HTTP: {}",
@@ -458,21 +459,12 @@ fn garbage_and_silent_registries_fail_fast() {
         let tls = ImageStore::connect(SOCKET, &ns.0, RegistryConfig::default())
             .await
             .expect("connecting to containerd");
-        let t = Instant::now();
-        let err = tls
-            .ensure(&format!("{junk_addr}/busybox:1"), PullPolicy::Always)
-            .await
-            .expect_err("junk pulled over TLS");
-        println!(
-            "junk pulled over TLS? {} ({:?})",
-            riklet::error_chain(&err),
-            t.elapsed()
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            t.elapsed()
-        );
+        let err = failed_pull(
+            &tls,
+            &format!("{junk_addr}/busybox:1"),
+            "junk pulled over TLS",
+        )
+        .await;
         assert!(
             matches!(
                 err,
@@ -494,21 +486,12 @@ fn garbage_and_silent_registries_fail_fast() {
         )
         .await
         .expect("connecting to containerd");
-        let t = Instant::now();
-        let err = quiet
-            .ensure(&format!("{silent_addr}/busybox:1"), PullPolicy::Always)
-            .await
-            .expect_err("silence pulled");
-        println!(
-            "silence pulled? {} ({:?})",
-            riklet::error_chain(&err),
-            t.elapsed()
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            t.elapsed()
-        );
+        let err = failed_pull(
+            &quiet,
+            &format!("{silent_addr}/busybox:1"),
+            "silence pulled",
+        )
+        .await;
         assert!(
             matches!(err, ImageError::Timeout { .. }),
             "silent registry: {}",
