@@ -2,7 +2,7 @@
 //! `riklet::metrics::ebpf::Probes`: the real eBPF object, its
 //! `tcp/tcp_retransmit_skb` tracepoint attached node-wide, counting the
 //! retransmissions of a connection between two throw-away network
-//! namespaces whose path drops one data packet in ten (nftables), checked
+//! namespaces whose path drops one packet in ten (nftables), checked
 //! against the sender namespace's own TCP counters.
 //!
 //! Needs root, a cgroup v2 hierarchy, tracefs with the `tcp` events, bpffs,
@@ -151,10 +151,14 @@ fn retransmissions_are_counted_under_the_sender_address_then_forgotten() {
         kernel.retrans_segs > 0,
         "the lossy path caused no retransmission at all: {kernel:?}"
     );
-    assert_eq!(
-        counted,
-        kernel.retrans_segs - kernel.retrans_fail,
-        "eBPF counted {counted} retransmissions of {sender_ip}, the sender's namespace says {kernel:?} (all addresses: {all:?})"
+    // The namespace's RetransSegs also counts the retransmissions the kernel
+    // prepared, then did not send because the original was still queued on
+    // the host (the tracepoint's err -EBUSY, which TCPRetransFail leaves
+    // out): a percent or two here, none on most runs.
+    let sent = kernel.retrans_segs - kernel.retrans_fail;
+    assert!(
+        counted <= sent && counted as f64 >= sent as f64 * 0.95,
+        "eBPF counted {counted} retransmissions of {sender_ip}, not within 5 % under the {sent} the sender's namespace says were sent ({kernel:?}; all addresses: {all:?})"
     );
     assert!(
         !all.contains_key(&IpAddr::V4(receiver_ip)),
