@@ -52,85 +52,24 @@ fn retransmissions_are_counted_under_the_sender_address_then_forgotten() {
     let receiver_ip = Ipv4Addr::new(198, 18, subnet, 2);
     let sender_ns = NetnsGuard::new(&unique("rk-tcp-a"));
     let receiver_ns = NetnsGuard::new(&unique("rk-tcp-b"));
-    run(
-        IP,
-        &[
-            "link",
-            "add",
-            "va",
-            "netns",
-            &sender_ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vb",
-            "netns",
-            &receiver_ns.name,
-        ],
-    );
-    for (ns, link, ip) in [
-        (&sender_ns, "va", sender_ip),
-        (&receiver_ns, "vb", receiver_ip),
+    let (a, b) = (&sender_ns.name, &receiver_ns.name);
+    ip(&format!(
+        "link add va netns {a} type veth peer name vb netns {b}"
+    ));
+    // One segment per skb: each retransmitted skb is then one retransmitted
+    // segment, what the namespace's RetransSegs counts.
+    ip(&format!("-n {a} addr add {sender_ip}/30 dev va"));
+    ip(&format!("-n {a} link set va gso_max_segs 1 up"));
+    ip(&format!("-n {b} addr add {receiver_ip}/30 dev vb"));
+    ip(&format!("-n {b} link set vb gso_max_segs 1 up"));
+    // nft joins its arguments into one command line.
+    for rule in [
+        "add table inet loss".to_string(),
+        "add chain inet loss input { type filter hook input priority 0 ; }".to_string(),
+        format!("add rule inet loss input tcp dport {PORT} numgen random mod 10 0 drop"),
     ] {
-        run(
-            IP,
-            &[
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{ip}/30"),
-                "dev",
-                link,
-            ],
-        );
-        // One segment per skb: each retransmitted skb is then one
-        // retransmitted segment, what the namespace's RetransSegs counts.
-        run(
-            IP,
-            &[
-                "-n",
-                &ns.name,
-                "link",
-                "set",
-                link,
-                "gso_max_segs",
-                "1",
-                "up",
-            ],
-        );
+        ip(&format!("netns exec {b} {NFT} {rule}"));
     }
-    run(
-        IP,
-        &[
-            "netns",
-            "exec",
-            &receiver_ns.name,
-            NFT,
-            "add table inet loss",
-        ],
-    );
-    run(
-        IP,
-        &[
-            "netns",
-            "exec",
-            &receiver_ns.name,
-            NFT,
-            "add chain inet loss input { type filter hook input priority 0; }",
-        ],
-    );
-    run(
-        IP,
-        &[
-            "netns",
-            "exec",
-            &receiver_ns.name,
-            NFT,
-            &format!("add rule inet loss input tcp dport {PORT} numgen random mod 10 0 drop"),
-        ],
-    );
 
     let received = transfer(
         &sender_ns,
@@ -279,7 +218,7 @@ struct NetnsGuard {
 
 impl NetnsGuard {
     fn new(name: &str) -> Self {
-        run(IP, &["netns", "add", name]);
+        ip(&format!("netns add {name}"));
         Self {
             name: name.to_owned(),
             path: Path::new("/run/netns").join(name),
@@ -293,15 +232,15 @@ impl Drop for NetnsGuard {
     }
 }
 
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
+/// Runs `ip` with the words of `args`, which must succeed.
+fn ip(args: &str) {
+    let out = Command::new(IP)
+        .args(args.split_whitespace())
         .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        .unwrap_or_else(|e| panic!("running {IP}: {e}"));
     assert!(
         out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
+        "ip {args} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
