@@ -1344,6 +1344,9 @@ impl StartJob {
         {
             Err(e) => Err(format!("cgroup: {e}")),
             Ok(()) => {
+                // Before the process runs: one killed at once (a 64 MiB
+                // buffer under a 16 MiB limit) must count as a new OOM kill.
+                let oom_kills = crate::metrics::cgroup_stats::read(&self.cgroup).oom_kills;
                 let spec = ShimSpec {
                     exec: c.exec.clone().expect("bare process").into(),
                     args: c.args.clone(),
@@ -1361,20 +1364,16 @@ impl StartJob {
                 self.process
                     .start(&self.instance_id, &c.name, &spec)
                     .await
+                    .map(|run| (run, oom_kills))
                     .map_err(|e| e.to_string())
             }
         };
-        match started {
-            Ok(run) => {
-                let oom_kills = crate::metrics::cgroup_stats::read(&self.cgroup).oom_kills;
-                Ok((run, oom_kills))
-            }
-            // The shim records why exec failed (exit code 126/127).
-            Err(reason) => Err(self
-                .process
+        // The shim records why exec failed (exit code 126/127).
+        started.map_err(|reason| {
+            self.process
                 .read_exit(&self.instance_id, &c.name)
-                .unwrap_or(ExitRecord::without_status("StartError", reason))),
-        }
+                .unwrap_or(ExitRecord::without_status("StartError", reason))
+        })
     }
 
     /// An image container: pull (per the pull policy), remove what an
