@@ -64,12 +64,14 @@ fn a_child_burning_one_second_of_cpu_is_charged_one_second() {
         sleep_until(monotonic_now() + CHILD_TIMEOUT);
     });
     // The thread that reads is on a CPU while it reads: `running` shows it
-    // with a slice begun before now. (A read can miss it only if the thread
-    // moves to a CPU already copied in the middle of the lookup: tried
-    // again.)
+    // with a slice begun before now, once the programs saw it switched in
+    // (a thread running since before they were attached was not): it
+    // sleeps first. (A read can still miss it if the thread moves to a CPU
+    // already copied in the middle of the lookup: tried again.)
     let me = nix::unistd::gettid().as_raw() as u32;
     let slot = (0..100)
         .find_map(|_| {
+            thread::sleep(Duration::from_millis(1));
             let running = probes.running().expect("running");
             running.iter().find(|s| s.pid == me).copied()
         })
