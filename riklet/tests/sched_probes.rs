@@ -168,6 +168,50 @@ fn a_child_burning_one_second_of_cpu_is_charged_one_second() {
 }
 
 #[test]
+fn a_task_running_since_before_the_load_shows_on_its_cpu() {
+    let v2_root = prerequisites();
+    let cpu = last_allowed_cpu();
+    let other = first_allowed_cpu();
+    assert_ne!(
+        cpu, other,
+        "this test needs two CPUs: one for a spinner, one for the test"
+    );
+    // The test keeps off the spinner's CPU, so that it does not make that
+    // CPU switch tasks itself.
+    let mut only = nix::sched::CpuSet::new();
+    only.set(other).expect("CPU number in range");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &only).expect("pinning the test");
+    let spinner = ForkedChild::spawn(&[], Some(cpu), || {
+        spin_until(monotonic_now() + CHILD_TIMEOUT);
+    });
+    thread::sleep(Duration::from_millis(200));
+
+    let root = CgroupGuard::new(v2_root.join(unique("riklet-test-sched")), &v2_root);
+    let pins = PinDirGuard::new(Path::new("/sys/fs/bpf").join(unique("riklet-test-sched")));
+    let probes = Probes::load(root.path(), pins.path())
+        .unwrap_or_else(|e| panic!("Probes::load: {}", riklet::error_chain(&e)));
+    // Right after the load, without waiting for the spinner to be
+    // switched out by chance (a few reads: the last switch back to it may
+    // land just after `load` returns).
+    let found = (0..20).find_map(|_| {
+        let running = probes.running().expect("running");
+        let slot = running
+            .iter()
+            .find(|s| s.pid == spinner.pid as u32)
+            .copied();
+        if slot.is_none() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        slot
+    });
+    assert!(
+        found.is_some(),
+        "the task spinning on CPU {cpu} since before the load is not in ON_CPU: {:?}",
+        probes.running()
+    );
+}
+
+#[test]
 fn processes_sharing_one_cpu_wait_in_the_run_queue() {
     const RUN_FOR: Duration = Duration::from_millis(1500);
     let v2_root = prerequisites();
@@ -483,14 +527,22 @@ fn open_procs(cgroup: &Path) -> File {
         .unwrap_or_else(|e| panic!("opening {}/cgroup.procs: {e}", cgroup.display()))
 }
 
-/// The highest CPU this process may run on.
+/// The lowest CPU this thread may run on.
+fn first_allowed_cpu() -> usize {
+    *allowed_cpus().first().expect("no allowed CPU")
+}
+
+/// The highest CPU this thread may run on.
 fn last_allowed_cpu() -> usize {
+    *allowed_cpus().last().expect("no allowed CPU")
+}
+
+fn allowed_cpus() -> Vec<usize> {
     let set =
         nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("sched_getaffinity");
     (0..nix::sched::CpuSet::count())
-        .rev()
-        .find(|&cpu| set.is_set(cpu).unwrap_or(false))
-        .expect("no allowed CPU")
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+        .collect()
 }
 
 fn monotonic_now() -> Duration {

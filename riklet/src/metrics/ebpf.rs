@@ -540,6 +540,7 @@ impl Probes {
             let link = attach_tracepoint(&mut ebpf, program, category, event)?;
             tracepoint_links.push((program, link));
         }
+        switch_every_cpu();
 
         for (map, path) in PINNED_MAPS.into_iter().zip(&pins) {
             ebpf.map(map)
@@ -864,6 +865,32 @@ pub fn monotonic_now() -> Option<Duration> {
         u64::try_from(monotonic.tv_sec).ok()?,
         u32::try_from(monotonic.tv_nsec).ok()?,
     ))
+}
+
+/// Makes every CPU this process may use switch tasks twice, so that the
+/// `sched_switch` program has seen what each one runs. A task on a CPU
+/// since before the attach would otherwise have no `ON_CPU` slot until it
+/// leaves the CPU, which a lone spinner may never do: its time in progress
+/// would be missed and it would look idle. A thread pinned to the CPU
+/// wakes there (the task on the CPU is switched out, then back in when the
+/// thread ends). Best effort: a CPU that refuses the thread is skipped.
+fn switch_every_cpu() {
+    let Ok(allowed) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return;
+    };
+    std::thread::scope(|scope| {
+        for cpu in (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false))
+        {
+            scope.spawn(move || {
+                let mut only = nix::sched::CpuSet::new();
+                if only.set(cpu).is_ok()
+                    && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &only).is_ok()
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        }
+    });
 }
 
 /// Loads one `cgroup_skb` program (the verifier runs here) and attaches it.
