@@ -324,9 +324,9 @@ impl Agent {
                     .flat_map(|p| {
                         // A host-network pod's traffic is the node's.
                         let pod_ip = (!p.manifest.spec.host_network)
-                            .then(|| agent.network.address(&p.instance_id))
+                            .then(|| agent.network.ip(&p.instance_id))
                             .flatten()
-                            .map(|a| IpAddr::V4(a.ip));
+                            .map(IpAddr::V4);
                         // Waiting containers too: their cgroup lives on, and
                         // an OOM kill is seen after the process is gone.
                         p.containers.iter().map(move |c| Target {
@@ -1216,9 +1216,7 @@ impl Agent {
         if pod.manifest.spec.host_network {
             crate::metrics::node::internal_ip().map(|ip| ip.to_string())
         } else {
-            self.network
-                .address(&pod.instance_id)
-                .map(|a| a.ip.to_string())
+            self.network.ip(&pod.instance_id).map(|ip| ip.to_string())
         }
     }
 

@@ -340,6 +340,9 @@ impl Collector {
         let Some(p) = self.probes.as_mut() else {
             return;
         };
+        if retransmits.is_empty() {
+            return;
+        }
         let live: HashSet<IpAddr> = targets.iter().filter_map(|t| t.pod_ip).collect();
         for address in retransmits.keys().filter(|a| !live.contains(a)) {
             let _ = p.forget_address(*address);

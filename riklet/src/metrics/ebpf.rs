@@ -867,13 +867,13 @@ pub fn monotonic_now() -> Option<Duration> {
     ))
 }
 
-/// Makes every CPU this process may use switch tasks twice, so that the
-/// `sched_switch` program has seen what each one runs. A task on a CPU
-/// since before the attach would otherwise have no `ON_CPU` slot until it
-/// leaves the CPU, which a lone spinner may never do: its time in progress
-/// would be missed and it would look idle. A thread pinned to the CPU
-/// wakes there (the task on the CPU is switched out, then back in when the
-/// thread ends). Best effort: a CPU that refuses the thread is skipped.
+/// Makes every CPU this process may use switch tasks (out and back in), so
+/// that the `sched_switch` program has seen what each one runs. A task on
+/// a CPU since before the attach would otherwise have no `ON_CPU` slot
+/// until it leaves the CPU, which a lone spinner may never do: its time in
+/// progress would be missed and it would look idle. A thread pinned to the
+/// CPU wakes there (the task on the CPU is switched out, then back in when
+/// the thread ends). Best effort: a CPU that refuses the thread is skipped.
 fn switch_every_cpu() {
     let Ok(allowed) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
         return;
@@ -1064,7 +1064,7 @@ fn remove_pin(path: &Path) -> Result<()> {
     }
 }
 
-/// A per-cgroup map, typed; fails if the object's map has another shape.
+/// A per-CPU hash map, typed; fails if the object's map has another shape.
 fn percpu_hash<'a, K: Pod, V: Pod>(
     ebpf: &'a Ebpf,
     map: &'static str,

@@ -562,15 +562,12 @@ where
 }
 
 /// Encodes one family with a series per pod (labels without `container`).
-fn pod_net_family<V>(
+fn pod_net_family(
     encoder: &mut DescriptorEncoder,
     family: &Family,
     pods: &[PodNetSample],
-    value: impl Fn(&PodNetSample) -> V,
-) -> fmt::Result
-where
-    V: EncodeCounterValue + EncodeGaugeValue,
-{
+    value: fn(&PodNetSample) -> u64,
+) -> fmt::Result {
     if pods.is_empty() {
         return Ok(());
     }

@@ -343,8 +343,14 @@ impl PodNetwork {
 
     /// The address of an attached instance, if any.
     pub fn address(&self, instance_id: &str) -> Option<PodAddress> {
-        let ip = self.lock_ipam().get(instance_id)?;
+        let ip = self.ip(instance_id)?;
         Some(self.pod_address(instance_id, ip))
+    }
+
+    /// Only the IP of an attached instance, if any: what the metrics cycle
+    /// asks for every pod every cycle, without building the rest.
+    pub fn ip(&self, instance_id: &str) -> Option<Ipv4Addr> {
+        self.lock_ipam().get(instance_id)
     }
 
     /// Every instance holding an address.
