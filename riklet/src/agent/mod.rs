@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+mod view;
+
 use crate::cgroups::{CgroupManager, ContainerCgroup, Limits};
 use crate::metrics::collector::{PodUsage, Target};
 use crate::network::PodNetwork;
@@ -1203,90 +1205,36 @@ impl Agent {
         let _ = self.reports.send(report);
     }
 
+    /// The pod's status view ([`view::app_status`]).
+    fn view(&self, pod: &PodRecord) -> Value {
+        let ip = if pod.manifest.spec.host_network {
+            crate::metrics::node::internal_ip()
+        } else {
+            self.network.ip(&pod.instance_id).map(IpAddr::V4)
+        };
+        let cgroup = |name: &str| {
+            self.cgroups
+                .container(&pod.instance_id, name)
+                .rel()
+                .to_string()
+        };
+        view::app_status(
+            pod,
+            &view::ViewInputs {
+                node: &self.settings.node,
+                ip,
+                usage: self.usage.get(&pod.instance_id),
+                cgroup: &cgroup,
+            },
+        )
+    }
+
     fn report_of(&self, pod: &PodRecord) -> InstanceReport {
         InstanceReport {
             instance_id: pod.instance_id.clone(),
             status: pod.phase.status(),
             metrics: self.view(pod).to_string(),
         }
-    }
-
-    /// The pod's IP: its own address, or the node's with `hostNetwork`.
-    fn pod_ip(&self, pod: &PodRecord) -> Option<String> {
-        if pod.manifest.spec.host_network {
-            crate::metrics::node::internal_ip().map(|ip| ip.to_string())
-        } else {
-            self.network.ip(&pod.instance_id).map(|ip| ip.to_string())
-        }
-    }
-
-    /// Seed 004's realtime app object, extended with containers and the
-    /// last measured usage (`cpu`, `memory`, `network`, `runqueue`).
-    fn view(&self, pod: &PodRecord) -> Value {
-        let deployment = pod.manifest.deployment();
-        let usage = self
-            .usage
-            .get(&pod.instance_id)
-            .unwrap_or_else(|| json!({}));
-        let containers: Vec<Value> = pod
-            .containers
-            .iter()
-            .map(|c| {
-                let cg = self.cgroups.container(&pod.instance_id, &c.name);
-                let spec = pod
-                    .manifest
-                    .spec
-                    .containers
-                    .iter()
-                    .find(|s| s.name == c.name);
-                let state = if c.run.is_some() {
-                    "running"
-                } else if c.starting {
-                    "creating"
-                } else if c.restart_at.is_some() {
-                    "waiting"
-                } else {
-                    "terminated"
-                };
-                json!({
-                    "name": c.name,
-                    "state": state,
-                    "image": spec.and_then(|s| s.image.clone()),
-                    "containerId": c.run.as_ref().and_then(|r| r.container_id.clone()),
-                    "imageDigest": c.run.as_ref().and_then(|r| r.image_digest.clone()),
-                    "pid": c.run.as_ref().map(|r| r.process.pid),
-                    "startedAt": c.run.as_ref().map(|r| r.started_at / 1000),
-                    "restartCount": c.restart_count,
-                    "lastExit": c.last_exit.as_ref().map(|e| json!({
-                        "exitCode": e.exit_code,
-                        "signal": e.signal,
-                        "reason": e.reason,
-                        "message": e.message,
-                        "finishedAt": e.finished_at / 1000,
-                    })),
-                    "cgroup": cg.rel(),
-                    "usage": usage["containers"][&c.name],
-                })
-            })
-            .collect();
-        json!({
-            "appId": pod.instance_id,
-            "app": pod.manifest.name,
-            "state": proto::status::name(pod.phase.status()),
-            "reason": pod.reason,
-            "createdAt": pod.created_at / 1000,
-            "restartCount": pod.restart_count(),
-            "internalIp": self.pod_ip(pod),
-            "hostNetwork": pod.manifest.spec.host_network,
-            "runsOn": self.settings.node,
-            "deployment": {"app": deployment.app, "repository": deployment.repository, "version": deployment.version},
-            "containers": containers,
-            "cpu": usage["cpu"],
-            "memory": usage["memory"],
-            "network": usage["network"],
-            "runqueue": usage["runqueue"],
-            "events": usage.get("events").cloned().unwrap_or_else(|| json!([])),
-        })
     }
 }
 
