@@ -1,0 +1,212 @@
+//! Starting one container on the node: attach the pod to its network,
+//! then run a bare process behind its shim, or pull and run an image under
+//! containerd. Runs off the agent task; the outcome goes back to it as a
+//! [`StartResult`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use proto::manifest::{Container, ImagePullPolicy};
+
+use super::host::{StartRequest, StartResult};
+use super::node::NodeHost;
+use super::phase::{CONTAINERD_UNAVAILABLE, ERR_IMAGE_PULL, NETWORK_ERROR};
+use crate::cgroups::{ContainerCgroup, Limits};
+use crate::runtime::containerd::{self, ContainerSpec, ContainerdError};
+use crate::runtime::image::{ImageError, PullPolicy};
+use crate::runtime::oci_spec::ImageConfig;
+use crate::runtime::shim::ShimSpec;
+use crate::state::{ExitRecord, ProcId, RunRecord};
+
+impl NodeHost {
+    #[tracing::instrument(name = "start", skip_all, fields(pod = %request.instance_id, container = %request.container.name))]
+    pub(super) async fn start_container(&self, request: StartRequest) -> StartResult {
+        let netns = if request.host_network {
+            None
+        } else {
+            match self.network.attach(&request.instance_id).await {
+                Ok(address) => Some(address.netns),
+                Err(e) => {
+                    return Err(ExitRecord::without_status(
+                        NETWORK_ERROR,
+                        format!("pod network: {}", crate::error_chain(&e)),
+                    ));
+                }
+            }
+        };
+        let cgroup = self
+            .cgroups
+            .container(&request.instance_id, &request.container.name);
+        let log_path = crate::logs::container_file(
+            &self.log_dir,
+            &request.app,
+            &request.instance_id,
+            &request.container.name,
+        );
+        let job = Job {
+            request: &request,
+            cgroup,
+            log_path,
+            netns,
+        };
+        match (&request.container.image, &request.container.exec) {
+            (Some(image), _) => self.start_image(job, image).await,
+            (None, Some(exec)) => self.start_process(job, exec).await,
+            (None, None) => Err(ExitRecord::without_status(
+                "StartError",
+                "the container has neither an image nor an exec",
+            )),
+        }
+    }
+
+    /// A bare process: creates its cgroup, starts its shim, which joins
+    /// the cgroup and the pod's network namespace before `exec`.
+    async fn start_process(&self, job: Job<'_>, exec: &str) -> StartResult {
+        let c = &job.request.container;
+        let instance_id = &job.request.instance_id;
+        let cgroup = job.cgroup.clone();
+        let limits = limits(c);
+        let started = match tokio::task::spawn_blocking(move || cgroup.create(limits)).await {
+            Err(e) => Err(format!("cgroup: {e}")),
+            Ok(Err(e)) => Err(format!("cgroup: {}", crate::error_chain(&e))),
+            Ok(Ok(())) => {
+                // Before the process runs: one killed at once (a 64 MiB
+                // buffer under a 16 MiB limit) must count as a new OOM kill.
+                let oom_kills = crate::metrics::cgroup_stats::read(&job.cgroup).oom_kills;
+                let spec = ShimSpec {
+                    exec: exec.into(),
+                    args: c.args.clone(),
+                    env: env(c),
+                    uid: self.uid,
+                    gid: self.gid,
+                    procs_files: job.cgroup.procs_files(),
+                    log_path: job.log_path.clone(),
+                    netns: job.netns.clone(),
+                };
+                self.process
+                    .start(instance_id, &c.name, &spec)
+                    .await
+                    .map(|run| (run, oom_kills))
+                    .map_err(|e| crate::error_chain(&e))
+            }
+        };
+        // The shim records why exec failed (exit code 126/127).
+        started.map_err(|reason| {
+            self.process
+                .read_exit(instance_id, &c.name)
+                .unwrap_or(ExitRecord::without_status("StartError", reason))
+        })
+    }
+
+    /// An image container: pull (per the pull policy), remove what an
+    /// earlier run left, create and start it under containerd in the pod's
+    /// network namespace and the riklet's cgroup tree (runc creates the
+    /// cgroup and applies the limits).
+    async fn start_image(&self, job: Job<'_>, image: &str) -> StartResult {
+        let Some(cd) = self.containerd.get() else {
+            return Err(ExitRecord::without_status(
+                CONTAINERD_UNAVAILABLE,
+                self.containerd.why_unavailable(),
+            ));
+        };
+        let c = &job.request.container;
+        let policy = match c.pull_policy() {
+            ImagePullPolicy::Always => PullPolicy::Always,
+            ImagePullPolicy::IfNotPresent => PullPolicy::IfNotPresent,
+            ImagePullPolicy::Never => PullPolicy::Never,
+        };
+        let info = cd.images.ensure(image, policy).await.map_err(|e| {
+            let reason = if image_error_unavailable(&e) {
+                CONTAINERD_UNAVAILABLE
+            } else {
+                ERR_IMAGE_PULL
+            };
+            ExitRecord::without_status(reason, crate::error_chain(&e))
+        })?;
+        let id =
+            containerd::container_id(&job.request.instance_id, &c.name).map_err(start_error)?;
+        // An earlier run's task, container and snapshot.
+        cd.runtime.remove(&id).await.map_err(start_error)?;
+        let spec = ContainerSpec {
+            instance_id: job.request.instance_id.clone(),
+            container: c.name.clone(),
+            app: job.request.app.clone(),
+            image: info.reference.clone(),
+            snapshot_parent: info.chain_id.clone(),
+            image_config: ImageConfig {
+                entrypoint: info.entrypoint.clone(),
+                cmd: info.cmd.clone(),
+                env: info.env.clone(),
+                working_dir: info.working_dir.clone(),
+                user: info.user.clone(),
+            },
+            command: c.command.clone(),
+            args: c.args.clone(),
+            env: env(c),
+            limits: limits(c),
+            netns: job.netns,
+            cgroups_path: format!("/{}", job.cgroup.rel()),
+            log_path: job.log_path,
+            hostname: None,
+            resolv_conf: Path::new("/etc/resolv.conf")
+                .is_file()
+                .then(|| PathBuf::from("/etc/resolv.conf")),
+            hosts: None,
+            labels: HashMap::new(),
+        };
+        let run = cd.runtime.start(spec).await.map_err(start_error)?;
+        let pid = run.pid as i32;
+        Ok((
+            RunRecord {
+                shim: None,
+                process: ProcId::of(pid).unwrap_or(ProcId { pid, start_time: 0 }),
+                started_at: run.started_at,
+                container_id: Some(run.container_id),
+                image_digest: Some(info.digest),
+            },
+            None,
+        ))
+    }
+}
+
+/// What one start works with besides the request.
+struct Job<'a> {
+    request: &'a StartRequest,
+    cgroup: ContainerCgroup,
+    log_path: PathBuf,
+    /// The pod's network namespace (`None` on the host network).
+    netns: Option<PathBuf>,
+}
+
+fn limits(c: &Container) -> Limits {
+    Limits {
+        cpu_millis: c.resources.as_ref().and_then(|r| r.cpu_millis()),
+        memory_bytes: c.resources.as_ref().and_then(|r| r.memory_bytes()),
+    }
+}
+
+fn env(c: &Container) -> Vec<(String, String)> {
+    c.env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect()
+}
+
+/// A containerd failure while starting: containerd down, or a refusal.
+fn start_error(e: ContainerdError) -> ExitRecord {
+    let reason = if e.is_unavailable() {
+        CONTAINERD_UNAVAILABLE
+    } else {
+        "StartError"
+    };
+    ExitRecord::without_status(reason, crate::error_chain(&e))
+}
+
+/// Whether a pull failed because containerd (not the registry) is away.
+fn image_error_unavailable(e: &ImageError) -> bool {
+    match e {
+        ImageError::Connect { .. } => true,
+        ImageError::Containerd { source, .. } => source.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
+}
