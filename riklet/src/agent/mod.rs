@@ -20,18 +20,23 @@
 //! missing).
 //!
 //! # Layout
-//! - this file: the event loop and its decisions (create, restart,
-//!   back-off, delete);
-//! - [`phase`]: the pod phase derived from its containers;
+//! - this file: the event loop, creating pods and starting containers;
+//! - `handle`: the events, the handle other tasks send them with, reports;
+//! - `restart`: exits, restart policy, crash-loop back-off;
+//! - `delete`: stopping and forgetting a pod;
+//! - `phase`: the pod phase derived from its containers;
 //! - `recover`: crash recovery of bare processes and image containers;
-//! - [`host`]: the trait through which every decision acts on the node;
+//! - `host`: the trait through which every decision acts on the node;
 //!   `node` is the real node, `start` how one container is started;
 //! - `view`: the status object reported for a pod.
 
+mod delete;
+mod handle;
 mod host;
 mod node;
 mod phase;
 mod recover;
+mod restart;
 mod start;
 mod view;
 
@@ -44,24 +49,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::common::ResourceStatus;
-use proto::manifest::{self, RestartPolicy};
+use proto::manifest;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-pub use host::{PodHost, ProcessTrace, StartRequest, StartResult, StopTarget};
+pub use handle::{AgentHandle, InstanceReport};
 pub use node::{Backends, NodeHost};
 
-use crate::metrics::collector::{PodUsage, Target};
+use crate::metrics::collector::PodUsage;
 use crate::runtime::containerd;
-use crate::state::{ContainerRecord, ExitRecord, Phase, PodRecord, RunRecord, Store, now_ms};
-use phase::{CONTAINERD_UNAVAILABLE, is_setup_failure, pod_phase};
+use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store, now_ms};
+use handle::Event;
+use host::{PodHost, StartRequest, StartResult};
+use phase::pod_phase;
 use recover::ContainerdSync;
-
-/// A run that lasted this long resets the crash-loop back-off (kubelet).
-const BACKOFF_RESET_MS: i64 = 10 * 60 * 1000;
-/// Delay before a delete whose clean-up failed is tried again.
-const STOP_RETRY: Duration = Duration::from_secs(5);
 
 /// Settings of the Node Manager.
 #[derive(Debug, Clone)]
@@ -74,95 +76,6 @@ pub struct AgentSettings {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub keep_logs_on_delete: bool,
-}
-
-/// A pod's status as reported to the scheduler.
-#[derive(Debug, Clone)]
-pub struct InstanceReport {
-    pub instance_id: String,
-    pub status: ResourceStatus,
-    /// Seed 004's realtime app object (JSON).
-    pub metrics: String,
-}
-
-/// What the agent task reacts to.
-#[derive(Debug)]
-enum Event {
-    Create {
-        instance_id: String,
-        definition: String,
-    },
-    Destroy {
-        instance_id: String,
-    },
-    Started {
-        instance_id: String,
-        container: String,
-        result: StartResult,
-    },
-    Exited {
-        instance_id: String,
-        container: String,
-        run: RunRecord,
-        exit: ExitRecord,
-    },
-    RestartDue {
-        instance_id: String,
-        container: String,
-    },
-    Stopped {
-        instance_id: String,
-        /// Everything was removed; otherwise the stop is tried again.
-        clean: bool,
-    },
-    RetryStop {
-        instance_id: String,
-    },
-    RetryContainerd,
-    Reports(oneshot::Sender<Vec<InstanceReport>>),
-    Pods(oneshot::Sender<Vec<Value>>),
-    Targets(oneshot::Sender<Vec<Target>>),
-}
-/// Cheap handle to talk to the agent task.
-#[derive(Debug, Clone)]
-pub struct AgentHandle {
-    tx: mpsc::UnboundedSender<Event>,
-}
-
-impl AgentHandle {
-    /// Asks for an instance to be created (idempotent).
-    pub fn create(&self, instance_id: String, definition: String) {
-        let _ = self.tx.send(Event::Create {
-            instance_id,
-            definition,
-        });
-    }
-
-    /// Asks for an instance to be destroyed (idempotent).
-    pub fn destroy(&self, instance_id: String) {
-        let _ = self.tx.send(Event::Destroy { instance_id });
-    }
-
-    /// Current status of every pod.
-    pub async fn reports(&self) -> Vec<InstanceReport> {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Event::Reports(tx));
-        rx.await.unwrap_or_default()
-    }
-
-    /// The containers of live pods, for the metrics collector.
-    pub async fn targets(&self) -> Vec<Target> {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Event::Targets(tx));
-        rx.await.unwrap_or_default()
-    }
-
-    /// Detailed view of every pod (for `riklet pods`).
-    pub async fn pods(&self) -> Vec<Value> {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Event::Pods(tx));
-        rx.await.unwrap_or_default()
-    }
 }
 
 /// The Node Manager task's state.
@@ -390,7 +303,7 @@ impl<H: PodHost> Agent<H> {
 
     /// Marks a container as starting, saves it, and starts it in the
     /// background.
-    fn start_container(&mut self, instance_id: &str, name: &str) {
+    pub(super) fn start_container(&mut self, instance_id: &str, name: &str) {
         let Some(c) = self.container_mut(instance_id, name) else {
             return;
         };
@@ -404,7 +317,7 @@ impl<H: PodHost> Agent<H> {
     /// reports back with [`Event::Started`]: attach the pod to its network,
     /// then pull and run the image under containerd, or run the shim of a
     /// bare process.
-    fn spawn_start(&mut self, instance_id: &str, name: &str) {
+    pub(super) fn spawn_start(&mut self, instance_id: &str, name: &str) {
         if self
             .jobs
             .contains(&(instance_id.to_string(), name.to_string()))
@@ -493,7 +406,7 @@ impl<H: PodHost> Agent<H> {
     }
 
     /// Waits in the background for a run to end.
-    fn watch(&self, instance_id: &str, container: &str, run: RunRecord) {
+    pub(super) fn watch(&self, instance_id: &str, container: &str, run: RunRecord) {
         let (host, tx) = (self.host.clone(), self.tx.clone());
         let (instance_id, container) = (instance_id.to_string(), container.to_string());
         tokio::spawn(async move {
@@ -507,124 +420,27 @@ impl<H: PodHost> Agent<H> {
         });
     }
 
-    // ---- exits and restarts -------------------------------------------
+    // ---- helpers -------------------------------------------------------
 
-    fn exited(&mut self, instance_id: &str, name: &str, run: &RunRecord, exit: ExitRecord) {
-        let Some(pod) = self.pods.get(instance_id) else {
-            return;
-        };
-        if pod.phase == Phase::Destroying {
-            return;
-        }
-        let Some(c) = pod.containers.iter().find(|c| c.name == name) else {
-            return;
-        };
-        if c.run.as_ref() != Some(run) {
-            return; // a stale watcher of an older run
-        }
-        let mut exit = exit;
-        // containerd's wait already says OOMKilled (read from the task's
-        // cgroup before it is deleted); a bare process's cgroup is ours.
-        if !run.is_containerd() {
-            let oom_now = self.host.oom_kills(instance_id, name);
-            if !exit.success() && oom_now > c.oom_kills_at_start.or(Some(0)) {
-                exit.reason = "OOMKilled".into();
-            }
-        }
-        if exit.reason == "OOMKilled" && exit.message.is_none() {
-            exit.message =
-                Some("killed by the OOM killer: the container reached its memory limit".into());
-        }
-        info!(pod = instance_id, container = name, code = ?exit.exit_code, signal = ?exit.signal, reason = %exit.reason, "container exited");
-        self.after_exit(instance_id, name, exit);
+    /// Whether a start of one of the pod's containers is in flight.
+    pub(super) fn has_jobs(&self, instance_id: &str) -> bool {
+        self.jobs.iter().any(|(i, _)| i == instance_id)
     }
 
-    /// Records an exit (or a failed start) and applies the restart policy;
-    /// a container that could not be set up is retried whatever the policy.
-    fn after_exit(&mut self, instance_id: &str, name: &str, exit: ExitRecord) {
-        let Some(policy) = self
-            .pods
-            .get(instance_id)
-            .map(|p| p.manifest.spec.restart_policy)
-        else {
-            return;
-        };
-        let (initial, max) = (
-            self.settings.backoff_initial.as_secs().max(1),
-            self.settings.backoff_max.as_secs(),
-        );
-        let Some(c) = self.container_mut(instance_id, name) else {
-            return;
-        };
-        let ran_ms = c
-            .run
-            .as_ref()
-            .map(|r| exit.finished_at - r.started_at)
-            .unwrap_or(0);
-        c.run = None;
-        c.starting = false;
-        let setup = is_setup_failure(&exit.reason);
-        let restart = setup
-            || match policy {
-                RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => !exit.success(),
-                RestartPolicy::Never => false,
-            };
-        // containerd coming back is noticed by a retry: keep it short.
-        let doubling = exit.reason != CONTAINERD_UNAVAILABLE;
-        c.last_exit = Some(exit);
-        if restart {
-            c.backoff_secs = if c.backoff_secs == 0 || ran_ms >= BACKOFF_RESET_MS || !doubling {
-                initial
-            } else {
-                (c.backoff_secs * 2).min(max)
-            };
-            let delay = Duration::from_secs(c.backoff_secs);
-            c.restart_at = Some(now_ms() + delay.as_millis() as i64);
-            info!(pod = instance_id, container = name, backoff = ?delay, "restart scheduled");
-            self.schedule_restart(instance_id, name, delay);
-        }
-        self.settle_phase(instance_id);
-    }
-
-    fn schedule_restart(&self, instance_id: &str, name: &str, delay: Duration) {
-        let tx = self.tx.clone();
-        let (instance_id, container) = (instance_id.to_string(), name.to_string());
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = tx.send(Event::RestartDue {
-                instance_id,
-                container,
-            });
-        });
-    }
-
-    fn restart_due(&mut self, instance_id: &str, name: &str) {
-        let Some(pod) = self.pods.get(instance_id) else {
-            return;
-        };
-        if pod.phase == Phase::Destroying {
-            return;
-        }
-        let Some(c) = pod.containers.iter().find(|c| c.name == name) else {
-            return;
-        };
-        if c.run.is_some() || c.restart_at.is_none() || c.starting {
-            return; // already restarted (an earlier timer, or containerd came back)
-        }
-        // A container that never ran is not restarted, only retried.
-        let ran = !c
-            .last_exit
-            .as_ref()
-            .is_some_and(|e| is_setup_failure(&e.reason));
-        if ran && let Some(c) = self.container_mut(instance_id, name) {
-            c.restart_count += 1;
-        }
-        self.start_container(instance_id, name);
+    pub(super) fn container_mut(
+        &mut self,
+        instance_id: &str,
+        name: &str,
+    ) -> Option<&mut ContainerRecord> {
+        self.pods
+            .get_mut(instance_id)?
+            .containers
+            .iter_mut()
+            .find(|c| c.name == name)
     }
 
     /// Derives the pod phase from its containers, saves and reports it.
-    fn settle_phase(&mut self, instance_id: &str) {
+    pub(super) fn settle_phase(&mut self, instance_id: &str) {
         let Some(pod) = self.pods.get_mut(instance_id) else {
             return;
         };
@@ -640,110 +456,8 @@ impl<H: PodHost> Agent<H> {
         self.commit(instance_id);
     }
 
-    // ---- destroy -------------------------------------------------------
-
-    fn destroy(&mut self, instance_id: &str) {
-        let Some(pod) = self.pods.get_mut(instance_id) else {
-            // RIK's scheduler may destroy what we do not run: that is done.
-            let _ = self.reports.send(InstanceReport {
-                instance_id: instance_id.to_string(),
-                status: ResourceStatus::Terminated,
-                metrics: json!({"appId": instance_id, "state": "TERMINATED"}).to_string(),
-            });
-            return;
-        };
-        if pod.phase == Phase::Destroying {
-            return;
-        }
-        info!(pod = instance_id, "destroying pod");
-        pod.phase = Phase::Destroying;
-        pod.reason = None;
-        self.commit(instance_id);
-        // A start in flight reports back first (`started` then stops).
-        if !self.has_jobs(instance_id) {
-            self.spawn_stop(instance_id);
-        }
-    }
-
-    /// Stops every container in the background (bare processes through
-    /// their cgroup, image containers through containerd, waiting for it
-    /// if it is down), removes the containerd containers and the pod's
-    /// network, then sends `Stopped`.
-    fn spawn_stop(&self, instance_id: &str) {
-        let Some(pod) = self.pods.get(instance_id) else {
-            return;
-        };
-        let containers = pod
-            .containers
-            .iter()
-            .map(|c| StopTarget {
-                name: c.name.clone(),
-                image: pod
-                    .manifest
-                    .spec
-                    .containers
-                    .iter()
-                    .any(|s| s.name == c.name && s.image.is_some()),
-                run: c.run.clone(),
-            })
-            .collect();
-        let (host, tx) = (self.host.clone(), self.tx.clone());
-        let instance_id = instance_id.to_string();
-        tokio::spawn(async move {
-            let clean = host.stop(&instance_id, containers).await;
-            let _ = tx.send(Event::Stopped { instance_id, clean });
-        });
-    }
-
-    /// Final clean-up of a destroyed pod: cgroups, run and log directories,
-    /// runtime memory.
-    fn stopped(&mut self, instance_id: &str, clean: bool) {
-        let Some(pod) = self.pods.get(instance_id) else {
-            return;
-        };
-        let clean = clean && self.host.release(pod);
-        if !clean {
-            // Keep the record (a riklet restart resumes the delete too).
-            warn!(pod = instance_id, retry_in = ?STOP_RETRY, "delete incomplete; retrying");
-            let tx = self.tx.clone();
-            let instance_id = instance_id.to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep(STOP_RETRY).await;
-                let _ = tx.send(Event::RetryStop { instance_id });
-            });
-            return;
-        }
-        if let Err(e) = self.store.remove(instance_id) {
-            error!(pod = instance_id, error = %e, "cannot forget pod");
-        }
-        self.pods.remove(instance_id);
-        info!(pod = instance_id, "pod destroyed");
-        let _ = self.reports.send(InstanceReport {
-            instance_id: instance_id.to_string(),
-            status: ResourceStatus::Terminated,
-            metrics:
-                json!({"appId": instance_id, "state": "TERMINATED", "runsOn": self.settings.node})
-                    .to_string(),
-        });
-    }
-
-    // ---- helpers -------------------------------------------------------
-
-    /// Whether a start of one of the pod's containers is in flight.
-    fn has_jobs(&self, instance_id: &str) -> bool {
-        self.jobs.iter().any(|(i, _)| i == instance_id)
-    }
-
-    fn container_mut(&mut self, instance_id: &str, name: &str) -> Option<&mut ContainerRecord> {
-        self.pods
-            .get_mut(instance_id)?
-            .containers
-            .iter_mut()
-            .find(|c| c.name == name)
-    }
-
     /// Saves a pod record and reports its status.
-    fn commit(&mut self, instance_id: &str) {
+    pub(super) fn commit(&mut self, instance_id: &str) {
         let Some(pod) = self.pods.get_mut(instance_id) else {
             return;
         };
@@ -778,7 +492,7 @@ impl<H: PodHost> Agent<H> {
     }
 
     /// Pod ids in order, for stable listings and recovery.
-    fn sorted_ids(&self) -> Vec<String> {
+    pub(super) fn sorted_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.pods.keys().cloned().collect();
         ids.sort();
         ids

@@ -9,9 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use super::delete::STOP_RETRY;
+use super::host::{ProcessTrace, StopTarget};
+use super::restart::BACKOFF_RESET_MS;
 use super::*;
+use crate::metrics::collector::Target;
 use crate::runtime::containerd::{ContainerInfo, ContainerdError, TaskStatus};
 use crate::state::ProcId;
+use crate::state::{ExitRecord, RunRecord};
 
 /// What the fake host was asked to do, and what it answers.
 #[derive(Default)]

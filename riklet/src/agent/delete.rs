@@ -1,0 +1,102 @@
+//! Deleting a pod: stop its containers, remove what it had on the node,
+//! forget it; an incomplete clean-up keeps the record and is tried again.
+
+use std::time::Duration;
+
+use proto::common::ResourceStatus;
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use super::host::{PodHost, StopTarget};
+use super::{Agent, Event, InstanceReport};
+use crate::state::Phase;
+
+/// Delay before a delete whose clean-up failed is tried again.
+pub(super) const STOP_RETRY: Duration = Duration::from_secs(5);
+
+impl<H: PodHost> Agent<H> {
+    pub(super) fn destroy(&mut self, instance_id: &str) {
+        let Some(pod) = self.pods.get_mut(instance_id) else {
+            // RIK's scheduler may destroy what we do not run: that is done.
+            let _ = self.reports.send(InstanceReport {
+                instance_id: instance_id.to_string(),
+                status: ResourceStatus::Terminated,
+                metrics: json!({"appId": instance_id, "state": "TERMINATED"}).to_string(),
+            });
+            return;
+        };
+        if pod.phase == Phase::Destroying {
+            return;
+        }
+        info!(pod = instance_id, "destroying pod");
+        pod.phase = Phase::Destroying;
+        pod.reason = None;
+        self.commit(instance_id);
+        // A start in flight reports back first (`started` then stops).
+        if !self.has_jobs(instance_id) {
+            self.spawn_stop(instance_id);
+        }
+    }
+
+    /// Stops every container in the background (bare processes through
+    /// their cgroup, image containers through containerd, waiting for it
+    /// if it is down), removes the containerd containers and the pod's
+    /// network, then sends `Stopped`.
+    pub(super) fn spawn_stop(&self, instance_id: &str) {
+        let Some(pod) = self.pods.get(instance_id) else {
+            return;
+        };
+        let containers = pod
+            .containers
+            .iter()
+            .map(|c| StopTarget {
+                name: c.name.clone(),
+                image: pod
+                    .manifest
+                    .spec
+                    .containers
+                    .iter()
+                    .any(|s| s.name == c.name && s.image.is_some()),
+                run: c.run.clone(),
+            })
+            .collect();
+        let (host, tx) = (self.host.clone(), self.tx.clone());
+        let instance_id = instance_id.to_string();
+        tokio::spawn(async move {
+            let clean = host.stop(&instance_id, containers).await;
+            let _ = tx.send(Event::Stopped { instance_id, clean });
+        });
+    }
+
+    /// Final clean-up of a destroyed pod: cgroups, run and log directories,
+    /// runtime memory.
+    pub(super) fn stopped(&mut self, instance_id: &str, clean: bool) {
+        let Some(pod) = self.pods.get(instance_id) else {
+            return;
+        };
+        let clean = clean && self.host.release(pod);
+        if !clean {
+            // Keep the record (a riklet restart resumes the delete too).
+            warn!(pod = instance_id, retry_in = ?STOP_RETRY, "delete incomplete; retrying");
+            let tx = self.tx.clone();
+            let instance_id = instance_id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(STOP_RETRY).await;
+                let _ = tx.send(Event::RetryStop { instance_id });
+            });
+            return;
+        }
+        if let Err(e) = self.store.remove(instance_id) {
+            error!(pod = instance_id, error = %e, "cannot forget pod");
+        }
+        self.pods.remove(instance_id);
+        info!(pod = instance_id, "pod destroyed");
+        let _ = self.reports.send(InstanceReport {
+            instance_id: instance_id.to_string(),
+            status: ResourceStatus::Terminated,
+            metrics:
+                json!({"appId": instance_id, "state": "TERMINATED", "runsOn": self.settings.node})
+                    .to_string(),
+        });
+    }
+}

@@ -1,0 +1,99 @@
+//! How other tasks talk to the agent: the events it handles one at a
+//! time, a cheap handle to send them, and the status reports it sends.
+
+use proto::common::ResourceStatus;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::host::StartResult;
+use crate::metrics::collector::Target;
+use crate::state::{ExitRecord, RunRecord};
+
+/// A pod's status as reported to the scheduler.
+#[derive(Debug, Clone)]
+pub struct InstanceReport {
+    pub instance_id: String,
+    pub status: ResourceStatus,
+    /// Seed 004's realtime app object (JSON).
+    pub metrics: String,
+}
+
+/// What the agent task reacts to.
+#[derive(Debug)]
+pub(super) enum Event {
+    Create {
+        instance_id: String,
+        definition: String,
+    },
+    Destroy {
+        instance_id: String,
+    },
+    Started {
+        instance_id: String,
+        container: String,
+        result: StartResult,
+    },
+    Exited {
+        instance_id: String,
+        container: String,
+        run: RunRecord,
+        exit: ExitRecord,
+    },
+    RestartDue {
+        instance_id: String,
+        container: String,
+    },
+    Stopped {
+        instance_id: String,
+        /// Everything was removed; otherwise the stop is tried again.
+        clean: bool,
+    },
+    RetryStop {
+        instance_id: String,
+    },
+    RetryContainerd,
+    Reports(oneshot::Sender<Vec<InstanceReport>>),
+    Pods(oneshot::Sender<Vec<Value>>),
+    Targets(oneshot::Sender<Vec<Target>>),
+}
+/// Cheap handle to talk to the agent task.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    pub(super) tx: mpsc::UnboundedSender<Event>,
+}
+
+impl AgentHandle {
+    /// Asks for an instance to be created (idempotent).
+    pub fn create(&self, instance_id: String, definition: String) {
+        let _ = self.tx.send(Event::Create {
+            instance_id,
+            definition,
+        });
+    }
+
+    /// Asks for an instance to be destroyed (idempotent).
+    pub fn destroy(&self, instance_id: String) {
+        let _ = self.tx.send(Event::Destroy { instance_id });
+    }
+
+    /// Current status of every pod.
+    pub async fn reports(&self) -> Vec<InstanceReport> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Event::Reports(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// The containers of live pods, for the metrics collector.
+    pub async fn targets(&self) -> Vec<Target> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Event::Targets(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Detailed view of every pod (for `riklet pods`).
+    pub async fn pods(&self) -> Vec<Value> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Event::Pods(tx));
+        rx.await.unwrap_or_default()
+    }
+}
