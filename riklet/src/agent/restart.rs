@@ -10,7 +10,7 @@ use tracing::info;
 use super::host::PodHost;
 use super::phase::{CONTAINERD_UNAVAILABLE, is_setup_failure};
 use super::{Agent, Event};
-use crate::state::{ExitRecord, Phase, RunRecord, now_ms};
+use crate::state::{ContainerRecord, ExitRecord, Phase, RunRecord, now_ms};
 
 /// A run that lasted this long resets the crash-loop back-off (kubelet).
 pub(super) const BACKOFF_RESET_MS: i64 = 10 * 60 * 1000;
@@ -23,13 +23,7 @@ impl<H: PodHost> Agent<H> {
         run: &RunRecord,
         exit: ExitRecord,
     ) {
-        let Some(pod) = self.pods.get(instance_id) else {
-            return;
-        };
-        if pod.phase == Phase::Destroying {
-            return;
-        }
-        let Some(c) = pod.containers.iter().find(|c| c.name == name) else {
+        let Some(c) = self.live_container(instance_id, name) else {
             return;
         };
         if c.run.as_ref() != Some(run) {
@@ -113,13 +107,7 @@ impl<H: PodHost> Agent<H> {
     }
 
     pub(super) fn restart_due(&mut self, instance_id: &str, name: &str) {
-        let Some(pod) = self.pods.get(instance_id) else {
-            return;
-        };
-        if pod.phase == Phase::Destroying {
-            return;
-        }
-        let Some(c) = pod.containers.iter().find(|c| c.name == name) else {
+        let Some(c) = self.live_container(instance_id, name) else {
             return;
         };
         if c.run.is_some() || c.restart_at.is_none() || c.starting {
@@ -134,5 +122,15 @@ impl<H: PodHost> Agent<H> {
             c.restart_count += 1;
         }
         self.start_container(instance_id, name);
+    }
+
+    /// A container of a pod that is not being deleted (whose exits and
+    /// restarts still matter).
+    fn live_container(&self, instance_id: &str, name: &str) -> Option<&ContainerRecord> {
+        let pod = self.pods.get(instance_id)?;
+        if pod.phase == Phase::Destroying {
+            return None;
+        }
+        pod.containers.iter().find(|c| c.name == name)
     }
 }
