@@ -15,6 +15,7 @@
 //!   containerd containers, image pulls, the containerd connection).
 //! - [`network`]: the pod network (bridge, netns, veth, IPAM, masquerade).
 //! - [`state`]: the runtime memory (atomic JSON records).
+//! - [`fsutil`]: crash-safe file writes; [`clock`]: Unix milliseconds.
 //! - [`cgroups`]: pod cgroups on hybrid and pure v2 hosts.
 //! - [`metrics`]: eBPF network counters and node figures.
 //! - [`logs`]: CRI log files, writing and tailing.
@@ -24,7 +25,9 @@
 pub mod agent;
 pub mod api;
 pub mod cgroups;
+pub mod clock;
 pub mod config;
+pub mod fsutil;
 pub mod logs;
 pub mod metrics;
 pub mod network;

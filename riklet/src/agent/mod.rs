@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 mod view;
 
 use crate::cgroups::{CgroupManager, ContainerCgroup, Limits};
+use crate::clock::now_ms;
 use crate::metrics::collector::{PodUsage, Target};
 use crate::network::PodNetwork;
 use crate::runtime::containerd::{self, ContainerSpec, ContainerdError, TaskStatus};
@@ -42,9 +43,7 @@ use crate::runtime::link::{Connected, ContainerdLink};
 use crate::runtime::oci_spec::ImageConfig;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::shim::ShimSpec;
-use crate::state::{
-    ContainerRecord, ExitRecord, Phase, PodRecord, ProcId, RunRecord, Store, now_ms,
-};
+use crate::state::{ContainerRecord, ExitRecord, Phase, PodRecord, ProcId, RunRecord, Store};
 
 /// A run that lasted this long resets the crash-loop back-off (kubelet).
 const BACKOFF_RESET_MS: i64 = 10 * 60 * 1000;

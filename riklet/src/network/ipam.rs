@@ -2,7 +2,7 @@
 //!
 //! `<state-dir>/ipam.json` holds the CIDR, the lease of every attached
 //! instance and the last address handed out. It is replaced atomically
-//! ([`crate::state::write_atomic`]) before the caller touches the kernel, so
+//! ([`crate::fsutil::write_atomic`]) before the caller touches the kernel, so
 //! a riklet killed at any instant comes back knowing every address in use:
 //! no address is ever given to two instances, and every network namespace
 //! or veth the riklet created is covered by a lease that
@@ -249,7 +249,7 @@ impl Ipam {
 
     fn save(&self) -> Result<()> {
         let json = serde_json::to_vec_pretty(&self.file).expect("IPAM state serializes");
-        crate::state::write_atomic(&self.path, &json).map_err(|source| NetworkError::Io {
+        crate::fsutil::write_atomic(&self.path, &json).map_err(|source| NetworkError::Io {
             what: "writing the IPAM state".into(),
             path: self.path.clone(),
             source,

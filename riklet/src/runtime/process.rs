@@ -106,7 +106,7 @@ impl ProcessRuntime {
             }
         }
         let json = serde_json::to_vec(spec).expect("spec serializes");
-        crate::state::write_atomic(&dir.join(shim::SPEC_FILE), &json).map_err(io_err)?;
+        crate::fsutil::write_atomic(&dir.join(shim::SPEC_FILE), &json).map_err(io_err)?;
 
         let mut child = tokio::process::Command::new(&self.shim_exe)
             .arg("shim")
