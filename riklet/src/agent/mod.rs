@@ -248,7 +248,7 @@ impl Agent {
     /// keep running after it returns.
     pub async fn run(mut self, mut shutdown: tokio::sync::broadcast::Receiver<()>) {
         if let Err(e) = self.reconcile().await {
-            error!(error = %e, "cannot read the runtime memory");
+            error!(error = %crate::error_chain(&e), "cannot read the runtime memory");
         }
         let mut connected = self.containerd.changed();
         loop {
@@ -813,7 +813,7 @@ impl Agent {
             for c in &pod.containers {
                 let cg = self.cgroups.container(instance_id, &c.name);
                 if let Err(e) = cg.remove() {
-                    error!(pod = instance_id, container = %c.name, error = %e, "cannot remove cgroup");
+                    error!(pod = instance_id, container = %c.name, error = %crate::error_chain(&e), "cannot remove cgroup");
                     clean = false;
                 }
             }
@@ -835,7 +835,7 @@ impl Agent {
             let _ = std::fs::remove_dir_all(dir);
         }
         if let Err(e) = self.store.remove(instance_id) {
-            error!(pod = instance_id, error = %e, "cannot forget pod");
+            error!(pod = instance_id, error = %crate::error_chain(&e), "cannot forget pod");
         }
         self.pods.remove(instance_id);
         info!(pod = instance_id, "pod destroyed");
@@ -1162,11 +1162,11 @@ impl Agent {
                 for name in names.iter().filter(|n| !owned(n)) {
                     warn!(cgroup = %name, "removing orphaned cgroup");
                     if let Err(e) = self.cgroups.by_name(name).remove() {
-                        error!(cgroup = %name, error = %e, "cannot remove orphaned cgroup");
+                        error!(cgroup = %name, error = %crate::error_chain(&e), "cannot remove orphaned cgroup");
                     }
                 }
             }
-            Err(e) => error!(error = %e, "cannot list cgroups"),
+            Err(e) => error!(error = %crate::error_chain(&e), "cannot list cgroups"),
         }
         for id in self.process.instances_on_disk() {
             if !self.pods.contains_key(&id) {
@@ -1198,7 +1198,7 @@ impl Agent {
         };
         pod.updated_at = now_ms();
         if let Err(e) = self.store.save(pod) {
-            error!(pod = instance_id, error = %e, "cannot save pod record");
+            error!(pod = instance_id, error = %crate::error_chain(&e), "cannot save pod record");
         }
         let report = self.report_of(&self.pods[instance_id]);
         let _ = self.reports.send(report);
@@ -1287,7 +1287,7 @@ impl StartJob {
             .await
             .expect("cgroup task")
         {
-            Err(e) => Err(format!("cgroup: {e}")),
+            Err(e) => Err(format!("cgroup: {}", crate::error_chain(&e))),
             Ok(()) => {
                 // Before the process runs: one killed at once (a 64 MiB
                 // buffer under a 16 MiB limit) must count as a new OOM kill.
@@ -1310,7 +1310,7 @@ impl StartJob {
                     .start(&self.instance_id, &c.name, &spec)
                     .await
                     .map(|run| (run, oom_kills))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| crate::error_chain(&e))
             }
         };
         // The shim records why exec failed (exit code 126/127).

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{NetworkError, Result};
+use super::{IpamFault, NetworkError, Result};
 
 /// An IPv4 network: address and prefix length, host bits zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl Ipam {
             Ok(bytes) => serde_json::from_slice::<IpamFile>(&bytes).map_err(|source| {
                 NetworkError::IpamCorrupt {
                     path: path.to_path_buf(),
-                    reason: source.to_string(),
+                    source: source.into(),
                 }
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => IpamFile::default(),
@@ -155,7 +155,10 @@ impl Ipam {
             if proto::manifest::validate_instance_id(id).is_err() || !seen.insert(*ip) {
                 return Err(NetworkError::IpamCorrupt {
                     path: path.to_path_buf(),
-                    reason: format!("bad lease {id:?} => {ip}"),
+                    source: IpamFault::BadLease {
+                        id: id.clone(),
+                        ip: *ip,
+                    },
                 });
             }
         }
