@@ -28,15 +28,15 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// A node API that could not be served or reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("control socket {path}: {source}")]
+    #[error("control socket {path}")]
     Socket {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("node API: {0}")]
+    #[error("node API")]
     Serve(#[from] tonic::transport::Error),
-    #[error("unexpected answer from riklet: {0}")]
+    #[error("unexpected answer from riklet")]
     Answer(#[from] serde_json::Error),
 }
 
@@ -154,6 +154,84 @@ impl LogService {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 
+/// The log files a request asks for: `(container, path)`, sorted.
+fn requested_files(dir: &Path, req: &NodeLogsRequest) -> Result<Vec<(String, PathBuf)>, Status> {
+    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().join("0.log"),
+            )
+        })
+        .filter(|(name, path)| {
+            path.exists() && (req.container.is_empty() || *name == req.container)
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Status::not_found(format!(
+            "no logs for container {:?} of instance {}",
+            req.container, req.instance_id
+        )));
+    }
+    Ok(files)
+}
+
+/// Sends the last `tail` lines of every file, then, if `follow`, what is
+/// appended to them until a file disappears (the pod was deleted) or the
+/// client goes away.
+async fn stream_logs(
+    files: Vec<(String, PathBuf)>,
+    instance_id: String,
+    tail: usize,
+    follow: bool,
+    tx: tokio::sync::mpsc::Sender<Result<LogChunk, Status>>,
+) {
+    let chunk = |container: &str, data| LogChunk {
+        instance_id: instance_id.clone(),
+        container: container.to_string(),
+        data,
+    };
+    let mut offsets = Vec::new();
+    for (container, path) in &files {
+        let (data, off) = match logs::read_tail(path, tail) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(Status::internal(crate::error_chain(&e)))).await;
+                return;
+            }
+        };
+        offsets.push(off);
+        if tx.send(Ok(chunk(container, data))).await.is_err() {
+            return;
+        }
+    }
+    if !follow {
+        return;
+    }
+    loop {
+        tokio::time::sleep(FOLLOW_POLL).await;
+        for ((container, path), off) in files.iter().zip(offsets.iter_mut()) {
+            // The file disappears when the pod is deleted: stop then.
+            let Ok((data, next)) = logs::read_from(path, *off) else {
+                return;
+            };
+            *off = next;
+            if data.is_empty() {
+                continue;
+            }
+            if tx.send(Ok(chunk(container, data))).await.is_err() {
+                return;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl NodeLogs for LogService {
     type LogsStream = ChunkStream;
@@ -164,84 +242,23 @@ impl NodeLogs for LogService {
     ) -> Result<Response<ChunkStream>, Status> {
         let req = request.into_inner();
         proto::manifest::validate_instance_id(&req.instance_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Status::invalid_argument(crate::error_chain(&e)))?;
         if !req.container.is_empty() {
             proto::manifest::validate_name("container", &req.container)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                .map_err(|e| Status::invalid_argument(crate::error_chain(&e)))?;
         }
         let dir = self.pod_dir(&req.instance_id).ok_or_else(|| {
             Status::not_found(format!("no logs for instance {}", req.instance_id))
         })?;
-        let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    e.path().join("0.log"),
-                )
-            })
-            .filter(|(name, path)| {
-                path.exists() && (req.container.is_empty() || *name == req.container)
-            })
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(Status::not_found(format!(
-                "no logs for container {:?} of instance {}",
-                req.container, req.instance_id
-            )));
-        }
+        let files = requested_files(&dir, &req)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let (instance_id, tail, follow) = (req.instance_id, req.tail as usize, req.follow);
-        tokio::spawn(async move {
-            let mut offsets = Vec::new();
-            for (container, path) in &files {
-                let (data, off) = match logs::read_tail(path, tail) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                        return;
-                    }
-                };
-                offsets.push(off);
-                let chunk = LogChunk {
-                    instance_id: instance_id.clone(),
-                    container: container.clone(),
-                    data,
-                };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
-            if !follow {
-                return;
-            }
-            loop {
-                tokio::time::sleep(FOLLOW_POLL).await;
-                for ((container, path), off) in files.iter().zip(offsets.iter_mut()) {
-                    // The file disappears when the pod is deleted: stop then.
-                    let Ok((data, next)) = logs::read_from(path, *off) else {
-                        return;
-                    };
-                    *off = next;
-                    if data.is_empty() {
-                        continue;
-                    }
-                    let chunk = LogChunk {
-                        instance_id: instance_id.clone(),
-                        container: container.clone(),
-                        data,
-                    };
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        return;
-                    }
-                }
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(stream_logs(
+            files,
+            req.instance_id,
+            req.tail as usize,
+            req.follow,
+            tx,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

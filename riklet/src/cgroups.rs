@@ -31,14 +31,14 @@ pub enum CgroupError {
     #[error("no cgroup v2 hierarchy found (looked for /sys/fs/cgroup and /sys/fs/cgroup/unified)")]
     NoV2,
     /// cgroups-rs refused an operation.
-    #[error("cgroup {path}: {source}")]
+    #[error("cgroup {path}")]
     Controller {
         path: String,
         #[source]
         source: cgroups_rs::fs::error::Error,
     },
     /// A file operation under the cgroup filesystem failed.
-    #[error("cgroup {path}: {source}")]
+    #[error("cgroup {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -272,13 +272,10 @@ impl ContainerCgroup {
             .unwrap_or_default()
     }
 
-    /// Whether `pid` is a member, read from `/proc/<pid>/cgroup`: part of
-    /// the identity check that guards against pid reuse.
+    /// Whether `pid` is a member of the v2 cgroup: part of the identity
+    /// check that guards against pid reuse.
     pub fn contains(&self, pid: i32) -> bool {
-        let want = format!("0::/{}", self.rel);
-        fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|s| s.lines().any(|l| l == want))
-            .unwrap_or(false)
+        v2_cgroup_of(pid).is_some_and(|path| path.strip_prefix('/') == Some(self.rel.as_str()))
     }
 
     /// Sends `signal` to every process of the cgroup.
@@ -331,5 +328,29 @@ impl ContainerCgroup {
             }
         }
         Ok(())
+    }
+}
+
+/// The v2 cgroup of a process, as `/proc/<pid>/cgroup` names it (its path
+/// under the v2 mount, with a leading `/`); `None` when the process is gone.
+pub fn v2_cgroup_of(pid: i32) -> Option<String> {
+    procfs::process::Process::new(pid)
+        .ok()?
+        .cgroups()
+        .ok()?
+        .into_iter()
+        .find(|g| g.hierarchy == 0)
+        .map(|g| g.pathname)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn v2_cgroup_of_reads_the_unified_line() {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let want = text.lines().find_map(|l| l.strip_prefix("0::"));
+        let got = super::v2_cgroup_of(std::process::id() as i32);
+        assert_eq!(got.as_deref(), want);
+        assert_eq!(super::v2_cgroup_of(i32::MAX), None);
     }
 }

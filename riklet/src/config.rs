@@ -23,13 +23,13 @@ pub mod paths {
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Parse {
         path: PathBuf,
         #[source]
@@ -37,6 +37,10 @@ pub enum ConfigError {
     },
     #[error("config: {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("config: node_name")]
+    NodeName(#[source] proto::manifest::ManifestError),
+    #[error("config: network")]
+    Network(#[source] crate::network::NetworkError),
 }
 
 /// Every setting of the riklet (TOML keys are the field names).
@@ -148,6 +152,16 @@ impl RegistriesConfig {
     }
 }
 
+/// A name that stays one directory: not empty, not `.` or `..`, only
+/// `[A-Za-z0-9._-]`.
+fn single_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s != "."
+        && s != ".."
+}
+
 /// `host[:port]`, as the registry part of an image reference.
 fn registry_host(s: &str) -> bool {
     !s.is_empty()
@@ -204,26 +218,41 @@ impl Config {
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(name) = &self.node_name {
-            proto::manifest::validate_node_name("node_name", name).map_err(|e| {
-                ConfigError::Invalid {
-                    field: "node_name",
-                    reason: e.to_string(),
-                }
-            })?;
+            proto::manifest::validate_node_name("node_name", name)
+                .map_err(ConfigError::NodeName)?;
         }
-        let simple = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                && s != "."
-                && s != ".."
-        };
-        if !simple(&self.cgroup_root) {
+        if !single_component(&self.cgroup_root) {
             return Err(ConfigError::Invalid {
                 field: "cgroup_root",
                 reason: format!("{:?} must be a single path component", self.cgroup_root),
             });
         }
+        self.validate_durations()?;
+        self.network.validate().map_err(ConfigError::Network)?;
+        crate::runtime::containerd::check_namespace(&self.containerd.namespace).map_err(|why| {
+            ConfigError::Invalid {
+                field: "containerd.namespace",
+                reason: format!("{:?}: {why}", self.containerd.namespace),
+            }
+        })?;
+        self.validate_registries()?;
+        for (field, p) in [
+            ("state_dir", &self.state_dir),
+            ("log_dir", &self.log_dir),
+            ("bpf_pin_dir", &self.bpf_pin_dir),
+            ("containerd.socket", &self.containerd.socket),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{} must be an absolute path", p.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_durations(&self) -> Result<(), ConfigError> {
         for (field, d) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("restart_backoff_initial", self.restart_backoff_initial),
@@ -242,16 +271,10 @@ impl Config {
                 reason: "must not be less than restart_backoff_initial".into(),
             });
         }
-        self.network.validate().map_err(|e| ConfigError::Invalid {
-            field: "network",
-            reason: e.to_string(),
-        })?;
-        crate::runtime::containerd::check_namespace(&self.containerd.namespace).map_err(|why| {
-            ConfigError::Invalid {
-                field: "containerd.namespace",
-                reason: format!("{:?}: {why}", self.containerd.namespace),
-            }
-        })?;
+        Ok(())
+    }
+
+    fn validate_registries(&self) -> Result<(), ConfigError> {
         if self.registries.timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "registries.timeout",
@@ -274,19 +297,6 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     field,
                     reason: format!("{host:?} is not a registry host (host or host:port)"),
-                });
-            }
-        }
-        for (field, p) in [
-            ("state_dir", &self.state_dir),
-            ("log_dir", &self.log_dir),
-            ("bpf_pin_dir", &self.bpf_pin_dir),
-            ("containerd.socket", &self.containerd.socket),
-        ] {
-            if !p.is_absolute() {
-                return Err(ConfigError::Invalid {
-                    field,
-                    reason: format!("{} must be an absolute path", p.display()),
                 });
             }
         }

@@ -15,6 +15,7 @@
 //!   containerd containers, image pulls, the containerd connection).
 //! - [`network`]: the pod network (bridge, netns, veth, IPAM, masquerade).
 //! - [`state`]: the runtime memory (atomic JSON records).
+//! - [`fsutil`]: crash-safe file writes; [`clock`]: Unix milliseconds.
 //! - [`cgroups`]: pod cgroups on hybrid and pure v2 hosts.
 //! - [`metrics`]: eBPF network counters and node figures.
 //! - [`logs`]: CRI log files, writing and tailing.
@@ -24,7 +25,9 @@
 pub mod agent;
 pub mod api;
 pub mod cgroups;
+pub mod clock;
 pub mod config;
+pub mod fsutil;
 pub mod logs;
 pub mod metrics;
 pub mod network;
@@ -34,9 +37,14 @@ pub mod scheduler_client;
 pub mod state;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, warn};
 
 pub use config::Config;
@@ -54,26 +62,30 @@ pub enum Error {
     Api(#[from] api::ApiError),
     #[error("user {0:?} (run_as_user) does not exist")]
     NoSuchUser(String),
-    #[error("cannot determine the node name: {0}")]
-    NodeName(String),
-    #[error("{what} {addr}: {source}")]
+    #[error("cannot determine the node name: cannot read the hostname")]
+    Hostname(#[source] nix::Error),
+    #[error("cannot determine the node name")]
+    NodeName(#[source] proto::manifest::ManifestError),
+    #[error("{what} {addr}")]
     Bind {
         what: &'static str,
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
     #[error("state dir {0} is used by another riklet (lock held)")]
-    Locked(std::path::PathBuf),
-    #[error("state dir {path}: {source}")]
+    Locked(PathBuf),
+    #[error("state dir {path}")]
     StateDir {
-        path: std::path::PathBuf,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("embedded scheduler: {0}")]
+    #[error("cannot find the riklet executable (re-run as the shim of bare processes)")]
+    Executable(#[source] std::io::Error),
+    #[error("embedded scheduler")]
     Scheduler(#[from] scheduler::SchedulerError),
-    #[error("pod network: {0}")]
+    #[error("pod network")]
     Network(#[from] network::NetworkError),
 }
 
@@ -81,42 +93,116 @@ pub enum Error {
 /// returns (a later riklet adopts them); eBPF programs are detached.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
-    let node = match &config.node_name {
-        Some(n) => n.clone(),
-        None => {
-            let host = nix::unistd::gethostname()
-                .map_err(|e| Error::NodeName(e.to_string()))?
-                .to_string_lossy()
-                .to_ascii_lowercase();
-            proto::manifest::validate_node_name("hostname", &host)
-                .map_err(|e| Error::NodeName(e.to_string()))?;
-            host
-        }
-    };
+    let node = node_name(&config)?;
     let user = nix::unistd::User::from_name(&config.run_as_user)
         .ok()
         .flatten()
         .ok_or_else(|| Error::NoSuchUser(config.run_as_user.clone()))?;
-
-    let state_err = |source| Error::StateDir {
-        path: config.state_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&config.state_dir).map_err(state_err)?;
-    let lock = std::fs::File::create(config.state_dir.join("riklet.lock")).map_err(state_err)?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::Locked(config.state_dir.clone()));
-    }
+    // Held until the riklet stops.
+    let _lock = lock_state_dir(&config.state_dir)?;
 
     let store = state::Store::open(&config.state_dir)?;
     let cgroups = cgroups::CgroupManager::new(&config.cgroup_root)?;
-    let network = std::sync::Arc::new(
-        network::PodNetwork::new(config.network.clone(), &config.state_dir).await?,
-    );
+    let network =
+        Arc::new(network::PodNetwork::new(config.network.clone(), &config.state_dir).await?);
     info!(node = %node, layout = ?cgroups.layout(), "riklet starting");
-    let probes = match metrics::ebpf::Probes::load(&cgroups.v2_root(), &config.bpf_pin_dir) {
-        Ok(n) => Some(n),
+    let probes = load_probes(&cgroups, &config);
+    let ebpf = probes.is_some();
+
+    let mut tasks = Tasks::new();
+    if config.standalone {
+        start_embedded_scheduler(&config, &mut tasks).await?;
+    }
+    let (api_listener, api_address) = bind("node API", config.api_listen).await?;
+    let socket = api::bind_socket(&config.socket_path())?;
+
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let settings = agent_settings(&config, &node, &user);
+    let backends = backends(&config, store, cgroups, network, &tasks)?;
+    let containerd = backends.containerd.clone();
+    let usage = metrics::collector::PodUsage::default();
+    let agent = agent::Agent::new(settings, backends, usage.clone(), reports_tx);
+    let handle = agent.handle();
+    let agent_task = tokio::spawn(agent.run(tasks.stop.subscribe()));
+
+    let (metrics_address, collector_task) =
+        start_metrics(&config, &node, probes, usage, &handle, &mut tasks).await?;
+
+    let facts = api::NodeFacts {
+        node: node.clone(),
+        scheduler: config.scheduler.clone(),
+        api_address: api_address.clone(),
+        metrics_address,
+        ebpf,
+        containerd,
+    };
+    let socket_task = tokio::spawn(api::serve_socket(socket, handle.clone(), facts));
+    let stopped = tasks.stopped();
+    tasks.spawn_server(
+        "node API",
+        api::serve_logs(api_listener, config.log_dir.clone(), stopped),
+    );
+    let client_settings = scheduler_client::ClientSettings {
+        scheduler: config.scheduler.clone(),
+        node: node.clone(),
+        host_address: api_address,
+        heartbeat_interval: config.heartbeat_interval,
+    };
+    let client_stop = tasks.stop.subscribe();
+    tasks.services.spawn(scheduler_client::run(
+        client_settings,
+        handle,
+        reports_rx,
+        client_stop,
+    ));
+
+    shutdown.await;
+    info!(node = %node, "riklet stopping; pods keep running");
+    let _ = tasks.stop.send(());
+    socket_task.abort();
+    while tasks.services.join_next().await.is_some() {}
+    let _ = agent_task.await;
+    // The collector detaches the eBPF programs and removes their pins.
+    let _ = collector_task.await;
+    let _ = std::fs::remove_file(config.socket_path());
+    Ok(())
+}
+
+/// The configured node name, else the hostname in lower case (which must
+/// be a valid node name).
+fn node_name(config: &Config) -> Result<String, Error> {
+    if let Some(n) = &config.node_name {
+        return Ok(n.clone());
+    }
+    let host = nix::unistd::gethostname()
+        .map_err(Error::Hostname)?
+        .to_string_lossy()
+        .to_ascii_lowercase();
+    proto::manifest::validate_node_name("hostname", &host).map_err(Error::NodeName)?;
+    Ok(host)
+}
+
+/// Creates the state dir and takes its lock: two riklets on one state dir
+/// would fight over the same pods.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, Error> {
+    let state_err = |source| Error::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(state_err)?;
+    let lock = std::fs::File::create(dir.join("riklet.lock")).map_err(state_err)?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Locked(dir.to_path_buf()));
+    }
+    Ok(lock)
+}
+
+/// The eBPF probes, or `None` (logged) when this kernel or host cannot
+/// load them: the riklet runs on without the figures they give.
+fn load_probes(cgroups: &cgroups::CgroupManager, config: &Config) -> Option<metrics::ebpf::Probes> {
+    match metrics::ebpf::Probes::load(&cgroups.v2_root(), &config.bpf_pin_dir) {
+        Ok(probes) => Some(probes),
         Err(e) => {
             warn!(
                 error = %error_chain(&e),
@@ -125,56 +211,52 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             );
             None
         }
-    };
-    let ebpf = probes.is_some();
-
-    let (stop_tx, _) = broadcast::channel::<()>(1);
-    let mut tasks = tokio::task::JoinSet::new();
-
-    if config.standalone {
-        let listener = tokio::net::TcpListener::bind(config.standalone_listen)
-            .await
-            .map_err(|source| Error::Bind {
-                what: "embedded scheduler",
-                addr: config.standalone_listen,
-                source,
-            })?;
-        let sched_config = scheduler::SchedulerConfig {
-            state_dir: config.state_dir.join("scheduler"),
-            ..scheduler::SchedulerConfig::default()
-        };
-        let mut stop = stop_tx.subscribe();
-        tasks.spawn(async move {
-            if let Err(e) = scheduler::run(sched_config, listener, async move {
-                let _ = stop.recv().await;
-            })
-            .await
-            {
-                error!(error = %e, "embedded scheduler stopped");
-            }
-        });
     }
+}
 
-    let api_listener = tokio::net::TcpListener::bind(config.api_listen)
-        .await
-        .map_err(|source| Error::Bind {
-            what: "node API",
-            addr: config.api_listen,
-            source,
-        })?;
-    let host_address = api_listener
-        .local_addr()
-        .map_err(|source| Error::Bind {
-            what: "node API",
-            addr: config.api_listen,
-            source,
-        })?
-        .to_string();
-    let socket = api::bind_socket(&config.socket_path())?;
+/// The scheduler in-process (a one-node cluster), listening like a remote
+/// one would.
+async fn start_embedded_scheduler(config: &Config, tasks: &mut Tasks) -> Result<(), Error> {
+    let (listener, _) = bind("embedded scheduler", config.standalone_listen).await?;
+    let sched_config = scheduler::SchedulerConfig {
+        state_dir: config.state_dir.join("scheduler"),
+        ..scheduler::SchedulerConfig::default()
+    };
+    let stopped = tasks.stopped();
+    tasks.spawn_server(
+        "embedded scheduler",
+        scheduler::run(sched_config, listener, stopped),
+    );
+    Ok(())
+}
 
-    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let settings = agent::AgentSettings {
-        node: node.clone(),
+/// What the Node Manager drives; starts connecting to containerd.
+fn backends(
+    config: &Config,
+    store: state::Store,
+    cgroups: cgroups::CgroupManager,
+    network: Arc<network::PodNetwork>,
+    tasks: &Tasks,
+) -> Result<agent::Backends, Error> {
+    let shim_exe = std::env::current_exe().map_err(Error::Executable)?;
+    let containerd = runtime::link::ContainerdLink::spawn(
+        &config.containerd.socket,
+        &config.containerd.namespace,
+        config.registries.registry_config(),
+        tasks.stop.subscribe(),
+    );
+    Ok(agent::Backends {
+        store,
+        cgroups,
+        process: runtime::process::ProcessRuntime::new(shim_exe, &config.state_dir),
+        containerd,
+        network,
+    })
+}
+
+fn agent_settings(config: &Config, node: &str, user: &nix::unistd::User) -> agent::AgentSettings {
+    agent::AgentSettings {
+        node: node.to_string(),
         log_dir: config.log_dir.clone(),
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
@@ -182,113 +264,89 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         backoff_initial: config.restart_backoff_initial,
         backoff_max: config.restart_backoff_max,
         keep_logs_on_delete: config.keep_logs_on_delete,
-    };
-    let shim_exe = std::env::current_exe().map_err(state_err)?;
-    let containerd = runtime::link::ContainerdLink::spawn(
-        &config.containerd.socket,
-        &config.containerd.namespace,
-        config.registries.registry_config(),
-        stop_tx.subscribe(),
-    );
-    let backends = agent::Backends {
-        store,
-        cgroups,
-        process: runtime::process::ProcessRuntime::new(shim_exe, &config.state_dir),
-        containerd: containerd.clone(),
-        network,
-    };
-    let usage = metrics::collector::PodUsage::default();
-    let agent = agent::Agent::new(settings, backends, usage.clone(), reports_tx);
-    let handle = agent.handle();
-    let agent_task = tokio::spawn(agent.run(stop_tx.subscribe()));
+    }
+}
 
+/// Binds a TCP listener; returns it with the address it got (port 0 picks
+/// a free one).
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, String), Error> {
+    let err = |source| Error::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?.to_string();
+    Ok((listener, local))
+}
+
+/// Starts the Prometheus endpoint and the collector that feeds it; returns
+/// the endpoint's address and the collector's task.
+async fn start_metrics(
+    config: &Config,
+    node: &str,
+    probes: Option<metrics::ebpf::Probes>,
+    usage: metrics::collector::PodUsage,
+    agent: &agent::AgentHandle,
+    tasks: &mut Tasks,
+) -> Result<(String, JoinHandle<()>), Error> {
     let snapshots = metrics::exporter::SnapshotHandle::new();
-    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
-        .await
-        .map_err(|source| Error::Bind {
-            what: "metrics endpoint",
-            addr: config.metrics_addr,
-            source,
-        })?;
-    let metrics_address = metrics_listener
-        .local_addr()
-        .map_err(|source| Error::Bind {
-            what: "metrics endpoint",
-            addr: config.metrics_addr,
-            source,
-        })?
-        .to_string();
-
-    let mut stop = stop_tx.subscribe();
-    let exporter = metrics::exporter::serve(metrics_listener, snapshots.clone(), async move {
-        let _ = stop.recv().await;
-    });
-    tasks.spawn(async move {
-        if let Err(e) = exporter.await {
-            error!(error = %e, "metrics endpoint stopped");
-        }
-    });
-    let collector = metrics::collector::Collector::new(
-        &node,
-        probes,
-        snapshots,
-        usage,
-        config.metrics_interval,
+    let (listener, address) = bind("metrics endpoint", config.metrics_addr).await?;
+    let stopped = tasks.stopped();
+    tasks.spawn_server(
+        "metrics endpoint",
+        metrics::exporter::serve(listener, snapshots.clone(), stopped),
     );
-    let targets_handle = handle.clone();
+    let collector =
+        metrics::collector::Collector::new(node, probes, snapshots, usage, config.metrics_interval);
+    let agent = agent.clone();
     let collector_task = tokio::spawn(metrics::collector::run(
         collector,
         config.metrics_interval,
         move || {
-            let h = targets_handle.clone();
-            async move { h.targets().await }
+            let agent = agent.clone();
+            async move { agent.targets().await }
         },
-        stop_tx.subscribe(),
+        tasks.stop.subscribe(),
     ));
+    Ok((address, collector_task))
+}
 
-    let facts = api::NodeFacts {
-        node: node.clone(),
-        scheduler: config.scheduler.clone(),
-        api_address: host_address.clone(),
-        metrics_address,
-        ebpf,
-        containerd,
-    };
-    let socket_task = tokio::spawn(api::serve_socket(socket, handle.clone(), facts));
-    let mut stop = stop_tx.subscribe();
-    let log_dir = config.log_dir.clone();
-    tasks.spawn(async move {
-        if let Err(e) = api::serve_logs(api_listener, log_dir, async move {
-            let _ = stop.recv().await;
-        })
-        .await
-        {
-            error!(error = %e, "node API stopped");
+/// The servers and the scheduler client, and the signal that stops every
+/// task of the riklet.
+struct Tasks {
+    stop: broadcast::Sender<()>,
+    /// Joined first at shutdown (before the agent and the collector).
+    services: JoinSet<()>,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        Tasks {
+            stop: broadcast::channel(1).0,
+            services: JoinSet::new(),
         }
-    });
-    let client_settings = scheduler_client::ClientSettings {
-        scheduler: config.scheduler.clone(),
-        node: node.clone(),
-        host_address,
-        heartbeat_interval: config.heartbeat_interval,
-    };
-    tasks.spawn(scheduler_client::run(
-        client_settings,
-        handle,
-        reports_rx,
-        stop_tx.subscribe(),
-    ));
+    }
 
-    shutdown.await;
-    info!(node = %node, "riklet stopping; pods keep running");
-    let _ = stop_tx.send(());
-    socket_task.abort();
-    while tasks.join_next().await.is_some() {}
-    let _ = agent_task.await;
-    // The collector detaches the eBPF programs and removes their pins.
-    let _ = collector_task.await;
-    let _ = std::fs::remove_file(config.socket_path());
-    Ok(())
+    /// Resolves once the riklet stops (subscribed now, so a stop sent
+    /// before the first poll is not missed).
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let _ = stop.recv().await;
+        }
+    }
+
+    /// Runs a server until it ends, logging why if it failed.
+    fn spawn_server<E>(
+        &mut self,
+        what: &'static str,
+        server: impl Future<Output = Result<(), E>> + Send + 'static,
+    ) where
+        E: std::error::Error + Send + 'static,
+    {
+        self.services.spawn(async move {
+            if let Err(e) = server.await {
+                error!(error = %error_chain(&e), "{what} stopped");
+            }
+        });
+    }
 }
 
 /// An error and its sources on one line (`a: b: c`), for logs and test

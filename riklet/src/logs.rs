@@ -20,7 +20,7 @@ pub const MAX_RECORD: usize = 16 * 1024;
 /// A log operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("log file {path}: {source}")]
+    #[error("log file {path}")]
     Io {
         path: PathBuf,
         #[source]

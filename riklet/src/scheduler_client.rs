@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use proto::common::WorkloadRequestKind;
 use proto::common::{
     InstanceMetric, ResourceStatus, WorkerMetric, WorkerRegistration, WorkerStatus, worker_status,
@@ -25,13 +26,23 @@ use crate::metrics::node::NodeMonitor;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Delays between sessions: doubling from [`BACKOFF_MIN`] to
+/// [`BACKOFF_MAX`], each jittered by ±50 % so that nodes cut off together
+/// do not come back together.
+const RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(BACKOFF_MIN)
+    .with_max_delay(BACKOFF_MAX)
+    .without_max_times();
+/// A session that lasted this long was a working one: the delays start
+/// again from [`BACKOFF_MIN`].
+const LONG_SESSION: Duration = Duration::from_secs(30);
 
 /// A session with the scheduler that ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect")]
     Connect(#[from] tonic::transport::Error),
-    #[error("scheduler refused: {0}")]
+    #[error("scheduler refused")]
     Rpc(#[from] tonic::Status),
     #[error("scheduler closed the instruction stream")]
     Closed,
@@ -55,7 +66,7 @@ pub async fn run(
     mut shutdown: broadcast::Receiver<()>,
 ) {
     let mut monitor = NodeMonitor::new(&settings.node);
-    let mut backoff = BACKOFF_MIN;
+    let mut delays = RECONNECT.build();
     loop {
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
@@ -63,18 +74,17 @@ pub async fn run(
             r = session(&settings, &agent, &mut reports, &mut monitor) => r,
         };
         if let Err(e) = result {
-            warn!(node = %settings.node, scheduler = %settings.scheduler, error = %e, "scheduler session ended");
+            warn!(node = %settings.node, scheduler = %settings.scheduler, error = %crate::error_chain(&e), "scheduler session ended");
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = BACKOFF_MIN;
+        if started.elapsed() > LONG_SESSION {
+            delays = RECONNECT.build();
         }
         let jitter = rand::rng().random_range(0.5..1.5);
-        let wait = backoff.mul_f64(jitter);
+        let wait = delays.next().unwrap_or(BACKOFF_MAX).mul_f64(jitter);
         tokio::select! {
             _ = shutdown.recv() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -1,29 +1,31 @@
 //! Runtime memory: what the riklet knows of every pod, on disk.
 //!
 //! One JSON file per pod under `<state-dir>/pods/`, replaced atomically
-//! (write a temporary file, fsync it, rename it over the old one, fsync the
-//! directory) on every change, so that a riklet killed at any instant comes
+//! ([`crate::fsutil::write_atomic`]) on every change, so that a riklet killed at any instant comes
 //! back with a consistent view: the pod's spec, state, process identities
 //! (pid + start time, never the pid alone), restart count and timestamps.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use proto::common::ResourceStatus;
 use proto::manifest::AppManifest;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
+use crate::fsutil::{sync_dir, write_atomic};
+
 /// A runtime-memory operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("state file {path} is corrupt: {source}")]
+    #[error("state file {path} is corrupt")]
     Corrupt {
         path: PathBuf,
         #[source]
@@ -260,7 +262,7 @@ impl Store {
                                 path: path.clone(),
                                 source,
                             };
-                            tracing::error!(error = %err, "pod record set aside as .corrupt");
+                            tracing::error!(error = %crate::error_chain(&err), "pod record set aside as .corrupt");
                             let aside = path.with_extension("json.corrupt");
                             fs::rename(&path, &aside).map_err(io(&path))?;
                         }
@@ -292,34 +294,6 @@ impl Store {
             Err(source) => Err(StateError::Io { path, source }),
         }
     }
-}
-
-/// Replaces `path` with `data` so that a crash leaves the old or the new
-/// content, never a mix.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use proto::rik::v1::{App, Instance};
 use tokio::time::Instant;
 
@@ -15,6 +16,10 @@ use crate::views::{failure_reason, instance_label};
 /// tens of milliseconds, an image pull takes seconds.
 const POLL_FIRST: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(200);
+const POLL: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(POLL_FIRST)
+    .with_max_delay(POLL_MAX)
+    .without_max_times();
 
 /// Creates or updates an app from a manifest (RIK workload v1 or a seed 004
 /// deployment file, YAML or JSON).
@@ -107,7 +112,7 @@ async fn wait_running(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut pause = POLL_FIRST;
+    let mut pauses = POLL.build();
     loop {
         let app = scheduler.get_app(name).await?;
         match progress(&app) {
@@ -122,8 +127,7 @@ async fn wait_running(
                 }
             }
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(POLL_MAX);
+        tokio::time::sleep(pauses.next().unwrap_or(POLL_MAX)).await;
     }
 }
 

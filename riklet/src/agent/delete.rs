@@ -87,7 +87,7 @@ impl<H: PodHost> Agent<H> {
             return;
         }
         if let Err(e) = self.store.remove(instance_id) {
-            error!(pod = instance_id, error = %e, "cannot forget pod");
+            error!(pod = instance_id, error = %crate::error_chain(&e), "cannot forget pod");
         }
         self.pods.remove(instance_id);
         info!(pod = instance_id, "pod destroyed");

@@ -57,9 +57,10 @@ use tracing::{error, info, warn};
 pub use handle::{AgentHandle, InstanceReport};
 pub use node::{Backends, NodeHost};
 
+use crate::clock::now_ms;
 use crate::metrics::collector::PodUsage;
 use crate::runtime::containerd;
-use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store, now_ms};
+use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store};
 use handle::Event;
 use host::{PodHost, StartRequest, StartResult};
 use phase::pod_phase;
@@ -463,7 +464,7 @@ impl<H: PodHost> Agent<H> {
         };
         pod.updated_at = now_ms();
         if let Err(e) = self.store.save(pod) {
-            error!(pod = instance_id, error = %e, "cannot save pod record");
+            error!(pod = instance_id, error = %crate::error_chain(&e), "cannot save pod record");
         }
         let report = self.report_of(&self.pods[instance_id]);
         let _ = self.reports.send(report);

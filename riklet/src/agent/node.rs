@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use tracing::{error, warn};
 
 use super::host::{PodHost, ProcessTrace, StartRequest, StartResult, StopTarget};
@@ -18,9 +19,12 @@ use crate::runtime::link::ContainerdLink;
 use crate::runtime::process::ProcessRuntime;
 use crate::state::{ExitRecord, PodRecord, ProcId, RunRecord};
 
-/// Longest pause between two `Wait` calls on a task while containerd is
-/// unreachable.
-const WAIT_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Pauses between two `Wait` calls on a task while containerd is
+/// unreachable: from 200 ms, doubling, at most 5 s, until it answers.
+const WAIT_RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(200))
+    .with_max_delay(Duration::from_secs(5))
+    .without_max_times();
 
 /// What the Node Manager drives on the host.
 pub struct Backends {
@@ -288,26 +292,21 @@ impl PodHost for NodeHost {
 /// Waits for a containerd task to end, across containerd restarts (the
 /// task keeps running in its shim; `Wait` is simply asked again).
 async fn wait_task(link: &ContainerdLink, id: &str) -> ExitRecord {
-    let mut pause = Duration::from_millis(200);
     let mut warned = false;
-    loop {
-        let cd = link.connected().await;
-        match cd.runtime.wait(id).await {
-            Ok(exit) => return exit.to_exit_record(),
-            Err(e) if e.is_not_found() => {
-                return ExitRecord::without_status(
-                    "Lost",
-                    "containerd has no task for this container any more",
-                );
+    let wait = || async { link.connected().await.runtime.wait(id).await };
+    let ended = wait
+        .retry(WAIT_RETRY)
+        .when(|e: &ContainerdError| !e.is_not_found())
+        .notify(|e, _| {
+            if !std::mem::replace(&mut warned, true) {
+                warn!(container = id, error = %crate::error_chain(e), "lost track of a container task; asking containerd again");
             }
-            Err(e) => {
-                if !warned {
-                    warn!(container = id, error = %crate::error_chain(&e), "lost track of a container task; asking containerd again");
-                    warned = true;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(WAIT_RETRY_MAX);
-            }
+        })
+        .await;
+    match ended {
+        Ok(exit) => exit.to_exit_record(),
+        Err(_) => {
+            ExitRecord::without_status("Lost", "containerd has no task for this container any more")
         }
     }
 }

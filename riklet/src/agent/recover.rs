@@ -11,8 +11,8 @@ use tracing::{error, info, warn};
 use super::host::PodHost;
 use super::phase::CONTAINERD_UNAVAILABLE;
 use super::{Agent, Event};
+use crate::clock::now_ms;
 use crate::runtime::containerd::{self, ContainerInfo, TaskStatus};
-use crate::state::now_ms;
 use crate::state::{ExitRecord, Phase, ProcId, RunRecord};
 
 /// Delay before a failed reconciliation with containerd is tried again.

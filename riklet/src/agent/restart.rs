@@ -10,7 +10,8 @@ use tracing::info;
 use super::host::PodHost;
 use super::phase::{CONTAINERD_UNAVAILABLE, is_setup_failure};
 use super::{Agent, Event};
-use crate::state::{ContainerRecord, ExitRecord, Phase, RunRecord, now_ms};
+use crate::clock::now_ms;
+use crate::state::{ContainerRecord, ExitRecord, Phase, RunRecord};
 
 /// A run that lasted this long resets the crash-loop back-off (kubelet).
 pub(super) const BACKOFF_RESET_MS: i64 = 10 * 60 * 1000;

@@ -276,7 +276,7 @@ impl Collector {
             node,
             pods: samples,
             pod_nets,
-            collected_at: crate::state::now_ms(),
+            collected_at: crate::clock::now_ms(),
             timings: CollectionTimings {
                 ebpf_seconds: ebpf.as_secs_f64(),
                 cgroups_seconds: cgroups.as_secs_f64(),

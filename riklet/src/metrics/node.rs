@@ -73,7 +73,7 @@ impl NodeMonitor {
             "realtime": {
                 "id": self.node,
                 "state": "RUNNING",
-                "timestamp": crate::state::now_ms() / 1000,
+                "timestamp": crate::clock::now_ms() / 1000,
                 "cpu": {"totalCpu": cpus, "currentUsage": round1(usage)},
                 "memory": {
                     "totalMemory": mem_total,

@@ -2,7 +2,7 @@
 //!
 //! `<state-dir>/ipam.json` holds the CIDR, the lease of every attached
 //! instance and the last address handed out. It is replaced atomically
-//! ([`crate::state::write_atomic`]) before the caller touches the kernel, so
+//! ([`crate::fsutil::write_atomic`]) before the caller touches the kernel, so
 //! a riklet killed at any instant comes back knowing every address in use:
 //! no address is ever given to two instances, and every network namespace
 //! or veth the riklet created is covered by a lease that
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{NetworkError, Result};
+use super::{IpamFault, NetworkError, Result};
 
 /// An IPv4 network: address and prefix length, host bits zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl Ipam {
             Ok(bytes) => serde_json::from_slice::<IpamFile>(&bytes).map_err(|source| {
                 NetworkError::IpamCorrupt {
                     path: path.to_path_buf(),
-                    reason: source.to_string(),
+                    source: source.into(),
                 }
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => IpamFile::default(),
@@ -155,7 +155,10 @@ impl Ipam {
             if proto::manifest::validate_instance_id(id).is_err() || !seen.insert(*ip) {
                 return Err(NetworkError::IpamCorrupt {
                     path: path.to_path_buf(),
-                    reason: format!("bad lease {id:?} => {ip}"),
+                    source: IpamFault::BadLease {
+                        id: id.clone(),
+                        ip: *ip,
+                    },
                 });
             }
         }
@@ -249,7 +252,7 @@ impl Ipam {
 
     fn save(&self) -> Result<()> {
         let json = serde_json::to_vec_pretty(&self.file).expect("IPAM state serializes");
-        crate::state::write_atomic(&self.path, &json).map_err(|source| NetworkError::Io {
+        crate::fsutil::write_atomic(&self.path, &json).map_err(|source| NetworkError::Io {
             what: "writing the IPAM state".into(),
             path: self.path.clone(),
             source,

@@ -79,37 +79,41 @@ pub enum NetworkError {
     },
     /// The lease file cannot be trusted; refusing it avoids handing out
     /// addresses that are in use.
-    #[error("IPAM state {path} is corrupt: {reason}")]
-    IpamCorrupt { path: PathBuf, reason: String },
+    #[error("IPAM state {path} is corrupt")]
+    IpamCorrupt {
+        path: PathBuf,
+        #[source]
+        source: IpamFault,
+    },
     /// The bridge name is taken by something else.
     #[error("link {name} cannot be the pod bridge: {reason}")]
     NotABridge { name: String, reason: String },
-    #[error("{what}: {path}: {source}")]
+    #[error("{what}: {path}")]
     Io {
         what: String,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Socket {
         what: String,
         #[source]
         source: io::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         what: String,
         #[source]
         source: nix::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Netlink {
         what: String,
         #[source]
         source: Box<rtnetlink::Error>,
     },
-    #[error("{what}: {source}: {detail}")]
+    #[error("{what}{}", nft_said(.detail))]
     Nft {
         what: String,
         /// What `nft` printed on stderr.
@@ -117,7 +121,7 @@ pub enum NetworkError {
         #[source]
         source: Box<nftables::helper::NftablesError>,
     },
-    #[error("cannot spawn a thread for {what}: {source}")]
+    #[error("cannot spawn a thread for {what}")]
     Thread {
         what: &'static str,
         #[source]
@@ -125,6 +129,26 @@ pub enum NetworkError {
     },
     #[error("{what}: the helper thread died")]
     ThreadPanicked { what: &'static str },
+}
+
+/// What is wrong with the IPAM state file.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamFault {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// An instance id that is not one, or an address leased twice.
+    #[error("bad lease {id:?} => {ip}")]
+    BadLease { id: String, ip: Ipv4Addr },
+}
+
+/// What `nft` printed on stderr, as a suffix of a message (its error
+/// only says that it failed).
+fn nft_said(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(" (nft: {stderr})")
+    }
 }
 
 /// Result alias of this module.
@@ -258,7 +282,7 @@ impl PodNetwork {
         } else if let Err(e) = nat::remove(&config.nft_table).await {
             // Most likely there is nothing to remove (or no `nft` at all):
             // not a reason to run without a pod network.
-            warn!(error = %e, "cannot remove a masquerade rule of an earlier configuration");
+            warn!(error = %crate::error_chain(&e), "cannot remove a masquerade rule of an earlier configuration");
         }
         info!(
             bridge = %config.bridge,
@@ -302,7 +326,7 @@ impl PodNetwork {
                 if new && let Err(undo) = self.detach_locked(instance_id).await {
                     warn!(
                         instance = instance_id,
-                        error = %undo,
+                        error = %crate::error_chain(&undo),
                         "cannot undo a failed attachment; reconcile will retry"
                     );
                 }
@@ -331,7 +355,7 @@ impl PodNetwork {
         for id in leased.iter().filter(|id| !live.contains(id.as_str())) {
             info!(instance = %id, "removing the network of an instance that is gone");
             if let Err(e) = self.detach_locked(id).await {
-                warn!(instance = %id, error = %e, "cannot remove a stale pod network");
+                warn!(instance = %id, error = %crate::error_chain(&e), "cannot remove a stale pod network");
                 first_error.get_or_insert(e);
             }
         }

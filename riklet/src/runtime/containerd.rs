@@ -392,7 +392,7 @@ fn riklet_exe() -> PathBuf {
 fn timestamp_ms(ts: Option<prost_types::Timestamp>) -> i64 {
     match ts {
         Some(t) => t.seconds * 1000 + i64::from(t.nanos) / 1_000_000,
-        None => crate::state::now_ms(),
+        None => crate::clock::now_ms(),
     }
 }
 
@@ -554,7 +554,7 @@ impl ContainerdRuntime {
         Ok(TaskRun {
             container_id: id.to_string(),
             pid: started.pid,
-            started_at: crate::state::now_ms(),
+            started_at: crate::clock::now_ms(),
         })
     }
 

@@ -11,9 +11,11 @@
 //! ones succeed again, so the link connects only once.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
@@ -24,6 +26,12 @@ use super::image::{ImageStore, RegistryConfig};
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest delay between two connection attempts.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Connection attempts until one succeeds: containerd may be installed or
+/// started at any time after the riklet.
+const RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(RETRY_FIRST)
+    .with_max_delay(RETRY_MAX)
+    .without_max_times();
 
 /// The clients of a reachable containerd.
 #[derive(Debug, Clone)]
@@ -61,39 +69,28 @@ impl ContainerdLink {
             link.last_error.clone(),
         );
         tokio::spawn(async move {
-            let mut pause = RETRY_FIRST;
-            let mut attempt = 1u32;
-            loop {
-                let connected = match ContainerdRuntime::connect(&socket, &namespace).await {
-                    Ok(runtime) => ImageStore::new(runtime.channel(), &namespace, registry.clone())
-                        .map(|images| Connected { runtime, images })
-                        .map_err(|e| crate::error_chain(&e)),
-                    Err(e) => Err(crate::error_chain(&e)),
-                };
-                match connected {
-                    Ok(c) => {
-                        info!(socket = %socket.display(), namespace = %namespace, attempt, "connected to containerd");
-                        *last_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                        let _ = tx.send(Some(c));
-                        return;
-                    }
-                    Err(why) => {
-                        warn!(
-                            error = %why,
-                            attempt,
-                            retry_in = ?pause,
-                            "containerd unavailable: image containers wait for it, bare processes run"
-                        );
-                        *last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
-                    }
-                }
-                tokio::select! {
-                    _ = stop.recv() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(RETRY_MAX);
-                attempt += 1;
-            }
+            let attempt = AtomicU32::new(0);
+            let connecting = (|| async {
+                attempt.fetch_add(1, Ordering::Relaxed);
+                connect(&socket, &namespace, &registry).await
+            })
+            .retry(RETRY)
+            .notify(|why: &String, pause: Duration| {
+                warn!(
+                    error = %why,
+                    attempt = attempt.load(Ordering::Relaxed),
+                    retry_in = ?pause,
+                    "containerd unavailable: image containers wait for it, bare processes run"
+                );
+                *last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.clone());
+            });
+            let connected = tokio::select! {
+                _ = stop.recv() => return,
+                Ok(c) = connecting => c,
+            };
+            info!(socket = %socket.display(), namespace = %namespace, attempt = attempt.load(Ordering::Relaxed), "connected to containerd");
+            *last_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            let _ = tx.send(Some(connected));
         });
         link
     }
@@ -136,4 +133,19 @@ impl ContainerdLink {
                 )
             })
     }
+}
+
+/// One connection attempt; the error (its whole chain) is what pods
+/// waiting for containerd are told.
+async fn connect(
+    socket: &Path,
+    namespace: &str,
+    registry: &RegistryConfig,
+) -> Result<Connected, String> {
+    let runtime = ContainerdRuntime::connect(socket, namespace)
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    let images = ImageStore::new(runtime.channel(), namespace, registry.clone())
+        .map_err(|e| crate::error_chain(&e))?;
+    Ok(Connected { runtime, images })
 }

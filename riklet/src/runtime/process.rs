@@ -25,20 +25,31 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// A bare-process operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("run directory {path}: {source}")]
+    #[error("run directory {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot start shim {exe}: {source}")]
+    #[error("cannot start shim {exe}")]
     SpawnShim {
         exe: PathBuf,
         #[source]
         source: io::Error,
     },
+    /// The shim ended or stalled before reporting (`no output`, `timed out`).
     #[error("shim did not report a start: {0}")]
-    ShimSilent(String),
+    ShimSilent(&'static str),
+    #[error("shim did not report a start: cannot read its output")]
+    ShimUnread(#[source] io::Error),
+    #[error("shim did not report a start: unreadable report {line:?}")]
+    ShimGarbled {
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The shim could not start the process. The cause (e.g. `exec`'s
+    /// error) arose in the shim's process: only its words cross the pipe.
     #[error("{0}")]
     StartFailed(String),
 }
@@ -106,7 +117,7 @@ impl ProcessRuntime {
             }
         }
         let json = serde_json::to_vec(spec).expect("spec serializes");
-        crate::state::write_atomic(&dir.join(shim::SPEC_FILE), &json).map_err(io_err)?;
+        crate::fsutil::write_atomic(&dir.join(shim::SPEC_FILE), &json).map_err(io_err)?;
 
         let mut child = tokio::process::Command::new(&self.shim_exe)
             .arg("shim")
@@ -131,16 +142,14 @@ impl ProcessRuntime {
         let _ = child.wait().await;
         match read {
             Ok(Ok(n)) if n > 0 => {}
-            Ok(Ok(_)) => return Err(ProcessError::ShimSilent("no output".into())),
-            Ok(Err(e)) => return Err(ProcessError::ShimSilent(e.to_string())),
-            Err(_) => return Err(ProcessError::ShimSilent("timed out".into())),
+            Ok(Ok(_)) => return Err(ProcessError::ShimSilent("no output")),
+            Ok(Err(e)) => return Err(ProcessError::ShimUnread(e)),
+            Err(_) => return Err(ProcessError::ShimSilent("timed out")),
         }
         match serde_json::from_str::<Ready>(line.trim()) {
             Ok(Ready::Started(s)) => Ok(RunRecord::process(s.shim, s.process, s.started_at)),
             Ok(Ready::Failed(msg)) => Err(ProcessError::StartFailed(msg)),
-            Err(e) => Err(ProcessError::ShimSilent(format!(
-                "unreadable report {line:?}: {e}"
-            ))),
+            Err(source) => Err(ProcessError::ShimGarbled { line, source }),
         }
     }
 
@@ -182,7 +191,7 @@ impl ProcessRuntime {
         let cg = cgroup.clone();
         let killed = tokio::task::spawn_blocking(move || cg.kill_all()).await;
         if let Ok(Err(e)) = killed {
-            tracing::error!(cgroup = cgroup.rel(), error = %e, "cannot empty cgroup");
+            tracing::error!(cgroup = cgroup.rel(), error = %crate::error_chain(&e), "cannot empty cgroup");
         }
         if let Some(shim) = run.and_then(|r| r.shim) {
             let _ = tokio::time::timeout(Duration::from_secs(5), wait_process(shim)).await;

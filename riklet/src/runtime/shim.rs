@@ -25,8 +25,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
+use crate::fsutil::write_atomic;
 use crate::logs::{CriWriter, Stream};
-use crate::state::{ExitRecord, ProcId, now_ms, write_atomic};
+use crate::state::{ExitRecord, ProcId};
 
 /// Everything the shim needs to start the container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
