@@ -710,4 +710,75 @@ mod tests {
         assert_eq!(hostname_of(&long), "a".repeat(62));
         assert_eq!(hostname_of(""), "localhost");
     }
+
+    /// A pod container with every option set: the image user's groups,
+    /// the manifest's command, args and env, the pod's netns, limits with
+    /// swap, resolv.conf and hosts.
+    fn pod_input<'a>(
+        img: &'a ImageConfig,
+        env: &'a [(String, String)],
+        cmd: &'a [String],
+        args: &'a [String],
+    ) -> SpecInput<'a> {
+        SpecInput {
+            image: img,
+            command: Some(cmd),
+            args,
+            env,
+            user: User {
+                uid: 33,
+                gid: 33,
+                additional_gids: vec![4, 27],
+            },
+            hostname: "web-x1",
+            netns: Some(Path::new("/run/netns/web-x1")),
+            cgroups_path: "/riklet/web-x1_nginx",
+            limits: Limits {
+                cpu_millis: Some(250),
+                memory_bytes: Some(128 << 20),
+            },
+            limit_swap: true,
+            nofile: 1_048_576,
+            resolv_conf: Some(Path::new("/var/lib/riklet/pods/web-x1/resolv.conf")),
+            hosts: Some(Path::new("/var/lib/riklet/pods/web-x1/hosts")),
+        }
+    }
+
+    /// The documents handed to containerd, recorded in `testdata/` from
+    /// the first version of [`build`]: any change to them is a change of
+    /// what runc is told.
+    #[test]
+    fn spec_documents_match_the_recorded_ones() {
+        let mut img = image();
+        img.user = Some("www".into());
+        let env = vec![
+            ("NGINX_VERSION".to_string(), "2".to_string()),
+            ("MODE".to_string(), "prod".to_string()),
+        ];
+        let (cmd, args) = (s(&["/bin/busybox", "httpd"]), s(&["-f", "-p", "8080"]));
+        let pod = build(&pod_input(&img, &env, &cmd, &args)).unwrap();
+        let recorded: Value =
+            serde_json::from_str(include_str!("testdata/runtime_spec_pod.json")).unwrap();
+        assert_eq!(pod, recorded);
+
+        let only_cmd = ImageConfig {
+            cmd: s(&["/bin/sh"]),
+            ..ImageConfig::default()
+        };
+        let host = SpecInput {
+            hostname: "batch-job-7",
+            netns: None,
+            cgroups_path: "/riklet/batch-job-7_main",
+            limits: Limits {
+                cpu_millis: None,
+                memory_bytes: Some(64 << 20),
+            },
+            limit_swap: false,
+            nofile: 4096,
+            ..input(&only_cmd, &[])
+        };
+        let recorded: Value =
+            serde_json::from_str(include_str!("testdata/runtime_spec_host.json")).unwrap();
+        assert_eq!(build(&host).unwrap(), recorded);
+    }
 }
