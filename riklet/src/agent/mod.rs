@@ -39,9 +39,9 @@ use crate::network::PodNetwork;
 use crate::runtime::containerd::{self, ContainerSpec, ContainerdError, TaskStatus};
 use crate::runtime::image::{ImageError, PullPolicy};
 use crate::runtime::link::{Connected, ContainerdLink};
-use crate::runtime::oci_spec::ImageConfig;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::shim::ShimSpec;
+use crate::runtime::spec::ImageConfig;
 use crate::state::{
     ContainerRecord, ExitRecord, Phase, PodRecord, ProcId, RunRecord, Store, now_ms,
 };

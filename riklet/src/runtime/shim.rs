@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::spec::DEFAULT_PATH;
 use crate::logs::{CriWriter, Stream};
 use crate::state::{ExitRecord, ProcId, now_ms, write_atomic};
 
@@ -70,8 +71,6 @@ const SHIM_LOG: &str = "shim.log";
 /// How long the shim waits for output pipes to drain after the child
 /// exited (a grandchild may keep them open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default PATH for processes started with a cleared environment.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Entry point of `riklet shim`; never returns.
 pub fn main(run_dir: &Path) -> ! {
