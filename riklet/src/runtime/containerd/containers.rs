@@ -19,7 +19,9 @@ use super::facts::{RUNC_RUNTIME, SNAPSHOTTER, SPEC_TYPE_URL, check_identifier};
 use super::rootfs::read_image_file;
 use super::{ContainerdError, ContainerdRuntime, Result};
 use crate::cgroups::{Layout, Limits};
-use crate::runtime::spec::{self, ImageConfig, SpecInput};
+use crate::runtime::spec::{
+    ImageConfig, SpecError, SpecInput, User, hostname_of, nofile_limit, resolve_user,
+};
 
 /// Label: the app instance (pod) a container belongs to.
 pub const LABEL_INSTANCE: &str = "riklet.instance";
@@ -255,20 +257,20 @@ pub(super) fn cgroups_path(container: &Container) -> Option<PathBuf> {
 fn runtime_spec(
     spec: &ContainerSpec,
     mounts: &[Mount],
-) -> std::result::Result<oci_spec::runtime::Spec, spec::SpecError> {
+) -> std::result::Result<oci_spec::runtime::Spec, SpecError> {
     let user = match spec.image_config.user.as_deref().map(str::trim) {
-        None | Some("") => spec::User::default(),
+        None | Some("") => User::default(),
         Some(user) => {
             let passwd = read_image_file(mounts, "etc/passwd");
             let group = read_image_file(mounts, "etc/group");
-            spec::resolve_user(user, passwd.as_deref(), group.as_deref())?
+            resolve_user(user, passwd.as_deref(), group.as_deref())?
         }
     };
     let hostname = spec
         .hostname
         .clone()
-        .unwrap_or_else(|| spec::hostname_of(&spec.instance_id));
-    spec::build(&SpecInput {
+        .unwrap_or_else(|| hostname_of(&spec.instance_id));
+    crate::runtime::spec::build(&SpecInput {
         image: &spec.image_config,
         command: spec.command.as_deref(),
         args: &spec.args,
@@ -279,7 +281,7 @@ fn runtime_spec(
         cgroups_path: &spec.cgroups_path,
         limits: spec.limits,
         limit_swap: swap_accounting(),
-        nofile: spec::nofile_limit(),
+        nofile: nofile_limit(),
         resolv_conf: spec.resolv_conf.as_deref(),
         hosts: spec.hosts.as_deref(),
     })

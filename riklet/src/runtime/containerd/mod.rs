@@ -27,10 +27,11 @@
 //! v2 alike; OOM kills are read there after the exit, before the task is
 //! deleted (containerd only removes the cgroup on `tasks.Delete`).
 //!
-//! The parts: [`facts`] (what containerd and the riklet agree on), the
-//! connection (here), containers and their ids ([`containers`]), tasks
-//! ([`tasks`]), snapshots and leases ([`snapshots`]), files read from an
-//! image's layers ([`rootfs`]), the errors ([`error`]).
+//! The parts: `facts` (what containerd and the riklet agree on: socket,
+//! namespace, snapshotter, lease expiry, identifiers), the connection
+//! (here), `containers` (ids, labels, creation with the OCI spec, list),
+//! `tasks` (start, wait, stop, remove), `snapshots` (and the lease of a
+//! start), `rootfs` (files read from an image's layers), `error`.
 //!
 //! [`wait`]: ContainerdRuntime::wait
 
@@ -58,7 +59,8 @@ pub use containers::{
 };
 pub use error::{ConnectFailure, ContainerdError, Result};
 pub use facts::{
-    DEFAULT_NAMESPACE, DEFAULT_SOCKET, SNAPSHOTTER, check_identifier, expiring_lease_labels,
+    DEFAULT_NAMESPACE, DEFAULT_SOCKET, LEASE_EXPIRY, MAX_ID_LEN, SNAPSHOTTER, check_identifier,
+    expiring_lease_labels,
 };
 pub use tasks::{ContainerExit, TaskRun};
 
