@@ -170,6 +170,16 @@ pub struct ContainerCgroup {
 }
 
 impl ContainerCgroup {
+    /// Handle on the cgroup at `path` (relative to every hierarchy's mount
+    /// point, a leading `/` allowed) in `layout`: one placed by another
+    /// runtime, e.g. the `cgroupsPath` of a containerd container.
+    pub fn at(layout: Layout, path: &str) -> Self {
+        ContainerCgroup {
+            layout,
+            rel: path.trim_start_matches('/').to_string(),
+        }
+    }
+
     /// Path relative to the hierarchies' mount points.
     pub fn rel(&self) -> &str {
         &self.rel

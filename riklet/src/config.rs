@@ -1,5 +1,7 @@
 //! riklet configuration: a TOML file with documented defaults, overridden
-//! by command-line flags. Every host path has its default in [`paths`].
+//! by command-line flags. Every host path of the riklet's own has its
+//! default in [`paths`]; containerd's socket and namespace have theirs in
+//! [`crate::runtime::containerd`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+use crate::runtime::containerd;
 
 /// Default host paths.
 pub mod paths {
@@ -16,8 +20,6 @@ pub mod paths {
     pub const CONFIG_FILE: &str = "/etc/riklet/config.toml";
     /// Node-local control socket, relative to the state dir.
     pub const SOCKET: &str = "riklet.sock";
-    /// containerd's gRPC socket on a standard install.
-    pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 }
 
 /// A configuration that cannot be used.
@@ -109,8 +111,8 @@ pub struct ContainerdConfig {
 impl Default for ContainerdConfig {
     fn default() -> Self {
         ContainerdConfig {
-            socket: paths::CONTAINERD_SOCKET.into(),
-            namespace: crate::runtime::containerd::DEFAULT_NAMESPACE.into(),
+            socket: containerd::DEFAULT_SOCKET.into(),
+            namespace: containerd::DEFAULT_NAMESPACE.into(),
         }
     }
 }
@@ -229,7 +231,7 @@ impl Config {
         }
         self.validate_durations()?;
         self.network.validate().map_err(ConfigError::Network)?;
-        crate::runtime::containerd::check_namespace(&self.containerd.namespace).map_err(|why| {
+        containerd::check_identifier(&self.containerd.namespace).map_err(|why| {
             ConfigError::Invalid {
                 field: "containerd.namespace",
                 reason: format!("{:?}: {why}", self.containerd.namespace),

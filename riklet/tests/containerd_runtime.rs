@@ -24,7 +24,7 @@ use riklet::runtime::containerd::{
     ContainerSpec, ContainerdError, ContainerdRuntime, LABEL_APP, LABEL_CONTAINER, LABEL_INSTANCE,
     TaskStatus,
 };
-use riklet::runtime::oci_spec::ImageConfig;
+use riklet::runtime::spec::ImageConfig;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -869,9 +869,10 @@ async fn failed_starts_undo_and_duplicates_are_refused() {
     assert!(matches!(e, ContainerdError::ParentNotFound { .. }), "{e}");
     // A command that does not exist: runc fails, the start is undone.
     let missing = env.spec("missing", &["/bin/nope"]);
-    let e = rt.start(missing).await.unwrap_err();
+    // runc's words are the cause (the source), not the error's message.
+    let e = riklet::error_chain(&rt.start(missing).await.unwrap_err());
     println!("missing command: {e}");
-    assert!(e.to_string().contains("nope"), "{e}");
+    assert!(e.contains("nope"), "{e}");
     // An unknown image user.
     let mut nobody = env.spec("nobody", &["/bin/true"]);
     nobody.image_config.user = Some("nobody".into());

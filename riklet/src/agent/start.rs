@@ -14,8 +14,8 @@ use super::phase::{CONTAINERD_UNAVAILABLE, ERR_IMAGE_PULL, NETWORK_ERROR};
 use crate::cgroups::{ContainerCgroup, Limits};
 use crate::runtime::containerd::{self, ContainerSpec, ContainerdError};
 use crate::runtime::image::{ImageError, PullPolicy};
-use crate::runtime::oci_spec::ImageConfig;
 use crate::runtime::shim::ShimSpec;
+use crate::runtime::spec::ImageConfig;
 use crate::state::{ExitRecord, ProcId, RunRecord};
 
 impl NodeHost {

@@ -60,10 +60,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
 
-/// containerd namespace riklet's images and containers live in.
-pub const DEFAULT_NAMESPACE: &str = "rik";
-/// Snapshotter images are unpacked into (containerd's default on Linux).
-pub const SNAPSHOTTER: &str = "overlayfs";
+use super::containerd::{SNAPSHOTTER, check_identifier, expiring_lease_labels};
 
 const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -85,8 +82,6 @@ const LAYER_MEDIA: &[&str] = &[
 const MAX_DOCUMENT: i64 = 8 << 20;
 /// Bytes per content-store write message (containerd accepts 16 MiB).
 const WRITE_CHUNK: usize = 1 << 20;
-/// A pull's lease expires by itself after this, should the riklet die mid-pull.
-const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// Why an image could not be made available.
 #[derive(Debug, thiserror::Error)]
@@ -292,9 +287,9 @@ impl std::fmt::Debug for ImageStore {
 
 impl ImageStore {
     /// A store over an open channel to containerd, in `namespace`
-    /// ([`DEFAULT_NAMESPACE`] normally).
+    /// ([`DEFAULT_NAMESPACE`](super::containerd::DEFAULT_NAMESPACE) normally).
     pub fn new(channel: Channel, namespace: &str, registry: RegistryConfig) -> Result<Self> {
-        if !valid_namespace(namespace) {
+        if check_identifier(namespace).is_err() {
             return Err(ImageError::InvalidNamespace(namespace.to_string()));
         }
         let namespace_header = namespace
@@ -1120,16 +1115,11 @@ impl ImageStore {
     /// it is safe from garbage collection until [`Self::delete_lease`].
     async fn create_lease(&self) -> Result<String> {
         let id = format!("riklet-pull-{}", unique());
-        let expire = chrono::Utc::now()
-            + chrono::Duration::from_std(LEASE_EXPIRY).unwrap_or(chrono::Duration::hours(1));
         LeasesClient::new(self.channel.clone())
             .create(self.req(
                 CreateLeaseRequest {
                     id: id.clone(),
-                    labels: HashMap::from([(
-                        "containerd.io/gc.expire".to_string(),
-                        expire.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    )]),
+                    labels: expiring_lease_labels(),
                 },
                 None,
             ))
@@ -1511,14 +1501,6 @@ fn valid_digest(d: &str) -> bool {
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// containerd's rule: `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`, at most 76 bytes.
-fn valid_namespace(ns: &str) -> bool {
-    ns.len() <= 76
-        && ns
-            .split(['.', '_', '-'])
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
 fn unique() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1638,16 +1620,6 @@ mod tests {
             let err = parse_reference(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
-    }
-
-    #[test]
-    fn namespaces() {
-        assert!(valid_namespace("rik"));
-        assert!(valid_namespace("rik-test.1_a"));
-        assert!(!valid_namespace(""));
-        assert!(!valid_namespace("a..b"));
-        assert!(!valid_namespace("-a"));
-        assert!(!valid_namespace("a b"));
     }
 
     #[test]

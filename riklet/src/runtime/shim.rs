@@ -19,12 +19,13 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::spec::DEFAULT_PATH;
 use crate::clock::now_ms;
 use crate::fsutil::write_atomic;
 use crate::logs::{CriWriter, Stream};
@@ -72,8 +73,6 @@ const SHIM_LOG: &str = "shim.log";
 /// How long the shim waits for output pipes to drain after the child
 /// exited (a grandchild may keep them open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default PATH for processes started with a cleared environment.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Entry point of `riklet shim`; never returns.
 pub fn main(run_dir: &Path) -> ! {
@@ -126,46 +125,81 @@ fn announce(ready: &Ready) {
     }
 }
 
+/// Starts the child, reports it, copies its output to the CRI log and
+/// records how it ended.
 fn supervise(run_dir: &Path) -> io::Result<()> {
     let spec: ShimSpec =
         serde_json::from_slice(&fs::read(run_dir.join(SPEC_FILE))?).map_err(io::Error::other)?;
     let writer = CriWriter::open(&spec.log_path)?;
-    let spawned = match &spec.netns {
-        None => Ok(None),
-        Some(path) => File::open(path).map(Some).map_err(|e| {
+    let mut child = match spawn(&spec) {
+        Ok(child) => child,
+        Err((code, message)) => return record_start_failure(run_dir, &writer, code, message),
+    };
+    announce_started(run_dir, child.id() as i32)?;
+    let copiers = copy_output(&mut child, &writer);
+    let status = child.wait()?;
+    copiers.drain(DRAIN_TIMEOUT);
+    let exit = ExitRecord {
+        exit_code: status.code(),
+        signal: status.signal(),
+        finished_at: now_ms(),
+        reason: match (status.code(), status.signal()) {
+            (Some(0), _) => "Completed",
+            (_, Some(9)) => "Killed",
+            _ => "Error",
+        }
+        .into(),
+        message: None,
+    };
+    write_atomic(&run_dir.join(EXIT_FILE), &serde_json::to_vec(&exit)?)
+}
+
+/// Starts the child in the pod's network namespace, if any; on failure,
+/// the exit code a shell would give (127: no such file, 126: cannot run)
+/// and why.
+fn spawn(spec: &ShimSpec) -> Result<Child, (i32, String)> {
+    let netns = match &spec.netns {
+        None => None,
+        Some(path) => Some(File::open(path).map_err(|e| {
             (
                 126,
                 format!("cannot open network namespace {}: {e}", path.display()),
             )
-        }),
-    }
-    .and_then(|netns| {
-        command(&spec, netns.as_ref()).spawn().map_err(|e| {
-            let code = if e.kind() == io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            (code, format!("cannot start {}: {e}", spec.exec.display()))
-        })
-    });
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err((code, message)) => {
-            let _ = writer.copy_from(Stream::Stderr, format!("{message}\n").as_bytes());
-            let exit = ExitRecord {
-                exit_code: Some(code),
-                signal: None,
-                finished_at: now_ms(),
-                reason: "StartError".into(),
-                message: Some(message.clone()),
-            };
-            write_atomic(&run_dir.join(EXIT_FILE), &serde_json::to_vec(&exit)?)?;
-            announce(&Ready::Failed(message));
-            return Ok(());
-        }
+        })?),
     };
-    let pid = child.id() as i32;
+    command(spec, netns.as_ref()).spawn().map_err(|e| {
+        let code = if e.kind() == io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        (code, format!("cannot start {}: {e}", spec.exec.display()))
+    })
+}
+
+/// A child that could not start: its CRI log and `exit.json` say why
+/// (reason `StartError`), and so does the line to the riklet.
+fn record_start_failure(
+    run_dir: &Path,
+    writer: &CriWriter,
+    code: i32,
+    message: String,
+) -> io::Result<()> {
+    let _ = writer.copy_from(Stream::Stderr, format!("{message}\n").as_bytes());
+    let exit = ExitRecord {
+        exit_code: Some(code),
+        signal: None,
+        finished_at: now_ms(),
+        reason: "StartError".into(),
+        message: Some(message.clone()),
+    };
+    write_atomic(&run_dir.join(EXIT_FILE), &serde_json::to_vec(&exit)?)?;
+    announce(&Ready::Failed(message));
+    Ok(())
+}
+
+/// Records (`started.json`) and reports the running child `pid`.
+fn announce_started(run_dir: &Path, pid: i32) -> io::Result<()> {
     let started = Started {
         shim: ProcId::of(std::process::id() as i32)
             .ok_or_else(|| io::Error::other("no /proc/self"))?,
@@ -175,9 +209,34 @@ fn supervise(run_dir: &Path) -> io::Result<()> {
     };
     write_atomic(&run_dir.join(STARTED_FILE), &serde_json::to_vec(&started)?)?;
     announce(&Ready::Started(started));
+    Ok(())
+}
 
-    let (done_tx, done_rx) = mpsc::channel();
-    let copiers = [
+/// The threads copying the child's stdout and stderr to the CRI log.
+struct Copiers {
+    running: usize,
+    done: mpsc::Receiver<()>,
+}
+
+impl Copiers {
+    /// Waits until both pipes are drained, at most `timeout` (a grandchild
+    /// may keep them open).
+    fn drain(mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.running > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.done.recv_timeout(left).is_err() {
+                break;
+            }
+            self.running -= 1;
+        }
+    }
+}
+
+/// Starts one thread per output pipe of `child`, each writing CRI records.
+fn copy_output(child: &mut Child, writer: &CriWriter) -> Copiers {
+    let (done_tx, done) = mpsc::channel();
+    let pipes = [
         (
             Stream::Stdout,
             child
@@ -194,41 +253,19 @@ fn supervise(run_dir: &Path) -> io::Result<()> {
         ),
     ];
     let mut running = 0;
-    for (stream, pipe) in copiers {
-        if let Some(pipe) = pipe {
-            let writer = writer.clone();
-            let done = done_tx.clone();
-            running += 1;
-            std::thread::spawn(move || {
-                if let Err(e) = writer.copy_from(stream, pipe) {
-                    eprintln!("riklet shim: copying {stream:?}: {e}");
-                }
-                let _ = done.send(());
-            });
-        }
+    for (stream, pipe) in pipes {
+        let Some(pipe) = pipe else { continue };
+        let writer = writer.clone();
+        let done = done_tx.clone();
+        running += 1;
+        std::thread::spawn(move || {
+            if let Err(e) = writer.copy_from(stream, pipe) {
+                eprintln!("riklet shim: copying {stream:?}: {e}");
+            }
+            let _ = done.send(());
+        });
     }
-    let status = child.wait()?;
-    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    while running > 0 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
-        }
-        running -= 1;
-    }
-    let exit = ExitRecord {
-        exit_code: status.code(),
-        signal: status.signal(),
-        finished_at: now_ms(),
-        reason: match (status.code(), status.signal()) {
-            (Some(0), _) => "Completed",
-            (_, Some(9)) => "Killed",
-            _ => "Error",
-        }
-        .into(),
-        message: None,
-    };
-    write_atomic(&run_dir.join(EXIT_FILE), &serde_json::to_vec(&exit)?)
+    Copiers { running, done }
 }
 
 /// The child's command: cleared environment, stdin from /dev/null, output
