@@ -149,42 +149,12 @@ pub fn build_archive(spec: &ImageSpec) -> anyhow::Result<Archive> {
             .collect::<Vec<_>>(),
     }))?;
     let manifest_digest = sha256(&manifest);
-    let mut entry = json!({
-        "mediaType": MEDIA_MANIFEST,
-        "digest": manifest_digest,
-        "size": manifest.len(),
-        "platform": { "architecture": spec.arch, "os": "linux" },
-    });
-    let mut documents = vec![config, manifest];
-    if spec.unlabelled {
-        let inner = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": MEDIA_INDEX,
-            "manifests": [{
-                "mediaType": MEDIA_MANIFEST,
-                "digest": manifest_digest,
-                "size": documents[1].len(),
-            }],
-        }))?;
-        entry = json!({ "mediaType": MEDIA_INDEX, "digest": sha256(&inner), "size": inner.len() });
-        documents.push(inner);
-    }
-    let tag = name.rsplit_once(':').map_or("latest", |(_, t)| t);
-    // What containerd's own export writes: the full name for `ctr images
-    // import`, the tag for OCI tools.
-    entry["annotations"] = json!({
-        "io.containerd.image.name": name,
-        "org.opencontainers.image.ref.name": tag,
-    });
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [entry],
-    }))?;
+    let (index, inner) = index_json(spec, &name, &manifest_digest, manifest.len())?;
+    let documents = [Some(config), Some(manifest), inner];
 
     let mut blobs: Vec<(String, &[u8])> = layers
         .iter()
-        .chain(&documents)
+        .chain(documents.iter().flatten())
         .map(|b| (sha256(b), b.as_slice()))
         .collect();
     blobs.sort();
@@ -208,6 +178,49 @@ pub fn build_archive(spec: &ImageSpec) -> anyhow::Result<Archive> {
         name,
         manifest_digest,
     })
+}
+
+/// `index.json`, naming the image; with [`ImageSpec::unlabelled`], also
+/// the inner index it lists (a blob of the archive).
+fn index_json(
+    spec: &ImageSpec,
+    name: &str,
+    manifest_digest: &str,
+    manifest_size: usize,
+) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut entry = json!({
+        "mediaType": MEDIA_MANIFEST,
+        "digest": manifest_digest,
+        "size": manifest_size,
+        "platform": { "architecture": spec.arch, "os": "linux" },
+    });
+    let mut inner = None;
+    if spec.unlabelled {
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_INDEX,
+            "manifests": [{
+                "mediaType": MEDIA_MANIFEST,
+                "digest": manifest_digest,
+                "size": manifest_size,
+            }],
+        }))?;
+        entry = json!({ "mediaType": MEDIA_INDEX, "digest": sha256(&index), "size": index.len() });
+        inner = Some(index);
+    }
+    let tag = name.rsplit_once(':').map_or("latest", |(_, t)| t);
+    // What containerd's own export writes: the full name for `ctr images
+    // import`, the tag for OCI tools.
+    entry["annotations"] = json!({
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": tag,
+    });
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": [entry],
+    }))?;
+    Ok((index, inner))
 }
 
 /// First layer: busybox and its applet links.

@@ -22,6 +22,21 @@ use super::platform::{check_platform, pick};
 use super::registry::Resolved;
 use super::{ImageInfo, ImageStore};
 
+/// The media type a root document is recorded under: its own, else the
+/// OCI one of its kind.
+fn recorded_media_type(root: &OciManifest) -> &str {
+    match root {
+        OciManifest::ImageIndex(index) => index
+            .media_type
+            .as_deref()
+            .unwrap_or(OCI_IMAGE_INDEX_MEDIA_TYPE),
+        OciManifest::Image(manifest) => manifest
+            .media_type
+            .as_deref()
+            .unwrap_or(OCI_IMAGE_MEDIA_TYPE),
+    }
+}
+
 /// The index a reference resolved to, stored beside the manifest chosen
 /// from it.
 struct FetchedIndex {
@@ -64,29 +79,17 @@ impl ImageStore {
         let registry = source.resolve_registry();
         let root = parse_root(&resolved.bytes).map_err(|e| bad_answer(name, registry, e))?;
         let size = resolved.bytes.len() as i64;
+        let desc = descriptor(recorded_media_type(&root), &resolved.digest, size);
+        let bytes = resolved.bytes.clone();
         match root {
             OciManifest::ImageIndex(index) => {
                 let image = pick(name, &index.manifests, |entry| async move {
                     self.fetch_image(name, source, &entry).await
                 })
                 .await?;
-                let media_type = index.media_type.as_deref();
-                let desc = descriptor(
-                    media_type.unwrap_or(OCI_IMAGE_INDEX_MEDIA_TYPE),
-                    &resolved.digest,
-                    size,
-                );
-                let bytes = resolved.bytes.clone();
                 Ok((Some(FetchedIndex { desc, bytes }), image))
             }
             OciManifest::Image(manifest) => {
-                let media_type = manifest.media_type.as_deref();
-                let desc = descriptor(
-                    media_type.unwrap_or(OCI_IMAGE_MEDIA_TYPE),
-                    &resolved.digest,
-                    size,
-                );
-                let bytes = resolved.bytes.clone();
                 let image = self
                     .with_config(name, source, desc, bytes, manifest)
                     .await?;
