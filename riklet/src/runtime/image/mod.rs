@@ -10,7 +10,8 @@
 //! lacks):
 //! 1. resolve the reference at the registry with `oci-client` (plain HTTP for
 //!    hosts listed in [`RegistryConfig::insecure`], mirrors tried first),
-//!    pick the manifest for this host's platform from an index;
+//!    pick the manifest for this host's platform from an index (an entry
+//!    that names no platform by what its config says, as containerd does);
 //! 2. under a containerd lease (so garbage collection cannot take anything
 //!    mid-pull), stream layers, config, manifest and index into the content
 //!    store with their expected digests, skipping blobs already there, with
