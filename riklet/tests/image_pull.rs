@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use riklet::runtime::image::{ImageError, ImageStore, PullPolicy, RegistryConfig};
-use riklet_e2e::registry::{Registry, build_image, http, require};
+use riklet_e2e::registry::{Registry, build_image, build_unlabelled_image, http, require};
 
 const SOCKET: &str = "/run/containerd/containerd.sock";
 
@@ -46,6 +46,69 @@ fn archives() -> &'static (PathBuf, PathBuf) {
         build_image(&arm, "busybox-arm:1", "arm64");
         (host, arm)
     })
+}
+
+/// The same two images as archives whose index lists an image index with
+/// one manifest that names no platform, built once per test run.
+fn unlabelled_archives() -> &'static (PathBuf, PathBuf) {
+    static ARCHIVES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    ARCHIVES.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image_pull");
+        std::fs::create_dir_all(&dir).expect("creating the archive dir");
+        let host = dir.join("busybox-unlabelled.tar");
+        let arm = dir.join("busybox-unlabelled-arm64.tar");
+        let host_arch = riklet::runtime::image::host_arch();
+        build_unlabelled_image(&host, "busybox-unlabelled:1", host_arch);
+        build_unlabelled_image(&arm, "busybox-unlabelled-arm:1", "arm64");
+        (host, arm)
+    })
+}
+
+/// Pushes an index listing the manifest of `repo:tag` as `repo:index_tag`;
+/// its one entry carries `platform`, or no platform at all.
+fn push_index(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    index_tag: &str,
+    platform: Option<serde_json::Value>,
+) {
+    let (status, manifest) = http(
+        reg.addr(),
+        "GET",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        b"",
+    )
+    .expect("fetching the manifest");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&manifest));
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest))
+    );
+    let mut entry = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest,
+        "size": manifest.len(),
+    });
+    if let Some(platform) = platform {
+        entry["platform"] = platform;
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry],
+    })
+    .to_string();
+    let (status, body) = http(
+        reg.addr(),
+        "PUT",
+        &format!("/v2/{repo}/manifests/{index_tag}"),
+        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+        index.as_bytes(),
+    )
+    .expect("pushing the index");
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
 }
 
 /// A containerd namespace of our own, emptied and removed on drop.
@@ -542,39 +605,8 @@ fn other_architecture_only_is_refused() {
     reg.push(arm, "busybox-arm:1");
 
     // An index listing only that manifest, pushed by hand.
-    let (status, manifest) = http(
-        reg.addr(),
-        "GET",
-        "/v2/busybox-arm/manifests/1",
-        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
-        b"",
-    )
-    .expect("fetching the arm64 manifest");
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&manifest));
-    let digest = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest))
-    );
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest,
-            "size": manifest.len(),
-            "platform": { "architecture": "arm64", "os": "linux", "variant": "v8" },
-        }],
-    })
-    .to_string();
-    let (status, body) = http(
-        reg.addr(),
-        "PUT",
-        "/v2/busybox-arm/manifests/multi",
-        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
-        index.as_bytes(),
-    )
-    .expect("pushing the index");
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let arm64 = serde_json::json!({ "architecture": "arm64", "os": "linux", "variant": "v8" });
+    push_index(&reg, "busybox-arm", "1", "multi", Some(arm64));
 
     let ns = Namespace::new("arch");
     futures_block(async {
@@ -604,4 +636,91 @@ fn other_architecture_only_is_refused() {
     });
     assert!(ns.ctr(&["images", "ls", "-q"]).trim().is_empty());
     assert!(ns.snapshots().is_empty(), "nothing unpacked");
+}
+
+/// An index entry without a platform is taken when the image's config says
+/// this host's OS and architecture, as containerd, `ctr run` and Docker
+/// take it; one whose config says another architecture is still refused.
+/// Both ways such an index arrives: `ctr images import` of an OCI archive
+/// (the image record's target is then the archive's inner index), and a
+/// pull from a registry.
+#[test]
+fn index_entry_without_platform_is_judged_by_its_config() {
+    prerequisites();
+    let (unlabelled, unlabelled_arm) = unlabelled_archives();
+    let ns = Namespace::new("noplatform");
+    let path = |p: &PathBuf| p.to_str().expect("UTF-8 path").to_string();
+    ns.ctr(&["images", "import", &path(unlabelled)]);
+    // ctr will not unpack an arm64 image here either.
+    ns.ctr(&["images", "import", "--no-unpack", &path(unlabelled_arm)]);
+    let imported = "docker.io/library/busybox-unlabelled:1";
+    let imported_arm = "docker.io/library/busybox-unlabelled-arm:1";
+    let images = ns.ctr(&["images", "ls"]);
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with(imported)
+                && l.contains("application/vnd.oci.image.index.v1+json")),
+        "the import is not recorded as an index: {images}"
+    );
+    let run = ns.ctr(&[
+        "run",
+        "--rm",
+        imported,
+        &format!("{}-run", ns.0),
+        "/bin/sh",
+        "-c",
+        "echo imported runs",
+    ]);
+    assert!(run.contains("imported runs"), "ctr run: {run}");
+
+    let (archive, arm) = archives();
+    let reg = Registry::start();
+    reg.push(archive, "busybox:1");
+    reg.push(arm, "busybox-arm:1");
+    push_index(&reg, "busybox", "1", "unlabelled", None);
+    push_index(&reg, "busybox-arm", "1", "unlabelled", None);
+    let pulled = format!("{}/busybox:unlabelled", reg.host());
+    let pulled_arm = format!("{}/busybox-arm:unlabelled", reg.host());
+
+    futures_block(async {
+        let store = ImageStore::connect(SOCKET, &ns.0, insecure(&reg.host()))
+            .await
+            .expect("connecting to containerd");
+        let info = store
+            .ensure(imported, PullPolicy::Never)
+            .await
+            .unwrap_or_else(|e| panic!("imported image: {}", riklet::error_chain(&e)));
+        assert_eq!(info.reference, imported);
+        assert_eq!(info.cmd, vec!["/bin/sh".to_string()]);
+        assert!(ns.snapshots().contains(&info.chain_id));
+        let from_registry = store
+            .ensure(&pulled, PullPolicy::Always)
+            .await
+            .unwrap_or_else(|e| panic!("{pulled}: {}", riklet::error_chain(&e)));
+        // The same layers: the same snapshot chain.
+        assert_eq!(from_registry.chain_id, info.chain_id);
+
+        let host = riklet::runtime::image::host_arch();
+        for (reference, policy) in [
+            (imported_arm.to_string(), PullPolicy::Never),
+            (pulled_arm.clone(), PullPolicy::Always),
+        ] {
+            let err = store
+                .ensure(&reference, policy)
+                .await
+                .expect_err("an arm64 image taken");
+            let msg = err.to_string();
+            println!("{msg}");
+            assert!(
+                matches!(err, ImageError::WrongPlatform { .. })
+                    && msg.contains(&format!("no linux/{host} image in {reference}"))
+                    && msg.contains("linux/arm64"),
+                "{reference}: {}",
+                riklet::error_chain(&err)
+            );
+        }
+    });
+    let images = ns.ctr(&["images", "ls", "-q"]);
+    assert!(!images.contains(&pulled_arm), "{images}");
 }

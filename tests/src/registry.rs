@@ -152,6 +152,17 @@ impl Drop for Registry {
 /// Builds an OCI archive of busybox with `cargo xtask image` into `out`.
 /// `arch` is the architecture written in the config (`amd64`, `arm64`).
 pub fn build_image(out: &Path, name: &str, arch: &str) {
+    xtask_image(out, name, arch, &[]);
+}
+
+/// [`build_image`], but the archive's `index.json` lists an image index
+/// whose one manifest names no platform: only the config says the
+/// architecture (`cargo xtask image --unlabelled`).
+pub fn build_unlabelled_image(out: &Path, name: &str, arch: &str) {
+    xtask_image(out, name, arch, &["--unlabelled"]);
+}
+
+fn xtask_image(out: &Path, name: &str, arch: &str, extra: &[&str]) {
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out_arg = out.to_str().expect("UTF-8 path");
@@ -159,6 +170,7 @@ pub fn build_image(out: &Path, name: &str, arch: &str) {
         .current_dir(&root)
         .args(["run", "-q", "-p", "xtask", "--", "image"])
         .args(["--out", out_arg, "--name", name, "--arch", arch])
+        .args(extra)
         .output()
         .expect("running cargo xtask image");
     assert!(

@@ -43,6 +43,11 @@ pub struct ImageSpec {
     pub arch: String,
     /// The static busybox to copy in.
     pub busybox: PathBuf,
+    /// `index.json` lists an image index whose one manifest names no
+    /// platform (the config alone says it), instead of the manifest with
+    /// its platform: a layout image tools write, which `ctr images import`
+    /// records as an index.
+    pub unlabelled: bool,
 }
 
 impl ImageSpec {
@@ -52,6 +57,7 @@ impl ImageSpec {
             name: name.to_string(),
             arch: host_arch().to_string(),
             busybox: PathBuf::from("/bin/busybox"),
+            unlabelled: false,
         }
     }
 }
@@ -143,29 +149,13 @@ pub fn build_archive(spec: &ImageSpec) -> anyhow::Result<Archive> {
             .collect::<Vec<_>>(),
     }))?;
     let manifest_digest = sha256(&manifest);
-    let tag = name.rsplit_once(':').map_or("latest", |(_, t)| t);
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [{
-            "mediaType": MEDIA_MANIFEST,
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "platform": { "architecture": spec.arch, "os": "linux" },
-            "annotations": {
-                // What containerd's own export writes: the full name for
-                // `ctr images import`, the tag for OCI tools.
-                "io.containerd.image.name": name,
-                "org.opencontainers.image.ref.name": tag,
-            },
-        }],
-    }))?;
+    let (index, inner) = index_json(spec, &name, &manifest_digest, manifest.len())?;
+    let documents = [Some(config), Some(manifest), inner];
 
     let mut blobs: Vec<(String, &[u8])> = layers
         .iter()
-        .map(Vec::as_slice)
-        .chain([&config[..], &manifest[..]])
-        .map(|b| (sha256(b), b))
+        .chain(documents.iter().flatten())
+        .map(|b| (sha256(b), b.as_slice()))
         .collect();
     blobs.sort();
 
@@ -188,6 +178,49 @@ pub fn build_archive(spec: &ImageSpec) -> anyhow::Result<Archive> {
         name,
         manifest_digest,
     })
+}
+
+/// `index.json`, naming the image; with [`ImageSpec::unlabelled`], also
+/// the inner index it lists (a blob of the archive).
+fn index_json(
+    spec: &ImageSpec,
+    name: &str,
+    manifest_digest: &str,
+    manifest_size: usize,
+) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut entry = json!({
+        "mediaType": MEDIA_MANIFEST,
+        "digest": manifest_digest,
+        "size": manifest_size,
+        "platform": { "architecture": spec.arch, "os": "linux" },
+    });
+    let mut inner = None;
+    if spec.unlabelled {
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_INDEX,
+            "manifests": [{
+                "mediaType": MEDIA_MANIFEST,
+                "digest": manifest_digest,
+                "size": manifest_size,
+            }],
+        }))?;
+        entry = json!({ "mediaType": MEDIA_INDEX, "digest": sha256(&index), "size": index.len() });
+        inner = Some(index);
+    }
+    let tag = name.rsplit_once(':').map_or("latest", |(_, t)| t);
+    // What containerd's own export writes: the full name for `ctr images
+    // import`, the tag for OCI tools.
+    entry["annotations"] = json!({
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": tag,
+    });
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": [entry],
+    }))?;
+    Ok((index, inner))
 }
 
 /// First layer: busybox and its applet links.
@@ -305,6 +338,7 @@ mod tests {
             name: "busybox:1".into(),
             arch: "arm64".into(),
             busybox: busybox.clone(),
+            unlabelled: false,
         };
         let a = build_archive(&spec).unwrap();
         let b = build_archive(&spec).unwrap();

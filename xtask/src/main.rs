@@ -57,6 +57,10 @@ enum Command {
         /// The static busybox to copy in.
         #[arg(long, default_value = "/bin/busybox")]
         busybox: std::path::PathBuf,
+        /// List an image index whose manifest names no platform, instead
+        /// of the manifest itself (the layout many image tools write).
+        #[arg(long)]
+        unlabelled: bool,
     },
 }
 
@@ -91,11 +95,13 @@ fn main() -> anyhow::Result<()> {
             name,
             arch,
             busybox,
+            unlabelled,
         } => image::run(
             &out.unwrap_or_else(|| ebpf::workspace_root().join("target/images/busybox.tar")),
             &image::ImageSpec {
                 arch: arch.unwrap_or_else(|| image::host_arch().to_string()),
                 busybox,
+                unlabelled,
                 ..image::ImageSpec::host(&name)
             },
         ),

@@ -1,0 +1,297 @@
+//! App manifests: parsing, validation and the normalized form.
+//!
+//! Two input forms are accepted (DESIGN.md): RIK workload v1 (JSON or YAML,
+//! `null` wherever RIK leaves a field out) and seed 004's compact deployment
+//! file (`name`, `repo`, `version`, `action: deploy`, `metadata.name`). Both
+//! become one [`AppManifest`], validated once in [`parse`] by every party.
+//! Every error names the offending field so that a user can fix the file.
+//!
+//! # Layout
+//! - this module: the normalized form ([`AppManifest`]) and [`parse`];
+//! - `workload`: the RIK workload form as written (nulls, one-or-many);
+//! - `compact`: seed 004's deployment file;
+//! - `validate`: the checks on the normalized form, names and ids;
+//! - `reference`: the image-reference grammar, shared with the riklet's
+//!   image store;
+//! - `quantity`: CPU and memory quantities.
+
+mod compact;
+mod quantity;
+mod reference;
+mod validate;
+mod workload;
+
+use serde::{Deserialize, Serialize};
+
+pub use quantity::{QuantityError, parse_cpu, parse_memory};
+pub use reference::{ImageReferenceError, MAX_IMAGE_NAME, check_image_reference};
+pub use validate::{validate_instance_id, validate_name, validate_node_name};
+
+/// Largest manifest accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+/// Largest `replicas` accepted: a typo like 1000000 must not flood nodes.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// A manifest that failed to parse or validate.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    /// The document is larger than [`MAX_MANIFEST_BYTES`].
+    #[error("manifest is {0} bytes, more than the {MAX_MANIFEST_BYTES} bytes allowed")]
+    TooLarge(usize),
+    /// Neither valid YAML nor valid JSON.
+    #[error("manifest is not valid YAML or JSON: {0}")]
+    Syntax(String),
+    /// A field is missing, of the wrong type or has a forbidden value.
+    #[error("{field}: {reason}")]
+    Field {
+        /// Dotted path of the field, e.g. `spec.containers[0].exec`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
+    ManifestError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Restart policy of a pod's containers (kubelet semantics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Restart whatever the exit status.
+    #[default]
+    Always,
+    /// Restart only after a non-zero exit or a signal.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// When a riklet contacts the registry for a container's image
+/// (Kubernetes' `imagePullPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImagePullPolicy {
+    /// Resolve the reference at the registry at every start; download only
+    /// what the node lacks.
+    Always,
+    /// Use the node's copy; pull only when the image is missing.
+    #[default]
+    IfNotPresent,
+    /// Never contact a registry: the image must already be on the node.
+    Never,
+}
+
+/// Transport protocol of an exposed port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// One exposed port: `port` on the node, `target_port` in the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    pub port: u16,
+    pub target_port: u16,
+    pub protocol: Protocol,
+    /// RIK's port type (e.g. `nodePort`), kept as given.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// An environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// Resource limits, as written and as parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+impl Resources {
+    /// CPU limit in millicores (`"500m"` → 500, `"2"` → 2000).
+    pub fn cpu_millis(&self) -> Option<u64> {
+        self.cpu.as_deref().and_then(|c| parse_cpu(c).ok())
+    }
+
+    /// Memory limit in bytes (`"64Mi"` → 67108864).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.memory.as_deref().and_then(|m| parse_memory(m).ok())
+    }
+}
+
+/// One container of a pod: an OCI image or a bare process (`exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Absolute path of an executable run as a bare process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Only for image containers; `None` means [`ImagePullPolicy::IfNotPresent`].
+    #[serde(
+        rename = "imagePullPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+}
+
+impl Container {
+    /// The pull policy in force (IfNotPresent unless the manifest says).
+    pub fn pull_policy(&self) -> ImagePullPolicy {
+        self.image_pull_policy.unwrap_or_default()
+    }
+}
+
+/// Where an app came from, for seed 004's `deployment` object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub app: String,
+    pub repository: String,
+    pub version: String,
+}
+
+/// The pod template of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSpec {
+    pub containers: Vec<Container>,
+    #[serde(rename = "restartPolicy", default)]
+    pub restart_policy: RestartPolicy,
+    /// Run in the node's network namespace instead of one of the pod's own
+    /// (the pod's IP is then the node's).
+    #[serde(rename = "hostNetwork", default, skip_serializing_if = "is_false")]
+    pub host_network: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A validated app manifest, serialized as RIK workload v1 JSON (the
+/// `definition` of `InstanceScheduling`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppManifest {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub replicas: u32,
+    pub spec: PodSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
+}
+
+impl AppManifest {
+    /// The `definition` JSON sent to riklets.
+    pub fn to_definition(&self) -> String {
+        serde_json::to_string(self).expect("manifest serializes")
+    }
+
+    /// The deployment triple of seed 004, derived from the first container
+    /// when the manifest did not carry one.
+    pub fn deployment(&self) -> Deployment {
+        if let Some(d) = &self.deployment {
+            return d.clone();
+        }
+        let first = &self.spec.containers[0];
+        let (repository, version) = match (&first.image, &first.exec) {
+            (Some(image), _) => split_image(image),
+            (None, Some(exec)) => (exec.clone(), String::new()),
+            (None, None) => (String::new(), String::new()),
+        };
+        Deployment {
+            app: self.name.clone(),
+            repository,
+            version,
+        }
+    }
+}
+
+/// `repository:tag` → (repository, tag); no tag is `latest`.
+fn split_image(image: &str) -> (String, String) {
+    let (repository, tag) = reference::split_tag(image);
+    (repository.to_string(), tag.unwrap_or("latest").to_string())
+}
+
+/// Parses and validates a manifest in either form, JSON or YAML.
+pub fn parse(text: &str) -> Result<AppManifest, ManifestError> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::TooLarge(text.len()));
+    }
+    // YAML 1.2 is a superset of JSON: one parser serves both forms.
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+    let map = value
+        .as_mapping()
+        .ok_or_else(|| field_err("(document)", "must be a mapping/object"))?;
+    let has = |k: &str| map.contains_key(serde_yaml::Value::String(k.to_string()));
+    let manifest = if has("kind") || has("spec") || has("apiVersion") {
+        let raw: workload::Workload = from_value(value)?;
+        raw.into_manifest()?
+    } else if has("repo") {
+        let raw: compact::Compact = from_value(value)?;
+        raw.into_manifest()?
+    } else {
+        return Err(field_err(
+            "kind",
+            "missing: expected a RIK workload (`kind: Pod`) or a deployment file (`repo`)",
+        ));
+    };
+    validate::validate(&manifest)?;
+    Ok(manifest)
+}
+
+/// Parses a `definition` received on the wire (JSON, either form).
+pub fn parse_definition(json: &str) -> Result<AppManifest, ManifestError> {
+    parse(json)
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+) -> Result<T, ManifestError> {
+    serde_yaml::from_value(value).map_err(|e| {
+        // serde_yaml puts the field path first ("spec.containers[0]: ...").
+        let msg = e.to_string();
+        match msg.split_once(": ") {
+            Some((path, reason)) if !path.contains(' ') => field_err(path, reason),
+            // A top-level unknown field comes without a path.
+            _ => match msg
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split_once('`'))
+            {
+                Some((field, _)) => field_err(field, msg.clone()),
+                None => ManifestError::Syntax(msg),
+            },
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! RIK workload v1 as users and RIK's controller write it: `null` allowed
+//! wherever RIK leaves a field out, `ports` one object or a list.
+
+use serde::Deserialize;
+
+use super::{
+    AppManifest, Container, Deployment, EnvVar, ImagePullPolicy, ManifestError, PodSpec, Port,
+    Protocol, Resources, RestartPolicy, field_err,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Workload {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+    replicas: Option<i64>,
+    spec: Option<Spec>,
+    deployment: Option<Deployment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    containers: Option<Vec<RawContainer>>,
+    #[serde(rename = "restartPolicy")]
+    restart_policy: Option<RestartPolicy>,
+    /// Checked by hand, to name the field in errors.
+    #[serde(rename = "hostNetwork")]
+    host_network: Option<serde_yaml::Value>,
+    /// RIK's function workloads; not run by riklet.
+    function: Option<serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    name: Option<String>,
+    image: Option<String>,
+    exec: Option<String>,
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    env: Option<Vec<EnvVar>>,
+    ports: Option<OneOrMany<RawPort>>,
+    resources: Option<Resources>,
+    /// Parsed by hand: serde's error for an unknown variant names no field.
+    #[serde(rename = "imagePullPolicy")]
+    image_pull_policy: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    port: i64,
+    target_port: Option<i64>,
+    protocol: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+impl Workload {
+    pub(super) fn into_manifest(self) -> Result<AppManifest, ManifestError> {
+        let spec = self.spec.ok_or_else(|| field_err("spec", "missing"))?;
+        if spec.function.as_ref().is_some_and(|f| !f.is_null()) {
+            return Err(field_err(
+                "spec.function",
+                "function workloads are not supported",
+            ));
+        }
+        let containers = spec
+            .containers
+            .ok_or_else(|| field_err("spec.containers", "missing"))?
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| c.into_container(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let replicas = self.replicas.unwrap_or(1);
+        let replicas = u32::try_from(replicas)
+            .map_err(|_| field_err("replicas", format!("{replicas} is not a valid count")))?;
+        Ok(AppManifest {
+            api_version: self.api_version.unwrap_or_else(|| "v1".into()),
+            kind: self.kind.ok_or_else(|| field_err("kind", "missing"))?,
+            name: self.name.ok_or_else(|| field_err("name", "missing"))?,
+            replicas,
+            spec: PodSpec {
+                containers,
+                restart_policy: spec.restart_policy.unwrap_or_default(),
+                host_network: host_network(spec.host_network)?,
+            },
+            deployment: self.deployment,
+        })
+    }
+}
+
+/// `true`, `false` or left out (`null`).
+fn host_network(value: Option<serde_yaml::Value>) -> Result<bool, ManifestError> {
+    match value {
+        None | Some(serde_yaml::Value::Null) => Ok(false),
+        Some(serde_yaml::Value::Bool(b)) => Ok(b),
+        Some(_) => Err(field_err("spec.hostNetwork", "must be true or false")),
+    }
+}
+
+impl RawContainer {
+    /// The container at `spec.containers[i]`.
+    fn into_container(self, i: usize) -> Result<Container, ManifestError> {
+        let at = |f: &str| format!("spec.containers[{i}].{f}");
+        let ports = match self.ports {
+            None => vec![],
+            Some(OneOrMany::One(p)) => vec![p],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        let ports = ports
+            .into_iter()
+            .enumerate()
+            .map(|(j, p)| p.into_port(&|f| at(&format!("ports[{j}].{f}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Container {
+            name: self.name.ok_or_else(|| field_err(at("name"), "missing"))?,
+            image: self.image,
+            exec: self.exec,
+            command: self.command,
+            args: self.args.unwrap_or_default(),
+            env: self.env.unwrap_or_default(),
+            ports,
+            resources: self.resources,
+            image_pull_policy: pull_policy(self.image_pull_policy.as_deref(), &at)?,
+        })
+    }
+}
+
+fn pull_policy(
+    value: Option<&str>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Option<ImagePullPolicy>, ManifestError> {
+    match value {
+        None => Ok(None),
+        Some("Always") => Ok(Some(ImagePullPolicy::Always)),
+        Some("IfNotPresent") => Ok(Some(ImagePullPolicy::IfNotPresent)),
+        Some("Never") => Ok(Some(ImagePullPolicy::Never)),
+        Some(other) => Err(field_err(
+            at("imagePullPolicy"),
+            format!("{other:?} is not Always, IfNotPresent or Never"),
+        )),
+    }
+}
+
+impl RawPort {
+    /// The port whose fields are named `at(field)`; the target port
+    /// defaults to the port, the protocol to TCP.
+    fn into_port(self, at: &dyn Fn(&str) -> String) -> Result<Port, ManifestError> {
+        let port = port_number(at("port"), self.port)?;
+        let target_port = match self.target_port {
+            Some(t) => port_number(at("target_port"), t)?,
+            None => port,
+        };
+        let protocol = match self
+            .protocol
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            None | Some("TCP") => Protocol::Tcp,
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            Some(other) => {
+                return Err(field_err(
+                    at("protocol"),
+                    format!("{other:?} is not TCP, UDP or SCTP"),
+                ));
+            }
+        };
+        Ok(Port {
+            port,
+            target_port,
+            protocol,
+            kind: self.kind,
+        })
+    }
+}
+
+fn port_number(field: String, n: i64) -> Result<u16, ManifestError> {
+    match u16::try_from(n) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(field_err(
+            field,
+            format!("{n} is not a port number (1-65535)"),
+        )),
+    }
+}
