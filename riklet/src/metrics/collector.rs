@@ -577,4 +577,54 @@ mod tests {
         assert_eq!(u["memory"]["limitBytes"], Value::Null);
         assert!(u["containers"]["b"].is_object());
     }
+
+    /// Today's usage of a pod with a measured container and an unmeasured one.
+    const USAGE: &str = r#"{"containers":{"main":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4},"side":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}},"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"runqueue":{"count":3,"meanSeconds":1e-6}}"#;
+
+    /// Today's usage of a pod whose only container has no figures yet.
+    const BARE: &str = r#"{"containers":{"main":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}},"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageCores":null,"usageSeconds":null},"memory":{"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"runqueue":{"count":null,"meanSeconds":null}}"#;
+
+    #[test]
+    fn pod_usage_contract() {
+        let mut a = PodSample::new("web", "web-1", "main", "n");
+        a.cpu_seconds = Some(2.5);
+        a.cpu_throttled_seconds = Some(0.25);
+        a.oncpu_seconds = Some(2.0);
+        a.memory_usage_bytes = Some(4096);
+        a.memory_working_set_bytes = Some(2048);
+        a.memory_limit_bytes = Some(1 << 20);
+        a.memory_failcnt = Some(3);
+        a.oom_kills = Some(1);
+        a.pids = Some(4);
+        a.rx_bytes = Some(100);
+        a.tx_bytes = Some(200);
+        a.rx_packets = Some(1);
+        a.tx_packets = Some(2);
+        a.runq_latency = Some(Log2Histogram {
+            buckets_ns: vec![1, 2],
+            count: 3,
+            sum_ns: 3_000,
+        });
+        let b = PodSample::new("web", "web-1", "side", "n");
+        let usage = PodUsage::default();
+        let event =
+            json!({"type": "OOMKill", "container": "main", "pid": 42, "at": 1_700_000_000u64});
+        usage.replace(UsageTable {
+            pods: HashMap::from([("web-1".to_string(), vec![(a, Some(0.5)), (b, None)])]),
+            events: HashMap::from([("web-1".to_string(), vec![event])]),
+            retransmits: HashMap::from([("web-1".to_string(), 7)]),
+        });
+        let got = serde_json::to_value(usage.get("web-1").unwrap()).unwrap();
+        assert_eq!(got, serde_json::from_str::<Value>(USAGE).unwrap());
+
+        let usage = PodUsage::default();
+        let bare = PodSample::new("web", "web-2", "main", "n");
+        usage.replace(UsageTable {
+            pods: HashMap::from([("web-2".to_string(), vec![(bare, None)])]),
+            ..UsageTable::default()
+        });
+        let got = serde_json::to_value(usage.get("web-2").unwrap()).unwrap();
+        assert_eq!(got, serde_json::from_str::<Value>(BARE).unwrap());
+        assert!(usage.get("web-1").is_none());
+    }
 }
