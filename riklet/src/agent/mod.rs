@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use proto::common::ResourceStatus;
 use proto::manifest::{self, Container, ImagePullPolicy, RestartPolicy};
-use serde_json::{Value, json};
+use proto::status::ShortStatus;
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -366,7 +367,7 @@ impl Agent {
         let refuse = |reason: String| InstanceReport {
             instance_id: instance_id.clone(),
             status: ResourceStatus::Failed,
-            metrics: json!({"appId": instance_id, "state": "FAILED", "reason": reason}).to_string(),
+            metrics: ShortStatus::refused(&instance_id, reason).to_json(),
         };
         if let Err(e) = manifest::validate_instance_id(&instance_id) {
             warn!(pod = %instance_id, error = %e, "refused instance");
@@ -711,7 +712,7 @@ impl Agent {
             let _ = self.reports.send(InstanceReport {
                 instance_id: instance_id.to_string(),
                 status: ResourceStatus::Terminated,
-                metrics: json!({"appId": instance_id, "state": "TERMINATED"}).to_string(),
+                metrics: ShortStatus::not_running(instance_id).to_json(),
             });
             return;
         };
@@ -843,9 +844,7 @@ impl Agent {
         let _ = self.reports.send(InstanceReport {
             instance_id: instance_id.to_string(),
             status: ResourceStatus::Terminated,
-            metrics:
-                json!({"appId": instance_id, "state": "TERMINATED", "runsOn": self.settings.node})
-                    .to_string(),
+            metrics: ShortStatus::destroyed(instance_id, &self.settings.node).to_json(),
         });
     }
 
@@ -1227,6 +1226,7 @@ impl Agent {
                 cgroup: &cgroup,
             },
         )
+        .to_value()
     }
 
     fn report_of(&self, pod: &PodRecord) -> InstanceReport {

@@ -1,12 +1,13 @@
 //! The status view of a pod: seed 004's realtime app object, extended with
-//! its containers and the last measured usage. It is what the scheduler
-//! receives in an instance status and what `riklet pods` prints.
+//! its containers and the last measured usage ([`AppStatus`]). It is what
+//! the scheduler receives in an instance status and what `riklet pods`
+//! prints.
 
 use std::net::IpAddr;
 
-use serde_json::{Value, json};
+use proto::status::{AppStatus, ContainerState, ContainerStatus, LastExit, PodUsage, RealtimeApp};
 
-use crate::state::PodRecord;
+use crate::state::{ContainerRecord, PodRecord};
 
 /// What the view needs besides the pod record.
 pub struct ViewInputs<'a> {
@@ -15,74 +16,79 @@ pub struct ViewInputs<'a> {
     /// The pod's address: its own, or the node's with `hostNetwork`.
     pub ip: Option<IpAddr>,
     /// The last usage measured by the collector, if any.
-    pub usage: Option<Value>,
+    pub usage: Option<PodUsage>,
     /// Each container's cgroup path, relative to the cgroup root.
     pub cgroup: &'a dyn Fn(&str) -> String,
 }
 
-/// Seed 004's realtime app object, extended with containers and the
-/// last measured usage (`cpu`, `memory`, `network`, `runqueue`).
-pub fn app_status(pod: &PodRecord, inputs: &ViewInputs<'_>) -> Value {
-    let deployment = pod.manifest.deployment();
-    let usage = inputs.usage.clone().unwrap_or_else(|| json!({}));
-    let containers: Vec<Value> = pod
+/// The pod's status, with the last measured usage if there is one.
+pub fn app_status(pod: &PodRecord, inputs: &ViewInputs<'_>) -> AppStatus {
+    let status = AppStatus {
+        realtime: RealtimeApp {
+            app_id: pod.instance_id.clone(),
+            state: pod.phase.status(),
+            created_at: Some(pod.created_at / 1000),
+            restart_count: pod.restart_count(),
+            internal_ip: inputs.ip.map(|ip| ip.to_string()),
+            runs_on: Some(inputs.node.to_string()),
+            deployment: Some(pod.manifest.deployment()),
+        },
+        app: pod.manifest.name.clone(),
+        reason: pod.reason.clone(),
+        host_network: pod.manifest.spec.host_network,
+        containers: pod
+            .containers
+            .iter()
+            .map(|c| container_status(pod, c, inputs))
+            .collect(),
+        ..AppStatus::default()
+    };
+    match &inputs.usage {
+        Some(usage) => status.with_usage(usage.clone()),
+        None => status,
+    }
+}
+
+/// One container's status, without its usage.
+fn container_status(
+    pod: &PodRecord,
+    c: &ContainerRecord,
+    inputs: &ViewInputs<'_>,
+) -> ContainerStatus {
+    let spec = pod
+        .manifest
+        .spec
         .containers
         .iter()
-        .map(|c| {
-            let spec = pod
-                .manifest
-                .spec
-                .containers
-                .iter()
-                .find(|s| s.name == c.name);
-            let state = if c.run.is_some() {
-                "running"
-            } else if c.starting {
-                "creating"
-            } else if c.restart_at.is_some() {
-                "waiting"
-            } else {
-                "terminated"
-            };
-            json!({
-                "name": c.name,
-                "state": state,
-                "image": spec.and_then(|s| s.image.clone()),
-                "containerId": c.run.as_ref().and_then(|r| r.container_id.clone()),
-                "imageDigest": c.run.as_ref().and_then(|r| r.image_digest.clone()),
-                "pid": c.run.as_ref().map(|r| r.process.pid),
-                "startedAt": c.run.as_ref().map(|r| r.started_at / 1000),
-                "restartCount": c.restart_count,
-                "lastExit": c.last_exit.as_ref().map(|e| json!({
-                    "exitCode": e.exit_code,
-                    "signal": e.signal,
-                    "reason": e.reason,
-                    "message": e.message,
-                    "finishedAt": e.finished_at / 1000,
-                })),
-                "cgroup": (inputs.cgroup)(&c.name),
-                "usage": usage["containers"][&c.name],
-            })
-        })
-        .collect();
-    json!({
-        "appId": pod.instance_id,
-        "app": pod.manifest.name,
-        "state": proto::status::name(pod.phase.status()),
-        "reason": pod.reason,
-        "createdAt": pod.created_at / 1000,
-        "restartCount": pod.restart_count(),
-        "internalIp": inputs.ip.map(|ip| ip.to_string()),
-        "hostNetwork": pod.manifest.spec.host_network,
-        "runsOn": inputs.node,
-        "deployment": {"app": deployment.app, "repository": deployment.repository, "version": deployment.version},
-        "containers": containers,
-        "cpu": usage["cpu"],
-        "memory": usage["memory"],
-        "network": usage["network"],
-        "runqueue": usage["runqueue"],
-        "events": usage.get("events").cloned().unwrap_or_else(|| json!([])),
-    })
+        .find(|s| s.name == c.name);
+    let state = if c.run.is_some() {
+        ContainerState::Running
+    } else if c.starting {
+        ContainerState::Creating
+    } else if c.restart_at.is_some() {
+        ContainerState::Waiting
+    } else {
+        ContainerState::Terminated
+    };
+    ContainerStatus {
+        name: c.name.clone(),
+        state,
+        image: spec.and_then(|s| s.image.clone()),
+        container_id: c.run.as_ref().and_then(|r| r.container_id.clone()),
+        image_digest: c.run.as_ref().and_then(|r| r.image_digest.clone()),
+        pid: c.run.as_ref().map(|r| r.process.pid),
+        started_at: c.run.as_ref().map(|r| r.started_at / 1000),
+        restart_count: c.restart_count,
+        last_exit: c.last_exit.as_ref().map(|e| LastExit {
+            exit_code: e.exit_code,
+            signal: e.signal,
+            reason: e.reason.clone(),
+            message: e.message.clone(),
+            finished_at: e.finished_at / 1000,
+        }),
+        cgroup: (inputs.cgroup)(&c.name),
+        usage: None,
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +164,7 @@ mod tests {
         }
     }
 
-    fn json(text: &str) -> Value {
+    fn json(text: &str) -> serde_json::Value {
         serde_json::from_str(text).unwrap()
     }
 
@@ -171,7 +177,13 @@ mod tests {
             usage: None,
             cgroup: &cgroup,
         };
-        assert_eq!(app_status(&pod(), &inputs), json(WITHOUT_USAGE));
+        let status = app_status(&pod(), &inputs);
+        assert_eq!(status.to_value(), json(WITHOUT_USAGE));
+        assert_eq!(
+            status.to_json(),
+            WITHOUT_USAGE,
+            "the same bytes on the wire"
+        );
     }
 
     #[test]
@@ -180,7 +192,7 @@ mod tests {
         let inputs = ViewInputs {
             node: "node-a",
             ip: Some("10.1.0.2".parse().unwrap()),
-            usage: Some(json(USAGE)),
+            usage: Some(serde_json::from_str(USAGE).unwrap()),
             cgroup: &cgroup,
         };
         let mut pod = pod();
@@ -189,6 +201,8 @@ mod tests {
         pod.manifest.spec.host_network = true;
         pod.containers[1].starting = true;
         pod.containers[1].restart_at = None;
-        assert_eq!(app_status(&pod, &inputs), json(WITH_USAGE));
+        let status = app_status(&pod, &inputs);
+        assert_eq!(status.to_value(), json(WITH_USAGE));
+        assert_eq!(status.to_json(), WITH_USAGE, "the same bytes on the wire");
     }
 }
