@@ -29,6 +29,29 @@ use serde_json::Value;
 
 use crate::common::ResourceStatus;
 
+/// `from_json`, `to_json` and `to_value` for an object that travels alone
+/// in a `metrics` string.
+macro_rules! metrics_object {
+    ($object:ty) => {
+        impl $object {
+            /// Reads a report leniently (see the [module](crate::status) doc).
+            pub fn from_json(text: &str) -> Self {
+                crate::status::from_json(text)
+            }
+
+            /// The wire form, keys in alphabetical order.
+            pub fn to_json(&self) -> String {
+                crate::status::to_json(self)
+            }
+
+            /// As a JSON value.
+            pub fn to_value(&self) -> serde_json::Value {
+                crate::status::to_value(self)
+            }
+        }
+    };
+}
+
 pub mod app;
 pub mod node;
 pub mod usage;

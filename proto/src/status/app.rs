@@ -1,7 +1,6 @@
 //! An instance's status, `InstanceMetric.metrics`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::usage::{
     ContainerUsage, MemoryUsage, NetworkUsage, PodCpu, PodEvent, PodUsage, RunQueue,
@@ -89,22 +88,9 @@ impl AppStatus {
         self.events = usage.events;
         self
     }
-
-    /// Reads a report leniently (see the [module](super) doc).
-    pub fn from_json(text: &str) -> Self {
-        super::from_json(text)
-    }
-
-    /// The wire form.
-    pub fn to_json(&self) -> String {
-        super::to_json(self)
-    }
-
-    /// As a JSON value (`riklet pods`).
-    pub fn to_value(&self) -> Value {
-        super::to_value(self)
-    }
 }
+
+metrics_object!(AppStatus);
 
 /// One container of a pod.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

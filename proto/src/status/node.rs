@@ -3,7 +3,6 @@
 //! resources and realtime node objects.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{deserialize_state, lenient, serialize_state};
 use crate::common::ResourceStatus;
@@ -26,22 +25,7 @@ pub struct NodeMetrics {
     pub realtime: Option<RealtimeNode>,
 }
 
-impl NodeMetrics {
-    /// Reads a heartbeat leniently (see the [module](super) doc).
-    pub fn from_json(text: &str) -> Self {
-        super::from_json(text)
-    }
-
-    /// The wire form.
-    pub fn to_json(&self) -> String {
-        super::to_json(self)
-    }
-
-    /// As a JSON value.
-    pub fn to_value(&self) -> Value {
-        super::to_value(self)
-    }
-}
+metrics_object!(NodeMetrics);
 
 /// RIK's CPU figures.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

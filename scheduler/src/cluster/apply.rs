@@ -102,7 +102,7 @@ impl State {
         if rescaled == manifest {
             self.rescale(&name, replicas, &old_definition, now, out);
         } else {
-            self.replace_instances(&name, replicas, &old_definition, now, out);
+            self.replace_all(&name, replicas, &old_definition, now, out);
         }
         if let Some(record) = self.store.data_mut().apps.get_mut(&name) {
             record.manifest = manifest;
@@ -110,35 +110,23 @@ impl State {
         }
     }
 
-    /// Adds or removes instances of `app` until it has `replicas`.
-    fn rescale(
-        &mut self,
-        app: &str,
-        replicas: usize,
-        definition: &str,
-        now: i64,
-        out: &mut Outbox,
-    ) {
+    /// Adds or removes instances of `app` until it has `replicas`; removed
+    /// ones get a DESTROY with the `old` definition.
+    fn rescale(&mut self, app: &str, replicas: usize, old: &str, now: i64, out: &mut Outbox) {
         let current = self.store.data().instances_of(app).count();
         if replicas > current {
             self.add_instances(app, replicas - current, now);
         } else {
             for id in self.scale_down_victims(app, current - replicas) {
-                self.remove_instance(&id, definition, out);
+                self.remove_instance(&id, old, out);
             }
         }
         info!(app = %app, from = current, to = replicas, "app rescaled");
     }
 
-    /// Removes every instance of `app` and adds `replicas` new ones.
-    fn replace_instances(
-        &mut self,
-        app: &str,
-        replicas: usize,
-        definition: &str,
-        now: i64,
-        out: &mut Outbox,
-    ) {
+    /// Removes every instance of `app` (a DESTROY with the `old`
+    /// definition) and adds `replicas` new ones.
+    fn replace_all(&mut self, app: &str, replicas: usize, old: &str, now: i64, out: &mut Outbox) {
         let ids: Vec<String> = self
             .store
             .data()
@@ -146,7 +134,7 @@ impl State {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &ids {
-            self.remove_instance(id, definition, out);
+            self.remove_instance(id, old, out);
         }
         self.add_instances(app, replicas, now);
         info!(app = %app, replaced = ids.len(), replicas, "app definition changed, instances replaced");
