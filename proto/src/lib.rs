@@ -8,7 +8,9 @@
 //! - [`manifest`]: the app manifest (RIK workload v1 and seed 004's compact
 //!   deployment file), parsed and validated the same way by `rik`, the
 //!   scheduler and the riklet: never trust the wire.
-//! - [`status`]: conversions between `ResourceStatus` and its names.
+//! - [`status`]: the status contract: the JSON objects the riklet reports in
+//!   `metrics` strings (instance status, pod usage, node heartbeat), typed for
+//!   the riklet, the scheduler and `rik`; `ResourceStatus` names.
 
 pub mod manifest;
 pub mod status;

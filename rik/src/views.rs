@@ -1,24 +1,30 @@
 //! What `rik` shows of the scheduler's answers: table rows and seed 004's
 //! JSON objects, built from `rik.v1` messages without any I/O.
 //!
-//! Fields read from the riklet's JSON (`Instance.metrics`, `Node.metrics`):
-//! - instance (seed 004's realtime app object): `appId`, `state`,
-//!   `createdAt`, `restartCount`, `internalIp`, `runsOn`, `deployment`, and
-//!   `reason` / `message` to explain a failure; other fields pass through.
-//! - node: `resources` (seed 004's node resources object) and `realtime`
-//!   (seed 004's realtime node object, `cpu.currentUsage` and
-//!   `memory.currentUsage` in percent); RIK's own heartbeat shape
-//!   (`cpu.{total,free}`, `memory.{total,free}`) as a fallback.
+//! The riklet's JSON (`Instance.metrics`, `Node.metrics`) is read with the
+//! types of [`proto::status`], leniently (a report of another riklet may
+//! lack keys or have others):
+//! - instance: an [`AppStatus`], seed 004's realtime app object extended by
+//!   the riklet; `reason` (or RIK's `message`) explains a failure. `-o
+//!   json` shows seed 004's object completed from what the scheduler knows,
+//!   then every other key of the report as it came.
+//! - node: a [`NodeMetrics`]: `realtime` (seed 004's realtime node object,
+//!   `cpu.currentUsage` and `memory.currentUsage` in percent), RIK's own
+//!   heartbeat shape (`cpu.{total,free}`, `memory.{total,free}`) as a
+//!   fallback, and `resources` (seed 004's node resources object), shown by
+//!   `-o json` as it came.
 
 use std::collections::BTreeSet;
 
 use proto::manifest::{self, AppManifest, Deployment, Protocol};
 use proto::rik::v1::{App, Instance, Node};
-use serde_json::{Map, Value, json};
+use proto::status::{self, AppStatus, NodeMetrics, RealtimeApp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::output::{Json, age};
 
-/// Key order of seed 004's realtime app object.
+/// Key order of seed 004's realtime app object ([`RealtimeApp`]).
 const REALTIME_APP_KEYS: &[&str] = &[
     "appId",
     "state",
@@ -29,7 +35,8 @@ const REALTIME_APP_KEYS: &[&str] = &[
     "deployment",
 ];
 
-/// Key order of seed 004's node resources object, then our additions.
+/// Key order of seed 004's node resources object, then our additions
+/// ([`NodeView`]).
 const NODE_KEYS: &[&str] = &[
     "id",
     "cpu",
@@ -52,7 +59,7 @@ const NONE: &str = "<none>";
 
 /// A metrics JSON string as an object; anything else (empty, invalid, not
 /// an object) as an empty one.
-pub fn metrics_object(metrics: &str) -> Map<String, Value> {
+fn metrics_object(metrics: &str) -> Map<String, Value> {
     match serde_json::from_str::<Value>(metrics) {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
@@ -65,13 +72,14 @@ pub fn manifest_of(app: &App) -> Option<AppManifest> {
 }
 
 /// Seed 004's realtime app object of one instance: the riklet's report,
-/// completed from what the scheduler knows, `state` always the scheduler's.
+/// completed from what the scheduler knows, `state` always the scheduler's;
+/// then the report's other keys as they came.
 pub fn realtime_app(
     app: &App,
     manifest: Option<&AppManifest>,
     inst: &Instance,
 ) -> Map<String, Value> {
-    let mut obj = metrics_object(&inst.metrics);
+    let reported = AppStatus::from_json(&inst.metrics).realtime;
     let deployment = manifest.map_or_else(
         || Deployment {
             app: app.name.clone(),
@@ -79,32 +87,34 @@ pub fn realtime_app(
         },
         AppManifest::deployment,
     );
-    let defaults = [
-        ("appId", json!(inst.instance_id)),
-        ("createdAt", json!(app.created_at)),
-        ("restartCount", json!(0)),
-        ("internalIp", Value::Null),
-        (
-            "runsOn",
-            if inst.node.is_empty() {
-                Value::Null
-            } else {
-                json!(inst.node)
-            },
-        ),
-        (
-            "deployment",
-            serde_json::to_value(deployment).expect("deployment serializes"),
-        ),
-    ];
-    for (key, default) in defaults {
-        let slot = obj.entry(key).or_insert(Value::Null);
-        if slot.is_null() {
-            *slot = default;
-        }
+    let known = RealtimeApp {
+        app_id: if reported.app_id.is_empty() {
+            inst.instance_id.clone()
+        } else {
+            reported.app_id
+        },
+        state: status::from_name(&inst.status),
+        created_at: reported.created_at.or(Some(app.created_at)),
+        restart_count: reported.restart_count,
+        internal_ip: reported.internal_ip,
+        runs_on: reported
+            .runs_on
+            .or_else(|| (!inst.node.is_empty()).then(|| inst.node.clone())),
+        deployment: reported.deployment.or(Some(deployment)),
+    };
+    let mut obj = object(&known);
+    for (key, value) in metrics_object(&inst.metrics) {
+        obj.entry(key).or_insert(value);
     }
-    obj.insert("state".into(), json!(inst.status));
     obj
+}
+
+/// A struct as a JSON object.
+fn object<T: Serialize>(value: &T) -> Map<String, Value> {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
 }
 
 /// [`realtime_app`] with seed 004's key order.
@@ -116,10 +126,10 @@ pub fn realtime_app_json(app: &App, manifest: Option<&AppManifest>, inst: &Insta
 pub fn app_json(app: &App) -> Json {
     let manifest = manifest_of(app);
     Json::Object(vec![
-        ("name".into(), Json::Plain(json!(app.name))),
-        ("status".into(), Json::Plain(json!(app_status(app)))),
-        ("replicas".into(), Json::Plain(json!(app.replicas))),
-        ("createdAt".into(), Json::Plain(json!(app.created_at))),
+        ("name".into(), Json::Plain(Value::from(app.name.as_str()))),
+        ("status".into(), Json::Plain(Value::from(app_status(app)))),
+        ("replicas".into(), Json::Plain(Value::from(app.replicas))),
+        ("createdAt".into(), Json::Plain(Value::from(app.created_at))),
         (
             "instances".into(),
             Json::Array(
@@ -174,34 +184,33 @@ pub fn app_row(app: &App, wide: bool, now: i64) -> Vec<String> {
         age(app.created_at, now),
     ];
     if wide {
-        let metrics: Vec<Map<String, Value>> = app
+        let statuses: Vec<AppStatus> = app
             .instances
             .iter()
-            .map(|i| metrics_object(&i.metrics))
+            .map(|i| AppStatus::from_json(&i.metrics))
             .collect();
         let nodes = unique(app.instances.iter().map(|i| i.node.clone()));
         let ips = unique(
-            metrics
+            statuses
                 .iter()
-                .filter_map(|m| m.get("internalIp")?.as_str().map(str::to_string)),
+                .filter_map(|s| s.realtime.internal_ip.clone()),
         );
-        let restarts: u64 = metrics
+        let restarts: u64 = statuses
             .iter()
-            .filter_map(|m| m.get("restartCount")?.as_u64())
+            .map(|s| u64::from(s.realtime.restart_count))
             .sum();
         row.push(or_none(nodes.join(",")));
         row.push(or_none(ips.join(",")));
         row.push(restarts.to_string());
         // Sums over the instances, as last reported by their riklets.
-        let sum = |a: &str, b: &str| -> Option<f64> {
-            let values: Vec<f64> = metrics
-                .iter()
-                .filter_map(|m| m.get(a)?.get(b)?.as_f64())
-                .collect();
+        let sum = |figure: fn(&AppStatus) -> Option<f64>| -> Option<f64> {
+            let values: Vec<f64> = statuses.iter().filter_map(figure).collect();
             (!values.is_empty()).then(|| values.iter().sum())
         };
-        row.push(sum("cpu", "usageCores").map_or_else(|| NONE.to_string(), |c| format!("{c:.3}")));
-        row.push(sum("memory", "workingSetBytes").map_or_else(
+        let cores = sum(|s| s.cpu?.usage_cores);
+        let working_set = sum(|s| Some(s.memory?.working_set_bytes? as f64));
+        row.push(cores.map_or_else(|| NONE.to_string(), |c| format!("{c:.3}")));
+        row.push(working_set.map_or_else(
             || NONE.to_string(),
             |b| format!("{:.1}Mi", b / (1u64 << 20) as f64),
         ));
@@ -246,14 +255,20 @@ pub fn ports_column(manifest: &AppManifest) -> String {
         .join(",")
 }
 
-/// Why an instance failed, from its metrics `reason` or `message`.
+/// Why an instance failed: the `reason` of its status, or the `message`
+/// RIK's riklet gives.
 pub fn failure_reason(inst: &Instance) -> Option<String> {
-    let m = metrics_object(&inst.metrics);
-    ["reason", "message"]
-        .iter()
-        .filter_map(|k| m.get(*k)?.as_str())
+    /// Where RIK's riklet explains a failure.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    struct RikMessage {
+        message: Option<String>,
+    }
+    let rik: RikMessage = serde_json::from_str(&inst.metrics).unwrap_or_default();
+    [AppStatus::from_json(&inst.metrics).reason, rik.message]
+        .into_iter()
+        .flatten()
         .find(|s| !s.is_empty())
-        .map(str::to_string)
 }
 
 /// `instance-id on node` (or just the id when not placed).
@@ -265,28 +280,26 @@ pub fn instance_label(inst: &Instance) -> String {
     }
 }
 
-/// CPU or memory usage of a node in percent: `realtime.<what>.currentUsage`,
-/// else derived from RIK's heartbeat shape.
-pub fn node_usage(metrics: &Map<String, Value>, what: &str) -> Option<f64> {
-    let realtime = metrics
-        .get("realtime")
-        .and_then(|r| r.get(what))
-        .and_then(|r| r.get("currentUsage"))
-        .and_then(Value::as_f64);
-    if realtime.is_some() {
-        return realtime;
+/// CPU usage of a node in percent: `realtime.cpu.currentUsage`, else from
+/// RIK's heartbeat shape (`cpu.free`: idle percent).
+pub fn node_cpu_usage(metrics: &NodeMetrics) -> Option<f64> {
+    let realtime = metrics.realtime.as_ref().and_then(|r| r.cpu);
+    match realtime {
+        Some(cpu) => Some(cpu.current_usage),
+        None => Some((100.0 - metrics.cpu?.free).clamp(0.0, 100.0)),
     }
-    // RIK's riklet: cpu {total: cores, free: idle percent}, memory {total,
-    // free} in bytes.
-    let section = metrics.get(what)?;
-    let free = section.get("free")?.as_f64()?;
-    match what {
-        "cpu" => Some((100.0 - free).clamp(0.0, 100.0)),
-        _ => {
-            let total = section.get("total")?.as_f64()?;
-            (total > 0.0).then(|| ((total - free) / total * 100.0).clamp(0.0, 100.0))
-        }
+}
+
+/// Memory usage of a node in percent: `realtime.memory.currentUsage`, else
+/// from RIK's heartbeat shape (`memory.{total,free}` in bytes).
+pub fn node_memory_usage(metrics: &NodeMetrics) -> Option<f64> {
+    let realtime = metrics.realtime.as_ref().and_then(|r| r.memory);
+    if let Some(memory) = realtime {
+        return Some(memory.current_usage);
     }
+    let memory = metrics.memory?;
+    let (total, free) = (memory.total as f64, memory.free as f64);
+    (total > 0.0).then(|| ((total - free) / total * 100.0).clamp(0.0, 100.0))
 }
 
 fn percent(v: Option<f64>) -> String {
@@ -313,26 +326,40 @@ pub fn node_headers(wide: bool) -> &'static [&'static str] {
 
 /// A row of the nodes table, `now` in Unix seconds.
 pub fn node_row(node: &Node, wide: bool, now: i64) -> Vec<String> {
-    let metrics = metrics_object(&node.metrics);
+    let metrics = NodeMetrics::from_json(&node.metrics);
     let mut row = vec![
         node.name.clone(),
         if node.ready { "Ready" } else { "NotReady" }.to_string(),
-        percent(node_usage(&metrics, "cpu")),
-        percent(node_usage(&metrics, "memory")),
+        percent(node_cpu_usage(&metrics)),
+        percent(node_memory_usage(&metrics)),
         node.instances.to_string(),
         age(node.last_seen, now),
     ];
     if wide {
         let kernel = metrics
-            .get("resources")
-            .and_then(|r| r.get("kernelVersion"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+            .resources
+            .map(|r| r.kernel_version)
+            .unwrap_or_default();
         row.push(or_none(node.host_address.clone()));
         row.push(or_none(kernel));
     }
     row
+}
+
+/// One node of `rik get nodes -o json`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeView {
+    /// Seed 004's node resources object as the riklet sent it, with `id`
+    /// the node name when it sent none.
+    #[serde(flatten)]
+    resources: Map<String, Value>,
+    ready: bool,
+    /// Unix seconds.
+    last_seen: i64,
+    pods: u32,
+    /// Seed 004's realtime node object as the riklet sent it, or null.
+    realtime: Value,
 }
 
 /// One node of `rik get nodes -o json`: seed 004's node resources object
@@ -340,26 +367,28 @@ pub fn node_row(node: &Node, wide: bool, now: i64) -> Vec<String> {
 /// `pods` and `realtime` (seed 004's realtime node object, or null).
 pub fn node_json(node: &Node) -> Json {
     let mut metrics = metrics_object(&node.metrics);
-    let mut obj = match metrics.remove("resources") {
+    let mut resources = match metrics.remove("resources") {
         Some(Value::Object(r)) => r,
         _ => Map::new(),
     };
-    let id = obj.entry("id").or_insert(Value::Null);
+    let id = resources.entry("id").or_insert(Value::Null);
     if id.is_null() {
-        *id = json!(node.name);
+        *id = Value::from(node.name.as_str());
     }
-    obj.insert("ready".into(), json!(node.ready));
-    obj.insert("lastSeen".into(), json!(node.last_seen));
-    obj.insert("pods".into(), json!(node.instances));
-    obj.insert(
-        "realtime".into(),
-        metrics.remove("realtime").unwrap_or(Value::Null),
-    );
-    Json::ordered(obj, NODE_KEYS)
+    let view = NodeView {
+        resources,
+        ready: node.ready,
+        last_seen: node.last_seen,
+        pods: node.instances,
+        realtime: metrics.remove("realtime").unwrap_or(Value::Null),
+    };
+    Json::ordered(object(&view), NODE_KEYS)
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     const DEF: &str = r#"{"apiVersion":"v1","kind":"Pod","name":"web","replicas":2,"spec":{"containers":[{"name":"nginx","image":"docker.io/library/nginx:1.19.1","ports":[{"port":80,"target_port":8080,"protocol":"TCP"},{"port":53,"protocol":"udp"}]}]}}"#;
@@ -584,6 +613,29 @@ mod tests {
         assert_eq!(
             value(&node_json(&node(""))),
             json!({"id":"node-a","ready":true,"lastSeen":990,"pods":3,"realtime":null})
+        );
+    }
+
+    #[test]
+    fn key_orders_name_the_contract_keys() {
+        let mut seed = REALTIME_APP_KEYS.to_vec();
+        seed.sort_unstable();
+        let typed = object(&RealtimeApp::default());
+        assert_eq!(seed, typed.keys().map(String::as_str).collect::<Vec<_>>());
+        let resources = object(&proto::status::NodeResources::default());
+        for key in resources.keys() {
+            assert!(NODE_KEYS.contains(&key.as_str()), "{key} has no place");
+        }
+    }
+
+    #[test]
+    fn a_full_riklet_status_shows_as_sent() {
+        let sent = r#"{"app":"web","appId":"web-1","containers":[],"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageCores":0.5,"usageSeconds":2.5},"createdAt":1699999999,"deployment":{"app":"web","repository":"/bin/sleep","version":""},"events":[],"hostNetwork":false,"internalIp":"10.1.0.2","memory":null,"network":null,"reason":null,"restartCount":3,"runqueue":null,"runsOn":"node-a","state":"RUNNING"}"#;
+        let a = app(vec![inst("web-1", "node-a", "RUNNING", sent)]);
+        let got = realtime_app(&a, None, &a.instances[0]);
+        assert_eq!(
+            Value::Object(got),
+            serde_json::from_str::<Value>(sent).unwrap()
         );
     }
 }

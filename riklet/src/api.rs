@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use proto::common::ResourceStatus;
 use proto::rik::v1::node_logs_server::{NodeLogs, NodeLogsServer};
 use proto::rik::v1::{LogChunk, NodeLogsRequest};
-use serde_json::json;
+use proto::status::AppStatus;
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_stream::Stream;
@@ -83,27 +85,82 @@ pub async fn serve_socket(listener: UnixListener, agent: AgentHandle, facts: Nod
     }
 }
 
+/// The answer to `status` (`riklet status`): who this riklet is, where
+/// it listens, what it runs. Keys in alphabetical order, as JSON maps print.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentStatus<'a> {
+    api_address: &'a str,
+    containerd: ContainerdStatus,
+    ebpf: bool,
+    metrics_address: &'a str,
+    node: &'a str,
+    pods: usize,
+    running: usize,
+    scheduler: &'a str,
+}
+
+/// Whether containerd answers, and where; or why not.
+#[derive(Serialize)]
+struct ContainerdStatus {
+    connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<String>,
+}
+
+impl<'a> AgentStatus<'a> {
+    fn new(facts: &'a NodeFacts, pods: &[AppStatus]) -> Self {
+        let containerd = match facts.containerd.get() {
+            Some(c) => ContainerdStatus {
+                connected: true,
+                error: None,
+                namespace: Some(c.runtime.namespace().to_string()),
+                socket: Some(c.runtime.socket().display().to_string()),
+            },
+            None => ContainerdStatus {
+                connected: false,
+                error: Some(facts.containerd.why_unavailable()),
+                namespace: None,
+                socket: None,
+            },
+        };
+        AgentStatus {
+            api_address: &facts.api_address,
+            containerd,
+            ebpf: facts.ebpf,
+            metrics_address: &facts.metrics_address,
+            node: &facts.node,
+            pods: pods.len(),
+            running: pods
+                .iter()
+                .filter(|p| p.realtime.state == ResourceStatus::Running)
+                .count(),
+            scheduler: &facts.scheduler,
+        }
+    }
+}
+
+/// The answer to a request the socket does not know.
+#[derive(Serialize)]
+struct Refusal {
+    error: String,
+}
+
 async fn answer(stream: UnixStream, agent: AgentHandle, facts: NodeFacts) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let pods = agent.pods().await;
     let body = match line.trim() {
-        "pods" => json!(pods),
-        "status" => json!({
-            "node": facts.node,
-            "scheduler": facts.scheduler,
-            "apiAddress": facts.api_address,
-            "metricsAddress": facts.metrics_address,
-            "ebpf": facts.ebpf,
-            "containerd": match facts.containerd.get() {
-                Some(c) => json!({"connected": true, "socket": c.runtime.socket(), "namespace": c.runtime.namespace()}),
-                None => json!({"connected": false, "error": facts.containerd.why_unavailable()}),
-            },
-            "pods": pods.len(),
-            "running": pods.iter().filter(|p| p["state"] == "RUNNING").count(),
-        }),
-        other => json!({"error": format!("unknown request {other:?}: expected status or pods")}),
+        "pods" => serde_json::Value::Array(pods.iter().map(AppStatus::to_value).collect()),
+        "status" => serde_json::to_value(AgentStatus::new(&facts, &pods))?,
+        other => serde_json::to_value(Refusal {
+            error: format!("unknown request {other:?}: expected status or pods"),
+        })?,
     };
     write.write_all(format!("{body:#}\n").as_bytes()).await?;
     write.shutdown().await

@@ -122,12 +122,12 @@ async fn session(
     });
     let node = settings.node.as_str();
     let addr = settings.host_address.as_str();
-    let worker_status = |metrics: serde_json::Value| WorkerStatus {
+    let worker_status = |metrics: proto::status::NodeMetrics| WorkerStatus {
         identifier: node.to_string(),
         host_address: addr.to_string(),
         status: Some(worker_status::Status::Worker(WorkerMetric {
             status: ResourceStatus::Running as i32,
-            metrics: metrics.to_string(),
+            metrics: metrics.to_json(),
         })),
     };
     let send = |s: WorkerStatus| {

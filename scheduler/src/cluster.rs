@@ -5,6 +5,7 @@
 //! registry, run placement, and then queue `InstanceScheduling` messages on
 //! the nodes' `Register` streams (unbounded channels, so nothing awaits while
 //! the lock is held). The gRPC services only translate wire types.
+//! The `apply` submodule holds `Apply`, which creates and changes apps.
 //!
 //! Persistence: an apply or a delete is saved before it is acknowledged (and
 //! rolled back if the save fails); status reports and placements made on
@@ -19,9 +20,13 @@ use rand::Rng;
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, error, info, warn};
 
+pub use apply::{ApplyOutcome, ApplyResult};
+
 use crate::nodes::{self, Nodes, RegisterError};
 use crate::placement::{self, Slot};
-use crate::store::{AppRecord, InstanceRecord, Store, StoreError};
+use crate::store::{Data, InstanceRecord, Store, StoreError};
+
+mod apply;
 
 /// Length of the random suffix of instance ids (`<app>-xxxxx`).
 const ID_SUFFIX_LEN: usize = 5;
@@ -39,34 +44,6 @@ pub enum ClusterError {
     /// The change could not be saved, so it was not made.
     #[error("cannot save the scheduler state, nothing was changed: {0}")]
     Store(#[from] StoreError),
-}
-
-/// What `Apply` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyResult {
-    Created,
-    Updated,
-    Unchanged,
-}
-
-impl ApplyResult {
-    /// The word in `ApplyResponse.result`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Updated => "updated",
-            Self::Unchanged => "unchanged",
-        }
-    }
-}
-
-/// Result of [`State::apply`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApplyOutcome {
-    pub name: String,
-    pub result: ApplyResult,
-    /// Every instance of the app after the apply, sorted.
-    pub instance_ids: Vec<String>,
 }
 
 /// Messages to queue on nodes' `Register` streams: `(node, message)`.
@@ -156,93 +133,22 @@ impl State {
         &self.nodes
     }
 
-    // ---- API operations ------------------------------------------------
+    // ---- API operations (`Apply` is in the `apply` module) -------------
 
-    /// Creates or updates an app from a manifest. An invalid manifest
-    /// changes nothing. Same manifest: unchanged. Only `replicas` changed:
-    /// instances are added or removed. Anything else changed: every instance
-    /// is replaced by a new one.
-    pub fn apply(&mut self, text: &str) -> Result<ApplyOutcome, ClusterError> {
-        let manifest = proto::manifest::parse(text)?;
-        let name = manifest.name.clone();
-        let now = unix_now();
-        let before = self.store.data().clone();
-        let mut out = Outbox::new();
-        let result = match self.store.data().apps.get(&name).cloned() {
-            None => {
-                let replicas = manifest.replicas as usize;
-                self.store.data_mut().apps.insert(
-                    name.clone(),
-                    AppRecord {
-                        manifest,
-                        created_at: now,
-                        updated_at: now,
-                    },
-                );
-                self.add_instances(&name, replicas, now);
-                info!(app = %name, replicas, "app created");
-                ApplyResult::Created
-            }
-            Some(app) if app.manifest == manifest => ApplyResult::Unchanged,
-            Some(app) => {
-                let old_definition = app.manifest.to_definition();
-                let mut rescaled = app.manifest.clone();
-                rescaled.replicas = manifest.replicas;
-                let replicas = manifest.replicas as usize;
-                if rescaled == manifest {
-                    let current = self.store.data().instances_of(&name).count();
-                    if replicas > current {
-                        self.add_instances(&name, replicas - current, now);
-                    } else {
-                        for id in self.scale_down_victims(&name, current - replicas) {
-                            self.remove_instance(&id, &old_definition, &mut out);
-                        }
-                    }
-                    info!(app = %name, from = current, to = replicas, "app rescaled");
-                } else {
-                    let ids: Vec<String> = self
-                        .store
-                        .data()
-                        .instances_of(&name)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in &ids {
-                        self.remove_instance(id, &old_definition, &mut out);
-                    }
-                    self.add_instances(&name, replicas, now);
-                    info!(app = %name, replaced = ids.len(), replicas, "app definition changed, instances replaced");
-                }
-                let record = self
-                    .store
-                    .data_mut()
-                    .apps
-                    .get_mut(&name)
-                    .expect("app exists");
-                record.manifest = manifest;
-                record.updated_at = now;
-                ApplyResult::Updated
-            }
-        };
-        if result != ApplyResult::Unchanged {
-            out.extend(self.place());
-            if let Err(e) = self.store.save() {
-                self.store.restore(before);
-                error!(app = %name, error = %e, "apply not saved, rolled back");
-                return Err(e.into());
-            }
-            self.deliver(out);
+    /// Saves the store, or puts `before` back if that fails: then the
+    /// `operation` on `app` changed nothing.
+    fn save_or_roll_back(
+        &mut self,
+        before: Data,
+        app: &str,
+        operation: &str,
+    ) -> Result<(), ClusterError> {
+        if let Err(e) = self.store.save() {
+            self.store.restore(before);
+            error!(app = %app, error = %e, "{operation} not saved, rolled back");
+            return Err(e.into());
         }
-        let instance_ids = self
-            .store
-            .data()
-            .instances_of(&name)
-            .map(|(id, _)| id.clone())
-            .collect();
-        Ok(ApplyOutcome {
-            name,
-            result,
-            instance_ids,
-        })
+        Ok(())
     }
 
     /// Deletes an app and its instances at once, sends `DESTROY` to their
@@ -264,11 +170,7 @@ impl State {
             self.remove_instance(id, &definition, &mut out);
         }
         self.store.data_mut().apps.remove(name);
-        if let Err(e) = self.store.save() {
-            self.store.restore(before);
-            error!(app = %name, error = %e, "delete not saved, rolled back");
-            return Err(e.into());
-        }
+        self.save_or_roll_back(before, name, "delete")?;
         let mut nodes: Vec<String> = out.iter().map(|(n, _)| n.clone()).collect();
         nodes.sort();
         nodes.dedup();

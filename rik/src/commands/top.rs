@@ -3,11 +3,10 @@
 
 use std::io::Write;
 
-use serde_json::{Map, Value};
+use proto::status::AppStatus;
 
 use super::Scheduler;
 use crate::output::Table;
-use crate::views::metrics_object;
 
 /// Shows every running pod with its CPU and memory use, heaviest first.
 #[derive(Debug, clap::Args)]
@@ -36,16 +35,15 @@ struct Row {
     tx: Option<u64>,
 }
 
-fn row(app: &str, instance: &str, node: &str, m: &Map<String, Value>) -> Row {
-    let num = |a: &str, b: &str| m.get(a).and_then(|o| o.get(b));
+fn row(app: &str, instance: &str, node: &str, status: &AppStatus) -> Row {
     Row {
         instance: instance.to_string(),
         app: app.to_string(),
         node: node.to_string(),
-        cores: num("cpu", "usageCores").and_then(Value::as_f64),
-        working_set: num("memory", "workingSetBytes").and_then(Value::as_u64),
-        rx: num("network", "rxBytes").and_then(Value::as_u64),
-        tx: num("network", "txBytes").and_then(Value::as_u64),
+        cores: status.cpu.and_then(|c| c.usage_cores),
+        working_set: status.memory.and_then(|m| m.working_set_bytes),
+        rx: status.network.and_then(|n| n.rx_bytes),
+        tx: status.network.and_then(|n| n.tx_bytes),
     }
 }
 
@@ -113,7 +111,7 @@ pub async fn run(args: Args, scheduler: &mut Scheduler, out: &mut dyn Write) -> 
                         &app.name,
                         &i.instance_id,
                         &i.node,
-                        &metrics_object(&i.metrics),
+                        &AppStatus::from_json(&i.metrics),
                     )
                 })
                 .collect::<Vec<_>>()
@@ -134,11 +132,11 @@ mod tests {
 
     use super::*;
 
-    fn metrics(cores: f64, ws: u64) -> Map<String, Value> {
-        json!({"cpu": {"usageCores": cores}, "memory": {"workingSetBytes": ws}, "network": {"rxBytes": 2048, "txBytes": 10}})
-            .as_object()
-            .unwrap()
-            .clone()
+    fn metrics(cores: f64, ws: u64) -> AppStatus {
+        AppStatus::from_json(
+            &json!({"cpu": {"usageCores": cores}, "memory": {"workingSetBytes": ws}, "network": {"rxBytes": 2048, "txBytes": 10}})
+                .to_string(),
+        )
     }
 
     #[test]
@@ -146,7 +144,7 @@ mod tests {
         let mut rows = vec![
             row("a", "a-1", "n1", &metrics(0.5, 10 << 20)),
             row("b", "b-1", "n1", &metrics(1.5, 1 << 20)),
-            row("c", "c-1", "n2", &Map::new()),
+            row("c", "c-1", "n2", &AppStatus::default()),
         ];
         sort(&mut rows, SortBy::Cpu);
         assert_eq!(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use proto::common::ResourceStatus;
-use serde_json::json;
+use proto::status::ShortStatus;
 use tracing::{error, info, warn};
 
 use super::host::{PodHost, StopTarget};
@@ -21,7 +21,7 @@ impl<H: PodHost> Agent<H> {
             let _ = self.reports.send(InstanceReport {
                 instance_id: instance_id.to_string(),
                 status: ResourceStatus::Terminated,
-                metrics: json!({"appId": instance_id, "state": "TERMINATED"}).to_string(),
+                metrics: ShortStatus::not_running(instance_id).to_json(),
             });
             return;
         };
@@ -94,9 +94,7 @@ impl<H: PodHost> Agent<H> {
         let _ = self.reports.send(InstanceReport {
             instance_id: instance_id.to_string(),
             status: ResourceStatus::Terminated,
-            metrics:
-                json!({"appId": instance_id, "state": "TERMINATED", "runsOn": self.settings.node})
-                    .to_string(),
+            metrics: ShortStatus::destroyed(instance_id, &self.settings.node).to_json(),
         });
     }
 }

@@ -2,7 +2,7 @@
 //! time, a cheap handle to send them, and the status reports it sends.
 
 use proto::common::ResourceStatus;
-use serde_json::Value;
+use proto::status::AppStatus;
 use tokio::sync::{mpsc, oneshot};
 
 use super::host::StartResult;
@@ -53,7 +53,7 @@ pub(super) enum Event {
     },
     RetryContainerd,
     Reports(oneshot::Sender<Vec<InstanceReport>>),
-    Pods(oneshot::Sender<Vec<Value>>),
+    Pods(oneshot::Sender<Vec<AppStatus>>),
     Targets(oneshot::Sender<Vec<Target>>),
 }
 /// Cheap handle to talk to the agent task.
@@ -91,7 +91,7 @@ impl AgentHandle {
     }
 
     /// Detailed view of every pod (for `riklet pods`).
-    pub async fn pods(&self) -> Vec<Value> {
+    pub async fn pods(&self) -> Vec<AppStatus> {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Event::Pods(tx));
         rx.await.unwrap_or_default()

@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use proto::common::ResourceStatus;
 use proto::manifest;
-use serde_json::{Value, json};
+use proto::status::{AppStatus, ShortStatus};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -237,7 +237,7 @@ impl<H: PodHost> Agent<H> {
         let refuse = |reason: String| InstanceReport {
             instance_id: instance_id.clone(),
             status: ResourceStatus::Failed,
-            metrics: json!({"appId": instance_id, "state": "FAILED", "reason": reason}).to_string(),
+            metrics: ShortStatus::refused(&instance_id, reason).to_json(),
         };
         if let Err(e) = manifest::validate_instance_id(&instance_id) {
             warn!(pod = %instance_id, error = %e, "refused instance");
@@ -471,7 +471,7 @@ impl<H: PodHost> Agent<H> {
     }
 
     /// The pod's status view ([`view::app_status`]).
-    fn view(&self, pod: &PodRecord) -> Value {
+    fn view(&self, pod: &PodRecord) -> AppStatus {
         let cgroup = |name: &str| self.host.cgroup_path(&pod.instance_id, name);
         view::app_status(
             pod,
@@ -488,7 +488,7 @@ impl<H: PodHost> Agent<H> {
         InstanceReport {
             instance_id: pod.instance_id.clone(),
             status: pod.phase.status(),
-            metrics: self.view(pod).to_string(),
+            metrics: self.view(pod).to_json(),
         }
     }
 

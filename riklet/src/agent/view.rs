@@ -1,12 +1,13 @@
 //! The status view of a pod: seed 004's realtime app object, extended with
-//! its containers and the last measured usage. It is what the scheduler
-//! receives in an instance status and what `riklet pods` prints.
+//! its containers and the last measured usage ([`AppStatus`]). It is what
+//! the scheduler receives in an instance status and what `riklet pods`
+//! prints.
 
 use std::net::IpAddr;
 
-use serde_json::{Value, json};
+use proto::status::{AppStatus, ContainerState, ContainerStatus, LastExit, PodUsage, RealtimeApp};
 
-use crate::state::PodRecord;
+use crate::state::{ContainerRecord, PodRecord};
 
 /// What the view needs besides the pod record.
 pub struct ViewInputs<'a> {
@@ -15,72 +16,191 @@ pub struct ViewInputs<'a> {
     /// The pod's address: its own, or the node's with `hostNetwork`.
     pub ip: Option<IpAddr>,
     /// The last usage measured by the collector, if any.
-    pub usage: Option<Value>,
+    pub usage: Option<PodUsage>,
     /// Each container's cgroup path, relative to the cgroup root.
     pub cgroup: &'a dyn Fn(&str) -> String,
 }
 
-/// Seed 004's realtime app object, extended with containers and the
-/// last measured usage (`cpu`, `memory`, `network`, `runqueue`).
-pub fn app_status(pod: &PodRecord, inputs: &ViewInputs<'_>) -> Value {
-    let deployment = pod.manifest.deployment();
-    let usage = inputs.usage.clone().unwrap_or_else(|| json!({}));
-    let containers: Vec<Value> = pod
+/// The pod's status, with the last measured usage if there is one.
+pub fn app_status(pod: &PodRecord, inputs: &ViewInputs<'_>) -> AppStatus {
+    let status = AppStatus {
+        realtime: RealtimeApp {
+            app_id: pod.instance_id.clone(),
+            state: pod.phase.status(),
+            created_at: Some(pod.created_at / 1000),
+            restart_count: pod.restart_count(),
+            internal_ip: inputs.ip.map(|ip| ip.to_string()),
+            runs_on: Some(inputs.node.to_string()),
+            deployment: Some(pod.manifest.deployment()),
+        },
+        app: pod.manifest.name.clone(),
+        reason: pod.reason.clone(),
+        host_network: pod.manifest.spec.host_network,
+        containers: pod
+            .containers
+            .iter()
+            .map(|c| container_status(pod, c, inputs))
+            .collect(),
+        ..AppStatus::default()
+    };
+    match &inputs.usage {
+        Some(usage) => status.with_usage(usage.clone()),
+        None => status,
+    }
+}
+
+/// One container's status, without its usage.
+fn container_status(
+    pod: &PodRecord,
+    c: &ContainerRecord,
+    inputs: &ViewInputs<'_>,
+) -> ContainerStatus {
+    let spec = pod
+        .manifest
+        .spec
         .containers
         .iter()
-        .map(|c| {
-            let spec = pod
-                .manifest
-                .spec
-                .containers
-                .iter()
-                .find(|s| s.name == c.name);
-            let state = if c.run.is_some() {
-                "running"
-            } else if c.starting {
-                "creating"
-            } else if c.restart_at.is_some() {
-                "waiting"
-            } else {
-                "terminated"
-            };
-            json!({
-                "name": c.name,
-                "state": state,
-                "image": spec.and_then(|s| s.image.clone()),
-                "containerId": c.run.as_ref().and_then(|r| r.container_id.clone()),
-                "imageDigest": c.run.as_ref().and_then(|r| r.image_digest.clone()),
-                "pid": c.run.as_ref().map(|r| r.process.pid),
-                "startedAt": c.run.as_ref().map(|r| r.started_at / 1000),
-                "restartCount": c.restart_count,
-                "lastExit": c.last_exit.as_ref().map(|e| json!({
-                    "exitCode": e.exit_code,
-                    "signal": e.signal,
-                    "reason": e.reason,
-                    "message": e.message,
-                    "finishedAt": e.finished_at / 1000,
-                })),
-                "cgroup": (inputs.cgroup)(&c.name),
-                "usage": usage["containers"][&c.name],
-            })
-        })
-        .collect();
-    json!({
-        "appId": pod.instance_id,
-        "app": pod.manifest.name,
-        "state": proto::status::name(pod.phase.status()),
-        "reason": pod.reason,
-        "createdAt": pod.created_at / 1000,
-        "restartCount": pod.restart_count(),
-        "internalIp": inputs.ip.map(|ip| ip.to_string()),
-        "hostNetwork": pod.manifest.spec.host_network,
-        "runsOn": inputs.node,
-        "deployment": {"app": deployment.app, "repository": deployment.repository, "version": deployment.version},
-        "containers": containers,
-        "cpu": usage["cpu"],
-        "memory": usage["memory"],
-        "network": usage["network"],
-        "runqueue": usage["runqueue"],
-        "events": usage.get("events").cloned().unwrap_or_else(|| json!([])),
-    })
+        .find(|s| s.name == c.name);
+    let state = if c.run.is_some() {
+        ContainerState::Running
+    } else if c.starting {
+        ContainerState::Creating
+    } else if c.restart_at.is_some() {
+        ContainerState::Waiting
+    } else {
+        ContainerState::Terminated
+    };
+    ContainerStatus {
+        name: c.name.clone(),
+        state,
+        image: spec.and_then(|s| s.image.clone()),
+        container_id: c.run.as_ref().and_then(|r| r.container_id.clone()),
+        image_digest: c.run.as_ref().and_then(|r| r.image_digest.clone()),
+        pid: c.run.as_ref().map(|r| r.process.pid),
+        started_at: c.run.as_ref().map(|r| r.started_at / 1000),
+        restart_count: c.restart_count,
+        last_exit: c.last_exit.as_ref().map(|e| LastExit {
+            exit_code: e.exit_code,
+            signal: e.signal,
+            reason: e.reason.clone(),
+            message: e.message.clone(),
+            finished_at: e.finished_at / 1000,
+        }),
+        cgroup: (inputs.cgroup)(&c.name),
+        usage: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::collector::tests::USAGE;
+    use crate::state::{ContainerRecord, ExitRecord, Phase, ProcId, RunRecord};
+
+    /// Today's status of [`pod`] with no usage measured (the wire contract).
+    const WITHOUT_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"name":"main","pid":11,"restartCount":1,"startedAt":1700000000,"state":"running","usage":null},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"name":"side","pid":null,"restartCount":2,"startedAt":null,"state":"waiting","usage":null}],"cpu":null,"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[],"hostNetwork":false,"internalIp":null,"memory":null,"network":null,"reason":"CrashLoopBackOff","restartCount":3,"runqueue":null,"runsOn":"node-a","state":"CREATING"}"#;
+
+    /// Today's status of [`pod`] running on the host network with [`USAGE`].
+    const WITH_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"name":"main","pid":11,"restartCount":1,"startedAt":1700000000,"state":"running","usage":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4}},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"name":"side","pid":null,"restartCount":2,"startedAt":null,"state":"creating","usage":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}}],"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"hostNetwork":true,"internalIp":"10.1.0.2","memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"reason":null,"restartCount":3,"runqueue":{"count":3,"meanSeconds":1e-6},"runsOn":"node-a","state":"RUNNING"}"#;
+
+    fn pod() -> PodRecord {
+        let manifest = proto::manifest::parse(
+            "kind: Pod\nname: web\nspec: {containers: [{name: main, image: docker.io/library/nginx:1.25}, {name: side, exec: /bin/true}]}",
+        )
+        .unwrap();
+        let run = RunRecord {
+            shim: None,
+            container_id: Some("web-1_main".into()),
+            image_digest: Some("sha256:ab".into()),
+            ..RunRecord::process(
+                ProcId {
+                    pid: 10,
+                    start_time: 5,
+                },
+                ProcId {
+                    pid: 11,
+                    start_time: 6,
+                },
+                1_700_000_000_123,
+            )
+        };
+        let container = |name: &str, restart_count| ContainerRecord {
+            name: name.into(),
+            restart_count,
+            run: None,
+            last_exit: None,
+            restart_at: None,
+            backoff_secs: 0,
+            oom_kills_at_start: None,
+            starting: false,
+        };
+        PodRecord {
+            instance_id: "web-1".into(),
+            manifest,
+            phase: Phase::Creating,
+            reason: Some("CrashLoopBackOff".into()),
+            created_at: 1_699_999_999_999,
+            updated_at: 2,
+            containers: vec![
+                ContainerRecord {
+                    run: Some(run),
+                    ..container("main", 1)
+                },
+                ContainerRecord {
+                    last_exit: Some(ExitRecord {
+                        exit_code: Some(1),
+                        signal: None,
+                        finished_at: 1_700_000_001_999,
+                        reason: "Error".into(),
+                        message: Some("boom".into()),
+                    }),
+                    restart_at: Some(1_700_000_002_000),
+                    backoff_secs: 10,
+                    ..container("side", 2)
+                },
+            ],
+        }
+    }
+
+    fn json(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn status_without_usage() {
+        let cgroup = |name: &str| format!("riklet/web-1_{name}");
+        let inputs = ViewInputs {
+            node: "node-a",
+            ip: None,
+            usage: None,
+            cgroup: &cgroup,
+        };
+        let status = app_status(&pod(), &inputs);
+        assert_eq!(status.to_value(), json(WITHOUT_USAGE));
+        assert_eq!(
+            status.to_json(),
+            WITHOUT_USAGE,
+            "the same bytes on the wire"
+        );
+    }
+
+    #[test]
+    fn status_with_usage() {
+        let cgroup = |name: &str| format!("riklet/web-1_{name}");
+        let inputs = ViewInputs {
+            node: "node-a",
+            ip: Some("10.1.0.2".parse().unwrap()),
+            usage: Some(serde_json::from_str(USAGE).unwrap()),
+            cgroup: &cgroup,
+        };
+        let mut pod = pod();
+        pod.phase = Phase::Running;
+        pod.reason = None;
+        pod.manifest.spec.host_network = true;
+        pod.containers[1].starting = true;
+        pod.containers[1].restart_at = None;
+        let status = app_status(&pod, &inputs);
+        assert_eq!(status.to_value(), json(WITH_USAGE));
+        assert_eq!(status.to_json(), WITH_USAGE, "the same bytes on the wire");
+    }
 }

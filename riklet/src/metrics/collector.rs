@@ -16,15 +16,18 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use proto::status::{self, PodEvent, PodEventKind};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use super::cgroup_stats;
 use super::ebpf::{OnCpu, Probes, SchedStats};
 use super::exporter::SnapshotHandle;
+use super::net::CgroupTraffic;
 use super::node::NodeSampler;
-use super::sample::{CollectionTimings, Log2Histogram, PodNetSample, PodSample, Snapshot};
+use super::sample::{
+    CollectionTimings, Log2Histogram, PodNetSample, PodSample, Snapshot, pod_usage,
+};
 use crate::cgroups::ContainerCgroup;
 
 /// One container to measure.
@@ -40,7 +43,7 @@ pub struct Target {
 }
 
 /// The last measured usage of each pod (by instance id), for the realtime
-/// app object. Kept as samples: the JSON is built when asked (every
+/// app object. Kept as samples: the usage is built when asked (every
 /// heartbeat, `rik get app`), not at every cycle.
 #[derive(Debug, Clone, Default)]
 pub struct PodUsage(Arc<RwLock<UsageTable>>);
@@ -50,21 +53,19 @@ struct UsageTable {
     /// Each pod's containers, with their CPU use over the last cycle (cores).
     pods: HashMap<String, Vec<(PodSample, Option<f64>)>>,
     /// Pod events (OOM kills).
-    events: HashMap<String, Vec<Value>>,
+    events: HashMap<String, Vec<PodEvent>>,
     /// TCP retransmissions of each pod with an address of its own.
     retransmits: HashMap<String, u64>,
 }
 
 impl PodUsage {
-    /// The last usage of a pod as JSON, if measured.
-    pub fn get(&self, instance: &str) -> Option<Value> {
+    /// The last usage of a pod, if measured.
+    pub fn get(&self, instance: &str) -> Option<status::PodUsage> {
         let table = self.0.read().unwrap_or_else(|p| p.into_inner());
         let mut usage = pod_usage(table.pods.get(instance)?);
-        if let Some(count) = table.retransmits.get(instance) {
-            usage["network"]["tcpRetransmits"] = json!(count);
-        }
+        usage.network.tcp_retransmits = table.retransmits.get(instance).copied();
         if let Some(events) = table.events.get(instance) {
-            usage["events"] = Value::Array(events.clone());
+            usage.events = events.clone();
         }
         Some(usage)
     }
@@ -97,7 +98,7 @@ pub struct Collector {
     /// Open cgroup files, re-read every cycle; one reader per thread.
     readers: Vec<cgroup_stats::StatsReader>,
     /// OOM kill events seen by eBPF, per pod (the last [`MAX_EVENTS`]).
-    events: HashMap<String, Vec<Value>>,
+    events: HashMap<String, Vec<PodEvent>>,
 }
 
 /// What a cycle keeps of one container for the next one.
@@ -158,114 +159,34 @@ impl Collector {
     /// Measures every target once and publishes the results.
     pub async fn cycle(&mut self, targets: Vec<Target>) -> CycleTimings {
         let started = Instant::now();
-        let t0 = Instant::now();
-        let (traffic, sched, running, retransmits) = match &self.probes {
-            Some(p) => (
-                p.traffic_all().ok(),
-                p.sched_all().ok(),
-                p.running().ok(),
-                p.retransmits_all().ok(),
-            ),
-            None => (None, None, None, None),
-        };
-        let ebpf = t0.elapsed();
+        let maps = self.read_maps();
+        let ebpf = started.elapsed();
         // The targets on a CPU now, with the time their slice began.
-        let on_cpu = running.map(|r| on_cpu_targets(&targets, &r));
-        let ran = match (&sched, &on_cpu) {
+        let on_cpu = maps.running.as_ref().map(|r| on_cpu_targets(&targets, r));
+        let ran = match (&maps.sched, &on_cpu) {
             (Some(sched), Some(on_cpu)) => Some(self.ran(sched, on_cpu, &targets)),
             _ => None,
         };
         let ran_count = ran.as_ref().map(HashSet::len);
 
         let t1 = Instant::now();
-        let readers = std::mem::take(&mut self.readers);
-        let cgroups: Vec<ContainerCgroup> = targets.iter().map(|t| t.cgroup.clone()).collect();
-        let (readers, readings) =
-            tokio::task::spawn_blocking(move || read_all(readers, &cgroups, ran.as_ref()))
-                .await
-                .unwrap_or_default();
-        self.readers = readers;
+        let readings = self.read_cgroups(&targets, ran).await;
         let cgroups = t1.elapsed();
         let ids: Vec<Option<u64>> = readings.iter().map(|r| r.cgroup_id).collect();
 
-        let now = Instant::now();
-        let now_ns = super::ebpf::monotonic_now().map_or(0, |d| d.as_nanos() as u64);
-        let mut samples = Vec::with_capacity(targets.len());
-        let mut previous = HashMap::with_capacity(targets.len());
-        let mut pods: HashMap<String, Vec<(PodSample, Option<f64>)>> = HashMap::new();
-        for (i, ((t, id), reading)) in targets.iter().zip(&ids).zip(&readings).enumerate() {
-            let mut s = PodSample::new(&t.app, &t.instance, &t.container, &self.node)
-                .with_cgroup(&reading.stats);
-            if let (Some(traffic), Some(id)) = (&traffic, id) {
-                s = s.with_traffic(&traffic.get(id).copied().unwrap_or_default());
-            }
-            let key = (t.instance.clone(), t.container.clone());
-            let before = self.previous.get(&key).copied().unwrap_or_default();
-            let mut now_seen = Previous::default();
-            if let (Some(sched), Some(id)) = (&sched, id) {
-                let charged = sched.get(id);
-                // The slices running now are charged at their switch-out
-                // only; a long one would otherwise be missing for seconds.
-                let running_ns: u64 = on_cpu
-                    .iter()
-                    .flatten()
-                    .filter(|(target, _)| *target == i)
-                    .map(|(_, since)| now_ns.saturating_sub(*since))
-                    .sum();
-                if charged.is_some() || running_ns > 0 {
-                    let oncpu = (charged.map_or(0, |x| x.oncpu_ns) + running_ns) as f64 / 1e9;
-                    // A slice counted running but not charged later (its
-                    // switch-out missed) must not make the counter go back.
-                    let oncpu = before.oncpu.map_or(oncpu, |b| b.max(oncpu));
-                    s.oncpu_seconds = Some(oncpu);
-                    now_seen.oncpu = Some(oncpu);
-                }
-                if let Some(x) = charged {
-                    s.runq_latency = Some(Log2Histogram {
-                        buckets_ns: x.runq_buckets.to_vec(),
-                        count: x.runq_count,
-                        sum_ns: x.runq_sum_ns,
-                    });
-                }
-            }
-            let mut cores = None;
-            if let Some(cpu) = s.cpu_seconds {
-                if let Some((prev, at)) = before.cpu {
-                    let dt = now.duration_since(at).as_secs_f64();
-                    if dt > 0.0 && cpu >= prev {
-                        cores = Some((cpu - prev) / dt);
-                    }
-                }
-                now_seen.cpu = Some((cpu, now));
-            }
-            previous.insert(key, now_seen);
-            pods.entry(t.instance.clone())
-                .or_default()
-                .push((s.clone(), cores));
-            samples.push(s);
-        }
-        self.previous = previous;
-        let pod_nets = retransmits
+        let (samples, pods) = self.sample(&targets, &ids, &readings, &maps, on_cpu.as_deref());
+        let pod_nets = maps
+            .retransmits
             .as_ref()
             .map(|r| pod_nets(&targets, r, &self.node))
             .unwrap_or_default();
-        self.forget_stale(&ids, traffic.as_ref(), sched.as_ref());
-        if let Some(r) = &retransmits {
+        self.forget_stale(&ids, maps.traffic.as_ref(), maps.sched.as_ref());
+        if let Some(r) = &maps.retransmits {
             self.forget_stale_addresses(&targets, r);
         }
         self.oom_events(&targets, &ids);
+        self.publish_usage(&targets, pods, &pod_nets);
 
-        let live: HashSet<&str> = targets.iter().map(|t| t.instance.as_str()).collect();
-        self.events
-            .retain(|instance, _| live.contains(instance.as_str()));
-        self.usage.replace(UsageTable {
-            pods,
-            events: self.events.clone(),
-            retransmits: pod_nets
-                .iter()
-                .map(|n| (n.instance.clone(), n.tcp_retransmits))
-                .collect(),
-        });
         let node = self.node_sampler.sample().await;
         let timings = CycleTimings {
             ebpf,
@@ -285,6 +206,103 @@ impl Collector {
         });
         debug!(pods = targets.len(), ran = ?ran_count, ?timings, "metrics cycle");
         timings
+    }
+
+    /// Reads the eBPF maps once in bulk.
+    fn read_maps(&self) -> MapsReading {
+        let Some(p) = &self.probes else {
+            return MapsReading::default();
+        };
+        MapsReading {
+            traffic: p.traffic_all().ok(),
+            sched: p.sched_all().ok(),
+            running: p.running().ok(),
+            retransmits: p.retransmits_all().ok(),
+        }
+    }
+
+    /// Reads every target's cgroup, off the async runtime; `ran` as for
+    /// [`cgroup_stats::StatsReader::read`].
+    async fn read_cgroups(
+        &mut self,
+        targets: &[Target],
+        ran: Option<HashSet<u64>>,
+    ) -> Vec<cgroup_stats::Reading> {
+        let readers = std::mem::take(&mut self.readers);
+        let cgroups: Vec<ContainerCgroup> = targets.iter().map(|t| t.cgroup.clone()).collect();
+        let (readers, readings) =
+            tokio::task::spawn_blocking(move || read_all(readers, &cgroups, ran.as_ref()))
+                .await
+                .unwrap_or_default();
+        self.readers = readers;
+        readings
+    }
+
+    /// One sample per target, from its cgroup reading (`readings[i]`, of
+    /// cgroup `ids[i]`) and the eBPF maps; remembers what the next cycle
+    /// needs. Also returns each pod's samples with the CPU use of each
+    /// container over the last cycle (cores).
+    fn sample(
+        &mut self,
+        targets: &[Target],
+        ids: &[Option<u64>],
+        readings: &[cgroup_stats::Reading],
+        maps: &MapsReading,
+        on_cpu: Option<&[(usize, u64)]>,
+    ) -> (Vec<PodSample>, PodSamples) {
+        let now = Instant::now();
+        let now_ns = super::ebpf::monotonic_now().map_or(0, |d| d.as_nanos() as u64);
+        let mut samples = Vec::with_capacity(targets.len());
+        let mut previous = HashMap::with_capacity(targets.len());
+        let mut pods = PodSamples::new();
+        for (i, ((t, id), reading)) in targets.iter().zip(ids).zip(readings).enumerate() {
+            let mut s = PodSample::new(&t.app, &t.instance, &t.container, &self.node)
+                .with_cgroup(&reading.stats);
+            if let (Some(traffic), Some(id)) = (&maps.traffic, id) {
+                s = s.with_traffic(&traffic.get(id).copied().unwrap_or_default());
+            }
+            let key = (t.instance.clone(), t.container.clone());
+            let before = self.previous.get(&key).copied().unwrap_or_default();
+            let mut now_seen = Previous::default();
+            if let (Some(sched), Some(id)) = (&maps.sched, id) {
+                // The slices running now are charged at their switch-out
+                // only; a long one would otherwise be missing for seconds.
+                let running_ns: u64 = on_cpu
+                    .into_iter()
+                    .flatten()
+                    .filter(|(target, _)| *target == i)
+                    .map(|(_, since)| now_ns.saturating_sub(*since))
+                    .sum();
+                now_seen.oncpu = add_sched(&mut s, sched.get(id), running_ns, before.oncpu);
+            }
+            let cores = s
+                .cpu_seconds
+                .and_then(|cpu| cores_since(cpu, before.cpu, now));
+            now_seen.cpu = s.cpu_seconds.map(|cpu| (cpu, now));
+            previous.insert(key, now_seen);
+            pods.entry(t.instance.clone())
+                .or_default()
+                .push((s.clone(), cores));
+            samples.push(s);
+        }
+        self.previous = previous;
+        (samples, pods)
+    }
+
+    /// Publishes the usage of the pods measured this cycle; the events of
+    /// pods that are gone are dropped.
+    fn publish_usage(&mut self, targets: &[Target], pods: PodSamples, pod_nets: &[PodNetSample]) {
+        let live: HashSet<&str> = targets.iter().map(|t| t.instance.as_str()).collect();
+        self.events
+            .retain(|instance, _| live.contains(instance.as_str()));
+        self.usage.replace(UsageTable {
+            pods,
+            events: self.events.clone(),
+            retransmits: pod_nets
+                .iter()
+                .map(|n| (n.instance.clone(), n.tcp_retransmits))
+                .collect(),
+        });
     }
 
     /// The cgroups (by id) whose tasks ran since the previous cycle: those
@@ -372,7 +390,12 @@ impl Collector {
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
                     let events = self.events.entry(t.instance.clone()).or_default();
-                    events.push(json!({"type": "OOMKill", "container": t.container, "pid": ev.pid, "at": at}));
+                    events.push(PodEvent {
+                        kind: PodEventKind::OomKill,
+                        container: t.container.clone(),
+                        pid: ev.pid,
+                        at,
+                    });
                     if events.len() > MAX_EVENTS {
                         events.remove(0);
                     }
@@ -385,6 +408,57 @@ impl Collector {
             }
         }
     }
+}
+
+/// One bulk read of the eBPF maps: `None` for a map that could not be read,
+/// or without probes.
+#[derive(Default)]
+struct MapsReading {
+    traffic: Option<HashMap<u64, CgroupTraffic>>,
+    sched: Option<HashMap<u64, SchedStats>>,
+    /// The tasks on a CPU now.
+    running: Option<Vec<OnCpu>>,
+    retransmits: Option<HashMap<IpAddr, u64>>,
+}
+
+/// Each pod's container samples (by instance id), with the CPU use of the
+/// container over the last cycle (cores).
+type PodSamples = HashMap<String, Vec<(PodSample, Option<f64>)>>;
+
+/// Fills a sample's scheduler figures: the on-CPU time (what eBPF charged,
+/// plus `running_ns` of the slices running now) and the run-queue latency.
+/// Returns the on-CPU seconds reported, which never go below `before`.
+fn add_sched(
+    s: &mut PodSample,
+    charged: Option<&SchedStats>,
+    running_ns: u64,
+    before: Option<f64>,
+) -> Option<f64> {
+    let mut reported = None;
+    if charged.is_some() || running_ns > 0 {
+        let oncpu = (charged.map_or(0, |x| x.oncpu_ns) + running_ns) as f64 / 1e9;
+        // A slice counted running but not charged later (its switch-out
+        // missed) must not make the counter go back.
+        let oncpu = before.map_or(oncpu, |b| b.max(oncpu));
+        s.oncpu_seconds = Some(oncpu);
+        reported = Some(oncpu);
+    }
+    if let Some(x) = charged {
+        s.runq_latency = Some(Log2Histogram {
+            buckets_ns: x.runq_buckets.to_vec(),
+            count: x.runq_count,
+            sum_ns: x.runq_sum_ns,
+        });
+    }
+    reported
+}
+
+/// CPU use, in cores, between the `before` reading (CPU seconds, when) and
+/// `cpu` seconds `now`; `None` without one or if the counter went back.
+fn cores_since(cpu: f64, before: Option<(f64, Instant)>, now: Instant) -> Option<f64> {
+    let (prev, at) = before?;
+    let dt = now.duration_since(at).as_secs_f64();
+    (dt > 0.0 && cpu >= prev).then(|| (cpu - prev) / dt)
 }
 
 /// Threads reading cgroup files: the reads are system calls that do not
@@ -483,54 +557,6 @@ fn pod_nets(
         .collect()
 }
 
-/// One pod's usage JSON: sums over its containers (each with its CPU use
-/// over the last cycle, in cores), and each container's own figures.
-fn pod_usage(containers: &[(PodSample, Option<f64>)]) -> Value {
-    let sum_f = |f: fn(&PodSample) -> Option<f64>| {
-        let v: Vec<f64> = containers.iter().filter_map(|(s, _)| f(s)).collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>())
-    };
-    let sum_u = |f: fn(&PodSample) -> Option<u64>| {
-        let v: Vec<u64> = containers.iter().filter_map(|(s, _)| f(s)).collect();
-        (!v.is_empty()).then(|| v.iter().sum::<u64>())
-    };
-    let cores: Vec<f64> = containers.iter().filter_map(|(_, c)| *c).collect();
-    let runq: Vec<&Log2Histogram> = containers
-        .iter()
-        .filter_map(|(s, _)| s.runq_latency.as_ref())
-        .collect();
-    let runq_count: u64 = runq.iter().map(|h| h.count).sum();
-    let runq_sum: u64 = runq.iter().map(|h| h.sum_ns).sum();
-    json!({
-        "cpu": {
-            "usageCores": (!cores.is_empty()).then(|| cores.iter().sum::<f64>()),
-            "usageSeconds": sum_f(|s| s.cpu_seconds),
-            "throttledSeconds": sum_f(|s| s.cpu_throttled_seconds),
-            "oncpuSeconds": sum_f(|s| s.oncpu_seconds),
-        },
-        "memory": {
-            "usageBytes": sum_u(|s| s.memory_usage_bytes),
-            "workingSetBytes": sum_u(|s| s.memory_working_set_bytes),
-            "limitBytes": sum_u(|s| s.memory_limit_bytes),
-            "oomKills": sum_u(|s| s.oom_kills),
-        },
-        "network": {
-            "rxBytes": sum_u(|s| s.rx_bytes),
-            "txBytes": sum_u(|s| s.tx_bytes),
-            "rxPackets": sum_u(|s| s.rx_packets),
-            "txPackets": sum_u(|s| s.tx_packets),
-        },
-        "runqueue": {
-            "count": (!runq.is_empty()).then_some(runq_count),
-            "meanSeconds": (runq_count > 0).then(|| runq_sum as f64 / runq_count as f64 / 1e9),
-        },
-        "containers": containers
-            .iter()
-            .map(|(s, _)| (s.container.clone(), s.usage_json()))
-            .collect::<serde_json::Map<_, _>>(),
-    })
-}
-
 /// Runs cycles every `interval` until `shutdown`; `targets` asks the agent
 /// for the current containers.
 pub async fn run<F, Fut>(
@@ -557,24 +583,67 @@ pub async fn run<F, Fut>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// Today's usage of a pod with a measured container and an unmeasured
+    /// one (the agent's view tests take it as input).
+    pub(crate) const USAGE: &str = r#"{"containers":{"main":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4},"side":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}},"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"runqueue":{"count":3,"meanSeconds":1e-6}}"#;
+
+    /// Today's usage of a pod whose only container has no figures yet.
+    const BARE: &str = r#"{"containers":{"main":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}},"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageCores":null,"usageSeconds":null},"memory":{"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"runqueue":{"count":null,"meanSeconds":null}}"#;
+
     #[test]
-    fn pod_usage_sums_containers_and_rates() {
-        let mut a = PodSample::new("app", "app-1", "a", "n");
-        a.cpu_seconds = Some(2.0);
-        a.memory_working_set_bytes = Some(10);
+    fn pod_usage_contract() {
+        let mut a = PodSample::new("web", "web-1", "main", "n");
+        a.cpu_seconds = Some(2.5);
+        a.cpu_throttled_seconds = Some(0.25);
+        a.oncpu_seconds = Some(2.0);
+        a.memory_usage_bytes = Some(4096);
+        a.memory_working_set_bytes = Some(2048);
+        a.memory_limit_bytes = Some(1 << 20);
+        a.memory_failcnt = Some(3);
+        a.oom_kills = Some(1);
+        a.pids = Some(4);
         a.rx_bytes = Some(100);
-        let mut b = PodSample::new("app", "app-1", "b", "n");
-        b.cpu_seconds = Some(1.0);
-        b.memory_working_set_bytes = Some(5);
-        let u = &pod_usage(&[(a, Some(0.5)), (b, Some(0.25))]);
-        assert_eq!(u["cpu"]["usageSeconds"], 3.0);
-        assert_eq!(u["cpu"]["usageCores"], 0.75);
-        assert_eq!(u["memory"]["workingSetBytes"], 15);
-        assert_eq!(u["network"]["rxBytes"], 100);
-        assert_eq!(u["memory"]["limitBytes"], Value::Null);
-        assert!(u["containers"]["b"].is_object());
+        a.tx_bytes = Some(200);
+        a.rx_packets = Some(1);
+        a.tx_packets = Some(2);
+        a.runq_latency = Some(Log2Histogram {
+            buckets_ns: vec![1, 2],
+            count: 3,
+            sum_ns: 3_000,
+        });
+        let b = PodSample::new("web", "web-1", "side", "n");
+        let usage = PodUsage::default();
+        let event = PodEvent {
+            kind: PodEventKind::OomKill,
+            container: "main".into(),
+            pid: 42,
+            at: 1_700_000_000,
+        };
+        usage.replace(UsageTable {
+            pods: HashMap::from([("web-1".to_string(), vec![(a, Some(0.5)), (b, None)])]),
+            events: HashMap::from([("web-1".to_string(), vec![event])]),
+            retransmits: HashMap::from([("web-1".to_string(), 7)]),
+        });
+        let got = serde_json::to_value(usage.get("web-1").unwrap()).unwrap();
+        assert_eq!(
+            got,
+            serde_json::from_str::<serde_json::Value>(USAGE).unwrap()
+        );
+
+        let usage = PodUsage::default();
+        let bare = PodSample::new("web", "web-2", "main", "n");
+        usage.replace(UsageTable {
+            pods: HashMap::from([("web-2".to_string(), vec![(bare, None)])]),
+            ..UsageTable::default()
+        });
+        let got = serde_json::to_value(usage.get("web-2").unwrap()).unwrap();
+        assert_eq!(
+            got,
+            serde_json::from_str::<serde_json::Value>(BARE).unwrap()
+        );
+        assert!(usage.get("web-1").is_none());
     }
 }

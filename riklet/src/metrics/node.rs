@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage};
-use serde_json::{Value, json};
+use proto::common::ResourceStatus;
+use proto::status::{
+    Disk, NodeCpu, NodeMemory, NodeMetrics, NodeNetwork, NodeNetworking, NodeResources,
+    RealtimeNode, RikCpu, RikMemory,
+};
 use tracing::debug;
 
 use super::sample::NodeSample;
@@ -59,43 +63,28 @@ impl NodeMonitor {
     /// RIK's scheduler understands it, plus seed 004's `resources` and
     /// `realtime` objects. Async because the network figures come over
     /// netlink.
-    pub async fn heartbeat(&mut self) -> Value {
-        let network = self.network().await;
-        let cpus = cpu_count();
-        let (mem_total, mem_free) = memory();
-        let (disk_total, disk_free) = disk("/");
-        let usage = self.cpu_usage_percent();
-        json!({
-            "cpu": {"total": cpus, "free": ((100.0 - usage) / 100.0 * cpus as f64).max(0.0)},
-            "memory": {"total": mem_total, "free": mem_free},
-            "disks": [{"disk_name": "/", "total": disk_total, "free": disk_free}],
-            "resources": self.resources(),
-            "realtime": {
-                "id": self.node,
-                "state": "RUNNING",
-                "timestamp": crate::clock::now_ms() / 1000,
-                "cpu": {"totalCpu": cpus, "currentUsage": round1(usage)},
-                "memory": {
-                    "totalMemory": mem_total,
-                    "currentUsage": if mem_total > 0 { round1(100.0 * (mem_total - mem_free) as f64 / mem_total as f64) } else { 0.0 },
-                },
-                "load": load(),
-                "network": network,
-            },
-        })
+    pub async fn heartbeat(&mut self) -> NodeMetrics {
+        let reading = Reading {
+            network: self.network().await,
+            cpus: cpu_count(),
+            memory: memory(),
+            disk: disk("/"),
+            cpu_usage: self.cpu_usage_percent(),
+            load: load(),
+        };
+        let now = crate::clock::now_ms() / 1000;
+        node_metrics(&self.node, reading, self.resources(), now)
     }
 
-    /// `{rxBytesPerSec, txBytesPerSec, rxBytes, txBytes}` over the
-    /// non-loopback links; the rates are over the time since the previous
-    /// call (`null` on the first one), `null` everywhere if netlink failed.
-    async fn network(&mut self) -> Value {
+    /// Traffic over the node's uplinks; the rates are over the time since
+    /// the previous call (`null` on the first one), `null` everywhere if
+    /// netlink failed.
+    async fn network(&mut self) -> NodeNetwork {
         let totals = match self.links.update().await {
             Ok(totals) => totals,
             Err(e) => {
                 debug!(error = %e, "no link statistics");
-                return json!({
-                    "rxBytesPerSec": null, "txBytesPerSec": null, "rxBytes": null, "txBytes": null,
-                });
+                return NodeNetwork::default();
             }
         };
         let now = Instant::now();
@@ -111,42 +100,39 @@ impl NodeMonitor {
             None => (None, None),
         };
         self.last_net = Some((now, totals));
-        json!({
-            "rxBytesPerSec": rx_rate,
-            "txBytesPerSec": tx_rate,
-            "rxBytes": totals.rx_bytes,
-            "txBytes": totals.tx_bytes,
-        })
+        NodeNetwork {
+            rx_bytes_per_sec: rx_rate,
+            tx_bytes_per_sec: tx_rate,
+            rx_bytes: Some(totals.rx_bytes),
+            tx_bytes: Some(totals.tx_bytes),
+        }
     }
 
     /// Seed 004's node resources object.
-    pub fn resources(&self) -> Value {
+    pub fn resources(&self) -> NodeResources {
         let (distrib, version) = os_release();
-        let uname = nix::sys::utsname::uname().ok();
-        let kernel = uname
-            .as_ref()
+        let kernel = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
         let hostname = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
-        json!({
-            "id": self.node,
-            "cpu": cpu_count(),
-            "memory": memory().0,
-            "disksize": disk("/").0,
-            "distrib": distrib,
-            // A number where os-release has one (seed 004: `"version": 10`).
-            "version": version.parse::<u64>().map(Value::from).unwrap_or(Value::String(version)),
-            "type": std::env::consts::OS,
-            "arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
-            "kernelVersion": kernel,
-            "networking": {
-                "hostname": hostname,
-                "internalip": internal_ip().map(|ip| ip.to_string()),
-                "externalip": Value::Null,
+        NodeResources {
+            id: self.node.clone(),
+            cpu: cpu_count(),
+            memory: memory().0,
+            disksize: disk("/").0,
+            distrib,
+            version: version.into(),
+            os: std::env::consts::OS.to_string(),
+            arch: go_arch(std::env::consts::ARCH).to_string(),
+            kernel_version: kernel,
+            networking: NodeNetworking {
+                hostname,
+                internalip: internal_ip().map(|ip| ip.to_string()),
+                externalip: None,
             },
-        })
+        }
     }
 
     fn cpu_usage_percent(&mut self) -> f64 {
@@ -161,6 +147,74 @@ impl NodeMonitor {
         };
         self.last_cpu = Some((busy, total));
         usage
+    }
+}
+
+/// What one heartbeat measured of the node.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    cpus: u64,
+    /// Percent busy since the previous heartbeat.
+    cpu_usage: f64,
+    /// (total, available) bytes.
+    memory: (u64, u64),
+    /// (total, available) bytes of the root filesystem.
+    disk: (u64, u64),
+    load: Option<[f64; 3]>,
+    network: NodeNetwork,
+}
+
+/// The heartbeat of `node` from what it measured, at `timestamp` (Unix
+/// seconds).
+fn node_metrics(
+    node: &str,
+    reading: Reading,
+    resources: NodeResources,
+    timestamp: i64,
+) -> NodeMetrics {
+    let Reading {
+        cpus,
+        cpu_usage,
+        memory: (mem_total, mem_free),
+        disk: (disk_total, disk_free),
+        load,
+        network,
+    } = reading;
+    let memory_usage = if mem_total > 0 {
+        round1(100.0 * (mem_total - mem_free) as f64 / mem_total as f64)
+    } else {
+        0.0
+    };
+    NodeMetrics {
+        cpu: Some(RikCpu {
+            total: cpus,
+            free: ((100.0 - cpu_usage) / 100.0 * cpus as f64).max(0.0),
+        }),
+        memory: Some(RikMemory {
+            total: mem_total,
+            free: mem_free,
+        }),
+        disks: vec![Disk {
+            disk_name: "/".to_string(),
+            total: disk_total,
+            free: disk_free,
+        }],
+        resources: Some(resources),
+        realtime: Some(RealtimeNode {
+            id: node.to_string(),
+            state: ResourceStatus::Running,
+            timestamp,
+            cpu: Some(NodeCpu {
+                total_cpu: cpus,
+                current_usage: round1(cpu_usage),
+            }),
+            memory: Some(NodeMemory {
+                total_memory: mem_total,
+                current_usage: memory_usage,
+            }),
+            load,
+            network,
+        }),
     }
 }
 
@@ -196,7 +250,7 @@ impl NodeSampler {
             node: self.node.clone(),
             cpu_seconds_total: cpu_ticks()
                 .map(|(busy, _)| busy as f64 / procfs::ticks_per_second() as f64),
-            cpus: cpu_count() as u64,
+            cpus: cpu_count(),
             memory_total_bytes: meminfo.as_ref().map(|m| m.mem_total),
             memory_available_bytes: meminfo
                 .as_ref()
@@ -428,14 +482,21 @@ fn link_totals(link: &LinkMessage) -> Option<LinkTotals> {
     stats32
 }
 
+/// An architecture by its Go name, as Kubernetes and seed 004 give it.
+fn go_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn cpu_count() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+fn cpu_count() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
 }
 
 /// (busy, total) jiffies over all CPUs.
@@ -473,12 +534,11 @@ fn disk(path: &str) -> (u64, u64) {
     }
 }
 
-fn load() -> Value {
+/// The 1, 5 and 15 minute load averages.
+fn load() -> Option<[f64; 3]> {
     use procfs::Current;
-    match procfs::LoadAverage::current() {
-        Ok(l) => json!([l.one, l.five, l.fifteen]),
-        Err(_) => Value::Null,
-    }
+    let l = procfs::LoadAverage::current().ok()?;
+    Some([l.one, l.five, l.fifteen].map(f64::from))
 }
 
 fn os_release() -> (String, String) {
@@ -543,7 +603,7 @@ mod tests {
     async fn heartbeat_has_rik_and_seed_fields() {
         let mut m = NodeMonitor::new("node-a");
         let _ = m.heartbeat().await;
-        let hb = m.heartbeat().await;
+        let hb = m.heartbeat().await.to_value();
         assert!(hb["cpu"]["total"].as_u64().unwrap() >= 1);
         assert!(hb["memory"]["total"].as_u64().unwrap() > 0);
         assert!(hb["disks"][0]["total"].as_u64().unwrap() > 0);
@@ -559,6 +619,91 @@ mod tests {
         assert!(net["rxBytesPerSec"].as_f64().unwrap() >= 0.0, "{net}");
         assert!(net["txBytesPerSec"].as_f64().unwrap() >= 0.0, "{net}");
         assert!(hb["realtime"]["load"].is_array());
+    }
+
+    /// The heartbeat as the riklet built it by hand before it was typed:
+    /// the same keys, numbers and nulls for the same figures.
+    #[test]
+    fn heartbeat_keeps_its_wire_form() {
+        use serde_json::json;
+        let resources = NodeResources {
+            id: "node-a".into(),
+            cpu: 4,
+            version: "rolling".to_string().into(),
+            ..NodeResources::default()
+        };
+        let reading = Reading {
+            cpus: 4,
+            cpu_usage: 12.345,
+            memory: (8 << 30, 6 << 30),
+            disk: (100 << 30, 40 << 30),
+            load: Some([0.2f32, 1.5, 3.25].map(f64::from)),
+            network: NodeNetwork {
+                rx_bytes_per_sec: Some(10.5),
+                tx_bytes_per_sec: None,
+                rx_bytes: Some(1000),
+                tx_bytes: Some(0),
+            },
+        };
+        let got = node_metrics("node-a", reading, resources.clone(), 1_700_000_000);
+        let (cpus, usage, mem_total, mem_free) = (4usize, 12.345f64, 8u64 << 30, 6u64 << 30);
+        let want = json!({
+            "cpu": {"total": cpus, "free": ((100.0 - usage) / 100.0 * cpus as f64).max(0.0)},
+            "memory": {"total": mem_total, "free": mem_free},
+            "disks": [{"disk_name": "/", "total": 100u64 << 30, "free": 40u64 << 30}],
+            "resources": serde_json::to_value(&resources).unwrap(),
+            "realtime": {
+                "id": "node-a",
+                "state": "RUNNING",
+                "timestamp": 1_700_000_000,
+                "cpu": {"totalCpu": cpus, "currentUsage": round1(usage)},
+                "memory": {
+                    "totalMemory": mem_total,
+                    "currentUsage": round1(100.0 * (mem_total - mem_free) as f64 / mem_total as f64),
+                },
+                "load": [0.2f32, 1.5f32, 3.25f32],
+                "network": {"rxBytesPerSec": 10.5, "txBytesPerSec": null, "rxBytes": 1000, "txBytes": 0},
+            },
+        });
+        assert_eq!(got.to_value(), want);
+
+        let unreadable = Reading {
+            memory: (0, 0),
+            load: None,
+            network: NodeNetwork::default(),
+            ..reading
+        };
+        let got = node_metrics("node-a", unreadable, resources, 1).to_value();
+        assert_eq!(got["realtime"]["memory"]["currentUsage"], json!(0.0));
+        assert_eq!(got["realtime"]["load"], json!(null));
+        assert_eq!(
+            got["realtime"]["network"],
+            json!({"rxBytesPerSec": null, "txBytesPerSec": null, "rxBytes": null, "txBytes": null})
+        );
+    }
+
+    #[test]
+    fn resources_keep_their_wire_form() {
+        use serde_json::{Value, json};
+        let (distrib, version) = os_release();
+        let want = json!({
+            "id": "node-a",
+            "cpu": cpu_count(),
+            "memory": memory().0,
+            "disksize": disk("/").0,
+            "distrib": distrib,
+            "version": version.parse::<u64>().map(Value::from).unwrap_or(Value::String(version)),
+            "type": std::env::consts::OS,
+            "arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+            "kernelVersion": nix::sys::utsname::uname().unwrap().release().to_string_lossy(),
+            "networking": {
+                "hostname": nix::unistd::gethostname().unwrap().to_string_lossy(),
+                "internalip": internal_ip().map(|ip| ip.to_string()),
+                "externalip": null,
+            },
+        });
+        let got = NodeMonitor::new("node-a").resources();
+        assert_eq!(serde_json::to_value(got).unwrap(), want);
     }
 
     #[tokio::test]

@@ -2,13 +2,16 @@
 //!
 //! A [`Snapshot`] is built by the agent once per cycle and published to the
 //! Prometheus exporter ([`super::exporter::SnapshotHandle::publish`]); the
-//! same samples feed the pod JSON sent to the scheduler
-//! ([`PodSample::usage_json`]). Counters are cumulative (since the cgroup,
+//! same samples feed the pod status sent to the scheduler
+//! ([`pod_usage`]). Counters are cumulative (since the cgroup,
 //! the eBPF map or the boot); a `None` is a figure that could not be read
 //! this cycle and is left out of every output rather than reported as 0.
 
+use proto::status::{
+    ContainerMemory, ContainerUsage, CpuTimes, MemoryUsage, NetworkUsage, PodCpu, PodUsage,
+    RunQueue,
+};
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use super::cgroup_stats::CgroupStats;
 use super::net::CgroupTraffic;
@@ -102,31 +105,85 @@ impl PodSample {
         self
     }
 
-    /// The usage part of the realtime app object (seed 004 allows extra
-    /// fields): `cpu`, `memory`, `pids`, `network`. Unknown figures are
-    /// `null`.
-    pub fn usage_json(&self) -> Value {
-        json!({
-            "cpu": {
-                "usageSeconds": self.cpu_seconds,
-                "throttledSeconds": self.cpu_throttled_seconds,
-                "oncpuSeconds": self.oncpu_seconds,
+    /// The container's figures for its pod's status (unknown ones `null`).
+    pub fn usage(&self) -> ContainerUsage {
+        ContainerUsage {
+            cpu: CpuTimes {
+                usage_seconds: self.cpu_seconds,
+                throttled_seconds: self.cpu_throttled_seconds,
+                oncpu_seconds: self.oncpu_seconds,
             },
-            "memory": {
-                "usageBytes": self.memory_usage_bytes,
-                "workingSetBytes": self.memory_working_set_bytes,
-                "limitBytes": self.memory_limit_bytes,
-                "failcnt": self.memory_failcnt,
-                "oomKills": self.oom_kills,
+            memory: ContainerMemory {
+                usage: MemoryUsage {
+                    usage_bytes: self.memory_usage_bytes,
+                    working_set_bytes: self.memory_working_set_bytes,
+                    limit_bytes: self.memory_limit_bytes,
+                    oom_kills: self.oom_kills,
+                },
+                failcnt: self.memory_failcnt,
             },
-            "pids": self.pids,
-            "network": {
-                "rxBytes": self.rx_bytes,
-                "txBytes": self.tx_bytes,
-                "rxPackets": self.rx_packets,
-                "txPackets": self.tx_packets,
+            pids: self.pids,
+            network: NetworkUsage {
+                rx_bytes: self.rx_bytes,
+                tx_bytes: self.tx_bytes,
+                rx_packets: self.rx_packets,
+                tx_packets: self.tx_packets,
+                tcp_retransmits: None,
             },
-        })
+        }
+    }
+}
+
+/// A pod's usage from its containers' samples, each with the container's
+/// CPU use over the last cycle (cores): sums over the containers, and each
+/// container's own figures.
+pub fn pod_usage(containers: &[(PodSample, Option<f64>)]) -> PodUsage {
+    let sum_f = |f: fn(&PodSample) -> Option<f64>| {
+        let v: Vec<f64> = containers.iter().filter_map(|(s, _)| f(s)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>())
+    };
+    let sum_u = |f: fn(&PodSample) -> Option<u64>| {
+        let v: Vec<u64> = containers.iter().filter_map(|(s, _)| f(s)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<u64>())
+    };
+    let cores: Vec<f64> = containers.iter().filter_map(|(_, c)| *c).collect();
+    let runq: Vec<&Log2Histogram> = containers
+        .iter()
+        .filter_map(|(s, _)| s.runq_latency.as_ref())
+        .collect();
+    let runq_count: u64 = runq.iter().map(|h| h.count).sum();
+    let runq_sum: u64 = runq.iter().map(|h| h.sum_ns).sum();
+    PodUsage {
+        cpu: PodCpu {
+            usage_cores: (!cores.is_empty()).then(|| cores.iter().sum::<f64>()),
+            times: CpuTimes {
+                usage_seconds: sum_f(|s| s.cpu_seconds),
+                throttled_seconds: sum_f(|s| s.cpu_throttled_seconds),
+                oncpu_seconds: sum_f(|s| s.oncpu_seconds),
+            },
+        },
+        memory: MemoryUsage {
+            usage_bytes: sum_u(|s| s.memory_usage_bytes),
+            working_set_bytes: sum_u(|s| s.memory_working_set_bytes),
+            limit_bytes: sum_u(|s| s.memory_limit_bytes),
+            oom_kills: sum_u(|s| s.oom_kills),
+        },
+        network: NetworkUsage {
+            rx_bytes: sum_u(|s| s.rx_bytes),
+            tx_bytes: sum_u(|s| s.tx_bytes),
+            rx_packets: sum_u(|s| s.rx_packets),
+            tx_packets: sum_u(|s| s.tx_packets),
+            tcp_retransmits: None,
+        },
+        runqueue: RunQueue {
+            count: (!runq.is_empty()).then_some(runq_count),
+            mean_seconds: (runq_count > 0).then(|| runq_sum as f64 / runq_count as f64 / 1e9),
+        },
+        containers: containers
+            .iter()
+            .map(|(s, _)| (s.container.clone(), s.usage()))
+            .collect(),
+        events: Vec::new(),
     }
 }
 
@@ -256,11 +313,29 @@ mod tests {
         assert_eq!(s.cpu_throttled_seconds, Some(0.25));
         assert_eq!(s.memory_limit_bytes, None);
         assert_eq!(s.pids, Some(2));
-        let j = s.usage_json();
+        let j = serde_json::to_value(s.usage()).unwrap();
         assert_eq!(j["cpu"]["usageSeconds"], 1.5);
         assert_eq!(j["memory"]["workingSetBytes"], 8);
         assert!(j["memory"]["limitBytes"].is_null());
         assert!(j["network"]["rxBytes"].is_null());
+    }
+
+    #[test]
+    fn pod_usage_sums_containers_and_rates() {
+        let mut a = PodSample::new("app", "app-1", "a", "n");
+        a.cpu_seconds = Some(2.0);
+        a.memory_working_set_bytes = Some(10);
+        a.rx_bytes = Some(100);
+        let mut b = PodSample::new("app", "app-1", "b", "n");
+        b.cpu_seconds = Some(1.0);
+        b.memory_working_set_bytes = Some(5);
+        let u = &serde_json::to_value(pod_usage(&[(a, Some(0.5)), (b, Some(0.25))])).unwrap();
+        assert_eq!(u["cpu"]["usageSeconds"], 3.0);
+        assert_eq!(u["cpu"]["usageCores"], 0.75);
+        assert_eq!(u["memory"]["workingSetBytes"], 15);
+        assert_eq!(u["network"]["rxBytes"], 100);
+        assert_eq!(u["memory"]["limitBytes"], serde_json::Value::Null);
+        assert!(u["containers"]["b"].is_object());
     }
 
     #[test]
