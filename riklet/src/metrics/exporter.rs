@@ -672,7 +672,7 @@ fn seconds_buckets(histogram: &Log2Histogram) -> (f64, u64, Vec<(f64, u64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::sample::NodeSample;
+    use crate::metrics::sample::{CollectionTimings, NodeSample};
 
     fn snapshot() -> Snapshot {
         let mut runq = Log2Histogram::default();
@@ -705,6 +705,79 @@ mod tests {
             collected_at: 1_700_000_000_000,
             timings: Default::default(),
         }
+    }
+
+    /// A snapshot with every family present: a container with every
+    /// figure, one with none but its labels, a pod address, a node with
+    /// every figure and a timed cycle.
+    fn full_snapshot() -> Snapshot {
+        let mut runq = Log2Histogram::default();
+        for ns in [0, 700, 2_048, 40_000, 40_000, 9_000_000, 3_000_000_000] {
+            runq.observe(ns);
+        }
+        let full = PodSample {
+            cpu_seconds: Some(12.5),
+            cpu_throttled_seconds: Some(0.25),
+            cpu_periods: Some(300),
+            cpu_throttled_periods: Some(4),
+            memory_usage_bytes: Some(52_428_800),
+            memory_working_set_bytes: Some(41_943_040),
+            memory_limit_bytes: Some(134_217_728),
+            memory_failcnt: Some(2),
+            oom_kills: Some(1),
+            pids: Some(9),
+            rx_bytes: Some(1_500),
+            tx_bytes: Some(900),
+            rx_packets: Some(15),
+            tx_packets: Some(11),
+            oncpu_seconds: Some(11.75),
+            runq_latency: Some(runq),
+            ..PodSample::new("web", "web-1", "main", "node-a")
+        };
+        let bare = PodSample::new("db", "db-1", "postgres", "node-a");
+        let pod_net = |app: &str, instance: &str, tcp_retransmits| PodNetSample {
+            app: app.into(),
+            instance: instance.into(),
+            node: "node-a".into(),
+            tcp_retransmits,
+        };
+        Snapshot {
+            node: NodeSample {
+                node: "node-a".into(),
+                cpu_seconds_total: Some(3_600.5),
+                cpus: 2,
+                memory_total_bytes: Some(25_769_803_776),
+                memory_available_bytes: Some(20_000_000_000),
+                load1: Some(0.75),
+                rx_bytes: Some(123_456),
+                tx_bytes: Some(654_321),
+            },
+            pods: vec![full, bare],
+            pod_nets: vec![pod_net("web", "web-1", 3), pod_net("db", "db-1", 0)],
+            collected_at: 1_700_000_000_123,
+            timings: CollectionTimings {
+                ebpf_seconds: 0.001,
+                cgroups_seconds: 0.0025,
+                total_seconds: 0.125,
+            },
+        }
+    }
+
+    /// Today's output for [`full_snapshot`], in both formats, fixed so
+    /// that a change to the encoding shows as a diff of these files.
+    #[test]
+    fn full_snapshot_encodes_as_recorded() {
+        let handle = SnapshotHandle::new();
+        handle.publish(full_snapshot());
+        let registry = registry(handle);
+        assert_eq!(
+            encode_openmetrics(&registry).unwrap(),
+            include_str!("exporter/testdata/full_snapshot.openmetrics")
+        );
+        assert_eq!(
+            encode_text(&registry).unwrap(),
+            include_str!("exporter/testdata/full_snapshot.txt")
+        );
     }
 
     #[test]
