@@ -4,8 +4,9 @@
 use std::time::{Duration, SystemTime};
 
 /// The wall-clock time of a `bpf_ktime_get_ns` timestamp (`CLOCK_MONOTONIC`,
-/// as in [`OomEvent::timestamp_ns`](super::OomEvent::timestamp_ns)), computed from the current offset
-/// between the two clocks (exact unless the wall clock was stepped since).
+/// as in [`OomEvent::timestamp_ns`](super::OomEvent::timestamp_ns)),
+/// computed from the current offset between the two clocks (exact unless
+/// the wall clock was stepped since).
 pub fn monotonic_to_system_time(timestamp_ns: u64) -> SystemTime {
     let now = SystemTime::now();
     let Some(monotonic_now) = monotonic_now() else {

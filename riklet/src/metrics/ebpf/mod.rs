@@ -130,8 +130,9 @@ impl Probes {
     /// riklet process.
     ///
     /// The `cgroup_skb` programs are attached in
-    /// [`CgroupAttachMode::Single`](aya::programs::CgroupAttachMode::Single): a second riklet on the same cgroup root
-    /// fails here instead of counting twice.
+    /// [`CgroupAttachMode::Single`](aya::programs::CgroupAttachMode::Single):
+    /// a second riklet on the same cgroup root fails here instead of
+    /// counting twice.
     pub fn load(cgroup_root: &Path, pin_dir: &Path) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(ProbeError::EmptyObject);
