@@ -33,6 +33,8 @@ const BUFFER_BYTES: usize = 1 << 20;
 /// Bounds of the entries per call.
 const MIN_CHUNK: usize = 16;
 const MAX_CHUNK: usize = 1024;
+/// How far a bucket bigger than a call may grow the entries per call.
+const MAX_GROWN_CHUNK: usize = MAX_CHUNK * 64;
 
 /// The `batch` member of `union bpf_attr` (`include/uapi/linux/bpf.h`).
 /// The kernel accepts a shorter `bpf_attr` and zero-fills the rest.
@@ -62,29 +64,93 @@ pub fn lookup_percpu<K: Pod + Default + Eq + Hash, V: Pod + Default>(
     possible_cpus: usize,
     fold: impl Fn(V, &V) -> V,
 ) -> io::Result<HashMap<K, V>> {
-    let stride = mem::size_of::<V>().next_multiple_of(8);
-    let entry_bytes = stride * possible_cpus.max(1);
-    let mut chunk = (BUFFER_BYTES / entry_bytes).clamp(MIN_CHUNK, MAX_CHUNK);
-    // The kernel writes `key_size` bytes per key, back to back: `K` has
-    // that size and, being `Pod`, no padding to leave undefined.
-    let mut keys = vec![K::default(); chunk];
-    // u64 elements: 8-byte aligned, like the kernel's per-CPU slots.
-    let mut values = vec![0u64; chunk * entry_bytes / 8];
-
+    let map_fd =
+        u32::try_from(map_fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let mut buffers = Buffers::<K>::new(mem::size_of::<V>(), possible_cpus);
     let mut entries = HashMap::new();
     let mut position: Option<u64> = None;
-    let mut next_position = 0u64;
     loop {
+        let (copied, next) = match buffers.call(map_fd, position.as_ref())? {
+            Call::Copied { count, next } => (count, next),
+            Call::BucketTooBig => {
+                buffers.grow();
+                continue;
+            }
+        };
+        for (index, key) in buffers.keys.iter().take(copied).enumerate() {
+            entries.insert(*key, buffers.fold_entry(index, &fold));
+        }
+        match next {
+            // A call that copied nothing without reaching the end would not
+            // advance either: stop rather than spin.
+            Some(next) if copied > 0 => position = Some(next),
+            _ => return Ok(entries),
+        }
+    }
+}
+
+/// What one `BPF_MAP_LOOKUP_BATCH` call did.
+enum Call {
+    /// `count` entries were copied to the buffers; `next` is the position
+    /// after them, `None` once the last bucket was copied.
+    Copied { count: usize, next: Option<u64> },
+    /// One bucket holds more entries than the buffers: retry the same
+    /// position with bigger ones.
+    BucketTooBig,
+}
+
+/// The key and value buffers one call fills.
+struct Buffers<K> {
+    /// Room for `chunk` keys: the kernel writes `key_size` bytes per key,
+    /// back to back, and `K` has that size and, being `Pod`, no padding to
+    /// leave undefined.
+    keys: Vec<K>,
+    /// Room for `chunk` per-CPU values; u64 elements: 8-byte aligned, like
+    /// the kernel's per-CPU slots.
+    values: Vec<u64>,
+    /// Bytes of one CPU's slot: the value size rounded up to 8.
+    stride: usize,
+    /// Bytes of one entry's values: a slot per possible CPU.
+    entry_bytes: usize,
+    possible_cpus: usize,
+}
+
+impl<K: Pod + Default> Buffers<K> {
+    fn new(value_size: usize, possible_cpus: usize) -> Self {
+        let stride = value_size.next_multiple_of(8);
+        let entry_bytes = stride * possible_cpus.max(1);
+        let chunk = (BUFFER_BYTES / entry_bytes).clamp(MIN_CHUNK, MAX_CHUNK);
+        Self {
+            keys: vec![K::default(); chunk],
+            values: vec![0u64; chunk * entry_bytes / 8],
+            stride,
+            entry_bytes,
+            possible_cpus,
+        }
+    }
+
+    /// Entries per call.
+    fn chunk(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Doubles the room, for a bucket bigger than it.
+    fn grow(&mut self) {
+        let chunk = self.chunk() * 2;
+        self.keys.resize(chunk, K::default());
+        self.values.resize(chunk * self.entry_bytes / 8, 0);
+    }
+
+    /// One call from `position` (`None`: the start) on `map_fd`.
+    fn call(&mut self, map_fd: u32, position: Option<&u64>) -> io::Result<Call> {
+        let mut next_position = 0u64;
         let mut attr = BatchAttr {
-            in_batch: position
-                .as_ref()
-                .map_or(0, |p| std::ptr::from_ref(p) as u64),
+            in_batch: position.map_or(0, |p| std::ptr::from_ref(p) as u64),
             out_batch: std::ptr::from_mut(&mut next_position) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: u32::try_from(chunk).unwrap_or(u32::MAX),
-            map_fd: u32::try_from(map_fd.as_raw_fd())
-                .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+            keys: self.keys.as_mut_ptr() as u64,
+            values: self.values.as_mut_ptr() as u64,
+            count: u32::try_from(self.chunk()).unwrap_or(u32::MAX),
+            map_fd,
             ..BatchAttr::default()
         };
         // SAFETY: `attr` is a valid `bpf_attr` prefix for this command; the
@@ -100,49 +166,42 @@ pub fn lookup_percpu<K: Pod + Default + Eq + Hash, V: Pod + Default>(
                 mem::size_of::<BatchAttr>(),
             )
         };
-        let done = if ret < 0 {
-            let error = io::Error::last_os_error();
-            match error.raw_os_error() {
-                Some(libc::ENOENT) => true,
-                Some(libc::ENOSPC) if attr.count == 0 && chunk < MAX_CHUNK * 64 => {
-                    // One bucket holds more than `chunk` entries: retry the
-                    // same position with room for more.
-                    chunk *= 2;
-                    keys.resize(chunk, K::default());
-                    values.resize(chunk * entry_bytes / 8, 0);
-                    continue;
-                }
-                _ => return Err(error),
-            }
-        } else {
-            false
-        };
-
-        let copied = (attr.count as usize).min(chunk);
-        for (index, key) in keys.iter().take(copied).enumerate() {
-            let entry = &values[index * entry_bytes / 8..(index + 1) * entry_bytes / 8];
-            let total = (0..possible_cpus).fold(V::default(), |total, cpu| {
-                // SAFETY: `cpu * stride + size_of::<V>()` is within the
-                // entry; `V: Pod` accepts any bytes; unaligned read because
-                // only 8-byte alignment is guaranteed.
-                let value = unsafe {
-                    entry
-                        .as_ptr()
-                        .cast::<u8>()
-                        .add(cpu * stride)
-                        .cast::<V>()
-                        .read_unaligned()
-                };
-                fold(total, &value)
+        let count = (attr.count as usize).min(self.chunk());
+        if ret >= 0 {
+            return Ok(Call::Copied {
+                count,
+                next: Some(next_position),
             });
-            entries.insert(*key, total);
         }
-        // A call that copied nothing without reaching the end would not
-        // advance either: stop rather than spin.
-        if done || copied == 0 {
-            return Ok(entries);
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            // The last bucket was copied; the entries of this call are valid.
+            Some(libc::ENOENT) => Ok(Call::Copied { count, next: None }),
+            Some(libc::ENOSPC) if attr.count == 0 && self.chunk() < MAX_GROWN_CHUNK => {
+                Ok(Call::BucketTooBig)
+            }
+            _ => Err(error),
         }
-        position = Some(next_position);
+    }
+
+    /// The per-CPU values of copied entry `index`, folded with `fold`.
+    fn fold_entry<V: Pod + Default>(&self, index: usize, fold: impl Fn(V, &V) -> V) -> V {
+        let words = self.entry_bytes / 8;
+        let entry = &self.values[index * words..(index + 1) * words];
+        (0..self.possible_cpus).fold(V::default(), |total, cpu| {
+            // SAFETY: `cpu * stride + size_of::<V>()` is within the
+            // entry; `V: Pod` accepts any bytes; unaligned read because
+            // only 8-byte alignment is guaranteed.
+            let value = unsafe {
+                entry
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(cpu * self.stride)
+                    .cast::<V>()
+                    .read_unaligned()
+            };
+            fold(total, &value)
+        })
     }
 }
 

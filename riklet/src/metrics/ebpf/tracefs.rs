@@ -13,31 +13,108 @@ use std::{
 };
 
 use nix::mount::{MsFlags, mount};
+use riklet_common::{
+    oom::MARK_VICTIM_PID_OFFSET,
+    sched::{
+        SWITCH_NEXT_PID_OFFSET, SWITCH_PREV_PID_OFFSET, SWITCH_PREV_STATE_OFFSET,
+        WAKEUP_NEW_PID_OFFSET, WAKEUP_PID_OFFSET,
+    },
+    tcp::{RETRANSMIT_ERR_OFFSET, RETRANSMIT_SADDR_V6_OFFSET},
+};
 use tracing::debug;
 
-use super::{ProbeError, Result};
+use super::{ProbeError, Result, error::io_error};
 
 /// Where tracefs is mounted nowadays, and where it used to be (below
 /// debugfs). The first one is where a missing tracefs gets mounted.
 const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
+/// The tracepoint fields the programs read, with the globals that receive
+/// their offsets. `prev_state` is a `long`; the program reads its low byte.
+const FIELDS: [Field; 8] = [
+    Field {
+        category: "sched",
+        event: "sched_switch",
+        field: "prev_pid",
+        sizes: &[4],
+        global: SWITCH_PREV_PID_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "sched",
+        event: "sched_switch",
+        field: "prev_state",
+        sizes: &[4, 8],
+        global: SWITCH_PREV_STATE_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "sched",
+        event: "sched_switch",
+        field: "next_pid",
+        sizes: &[4],
+        global: SWITCH_NEXT_PID_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "sched",
+        event: "sched_wakeup",
+        field: "pid",
+        sizes: &[4],
+        global: WAKEUP_PID_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "sched",
+        event: "sched_wakeup_new",
+        field: "pid",
+        sizes: &[4],
+        global: WAKEUP_NEW_PID_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "oom",
+        event: "mark_victim",
+        field: "pid",
+        sizes: &[4],
+        global: MARK_VICTIM_PID_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "tcp",
+        event: "tcp_retransmit_skb",
+        field: "saddr_v6",
+        sizes: &[16],
+        global: RETRANSMIT_SADDR_V6_OFFSET,
+        optional: false,
+    },
+    Field {
+        category: "tcp",
+        event: "tcp_retransmit_skb",
+        field: "err",
+        sizes: &[4],
+        global: RETRANSMIT_ERR_OFFSET,
+        optional: true,
+    },
+];
+
 /// One tracepoint field a program reads.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Field {
+struct Field {
     /// Event category (`sched`).
-    pub category: &'static str,
+    category: &'static str,
     /// Event name (`sched_switch`).
-    pub event: &'static str,
+    event: &'static str,
     /// Field name (`prev_pid`).
-    pub field: &'static str,
+    field: &'static str,
     /// Sizes in bytes the program can read the field with.
-    pub sizes: &'static [u32],
+    sizes: &'static [u32],
     /// The eBPF global receiving the offset.
-    pub global: &'static str,
+    global: &'static str,
     /// Whether the program copes without it (offset 0, which no event's
     /// own field has: `common_type` is there), for fields that only newer
     /// kernels have.
-    pub optional: bool,
+    optional: bool,
 }
 
 /// The tracefs mount point holding `events/`; mounts tracefs at
@@ -78,19 +155,24 @@ fn find() -> Option<PathBuf> {
         .map(Path::to_owned)
 }
 
+/// The globals that receive the offsets of [`FIELDS`], with the offsets
+/// the tracefs mounted at `tracefs` gives.
+pub(super) fn globals(tracefs: &Path) -> Result<Vec<(&'static str, u32)>> {
+    FIELDS
+        .iter()
+        .map(|field| Ok((field.global, offset(tracefs, field)?)))
+        .collect()
+}
+
 /// The byte offset of `field` in its event's records, checked against the
 /// sizes the program can read; 0 for a missing optional field.
-pub(super) fn offset(tracefs: &Path, field: &Field) -> Result<u32> {
+fn offset(tracefs: &Path, field: &Field) -> Result<u32> {
     let path = tracefs
         .join("events")
         .join(field.category)
         .join(field.event)
         .join("format");
-    let format = fs::read_to_string(&path).map_err(|source| ProbeError::Io {
-        action: "reading tracepoint format",
-        path: path.clone(),
-        source,
-    })?;
+    let format = fs::read_to_string(&path).map_err(io_error("reading tracepoint format", &path))?;
     let Some((offset, size)) = parse_field(&format, field.field) else {
         if field.optional {
             debug!(
