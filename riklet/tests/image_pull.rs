@@ -42,7 +42,7 @@ fn archives() -> &'static (PathBuf, PathBuf) {
         std::fs::create_dir_all(&dir).expect("creating the archive dir");
         let host = dir.join("busybox.tar");
         let arm = dir.join("busybox-arm64.tar");
-        build_image(&host, "busybox:1", riklet::runtime::image::host_arch());
+        build_image(&host, "busybox:1", &riklet::runtime::image::host_arch());
         build_image(&arm, "busybox-arm:1", "arm64");
         (host, arm)
     })
@@ -58,7 +58,7 @@ fn unlabelled_archives() -> &'static (PathBuf, PathBuf) {
         let host = dir.join("busybox-unlabelled.tar");
         let arm = dir.join("busybox-unlabelled-arm64.tar");
         let host_arch = riklet::runtime::image::host_arch();
-        build_unlabelled_image(&host, "busybox-unlabelled:1", host_arch);
+        build_unlabelled_image(&host, "busybox-unlabelled:1", &host_arch);
         build_unlabelled_image(&arm, "busybox-unlabelled-arm:1", "arm64");
         (host, arm)
     })

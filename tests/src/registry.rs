@@ -216,16 +216,9 @@ pub fn busybox_archive(arch: &str) -> PathBuf {
         .clone()
 }
 
-/// The host's architecture as OCI names it.
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    }
+/// The host's architecture as OCI names it (GOARCH: `amd64`, `arm64`…).
+pub fn host_arch() -> String {
+    oci_spec::image::Arch::default().to_string()
 }
 
 /// A TCP server on 127.0.0.1 that answers every connection with bytes that

@@ -48,7 +48,7 @@ fn prerequisites() {
 /// A registry holding `busybox:1` for this host.
 fn registry() -> Registry {
     let reg = Registry::start();
-    reg.push(&busybox_archive(host_arch()), "busybox:1");
+    reg.push(&busybox_archive(&host_arch()), "busybox:1");
     reg
 }
 

@@ -55,23 +55,16 @@ impl ImageSpec {
     pub fn host(name: &str) -> Self {
         Self {
             name: name.to_string(),
-            arch: host_arch().to_string(),
+            arch: host_arch(),
             busybox: PathBuf::from("/bin/busybox"),
             unlabelled: false,
         }
     }
 }
 
-/// The host's architecture as OCI names it.
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    }
+/// The host's architecture as OCI names it (GOARCH: `amd64`, `arm64`…).
+pub fn host_arch() -> String {
+    oci_spec::image::Arch::default().to_string()
 }
 
 /// `cargo xtask image`: writes the archive to `out` (atomically) and prints

@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         } => image::run(
             &out.unwrap_or_else(|| ebpf::workspace_root().join("target/images/busybox.tar")),
             &image::ImageSpec {
-                arch: arch.unwrap_or_else(|| image::host_arch().to_string()),
+                arch: arch.unwrap_or_else(image::host_arch),
                 busybox,
                 unlabelled,
                 ..image::ImageSpec::host(&name)

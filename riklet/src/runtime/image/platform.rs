@@ -13,16 +13,9 @@ use oci_client::manifest::ImageIndexEntry;
 use super::documents::PlatformImage;
 use super::error::{ImageError, Result};
 
-/// The host's architecture as OCI names it (GOARCH).
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    }
+/// The host's architecture as OCI names it (GOARCH: `amd64`, `arm64`…).
+pub fn host_arch() -> String {
+    oci_spec::image::Arch::default().to_string()
 }
 
 fn host_platform() -> String {
@@ -191,7 +184,7 @@ mod tests {
     #[test]
     fn platform_selection() {
         let other = other_arch();
-        let host = entry(Some(("linux", host_arch())));
+        let host = entry(Some(("linux", &host_arch())));
         assert!(matches!(
             select(&[entry(Some(("linux", other))), host]),
             Selection::Labelled(_)
@@ -208,7 +201,7 @@ mod tests {
         let entries = [entry(Some(("linux", other))), entry(None)];
         assert!(matches!(select(&entries), Selection::Unlabelled(c) if c.len() == 1));
         // A labelled entry for this host wins over an unlabelled one.
-        let entries = [entry(None), entry(Some(("linux", host_arch())))];
+        let entries = [entry(None), entry(Some(("linux", &host_arch())))];
         assert!(matches!(select(&entries), Selection::Labelled(e) if e.platform.is_some()));
     }
 }
