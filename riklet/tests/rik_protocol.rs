@@ -1,5 +1,5 @@
 //! The riklet against a fake RIK scheduler speaking only the `common` and
-//! `worker` packages, behaving as RIK's own scheduler does (DESIGN.md):
+//! `worker` packages, behaving as RIK's own scheduler does (docs/protocol.md):
 //! the RUNNING worker status must come first, definitions carry `null`s,
 //! DESTROY may name an instance the riklet never ran, and the wire is not
 //! trusted (an invalid definition is refused with the field named).

@@ -1,6 +1,6 @@
 //! App manifests: parsing, validation and the normalized form.
 //!
-//! Two input forms are accepted (DESIGN.md): RIK workload v1 (JSON or YAML,
+//! Two input forms are accepted (docs/protocol.md): RIK workload v1 (JSON or YAML,
 //! `null` wherever RIK leaves a field out) and seed 004's compact deployment
 //! file (`name`, `repo`, `version`, `action: deploy`, `metadata.name`). Both
 //! become one [`AppManifest`], validated once in [`parse`] by every party.
