@@ -31,3 +31,17 @@ pub mod rik {
         tonic::include_proto!("rik.v1");
     }
 }
+
+/// An error and its sources on one line (`a: b: c`), for logs and test
+/// messages. Every error of the workspace keeps its cause in `source()`
+/// rather than in its message, so this prints each part once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

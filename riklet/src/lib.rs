@@ -48,6 +48,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, warn};
 
 pub use config::Config;
+/// Errors print their context and their sources on one line.
+pub use proto::error_chain;
 
 /// Why the riklet could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -347,17 +349,4 @@ impl Tasks {
             }
         });
     }
-}
-
-/// An error and its sources on one line (`a: b: c`), for logs and test
-/// messages.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use riklet::runtime::image::{ImageError, ImageStore, PullPolicy, RegistryConfig};
+use proto::manifest::ImagePullPolicy;
+use riklet::runtime::image::{ImageError, ImageStore, RegistryConfig};
 use riklet_e2e::registry::{Registry, build_image, build_unlabelled_image, http, require};
 
 const SOCKET: &str = "/run/containerd/containerd.sock";
@@ -232,7 +233,7 @@ fn pull_unpack_and_reuse_without_registry() {
 
         let t = Instant::now();
         let info = store
-            .ensure(&reference, PullPolicy::IfNotPresent)
+            .ensure(&reference, ImagePullPolicy::IfNotPresent)
             .await
             .unwrap_or_else(|e| panic!("pull failed: {}", riklet::error_chain(&e)));
         let cold = t.elapsed();
@@ -304,7 +305,7 @@ fn pull_unpack_and_reuse_without_registry() {
         reg.stop();
         let t = Instant::now();
         let again = store
-            .ensure(&reference, PullPolicy::IfNotPresent)
+            .ensure(&reference, ImagePullPolicy::IfNotPresent)
             .await
             .unwrap_or_else(|e| {
                 panic!(
@@ -315,13 +316,13 @@ fn pull_unpack_and_reuse_without_registry() {
         let warm = t.elapsed();
         assert_eq!(again, info);
         let never = store
-            .ensure(&reference, PullPolicy::Never)
+            .ensure(&reference, ImagePullPolicy::Never)
             .await
             .unwrap_or_else(|e| panic!("Never: {}", riklet::error_chain(&e)));
         assert_eq!(never, info);
         println!("busybox pull: cold {cold:?}, IfNotPresent {warm:?}");
 
-        let always = store.ensure(&reference, PullPolicy::Always).await;
+        let always = store.ensure(&reference, ImagePullPolicy::Always).await;
         if let Err(e) = &always {
             println!("Always, registry down: {}", riklet::error_chain(e));
         }
@@ -334,7 +335,7 @@ fn pull_unpack_and_reuse_without_registry() {
         ns.ctr(&["snapshots", "rm", &info.chain_id]);
         let t = Instant::now();
         let unpacked = store
-            .ensure(&reference, PullPolicy::IfNotPresent)
+            .ensure(&reference, ImagePullPolicy::IfNotPresent)
             .await
             .unwrap_or_else(|e| panic!("re-unpack: {}", riklet::error_chain(&e)));
         println!(
@@ -354,7 +355,7 @@ fn pull_unpack_and_reuse_without_registry() {
 async fn failed_pull(store: &ImageStore, reference: &str, what: &str) -> ImageError {
     let t = Instant::now();
     let err = store
-        .ensure(reference, PullPolicy::Always)
+        .ensure(reference, ImagePullPolicy::Always)
         .await
         .expect_err(what);
     let took = t.elapsed();
@@ -376,8 +377,8 @@ fn always_repulls_and_concurrent_ensures_share_one_pull() {
             .await
             .expect("connecting to containerd");
         let (a, b) = tokio::join!(
-            store.ensure(&reference, PullPolicy::IfNotPresent),
-            store.ensure(&reference, PullPolicy::IfNotPresent)
+            store.ensure(&reference, ImagePullPolicy::IfNotPresent),
+            store.ensure(&reference, ImagePullPolicy::IfNotPresent)
         );
         let a = a.unwrap_or_else(|e| panic!("{}", riklet::error_chain(&e)));
         assert_eq!(
@@ -386,7 +387,7 @@ fn always_repulls_and_concurrent_ensures_share_one_pull() {
         );
         let t = Instant::now();
         let again = store
-            .ensure(&reference, PullPolicy::Always)
+            .ensure(&reference, ImagePullPolicy::Always)
             .await
             .unwrap_or_else(|e| panic!("{}", riklet::error_chain(&e)));
         println!("busybox Always with everything present: {:?}", t.elapsed());
@@ -395,7 +396,7 @@ fn always_repulls_and_concurrent_ensures_share_one_pull() {
             .await
             .expect("connecting to containerd");
         let seen = other
-            .ensure(&reference, PullPolicy::Never)
+            .ensure(&reference, ImagePullPolicy::Never)
             .await
             .unwrap_or_else(|e| panic!("{}", riklet::error_chain(&e)));
         assert_eq!(seen, a);
@@ -425,14 +426,14 @@ fn mirror_serves_the_origin_registry() {
             .await
             .expect("connecting to containerd");
         let info = store
-            .ensure(&reference, PullPolicy::Always)
+            .ensure(&reference, ImagePullPolicy::Always)
             .await
             .unwrap_or_else(|e| panic!("pull through the mirror: {}", riklet::error_chain(&e)));
         assert_eq!(info.reference, reference);
 
         // Mirror without the image: the origin is tried, and fails.
         let err = store
-            .ensure(&format!("{origin}/team/other:1"), PullPolicy::Always)
+            .ensure(&format!("{origin}/team/other:1"), ImagePullPolicy::Always)
             .await
             .expect_err("pulled an image nobody has");
         assert!(
@@ -458,7 +459,7 @@ fn unknown_repository_or_tag_is_not_found() {
         for missing in ["busybox:2", "nothing-here:1"] {
             let reference = format!("{}/{missing}", reg.host());
             let err = store
-                .ensure(&reference, PullPolicy::IfNotPresent)
+                .ensure(&reference, ImagePullPolicy::IfNotPresent)
                 .await
                 .expect_err("a missing image pulled");
             assert!(
@@ -470,7 +471,7 @@ fn unknown_repository_or_tag_is_not_found() {
             println!("{reference}: {}", riklet::error_chain(&err));
         }
         let never = store
-            .ensure(&format!("{}/busybox:1", reg.host()), PullPolicy::Never)
+            .ensure(&format!("{}/busybox:1", reg.host()), ImagePullPolicy::Never)
             .await
             .expect_err("Never pulled");
         assert!(matches!(never, ImageError::NotPresent { .. }), "{never}");
@@ -582,7 +583,7 @@ fn unparsable_reference_is_named() {
             "127.0.0.1:9/a/-b:1",
         ] {
             let err = store
-                .ensure(bad, PullPolicy::IfNotPresent)
+                .ensure(bad, ImagePullPolicy::IfNotPresent)
                 .await
                 .expect_err("a bad reference pulled");
             assert!(
@@ -617,7 +618,7 @@ fn other_architecture_only_is_refused() {
         for tag in ["1", "multi"] {
             let reference = format!("{}/busybox-arm:{tag}", reg.host());
             let err = store
-                .ensure(&reference, PullPolicy::IfNotPresent)
+                .ensure(&reference, ImagePullPolicy::IfNotPresent)
                 .await
                 .expect_err("an arm64 image pulled");
             assert!(
@@ -688,14 +689,14 @@ fn index_entry_without_platform_is_judged_by_its_config() {
             .await
             .expect("connecting to containerd");
         let info = store
-            .ensure(imported, PullPolicy::Never)
+            .ensure(imported, ImagePullPolicy::Never)
             .await
             .unwrap_or_else(|e| panic!("imported image: {}", riklet::error_chain(&e)));
         assert_eq!(info.reference, imported);
         assert_eq!(info.cmd, vec!["/bin/sh".to_string()]);
         assert!(ns.snapshots().contains(&info.chain_id));
         let from_registry = store
-            .ensure(&pulled, PullPolicy::Always)
+            .ensure(&pulled, ImagePullPolicy::Always)
             .await
             .unwrap_or_else(|e| panic!("{pulled}: {}", riklet::error_chain(&e)));
         // The same layers: the same snapshot chain.
@@ -703,8 +704,8 @@ fn index_entry_without_platform_is_judged_by_its_config() {
 
         let host = riklet::runtime::image::host_arch();
         for (reference, policy) in [
-            (imported_arm.to_string(), PullPolicy::Never),
-            (pulled_arm.clone(), PullPolicy::Always),
+            (imported_arm.to_string(), ImagePullPolicy::Never),
+            (pulled_arm.clone(), ImagePullPolicy::Always),
         ] {
             let err = store
                 .ensure(&reference, policy)

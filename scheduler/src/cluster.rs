@@ -36,13 +36,13 @@ const ID_CHARSET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// `Apply` got a manifest that does not parse or validate.
-    #[error("invalid manifest: {0}")]
+    #[error("invalid manifest")]
     InvalidManifest(#[from] ManifestError),
     /// No app has this name.
     #[error("app {0} not found")]
     AppNotFound(String),
     /// The change could not be saved, so it was not made.
-    #[error("cannot save the scheduler state, nothing was changed: {0}")]
+    #[error("cannot save the scheduler state, nothing was changed")]
     Store(#[from] StoreError),
 }
 
@@ -145,7 +145,7 @@ impl State {
     ) -> Result<(), ClusterError> {
         if let Err(e) = self.store.save() {
             self.store.restore(before);
-            error!(app = %app, error = %e, "{operation} not saved, rolled back");
+            error!(app = %app, error = %proto::error_chain(&e), "{operation} not saved, rolled back");
             return Err(e.into());
         }
         Ok(())
@@ -331,7 +331,7 @@ impl State {
         if self.store.is_dirty()
             && let Err(e) = self.store.save()
         {
-            error!(error = %e, "cannot save the scheduler state, will retry");
+            error!(error = %proto::error_chain(&e), "cannot save the scheduler state, will retry");
         }
     }
 

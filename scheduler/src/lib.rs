@@ -82,7 +82,7 @@ pub enum SchedulerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
 }
 

@@ -25,7 +25,7 @@ const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The state directory or a file in it could not be read or written.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         /// What was being done ("create directory", "write", …).
         action: &'static str,
@@ -34,7 +34,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// The state file exists but is not a store this version understands.
-    #[error("state file {path} is corrupt or from an unknown version: {source}")]
+    #[error("state file {path} is corrupt or from an unknown version")]
     Corrupt {
         path: PathBuf,
         #[source]

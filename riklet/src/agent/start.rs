@@ -6,14 +6,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use proto::manifest::{Container, ImagePullPolicy};
+use proto::manifest::Container;
 
 use super::host::{StartRequest, StartResult};
 use super::node::NodeHost;
 use super::phase::{CONTAINERD_UNAVAILABLE, ERR_IMAGE_PULL, NETWORK_ERROR};
 use crate::cgroups::{ContainerCgroup, Limits};
 use crate::runtime::containerd::{self, ContainerSpec, ContainerdError};
-use crate::runtime::image::{ImageError, PullPolicy};
+use crate::runtime::image::ImageError;
 use crate::runtime::shim::ShimSpec;
 use crate::runtime::spec::ImageConfig;
 use crate::state::{ExitRecord, ProcId, RunRecord};
@@ -110,19 +110,18 @@ impl NodeHost {
             ));
         };
         let c = &job.request.container;
-        let policy = match c.pull_policy() {
-            ImagePullPolicy::Always => PullPolicy::Always,
-            ImagePullPolicy::IfNotPresent => PullPolicy::IfNotPresent,
-            ImagePullPolicy::Never => PullPolicy::Never,
-        };
-        let info = cd.images.ensure(image, policy).await.map_err(|e| {
-            let reason = if image_error_unavailable(&e) {
-                CONTAINERD_UNAVAILABLE
-            } else {
-                ERR_IMAGE_PULL
-            };
-            ExitRecord::without_status(reason, crate::error_chain(&e))
-        })?;
+        let info = cd
+            .images
+            .ensure(image, c.pull_policy())
+            .await
+            .map_err(|e| {
+                let reason = if image_error_unavailable(&e) {
+                    CONTAINERD_UNAVAILABLE
+                } else {
+                    ERR_IMAGE_PULL
+                };
+                ExitRecord::without_status(reason, crate::error_chain(&e))
+            })?;
         let id =
             containerd::container_id(&job.request.instance_id, &c.name).map_err(start_error)?;
         // An earlier run's task, container and snapshot.

@@ -21,7 +21,7 @@ pub enum ImageError {
     /// A containerd namespace must be letters and digits separated by `.`, `_`, `-`.
     #[error("invalid containerd namespace {0:?}")]
     InvalidNamespace(String),
-    /// [`super::PullPolicy::Never`] and containerd does not have the image.
+    /// [`Never`](proto::manifest::ImagePullPolicy::Never) and containerd does not have the image.
     #[error("image {reference} is not present in containerd and the pull policy is Never")]
     NotPresent { reference: String },
     /// Connection refused, no route, TLS handshake failed.

@@ -73,39 +73,9 @@ pub use platform::host_arch;
 
 use error::containerd;
 
+use proto::manifest::ImagePullPolicy;
+
 use super::containerd::{SNAPSHOTTER, check_identifier, expiring_lease_labels};
-
-/// When to contact the registry (Kubernetes' `imagePullPolicy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PullPolicy {
-    /// Resolve the reference at the registry every time; download only what
-    /// containerd lacks.
-    Always,
-    /// Use the image containerd has; pull only when it is missing.
-    #[default]
-    IfNotPresent,
-    /// Never contact a registry: the image must already be in containerd.
-    Never,
-}
-
-/// A pull policy that is none of [`PullPolicy`]'s.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("pull policy {0:?}: expected Always, IfNotPresent or Never")]
-pub struct UnknownPullPolicy(String);
-
-impl std::str::FromStr for PullPolicy {
-    type Err = UnknownPullPolicy;
-
-    /// `Always`, `IfNotPresent`, `Never` (case-insensitive).
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "always" => Ok(Self::Always),
-            "ifnotpresent" => Ok(Self::IfNotPresent),
-            "never" => Ok(Self::Never),
-            _ => Err(UnknownPullPolicy(s.to_string())),
-        }
-    }
-}
 
 /// How to reach registries.
 #[derive(Debug, Clone)]
@@ -230,11 +200,11 @@ impl ImageStore {
 
     /// Makes `reference` available as an unpacked image and describes it.
     ///
-    /// With [`PullPolicy::IfNotPresent`] and [`PullPolicy::Never`], an image
+    /// With [`ImagePullPolicy::IfNotPresent`] and [`ImagePullPolicy::Never`], an image
     /// containerd already has is used without contacting any registry (and
     /// re-unpacked from the content store if its snapshots were removed).
     /// Concurrent calls for the same image wait for one pull.
-    pub async fn ensure(&self, reference: &str, policy: PullPolicy) -> Result<ImageInfo> {
+    pub async fn ensure(&self, reference: &str, policy: ImagePullPolicy) -> Result<ImageInfo> {
         let parsed = parse_reference(reference)?;
         let name = parsed.whole();
         let lock = self
@@ -246,12 +216,12 @@ impl ImageStore {
             .clone();
         let _pulling = lock.lock().await;
 
-        if policy != PullPolicy::Always {
+        if policy != ImagePullPolicy::Always {
             if let Some(info) = self.local(&name).await? {
                 debug!(image = %name, "image present");
                 return Ok(info);
             }
-            if policy == PullPolicy::Never {
+            if policy == ImagePullPolicy::Never {
                 return Err(ImageError::NotPresent { reference: name });
             }
         }
@@ -373,15 +343,5 @@ mod tests {
             let err = parse_reference(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
-    }
-
-    #[test]
-    fn pull_policy_parses() {
-        assert_eq!("Always".parse::<PullPolicy>(), Ok(PullPolicy::Always));
-        assert_eq!(
-            "ifnotpresent".parse::<PullPolicy>(),
-            Ok(PullPolicy::IfNotPresent)
-        );
-        assert!("sometimes".parse::<PullPolicy>().is_err());
     }
 }
