@@ -528,8 +528,7 @@ fn on_cpu_targets(targets: &[Target], running: &[OnCpu]) -> Vec<(usize, u64)> {
     running
         .iter()
         .filter_map(|slot| {
-            let text = std::fs::read_to_string(format!("/proc/{}/cgroup", slot.pid)).ok()?;
-            let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+            let path = crate::cgroups::v2_cgroup_of(slot.pid as i32)?;
             let target = by_rel.get(path.trim_start_matches('/'))?;
             Some((*target, slot.since_ns))
         })
