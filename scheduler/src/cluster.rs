@@ -159,22 +159,14 @@ impl State {
         };
         let definition = app.manifest.to_definition();
         let before = self.store.data().clone();
-        let ids: Vec<String> = self
-            .store
-            .data()
-            .instances_of(name)
-            .map(|(id, _)| id.clone())
-            .collect();
         let mut out = Outbox::new();
-        for id in &ids {
-            self.remove_instance(id, &definition, &mut out);
-        }
+        let removed = self.remove_instances_of(name, &definition, &mut out);
         self.store.data_mut().apps.remove(name);
         self.save_or_roll_back(before, name, "delete")?;
         let mut nodes: Vec<String> = out.iter().map(|(n, _)| n.clone()).collect();
         nodes.sort();
         nodes.dedup();
-        info!(app = %name, instances = ids.len(), nodes = ?nodes, "app deleted");
+        info!(app = %name, instances = removed, nodes = ?nodes, "app deleted");
         self.deliver(out);
         Ok(nodes)
     }
@@ -416,6 +408,21 @@ impl State {
             .take(count)
             .map(|(_, _, id)| id.0.clone())
             .collect()
+    }
+
+    /// Removes every instance of `app` (a DESTROY with `definition` to the
+    /// nodes that run them); returns how many there were.
+    fn remove_instances_of(&mut self, app: &str, definition: &str, out: &mut Outbox) -> usize {
+        let ids: Vec<String> = self
+            .store
+            .data()
+            .instances_of(app)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.remove_instance(id, definition, out);
+        }
+        ids.len()
     }
 
     fn remove_instance(&mut self, id: &str, definition: &str, out: &mut Outbox) {

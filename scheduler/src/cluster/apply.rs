@@ -127,16 +127,8 @@ impl State {
     /// Removes every instance of `app` (a DESTROY with the `old`
     /// definition) and adds `replicas` new ones.
     fn replace_all(&mut self, app: &str, replicas: usize, old: &str, now: i64, out: &mut Outbox) {
-        let ids: Vec<String> = self
-            .store
-            .data()
-            .instances_of(app)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &ids {
-            self.remove_instance(id, old, out);
-        }
+        let replaced = self.remove_instances_of(app, old, out);
         self.add_instances(app, replicas, now);
-        info!(app = %app, replaced = ids.len(), replicas, "app definition changed, instances replaced");
+        info!(app = %app, replaced, replicas, "app definition changed, instances replaced");
     }
 }

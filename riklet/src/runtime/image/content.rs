@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use super::documents::MAX_DOCUMENT;
-use super::error::{ImageError, Result, containerd};
+use super::error::{ImageError, Result, containerd, found};
 use super::{ImageStore, unique};
 
 /// Bytes per content-store write message (containerd accepts 16 MiB).
@@ -36,14 +36,10 @@ impl ImageStore {
         let request = InfoRequest {
             digest: digest.to_string(),
         };
-        match ContentClient::new(self.channel.clone())
+        let answer = ContentClient::new(self.channel.clone())
             .info(self.req(request, None))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(containerd("content info", digest, s)),
-        }
+            .await;
+        found(answer, "content info", digest)
     }
 
     /// A small blob (manifest, config), `None` if absent.

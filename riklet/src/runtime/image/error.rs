@@ -153,6 +153,20 @@ pub(super) fn containerd(op: &'static str, object: &str, source: Status) -> Imag
     }
 }
 
+/// Whether a containerd lookup of `object` found it: `NotFound` is an
+/// answer (`false`), any other failure an error.
+pub(super) fn found<T>(
+    answer: std::result::Result<T, Status>,
+    op: &'static str,
+    object: &str,
+) -> Result<bool> {
+    match answer {
+        Ok(_) => Ok(true),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+        Err(s) => Err(containerd(op, object, s)),
+    }
+}
+
 /// A registry's answer that is not what the image needs.
 pub(super) fn bad_answer(
     name: &str,

@@ -18,7 +18,7 @@ use tonic::Code;
 use tracing::{debug, warn};
 
 use super::documents::{chain_ids, to_containerd};
-use super::error::{ImageError, Result, containerd};
+use super::error::{ImageError, Result, containerd, found};
 use super::{ImageStore, SNAPSHOTTER, unique};
 
 /// One layer to unpack: where it sits in the chain.
@@ -160,14 +160,10 @@ impl ImageStore {
             snapshotter: SNAPSHOTTER.to_string(),
             key: key.to_string(),
         };
-        match SnapshotsClient::new(self.channel.clone())
+        let answer = SnapshotsClient::new(self.channel.clone())
             .stat(self.req(request, None))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(containerd("stat snapshot", key, s)),
-        }
+            .await;
+        found(answer, "stat snapshot", key)
     }
 
     /// Best effort: an active snapshot left behind is collected with the lease.
