@@ -32,6 +32,7 @@ pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod observability;
+pub mod proxy;
 pub mod runtime;
 pub mod scheduler_client;
 pub mod state;
