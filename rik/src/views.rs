@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 
-use proto::manifest::{self, AppManifest, Deployment, Protocol};
+use proto::manifest::{self, AppManifest, Deployment};
 use proto::rik::v1::{App, Instance, Node};
 use proto::status::{self, AppStatus, NodeMetrics, RealtimeApp};
 use serde::{Deserialize, Serialize};
@@ -235,22 +235,16 @@ fn or_none(s: String) -> String {
     if s.is_empty() { NONE.to_string() } else { s }
 }
 
-/// The PORTS column: every container port as `port:target_port/PROTOCOL`,
-/// joined by `,`; empty when nothing is exposed.
+/// The PORTS column: every container port as `port→target_port/PROTOCOL`
+/// (the node's port, then the pod's), joined by `,`; empty when nothing is
+/// exposed.
 pub fn ports_column(manifest: &AppManifest) -> String {
     manifest
         .spec
         .containers
         .iter()
         .flat_map(|c| &c.ports)
-        .map(|p| {
-            let proto = match p.protocol {
-                Protocol::Tcp => "TCP",
-                Protocol::Udp => "UDP",
-                Protocol::Sctp => "SCTP",
-            };
-            format!("{}:{}/{proto}", p.port, p.target_port)
-        })
+        .map(|p| format!("{}→{}/{}", p.port, p.target_port, p.protocol))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -495,7 +489,7 @@ mod tests {
     #[test]
     fn ports_column_lists_every_port() {
         let m = manifest_of(&app(vec![])).unwrap();
-        assert_eq!(ports_column(&m), "80:8080/TCP,53:53/UDP");
+        assert_eq!(ports_column(&m), "80→8080/TCP,53→53/UDP");
         let bare =
             manifest::parse("kind: Pod\nname: a\nspec: {containers: [{name: c, exec: /bin/true}]}")
                 .unwrap();
@@ -531,7 +525,7 @@ mod tests {
                 "3",
                 "0.250",
                 "3.0Mi",
-                "80:8080/TCP,53:53/UDP"
+                "80→8080/TCP,53→53/UDP"
             ]
         );
         let mut empty = app(vec![]);

@@ -267,7 +267,29 @@ fn agent_settings(config: &Config, node: &str, user: &nix::unistd::User) -> agen
         backoff_initial: config.restart_backoff_initial,
         backoff_max: config.restart_backoff_max,
         keep_logs_on_delete: config.keep_logs_on_delete,
+        reserved_ports: reserved_ports(config),
     }
+}
+
+/// The TCP ports the riklet itself listens on (a port 0 is picked at
+/// start and cannot be known in advance).
+fn reserved_ports(config: &Config) -> Vec<agent::ReservedPort> {
+    let mut listeners = vec![
+        (config.api_listen, "riklet node API"),
+        (config.metrics_addr, "riklet metrics endpoint"),
+    ];
+    if config.standalone {
+        listeners.push((config.standalone_listen, "embedded scheduler"));
+    }
+    listeners
+        .into_iter()
+        .filter(|(addr, _)| addr.port() != 0)
+        .map(|(addr, owner)| agent::ReservedPort {
+            port: addr.port(),
+            protocol: proto::manifest::Protocol::Tcp,
+            owner: owner.to_string(),
+        })
+        .collect()
 }
 
 /// Binds a TCP listener; returns it with the address it got (port 0 picks

@@ -47,7 +47,9 @@ impl RikService {
 impl From<ClusterError> for Status {
     fn from(e: ClusterError) -> Self {
         match e {
-            ClusterError::InvalidManifest(_) => Status::invalid_argument(proto::error_chain(&e)),
+            ClusterError::InvalidManifest(_) | ClusterError::PortTaken { .. } => {
+                Status::invalid_argument(proto::error_chain(&e))
+            }
             ClusterError::AppNotFound(_) => Status::not_found(proto::error_chain(&e)),
             ClusterError::Store(_) => Status::internal(proto::error_chain(&e)),
         }

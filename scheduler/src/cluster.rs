@@ -38,6 +38,16 @@ pub enum ClusterError {
     /// `Apply` got a manifest that does not parse or validate.
     #[error("invalid manifest")]
     InvalidManifest(#[from] ManifestError),
+    /// The manifest exposes a port that is taken.
+    #[error("invalid manifest: {field}: port {port} is already held by {holder}")]
+    PortTaken {
+        /// Where in the manifest (`spec.containers[0].ports[1].port`).
+        field: String,
+        /// `18580/TCP`.
+        port: String,
+        /// `app "web"`, or the riklet listener of a node.
+        holder: String,
+    },
     /// No app has this name.
     #[error("app {0} not found")]
     AppNotFound(String),
@@ -607,6 +617,49 @@ mod tests {
             state.delete("nope"),
             Err(ClusterError::AppNotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_port_held_by_another_app_or_a_riklet_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::new(Store::open(dir.path()).unwrap());
+        let (_s1, _rx1) = state.register("n1", STALE).unwrap();
+        state.worker_status("n1", "10.0.0.5:4996", ResourceStatus::Running, "{}".into());
+        let app = |name: &str, ports: &str| {
+            format!(
+                "kind: Pod\nname: {name}\nspec:\n  containers:\n  - name: c\n    exec: /bin/true\n    ports: {ports}\n"
+            )
+        };
+        state
+            .apply(&app("web", "{port: 18580, target_port: 8080}"))
+            .unwrap();
+        // The owner may change its own app.
+        state
+            .apply(&app("web", "{port: 18580, target_port: 8081}"))
+            .unwrap();
+        let err = state
+            .apply(&app("api", "[{port: 1, protocol: UDP}, {port: 18580}]"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid manifest: spec.containers[0].ports[1].port: port 18580/TCP is already held by app \"web\""
+        );
+        assert!(
+            !state.store().data().apps.contains_key("api"),
+            "nothing created"
+        );
+        state
+            .apply(&app("api", "{port: 18580, protocol: UDP}"))
+            .unwrap();
+        let err = state.apply(&app("thief", "{port: 4996}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("port 4996/TCP is already held by the riklet node API of node \"n1\""),
+            "{err}"
+        );
+        // Deleting the owner frees the port.
+        state.delete("web").unwrap();
+        state.apply(&app("other", "{port: 18580}")).unwrap();
     }
 
     #[test]

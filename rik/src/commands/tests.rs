@@ -259,7 +259,7 @@ async fn get_apps_tables_and_json() {
     );
     let wide = get(&url, &["app", "-o", "wide"]).await.unwrap();
     assert!(
-        wide.ends_with("node-a   10.0.0.2   2          <none>   <none>   80:8080/TCP\n"),
+        wide.ends_with("node-a   10.0.0.2   2          <none>   <none>   80→8080/TCP\n"),
         "{wide}"
     );
     let one: serde_json::Value =

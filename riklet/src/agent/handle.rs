@@ -3,10 +3,11 @@
 
 use proto::common::ResourceStatus;
 use proto::status::AppStatus;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::host::StartResult;
 use crate::metrics::collector::Target;
+use crate::proxy::model::Endpoint;
 use crate::state::{ExitRecord, RunRecord};
 
 /// A pod's status as reported to the scheduler.
@@ -60,6 +61,7 @@ pub(super) enum Event {
 #[derive(Debug, Clone)]
 pub struct AgentHandle {
     pub(super) tx: mpsc::UnboundedSender<Event>,
+    pub(super) endpoints: watch::Receiver<Vec<Endpoint>>,
 }
 
 impl AgentHandle {
@@ -88,6 +90,12 @@ impl AgentHandle {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Event::Targets(tx));
         rx.await.unwrap_or_default()
+    }
+
+    /// The RUNNING pods with ports, updated as soon as that changes (for
+    /// the Node Proxy).
+    pub fn endpoints(&self) -> watch::Receiver<Vec<Endpoint>> {
+        self.endpoints.clone()
     }
 
     /// Detailed view of every pod (for `riklet pods`).

@@ -25,6 +25,7 @@
 //! - `restart`: exits, restart policy, crash-loop back-off;
 //! - `delete`: stopping and forgetting a pod;
 //! - `phase`: the pod phase derived from its containers;
+//! - `ports`: the endpoints the Node Proxy forwards to, one app per port;
 //! - `recover`: crash recovery of bare processes and image containers;
 //! - `host`: the trait through which every decision acts on the node;
 //!   `node` is the real node, `start` how one container is started;
@@ -35,6 +36,7 @@ mod handle;
 mod host;
 mod node;
 mod phase;
+mod ports;
 mod recover;
 mod restart;
 mod start;
@@ -51,14 +53,16 @@ use std::time::Duration;
 use proto::common::ResourceStatus;
 use proto::manifest;
 use proto::status::{AppStatus, ShortStatus};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 pub use handle::{AgentHandle, InstanceReport};
 pub use node::{Backends, NodeHost};
+pub use ports::ReservedPort;
 
 use crate::clock::now_ms;
 use crate::metrics::collector::PodUsage;
+use crate::proxy::model::Endpoint;
 use crate::runtime::containerd;
 use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store};
 use handle::Event;
@@ -77,6 +81,8 @@ pub struct AgentSettings {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub keep_logs_on_delete: bool,
+    /// Ports of the riklet's own listeners, which no app may take.
+    pub reserved_ports: Vec<ReservedPort>,
 }
 
 /// The Node Manager task's state.
@@ -96,6 +102,8 @@ pub struct Agent<H: PodHost = NodeHost> {
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     reports: mpsc::UnboundedSender<InstanceReport>,
+    /// The RUNNING pods with ports, republished after every event.
+    endpoints: watch::Sender<Vec<Endpoint>>,
 }
 
 impl Agent<NodeHost> {
@@ -134,12 +142,14 @@ impl<H: PodHost> Agent<H> {
             tx,
             rx,
             reports,
+            endpoints: watch::Sender::new(Vec::new()),
         }
     }
 
     pub fn handle(&self) -> AgentHandle {
         AgentHandle {
             tx: self.tx.clone(),
+            endpoints: self.endpoints.subscribe(),
         }
     }
 
@@ -152,6 +162,7 @@ impl<H: PodHost> Agent<H> {
         }
         let host = self.host.clone();
         loop {
+            self.publish_endpoints();
             let waiting = self.containerd == ContainerdSync::Waiting;
             tokio::select! {
                 _ = shutdown.recv() => break,
@@ -159,6 +170,20 @@ impl<H: PodHost> Agent<H> {
                 () = host.containerd_connected(), if waiting => self.recover_containerd().await,
             }
         }
+    }
+
+    /// Tells the Node Proxy which pods serve which ports, if that changed.
+    /// Called before waiting for each event, so a pod that turns RUNNING
+    /// (or stops) reaches the proxy as soon as its event is handled.
+    fn publish_endpoints(&self) {
+        let now = ports::endpoints(self.host.as_ref(), &self.pods);
+        self.endpoints.send_if_modified(|published| {
+            let changed = *published != now;
+            if changed {
+                *published = now;
+            }
+            changed
+        });
     }
 
     async fn on_event(&mut self, ev: Event) {
@@ -268,6 +293,11 @@ impl<H: PodHost> Agent<H> {
                     .send(refuse(format!("container {:?}: {e}", c.name)));
                 return;
             }
+        }
+        if let Some(reason) = ports::clash(&manifest, &self.pods, &self.settings.reserved_ports) {
+            warn!(pod = %instance_id, app = %manifest.name, reason = %reason, "refused instance");
+            let _ = self.reports.send(refuse(reason));
+            return;
         }
         let now = now_ms();
         let pod = PodRecord {

@@ -43,6 +43,8 @@ struct FakeState {
     inventory_failures: u32,
     removed_containers: Vec<String>,
     next_pid: i32,
+    /// Pod addresses, by instance.
+    ips: HashMap<String, std::net::Ipv4Addr>,
 }
 
 #[derive(Clone)]
@@ -177,8 +179,12 @@ impl PodHost for FakeHost {
         self.state().removed_containers.extend(ids);
     }
 
-    fn pod_ip(&self, _pod: &PodRecord) -> Option<IpAddr> {
-        None
+    fn pod_ip(&self, pod: &PodRecord) -> Option<IpAddr> {
+        self.state()
+            .ips
+            .get(&pod.instance_id)
+            .copied()
+            .map(IpAddr::V4)
     }
 
     fn cgroup_path(&self, instance_id: &str, container: &str) -> String {
@@ -211,6 +217,7 @@ fn settings() -> AgentSettings {
         backoff_initial: Duration::from_secs(BACKOFF_INITIAL),
         backoff_max: Duration::from_secs(BACKOFF_MAX),
         keep_logs_on_delete: false,
+        reserved_ports: vec![],
     }
 }
 
@@ -761,4 +768,107 @@ async fn the_event_loop_recovers_image_containers_when_containerd_comes() {
     assert_eq!(handle.reports().await[0].status, ResourceStatus::Running);
     let _ = stop.send(());
     task.await.unwrap();
+}
+
+/// A definition of app `name` exposing `ports` (YAML flow list).
+fn with_ports(name: &str, ports: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","name":"{name}","replicas":1,
+            "spec":{{"containers":[{{"name":"main","exec":"/bin/app","ports":{ports}}}]}}}}"#
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_port_another_app_holds_is_refused_naming_the_field_and_the_app() {
+    let mut h = Harness::new();
+    h.agent.settings.reserved_ports = vec![ReservedPort {
+        port: 9102,
+        protocol: proto::manifest::Protocol::Tcp,
+        owner: "riklet metrics endpoint".into(),
+    }];
+    let web = with_ports("web", r#"[{"port":18580,"target_port":8080}]"#);
+    h.agent.create("web-1".into(), &web);
+    h.agent.create("web-2".into(), &web);
+    assert!(
+        h.agent.pods.contains_key("web-2"),
+        "replicas share their ports"
+    );
+    let _ = h.statuses();
+
+    h.agent.create(
+        "other-1".into(),
+        &with_ports("other", r#"[{"port":1,"protocol":"UDP"},{"port":18580}]"#),
+    );
+    assert!(!h.agent.pods.contains_key("other-1"));
+    let refused = h.reports.try_recv().unwrap();
+    assert_eq!(refused.status, ResourceStatus::Failed);
+    assert!(
+        refused.metrics.contains(
+            r#"spec.containers[0].ports[1].port: port 18580/TCP is already held by app \"web\""#
+        ),
+        "{}",
+        refused.metrics
+    );
+    // The same number over UDP is another port.
+    h.agent.create(
+        "other-2".into(),
+        &with_ports("other", r#"[{"port":18580,"protocol":"UDP"}]"#),
+    );
+    assert!(h.agent.pods.contains_key("other-2"));
+    let _ = h.statuses();
+
+    h.agent.create(
+        "metrics-1".into(),
+        &with_ports("thief", r#"[{"port":9102}]"#),
+    );
+    let refused = h.reports.try_recv().unwrap();
+    assert!(
+        refused
+            .metrics
+            .contains("port 9102/TCP is the riklet metrics endpoint"),
+        "{}",
+        refused.metrics
+    );
+    assert!(!h.agent.pods.contains_key("metrics-1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_running_pods_with_an_address_are_endpoints() {
+    let mut h = Harness::new();
+    let endpoints = h.agent.handle().endpoints();
+    h.host
+        .state()
+        .ips
+        .insert("web-1".into(), "10.88.0.7".parse().unwrap());
+    h.agent.create(
+        "web-1".into(),
+        &with_ports("web", r#"[{"port":18580,"target_port":8080}]"#),
+    );
+    // No address: RUNNING, but not a backend.
+    h.agent.create(
+        "web-2".into(),
+        &with_ports("web", r#"[{"port":18580,"target_port":8080}]"#),
+    );
+    h.agent.publish_endpoints();
+    assert!(endpoints.borrow().is_empty(), "not running yet");
+    h.step_until("started").await;
+    h.step_until("started").await;
+    h.agent.publish_endpoints();
+    {
+        let now = endpoints.borrow();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(now[0].instance, "web-1");
+        assert_eq!(
+            now[0].address,
+            crate::proxy::model::PodAddress::Ip("10.88.0.7".parse().unwrap())
+        );
+        assert_eq!(now[0].ports[0].target_port, 8080);
+    }
+    h.exit("web-1", "main", exit_code(1));
+    h.step_until("exited").await;
+    h.agent.publish_endpoints();
+    assert!(
+        endpoints.borrow().is_empty(),
+        "a restarting pod receives nothing new"
+    );
 }

@@ -1,6 +1,6 @@
 //! `Apply`: creating an app, or changing it to a new manifest.
 
-use proto::manifest::AppManifest;
+use proto::manifest::{AppManifest, Protocol};
 use tracing::info;
 
 use super::{ClusterError, Outbox, State, unix_now};
@@ -41,6 +41,7 @@ impl State {
     /// is replaced by a new one.
     pub fn apply(&mut self, text: &str) -> Result<ApplyOutcome, ClusterError> {
         let manifest = proto::manifest::parse(text)?;
+        self.check_ports(&manifest)?;
         let name = manifest.name.clone();
         let now = unix_now();
         let before = self.store.data().clone();
@@ -75,6 +76,45 @@ impl State {
     }
 
     /// A new app, with its instances (not placed yet).
+    /// Refuses ports another app holds (any node may run both, and each
+    /// node proxies a port to one app) and the port of a node's riklet API.
+    fn check_ports(&self, manifest: &AppManifest) -> Result<(), ClusterError> {
+        for (i, c) in manifest.spec.containers.iter().enumerate() {
+            for (j, p) in c.ports.iter().enumerate() {
+                let taken = |holder: String| ClusterError::PortTaken {
+                    field: format!("spec.containers[{i}].ports[{j}].port"),
+                    port: format!("{}/{}", p.port, p.protocol),
+                    holder,
+                };
+                let other = self.store.data().apps.values().find(|a| {
+                    a.manifest.name != manifest.name
+                        && a.manifest
+                            .spec
+                            .containers
+                            .iter()
+                            .flat_map(|c| &c.ports)
+                            .any(|q| q.port == p.port && q.protocol == p.protocol)
+                });
+                if let Some(other) = other {
+                    return Err(taken(format!("app {:?}", other.manifest.name)));
+                }
+                let node = self.nodes().iter().find(|n| {
+                    p.protocol == Protocol::Tcp
+                        && n.host_address
+                            .parse::<std::net::SocketAddr>()
+                            .is_ok_and(|a| a.port() == p.port)
+                });
+                if let Some(node) = node {
+                    return Err(taken(format!(
+                        "the riklet node API of node {:?}",
+                        node.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn create_app(&mut self, manifest: AppManifest, now: i64) {
         let name = manifest.name.clone();
         let replicas = manifest.replicas as usize;
