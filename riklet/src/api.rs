@@ -51,6 +51,8 @@ pub struct NodeFacts {
     pub metrics_address: String,
     pub ebpf: bool,
     pub containerd: crate::runtime::link::ContainerdLink,
+    /// The Node Proxy, unless it could not start.
+    pub proxy: Option<crate::proxy::ProxyHandle>,
 }
 
 /// Binds the control socket, removing a stale one, mode 0600.
@@ -96,6 +98,8 @@ struct AgentStatus<'a> {
     metrics_address: &'a str,
     node: &'a str,
     pods: usize,
+    /// The proxy datapath in use (`off` when it could not start).
+    proxy: &'static str,
     running: usize,
     scheduler: &'a str,
 }
@@ -135,6 +139,10 @@ impl<'a> AgentStatus<'a> {
             metrics_address: &facts.metrics_address,
             node: &facts.node,
             pods: pods.len(),
+            proxy: facts
+                .proxy
+                .as_ref()
+                .map_or("off", |p| p.latest().mode.as_str()),
             running: pods
                 .iter()
                 .filter(|p| p.realtime.state == ResourceStatus::Running)
@@ -158,8 +166,14 @@ async fn answer(stream: UnixStream, agent: AgentHandle, facts: NodeFacts) -> std
     let body = match line.trim() {
         "pods" => serde_json::Value::Array(pods.iter().map(AppStatus::to_value).collect()),
         "status" => serde_json::to_value(AgentStatus::new(&facts, &pods))?,
+        "proxy" => match &facts.proxy {
+            Some(proxy) => serde_json::to_value(proxy.status().await)?,
+            None => serde_json::to_value(Refusal {
+                error: "the node proxy is not running (see the riklet's log)".into(),
+            })?,
+        },
         other => serde_json::to_value(Refusal {
-            error: format!("unknown request {other:?}: expected status or pods"),
+            error: format!("unknown request {other:?}: expected status, pods or proxy"),
         })?,
     };
     write.write_all(format!("{body:#}\n").as_bytes()).await?;

@@ -94,6 +94,14 @@ pub struct Config {
     pub containerd: ContainerdConfig,
     /// How to reach image registries (`[registries]` table).
     pub registries: RegistriesConfig,
+    /// Node Proxy datapath for apps' `ports`: `ebpf` (socket
+    /// load-balancing for the node's own clients, nftables for traffic
+    /// entering the node and for SCTP), `nftables` (nftables for all) or
+    /// `off`. Where eBPF cannot load, `ebpf` runs as `nftables`.
+    pub proxy: crate::proxy::ProxyMode,
+    /// Node addresses on which apps' ports are served; empty: every IPv4
+    /// address of the node (and 127.0.0.1 for the node's own clients).
+    pub proxy_addresses: Vec<std::net::Ipv4Addr>,
 }
 
 /// The containerd that runs image containers.
@@ -195,6 +203,8 @@ impl Default for Config {
             network: crate::network::NetworkConfig::default(),
             containerd: ContainerdConfig::default(),
             registries: RegistriesConfig::default(),
+            proxy: crate::proxy::ProxyMode::default(),
+            proxy_addresses: Vec::new(),
         }
     }
 }
@@ -218,6 +228,12 @@ impl Config {
     }
 
     /// Checks values that serde cannot.
+    /// The Node Proxy's nftables table: the network's table name with
+    /// `_proxy` (its own table, so that each sync can replace it whole).
+    pub fn proxy_nft_table(&self) -> String {
+        format!("{}_proxy", self.network.nft_table)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(name) = &self.node_name {
             proto::manifest::validate_node_name("node_name", name)

@@ -110,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Arc::new(network::PodNetwork::new(config.network.clone(), &config.state_dir).await?);
     info!(node = %node, layout = ?cgroups.layout(), "riklet starting");
     let probes = load_probes(&cgroups, &config);
+    let cgroup_v2_root = cgroups.layout().v2_mount().to_path_buf();
     let ebpf = probes.is_some();
 
     let mut tasks = Tasks::new();
@@ -127,9 +128,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let agent = agent::Agent::new(settings, backends, usage.clone(), reports_tx);
     let handle = agent.handle();
     let agent_task = tokio::spawn(agent.run(tasks.stop.subscribe()));
+    let (proxy, proxy_task) = start_proxy(&config, &cgroup_v2_root, &handle, &tasks).await;
 
-    let (metrics_address, collector_task) =
-        start_metrics(&config, &node, probes, usage, &handle, &mut tasks).await?;
+    let (metrics_address, collector_task) = start_metrics(
+        &config,
+        &node,
+        probes,
+        usage,
+        &handle,
+        proxy.as_ref(),
+        &mut tasks,
+    )
+    .await?;
 
     let facts = api::NodeFacts {
         node: node.clone(),
@@ -138,6 +148,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics_address,
         ebpf,
         containerd,
+        proxy,
     };
     let socket_task = tokio::spawn(api::serve_socket(socket, handle.clone(), facts));
     let stopped = tasks.stopped();
@@ -165,6 +176,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     socket_task.abort();
     while tasks.services.join_next().await.is_some() {}
     let _ = agent_task.await;
+    // The proxy removes its datapaths.
+    if let Some(task) = proxy_task {
+        let _ = task.await;
+    }
     // The collector detaches the eBPF programs and removes their pins.
     let _ = collector_task.await;
     let _ = std::fs::remove_file(config.socket_path());
@@ -213,6 +228,43 @@ fn load_probes(cgroups: &cgroups::CgroupManager, config: &Config) -> Option<metr
                  run-queue or OOM-event figures)"
             );
             None
+        }
+    }
+}
+
+/// Starts the Node Proxy and its task; `None` (logged) when it cannot
+/// start: pods run, their ports are not proxied.
+async fn start_proxy(
+    config: &Config,
+    cgroup_v2_root: &Path,
+    agent: &agent::AgentHandle,
+    tasks: &Tasks,
+) -> (Option<proxy::ProxyHandle>, Option<JoinHandle<()>>) {
+    let pod_cidr = match config.network.validate() {
+        Ok(cidr) => cidr,
+        Err(e) => {
+            error!(error = %error_chain(&e), "the node proxy cannot start: apps' ports are not proxied");
+            return (None, None);
+        }
+    };
+    let settings = proxy::ProxySettings {
+        mode: config.proxy,
+        addresses: config.proxy_addresses.clone(),
+        cgroup_v2_root: cgroup_v2_root.to_path_buf(),
+        pin_dir: config.bpf_pin_dir.clone(),
+        nft_table: config.proxy_nft_table(),
+        pod_cidr,
+        bridge: config.network.bridge.clone(),
+        counter_interval: config.metrics_interval,
+    };
+    match proxy::Proxy::start(settings).await {
+        Ok((proxy, handle)) => {
+            let task = tokio::spawn(proxy::run(proxy, agent.endpoints(), tasks.stop.subscribe()));
+            (Some(handle), Some(task))
+        }
+        Err(e) => {
+            error!(error = %error_chain(&e), "the node proxy cannot start: apps' ports are not proxied");
+            (None, None)
         }
     }
 }
@@ -309,14 +361,19 @@ async fn start_metrics(
     probes: Option<metrics::ebpf::Probes>,
     usage: metrics::collector::PodUsage,
     agent: &agent::AgentHandle,
+    proxy: Option<&proxy::ProxyHandle>,
     tasks: &mut Tasks,
 ) -> Result<(String, JoinHandle<()>), Error> {
     let snapshots = metrics::exporter::SnapshotHandle::new();
+    let mut registry = metrics::exporter::registry(snapshots.clone());
+    if let Some(proxy) = proxy {
+        registry.register_collector(Box::new(proxy.metrics(node)));
+    }
     let (listener, address) = bind("metrics endpoint", config.metrics_addr).await?;
     let stopped = tasks.stopped();
     tasks.spawn_server(
         "metrics endpoint",
-        metrics::exporter::serve(listener, snapshots.clone(), stopped),
+        metrics::exporter::serve(listener, registry, stopped),
     );
     let collector =
         metrics::collector::Collector::new(node, probes, snapshots, usage, config.metrics_interval);

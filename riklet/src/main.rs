@@ -29,6 +29,9 @@ struct Cli {
     /// Prometheus endpoint address (default 127.0.0.1:9102).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Node Proxy datapath: ebpf, nftables or off (default ebpf).
+    #[arg(long)]
+    proxy: Option<riklet::proxy::ProxyMode>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -42,6 +45,9 @@ enum Command {
     Status,
     /// List the running riklet's pods (JSON).
     Pods,
+    /// Show the Node Proxy: each service, its datapath, backends and
+    /// counters (JSON).
+    Proxy,
     /// Internal: supervise one container (started by the riklet).
     #[command(hide = true)]
     Shim {
@@ -77,6 +83,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(n) = &cli.node_name {
         config.node_name = Some(n.clone());
     }
+    if let Some(p) = cli.proxy {
+        config.proxy = p;
+    }
     if let Some(a) = cli.metrics_addr {
         config.metrics_addr = a;
     }
@@ -102,10 +111,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Status) => print_query(&runtime, &config, "status"),
         Some(Command::Pods) => print_query(&runtime, &config, "pods"),
+        Some(Command::Proxy) => print_query(&runtime, &config, "proxy"),
         Some(Command::Shim { .. }) => unreachable!("handled above"),
         Some(Command::Logger { .. }) => unreachable!("handled above"),
         None => {
             riklet::observability::init(cli.log_json);
+            abort_on_panic();
             raise_fd_limit();
             runtime.block_on(riklet::run(config, shutdown_signal()))?;
             Ok(())
@@ -134,6 +145,19 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// A task of the daemon that panics takes the process down, the panic in
+/// the log: a riklet whose agent loop or proxy died must not stay up
+/// looking healthy; the service manager restarts it and recovery takes
+/// over.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "a riklet task panicked; exiting");
+        default(info);
+        std::process::abort();
+    }));
 }
 
 /// The metrics collector keeps each pod's cgroup files open (several per

@@ -61,7 +61,7 @@ pub(super) enum Event {
 #[derive(Debug, Clone)]
 pub struct AgentHandle {
     pub(super) tx: mpsc::UnboundedSender<Event>,
-    pub(super) endpoints: watch::Receiver<Vec<Endpoint>>,
+    pub(super) endpoints: watch::Receiver<Option<Vec<Endpoint>>>,
 }
 
 impl AgentHandle {
@@ -93,8 +93,8 @@ impl AgentHandle {
     }
 
     /// The RUNNING pods with ports, updated as soon as that changes (for
-    /// the Node Proxy).
-    pub fn endpoints(&self) -> watch::Receiver<Vec<Endpoint>> {
+    /// the Node Proxy); `None` until the agent has recovered its pods.
+    pub fn endpoints(&self) -> watch::Receiver<Option<Vec<Endpoint>>> {
         self.endpoints.clone()
     }
 

@@ -102,8 +102,9 @@ pub struct Agent<H: PodHost = NodeHost> {
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     reports: mpsc::UnboundedSender<InstanceReport>,
-    /// The RUNNING pods with ports, republished after every event.
-    endpoints: watch::Sender<Vec<Endpoint>>,
+    /// The RUNNING pods with ports, republished after every event; `None`
+    /// until the pods of the runtime memory are recovered.
+    endpoints: watch::Sender<Option<Vec<Endpoint>>>,
 }
 
 impl Agent<NodeHost> {
@@ -142,7 +143,7 @@ impl<H: PodHost> Agent<H> {
             tx,
             rx,
             reports,
-            endpoints: watch::Sender::new(Vec::new()),
+            endpoints: watch::Sender::new(None),
         }
     }
 
@@ -178,9 +179,9 @@ impl<H: PodHost> Agent<H> {
     fn publish_endpoints(&self) {
         let now = ports::endpoints(self.host.as_ref(), &self.pods);
         self.endpoints.send_if_modified(|published| {
-            let changed = *published != now;
+            let changed = published.as_ref() != Some(&now);
             if changed {
-                *published = now;
+                *published = Some(now);
             }
             changed
         });

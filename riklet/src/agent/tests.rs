@@ -849,13 +849,15 @@ async fn only_running_pods_with_an_address_are_endpoints() {
         "web-2".into(),
         &with_ports("web", r#"[{"port":18580,"target_port":8080}]"#),
     );
+    assert!(endpoints.borrow().is_none(), "nothing published before recovery");
     h.agent.publish_endpoints();
-    assert!(endpoints.borrow().is_empty(), "not running yet");
+    assert_eq!(endpoints.borrow().as_deref(), Some(&[][..]), "not running yet");
     h.step_until("started").await;
     h.step_until("started").await;
     h.agent.publish_endpoints();
     {
         let now = endpoints.borrow();
+        let now = now.as_ref().unwrap();
         assert_eq!(now.len(), 1, "{now:?}");
         assert_eq!(now[0].instance, "web-1");
         assert_eq!(

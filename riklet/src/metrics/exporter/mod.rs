@@ -123,21 +123,22 @@ pub fn encode_text(registry: &Registry) -> Result<String, fmt::Error> {
 }
 
 /// The endpoint's routes, for embedding in another server.
-pub fn router(snapshot: SnapshotHandle) -> Router {
+pub fn router(registry: Registry) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(Arc::new(registry(snapshot)))
+        .with_state(Arc::new(registry))
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`
-/// resolves (open connections are then closed gracefully).
+/// Serves `registry` (see [`registry`]) as `/metrics`, and `/healthz`, on
+/// `listener` until `shutdown` resolves (open connections are then closed
+/// gracefully).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    snapshot: SnapshotHandle,
+    registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(snapshot))
+    axum::serve(listener, router(registry))
         .with_graceful_shutdown(shutdown)
         .await
 }
