@@ -37,9 +37,13 @@ async fn metrics_endpoint_is_valid_follows_the_snapshot_and_feeds_prometheus() {
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(exporter::serve(listener, exporter::registry(handle.clone()), async move {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(exporter::serve(
+        listener,
+        exporter::registry(handle.clone()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let health = get(addr, "/healthz", None).await;
     assert_eq!(health.status, 200, "{health:?}");

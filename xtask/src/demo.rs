@@ -186,19 +186,37 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         )
     );
 
-    let mut addresses = Vec::new();
+    let mut node_ports = Vec::new();
     for (app, path) in [(APPS[0].0, "/copyright"), (APPS[1].0, "/")] {
         let json: Value = serde_json::from_str(&rik(&["get", "app", app, "-o", "json"])?)?;
         let ip = json["internalIp"]
             .as_str()
             .with_context(|| format!("{app} has no pod IP: {json}"))?
             .to_string();
-        let addr = format!("{ip}:8080");
-        step(&format!("reach {app} at its pod IP and port ({addr})"));
-        let body = http_get(&addr, path)?;
-        println!("{}", body.lines().next().unwrap_or(""));
-        addresses.push(addr);
+        let port = node_port(app, root)?;
+        for addr in [
+            format!("127.0.0.1:{port}"),
+            format!("{}:{port}", node_address()?),
+        ] {
+            step(&format!(
+                "reach {app} through the Node Proxy at {addr} (pod {ip}:8080)"
+            ));
+            let body = http_get(&addr, path)?;
+            println!("{}", body.lines().next().unwrap_or(""));
+        }
+        node_ports.push(format!("127.0.0.1:{port}"));
     }
+    println!(
+        "riklet proxy:\n{}",
+        String::from_utf8_lossy(
+            &Command::new(bin.join("riklet"))
+                .args(["--state-dir"])
+                .arg(state.join("state"))
+                .arg("proxy")
+                .output()?
+                .stdout
+        )
+    );
 
     for (app, _) in APPS {
         step(&format!("read the logs of {app}"));
@@ -216,7 +234,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         print!("{}", rik(&["delete", app])?);
     }
     wait_for(Duration::from_secs(30), "the apps to be gone", || {
-        addresses.iter().all(|a| {
+        node_ports.iter().all(|a| {
             a.parse::<std::net::SocketAddr>().is_ok_and(|sa| {
                 TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_err()
             })
@@ -228,6 +246,41 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&state);
     step("demo complete");
     Ok(())
+}
+
+/// The node port of the example app `app` (its manifest's `port`).
+fn node_port(app: &str, root: &Path) -> anyhow::Result<u16> {
+    let path = root.join(format!("assets/examples/{app}.yaml"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest =
+        proto::manifest::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+    manifest
+        .spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .map(|p| p.port)
+        .next()
+        .with_context(|| format!("{} exposes no port", path.display()))
+}
+
+/// The first global IPv4 address of this node that is not on the demo's
+/// pod bridge (`ip -j -4 address show scope global`).
+fn node_address() -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["-j", "-4", "address", "show", "scope", "global"])
+        .output()
+        .context("running ip (iproute2)")?;
+    let links: Value = serde_json::from_slice(&out.stdout).context("parsing `ip -j address`")?;
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["ifname"] != BRIDGE)
+        .flat_map(|l| l["addr_info"].as_array().into_iter().flatten())
+        .find_map(|a| a["local"].as_str().map(str::to_string))
+        .context("this node has no global IPv4 address to show the proxy on")
 }
 
 fn step(what: &str) {
