@@ -14,6 +14,7 @@
 //! - [`containerd`]: the machine's containerd, or a private one.
 
 pub mod containerd;
+pub mod external;
 pub mod registry;
 
 use std::io::{Read, Write};
@@ -125,6 +126,8 @@ pub struct Options {
     /// Pin the eBPF maps outside any bpffs, so that the probes cannot load
     /// (a kernel without eBPF, as far as the riklet can tell).
     pub no_ebpf: bool,
+    /// The Node Proxy's datapath (`proxy =`; default the riklet's, ebpf).
+    pub proxy: Option<&'static str>,
 }
 
 /// A one-node cluster and everything it created.
@@ -208,6 +211,10 @@ impl Cluster {
             ns = cluster.containerd_namespace,
             insecure = quoted.join(", "),
         );
+        if let Some(p) = options.proxy {
+            // A top-level key: before the first [table].
+            config.insert_str(0, &format!("proxy = \"{p}\"\n"));
+        }
         if let Some(t) = options.registry_timeout {
             config.push_str(&format!("timeout = \"{}ms\"\n", t.as_millis()));
         }
@@ -283,6 +290,32 @@ impl Cluster {
             .stderr(log)
             .stdin(Stdio::null());
         self.riklet = Some(cmd.spawn().expect("start riklet"));
+    }
+
+    /// `riklet proxy` of this node (the Node Proxy's services).
+    pub fn proxy_status(&self) -> Value {
+        let out = Command::new(bin_dir().join("riklet"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("proxy")
+            .output()
+            .expect("riklet proxy");
+        assert!(
+            out.status.success(),
+            "riklet proxy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("proxy JSON")
+    }
+
+    /// Stops the riklet cleanly (SIGTERM) and waits for it to exit.
+    pub fn stop_riklet(&mut self) {
+        if let Some(mut c) = self.riklet.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let status = c.wait().expect("wait for the riklet");
+            assert!(status.success(), "riklet exited with {status} after SIGTERM:\n{}", self.riklet_log());
+        }
     }
 
     /// `kill -9` the riklet (its pods must survive).
@@ -552,6 +585,7 @@ impl NetSlot {
         }
         let _ = run(&["link", "del", &self.bridge], "ip");
         let _ = run(&["delete", "table", "ip", &self.table], "nft");
+        let _ = run(&["delete", "table", "ip", &format!("{}_proxy", self.table)], "nft");
     }
 }
 
