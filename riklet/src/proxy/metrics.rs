@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
@@ -117,5 +117,50 @@ impl Collector for ProxyMetrics {
                 .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::manifest::Protocol;
+
+    use super::*;
+    use crate::proxy::ProxyMode;
+
+    #[test]
+    fn services_are_labelled_by_app_port_and_protocol() {
+        let status = Arc::new(RwLock::new(ProxyStatus {
+            mode: ProxyMode::Ebpf,
+            requested: ProxyMode::Ebpf,
+            addresses: vec![],
+            services: vec![ServiceStatus {
+                app: "web".into(),
+                port: 18580,
+                protocol: Protocol::Tcp,
+                datapath: "ebpf+nftables",
+                backends: vec!["10.88.0.2:8080".into(), "10.88.0.3:8080".into()],
+                connections: 7,
+                bytes: 1500,
+            }],
+            last_sync_seconds: 0.002,
+            syncs: 3,
+            sync_errors: 1,
+        }));
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(ProxyMetrics::new(status, "node-1")));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let labels = r#"{app="web",port="18580",protocol="TCP",node="node-1"}"#;
+        for line in [
+            format!("riklet_proxy_connections_total{labels} 7"),
+            format!("riklet_proxy_bytes_total{labels} 1500"),
+            format!("riklet_proxy_backends{labels} 2"),
+            r#"riklet_proxy_services{node="node-1"} 1"#.to_string(),
+            r#"riklet_proxy_last_sync_seconds{node="node-1"} 0.002"#.to_string(),
+            r#"riklet_proxy_syncs_total{node="node-1"} 3"#.to_string(),
+            r#"riklet_proxy_sync_errors_total{node="node-1"} 1"#.to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+        }
     }
 }
