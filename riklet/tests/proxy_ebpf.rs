@@ -136,6 +136,23 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
 
     check_udp(&pod, &services);
 
+    // From the pod's own namespace: the node address is a service, the
+    // pod's loopback is its own (nothing listens there).
+    let (name, own_loopback) = pod.inside(|| {
+        let name = tcp_name(SocketAddrV4::new(pod.host, services.port));
+        let own = TcpStream::connect_timeout(
+            &SocketAddrV4::new(Ipv4Addr::LOCALHOST, services.port).into(),
+            IO_TIMEOUT,
+        );
+        (name, own.map_err(|e| e.kind()))
+    });
+    assert!(name == "A" || name == "B", "from the pod: {name:?}");
+    assert_eq!(
+        own_loopback.err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "the pod's own 127.0.0.1 was redirected"
+    );
+
     // Two backends share the connections.
     let shares = tcp_shares(services.port, 200);
     for name in ["A", "B"] {
@@ -584,6 +601,22 @@ impl Pod {
 
     fn name(&self, address: Ipv4Addr) -> &'static str {
         if address == self.a { "A" } else { "B" }
+    }
+
+    /// Runs `body` on a thread inside the pod's namespace.
+    fn inside<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
+        let path = PathBuf::from("/run/netns").join(&self.netns);
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file =
+                        File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    body()
+                })
+                .join()
+                .expect("a thread in the pod namespace panicked")
+        })
     }
 
     /// The address of the server named `name`.
