@@ -12,6 +12,9 @@
 //! - [`oom`]: OOM kill events (the `oom/mark_victim` tracepoint program).
 //! - [`tcp`]: TCP retransmissions per source address (the
 //!   `tcp/tcp_retransmit_skb` tracepoint program).
+//! - [`proxy`]: the Node Proxy's socket load-balancer maps (the
+//!   `cgroup/*4` socket address programs of the separate `riklet-proxy`
+//!   object).
 //!
 //! # Features
 //! - `user`: implements `aya::Pod` for the map value types, which user-space
@@ -22,5 +25,6 @@
 
 pub mod net;
 pub mod oom;
+pub mod proxy;
 pub mod sched;
 pub mod tcp;

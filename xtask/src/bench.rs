@@ -919,10 +919,10 @@ pub(crate) fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| root.join("target")))
 }
 
-/// Builds the eBPF object if missing and the release binaries; returns the
+/// Builds the eBPF objects if missing and the release binaries; returns the
 /// target dir and `target/bench`, where results go.
 pub(crate) fn release_binaries(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    if !crate::ebpf::object_path(root).is_file() {
+    if !crate::ebpf::objects_built(root) {
         crate::ebpf::build()?;
     }
     let target = build_release(root)?;

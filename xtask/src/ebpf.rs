@@ -1,6 +1,7 @@
-//! `cargo xtask build-ebpf`: builds `riklet-ebpf` into
-//! `target/ebpf/bpfel-unknown-none/release/riklet-ebpf`, the object that
-//! `riklet/build.rs` embeds.
+//! `cargo xtask build-ebpf`: builds `riklet-ebpf`'s two objects into
+//! `target/ebpf/bpfel-unknown-none/release/`: `riklet-ebpf` (the node
+//! monitor) and `riklet-proxy` (the Node Proxy's socket load-balancer),
+//! which `riklet/build.rs` embeds.
 //!
 //! The crate needs nightly (`-Z build-std=core`, since there is no prebuilt
 //! `core` for `bpfel-unknown-none`), the `rust-src` component and
@@ -16,8 +17,10 @@ use anyhow::{Context as _, bail};
 
 /// The eBPF crate's directory, relative to the workspace root.
 const CRATE_DIR: &str = "riklet-ebpf";
-/// Its binary target, which is the object file.
-const BINARY: &str = "riklet-ebpf";
+/// Its binary targets, each an object file: the node monitor and the Node
+/// Proxy's socket load-balancer (separate, so that the proxy's pinned maps
+/// and links live independently of the monitor's).
+pub const BINARIES: [&str; 2] = ["riklet-ebpf", "riklet-proxy"];
 /// The BPF target; little-endian, like every host riklet runs on.
 const TARGET: &str = "bpfel-unknown-none";
 /// The toolchain; `riklet-ebpf` has no rust-toolchain.toml, we pick it here.
@@ -45,16 +48,24 @@ pub fn workspace_root() -> PathBuf {
     xtask_dir.parent().unwrap_or(xtask_dir).to_path_buf()
 }
 
-/// Where [`build`] writes the object, for a given workspace root.
-pub fn object_path(workspace_root: &Path) -> PathBuf {
+/// Where [`build`] writes the object of `binary` (one of [`BINARIES`]),
+/// for a given workspace root.
+pub fn object_path(workspace_root: &Path, binary: &str) -> PathBuf {
     workspace_root
         .join("target/ebpf")
         .join(TARGET)
         .join("release")
-        .join(BINARY)
+        .join(binary)
 }
 
-/// Builds the eBPF object (release: the verifier needs the optimised code).
+/// Whether every object of [`BINARIES`] exists.
+pub fn objects_built(workspace_root: &Path) -> bool {
+    BINARIES
+        .iter()
+        .all(|binary| object_path(workspace_root, binary).is_file())
+}
+
+/// Builds the eBPF objects (release: the verifier needs the optimised code).
 pub fn build() -> anyhow::Result<()> {
     let root = workspace_root();
     check_prerequisites()?;
@@ -76,11 +87,13 @@ pub fn build() -> anyhow::Result<()> {
     if !status.success() {
         bail!("building {CRATE_DIR} failed ({status}); command: {cargo:?}");
     }
-    let object = object_path(&root);
-    if !object.is_file() {
-        bail!("{CRATE_DIR} built but {} does not exist", object.display());
+    for binary in BINARIES {
+        let object = object_path(&root, binary);
+        if !object.is_file() {
+            bail!("{CRATE_DIR} built but {} does not exist", object.display());
+        }
+        println!("eBPF object: {}", object.display());
     }
-    println!("eBPF object: {}", object.display());
     Ok(())
 }
 

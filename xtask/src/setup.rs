@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iperf3",
     "bpftool",
+    "conntrack",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -187,7 +187,7 @@ pub(super) fn switch_every_cpu() {
 /// Creates `path` if missing and opens it, after checking that it is (or
 /// would be) in the cgroup v2 hierarchy, so that a missing v2 mount does not
 /// end in directories on the tmpfs at /sys/fs/cgroup.
-pub(super) fn open_cgroup_root(path: &Path) -> Result<File> {
+pub(crate) fn open_cgroup_root(path: &Path) -> Result<File> {
     let existing = nearest_existing(path);
     if !is_fs(existing, CGROUP2_SUPER_MAGIC)? {
         return Err(ProbeError::NotCgroup2 {

@@ -46,14 +46,14 @@
 //! descriptor instead of leaving them counting for nobody. Only the map pins
 //! outlive a crash, and the next [`Probes::load`] removes them.
 
-mod attach;
+pub(crate) mod attach;
 pub mod batch;
 mod clock;
 mod error;
 mod log_pump;
 mod maps;
 mod oom;
-mod pins;
+pub(crate) mod pins;
 mod sched;
 mod tcp;
 mod tracefs;

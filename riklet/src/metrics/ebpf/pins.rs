@@ -1,7 +1,9 @@
 //! The map pins under the pin directory, the bpffs they need, and their
 //! removal: stale ones at load, ours on close.
 //!
-//! Also the file system type checks, which the cgroup root needs too.
+//! Also the file system type checks, which the cgroup root needs too. The
+//! Node Proxy's socket load-balancer (`crate::proxy::ebpf`) uses the same
+//! helpers for its own pins.
 
 use std::{
     fs, io,
@@ -77,28 +79,33 @@ impl Pins {
     pub(super) fn remove_all(&self) -> Result<()> {
         let pins = first_error(self.paths.iter().map(|pin| remove_pin(pin)));
         // Other riklet subsystems may pin here too: leave a non-empty dir.
-        let dir = match fs::remove_dir(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
-                ) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(ProbeError::Unpin {
-                path: self.dir.clone(),
-                source,
-            }),
-        };
-        pins.and(dir)
+        pins.and(remove_dir_if_empty(&self.dir))
+    }
+}
+
+/// Removes a pin directory that is empty; one that holds pins of others, or
+/// is gone already, is fine.
+pub(crate) fn remove_dir_if_empty(dir: &Path) -> Result<()> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(error)
+            if matches!(
+                error.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(ProbeError::Unpin {
+            path: dir.to_owned(),
+            source,
+        }),
     }
 }
 
 /// Makes sure `pin_dir` is (or will be) on a bpffs, mounting one at
 /// [`BPFFS_MOUNT`] if the pin directory is below it and nothing is mounted.
-fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     // Two loads racing here (tests do) would mount twice, and the second
     // mount would hide the pins made on the first.
     static MOUNTING: Mutex<()> = Mutex::new(());
@@ -153,7 +160,7 @@ pub(super) fn is_fs(path: &Path, fs_type: FsType) -> Result<bool> {
 }
 
 /// Removes a pin; a pin that is not there is fine.
-fn remove_pin(path: &Path) -> Result<()> {
+pub(crate) fn remove_pin(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => {
             debug!(path = %path.display(), "removed pin");
