@@ -3,5 +3,10 @@
 //!
 //! # Layout
 //! - [`model`]: services and backends, built from the agent's RUNNING pods.
+//! - [`nft`]: the nftables datapath (DNAT table, counters).
+//! - [`flows`]: moving UDP flows and connected sockets off backends that
+//!   left.
 
+pub mod flows;
 pub mod model;
+pub mod nft;
