@@ -143,7 +143,7 @@ pub enum IpamFault {
 
 /// What `nft` printed on stderr, as a suffix of a message (its error
 /// only says that it failed).
-fn nft_said(stderr: &str) -> String {
+pub(crate) fn nft_said(stderr: &str) -> String {
     if stderr.is_empty() {
         String::new()
     } else {

@@ -146,13 +146,13 @@ fn chain_ref(table: &str) -> Chain<'static> {
 
 /// `nft -j <args>`, parsed as plain JSON: other users' rules may hold
 /// expressions the typed schema does not know.
-fn list(args: &[&str]) -> std::result::Result<serde_json::Value, NftablesError> {
+pub(crate) fn list(args: &[&str]) -> std::result::Result<serde_json::Value, NftablesError> {
     let raw = helper::get_current_ruleset_raw(DEFAULT_NFT, args)?;
     serde_json::from_str(&raw).map_err(NftablesError::NftInvalidJson)
 }
 
 /// The `(kind, object)` pairs of an `nft -j` answer.
-fn objects(doc: &serde_json::Value) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+pub(crate) fn objects(doc: &serde_json::Value) -> impl Iterator<Item = (&str, &serde_json::Value)> {
     doc["nftables"]
         .as_array()
         .into_iter()

@@ -177,7 +177,7 @@ pub(crate) async fn netlink_socket(path: &Path) -> Result<TokioSocket> {
 
 /// Runs `f` on a new thread that exits afterwards (so that namespace
 /// changes die with it) and awaits its result without blocking the runtime.
-async fn in_thread<T: Send + 'static>(
+pub(crate) async fn in_thread<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
