@@ -50,13 +50,31 @@ impl ExternalHost {
         host.remove();
         let (ns, link) = (host.netns.as_str(), host.host_link.as_str());
         ip(&["netns", "add", ns]);
-        ip(&["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        ip(&[
+            "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ]);
         ip(&["addr", "add", &format!("{}/30", host.node_ip), "dev", link]);
         ip(&["link", "set", link, "up"]);
-        ip(&["-n", ns, "addr", "add", &format!("{}/30", host.ip), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/30", host.ip),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", ns, "link", "set", "eth0", "up"]);
         ip(&["-n", ns, "link", "set", "lo", "up"]);
-        ip(&["-n", ns, "route", "add", "default", "via", &host.node_ip.to_string()]);
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &host.node_ip.to_string(),
+        ]);
         host
     }
 

@@ -314,7 +314,11 @@ impl Cluster {
             let pid = nix::unistd::Pid::from_raw(c.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let status = c.wait().expect("wait for the riklet");
-            assert!(status.success(), "riklet exited with {status} after SIGTERM:\n{}", self.riklet_log());
+            assert!(
+                status.success(),
+                "riklet exited with {status} after SIGTERM:\n{}",
+                self.riklet_log()
+            );
         }
     }
 
@@ -585,7 +589,10 @@ impl NetSlot {
         }
         let _ = run(&["link", "del", &self.bridge], "ip");
         let _ = run(&["delete", "table", "ip", &self.table], "nft");
-        let _ = run(&["delete", "table", "ip", &format!("{}_proxy", self.table)], "nft");
+        let _ = run(
+            &["delete", "table", "ip", &format!("{}_proxy", self.table)],
+            "nft",
+        );
     }
 }
 

@@ -112,7 +112,10 @@ fn udp_echo_connected(to: SocketAddrV4, payload: &str) -> std::io::Result<(Strin
     s.send(payload.as_bytes())?;
     let mut buf = [0u8; 512];
     let n = s.recv(&mut buf)?;
-    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), s.peer_addr()?))
+    Ok((
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+        s.peer_addr()?,
+    ))
 }
 
 fn service<'a>(status: &'a Value, port: u16, protocol: &str) -> Option<&'a Value> {
@@ -165,7 +168,15 @@ fn table_shape(cluster: &Cluster) -> BTreeMap<String, usize> {
 /// (what a DNATed connection to the node port leaves).
 fn conntrack_to_loopback_port(port: u16) -> Vec<String> {
     let out = Command::new("conntrack")
-        .args(["-L", "-p", "tcp", "--orig-dst", "127.0.0.1", "--orig-port-dst", &port.to_string()])
+        .args([
+            "-L",
+            "-p",
+            "tcp",
+            "--orig-dst",
+            "127.0.0.1",
+            "--orig-port-dst",
+            &port.to_string(),
+        ])
         .output()
         .expect("conntrack");
     String::from_utf8_lossy(&out.stdout)
@@ -224,7 +235,12 @@ fn end_to_end(mode: &'static str) {
             ..Options::default()
         },
     );
-    assert_eq!(cluster.proxy_status()["mode"], mode, "{}", cluster.riklet_log());
+    assert_eq!(
+        cluster.proxy_status()["mode"],
+        mode,
+        "{}",
+        cluster.riklet_log()
+    );
     let ext = ExternalHost::create(cluster.net.n);
     let ports = Ports {
         who: free_port(),
@@ -234,7 +250,10 @@ fn end_to_end(mode: &'static str) {
     };
     apply_ok(&cluster, &who_app(ports.who, 2));
     apply_ok(&cluster, &echo_app(ports.echo));
-    apply_ok(&cluster, &web_app(ports.web, &format!("{}/busybox:1", reg.host())));
+    apply_ok(
+        &cluster,
+        &web_app(ports.web, &format!("{}/busybox:1", reg.host())),
+    );
     apply_ok(&cluster, &sctp_app(ports.sctp));
     let who = wait_backends(&cluster, ports.who, "TCP", 2);
     wait_backends(&cluster, ports.echo, "UDP", 1);
@@ -246,7 +265,11 @@ fn end_to_end(mode: &'static str) {
         .iter()
         .map(|b| b.as_str().unwrap().trim_end_matches(":8080").to_string())
         .collect();
-    let expected = if mode == "ebpf" { "ebpf+nftables" } else { "nftables" };
+    let expected = if mode == "ebpf" {
+        "ebpf+nftables"
+    } else {
+        "nftables"
+    };
     assert_eq!(who["datapath"], expected);
     assert_eq!(sctp["datapath"], "nftables");
 
@@ -262,7 +285,11 @@ fn end_to_end(mode: &'static str) {
     assert!(who_pods.contains(&answer), "{answer} not in {who_pods:?}");
     let (echoed, from) = echo.expect("UDP from the external host");
     assert_eq!(echoed, "ping");
-    assert_eq!(from, SocketAddr::from((ext.node_ip, ports.echo)), "reply from the address dialled");
+    assert_eq!(
+        from,
+        SocketAddr::from((ext.node_ip, ports.echo)),
+        "reply from the address dialled"
+    );
     assert_eq!(page.expect("HTTP from the external host").1.trim(), PAGE);
 
     // From the node: loopback, the pod bridge's address, the veth address.
@@ -270,11 +297,18 @@ fn end_to_end(mode: &'static str) {
     for node_ip in [Ipv4Addr::LOCALHOST, gateway, ext.node_ip] {
         let answer = ask((node_ip, ports.who).into()).expect("TCP from the node");
         assert!(who_pods.contains(&answer), "{node_ip}: {answer}");
-        let (echoed, from) = udp_echo(SocketAddrV4::new(node_ip, ports.echo), "pong").expect("UDP from the node");
-        assert_eq!((echoed.as_str(), from), ("pong", SocketAddr::from((node_ip, ports.echo))));
-        let (echoed, peer) =
-            udp_echo_connected(SocketAddrV4::new(node_ip, ports.echo), "hi").expect("connected UDP from the node");
-        assert_eq!((echoed.as_str(), peer), ("hi", SocketAddr::from((node_ip, ports.echo))));
+        let (echoed, from) =
+            udp_echo(SocketAddrV4::new(node_ip, ports.echo), "pong").expect("UDP from the node");
+        assert_eq!(
+            (echoed.as_str(), from),
+            ("pong", SocketAddr::from((node_ip, ports.echo)))
+        );
+        let (echoed, peer) = udp_echo_connected(SocketAddrV4::new(node_ip, ports.echo), "hi")
+            .expect("connected UDP from the node");
+        assert_eq!(
+            (echoed.as_str(), peer),
+            ("hi", SocketAddr::from((node_ip, ports.echo)))
+        );
         let page = http_get_at(node_ip.into(), ports.web, "/").expect("HTTP from the node");
         assert_eq!(page.1.trim(), PAGE, "{node_ip}");
     }
@@ -289,11 +323,17 @@ fn end_to_end(mode: &'static str) {
         *share.entry(answer).or_default() += 1;
     }
     assert_eq!(share.len(), 2, "{share:?}");
-    assert!(share.values().all(|&n| n >= 40), "each replica gets at least 20 %: {share:?}");
+    assert!(
+        share.values().all(|&n| n >= 40),
+        "each replica gets at least 20 %: {share:?}"
+    );
     let after = service(&cluster.proxy_status(), ports.who, "TCP").unwrap()["connections"]
         .as_u64()
         .unwrap();
-    assert!(after >= before + 200, "connections counted: {before} → {after}");
+    assert!(
+        after >= before + 200,
+        "connections counted: {before} → {after}"
+    );
 
     // Which datapath carried them: the socket LB connects the socket to
     // the pod itself (no NAT, so no conntrack entry towards the node
@@ -301,8 +341,14 @@ fn end_to_end(mode: &'static str) {
     let held = TcpStream::connect((Ipv4Addr::LOCALHOST, ports.who)).expect("a held connection");
     let tracked = conntrack_to_loopback_port(ports.who);
     if mode == "ebpf" {
-        assert!(tracked.is_empty(), "the eBPF path leaves no DNAT entry: {tracked:?}");
-        assert!(held.peer_addr().unwrap().port() == ports.who, "getpeername shows the service");
+        assert!(
+            tracked.is_empty(),
+            "the eBPF path leaves no DNAT entry: {tracked:?}"
+        );
+        assert!(
+            held.peer_addr().unwrap().port() == ports.who,
+            "getpeername shows the service"
+        );
     } else {
         assert!(!tracked.is_empty(), "nftables DNATs, conntrack records it");
     }
@@ -313,10 +359,16 @@ fn end_to_end(mode: &'static str) {
     let table = proxy_table(&cluster).expect("the proxy table").to_string();
     assert!(table.contains("sctp"), "{table}");
     let backend_ip = sctp_backend.trim_end_matches(":9999");
-    assert!(table.contains(backend_ip) && table.contains("9999"), "SCTP backend {sctp_backend} in {table}");
+    assert!(
+        table.contains(backend_ip) && table.contains("9999"),
+        "SCTP backend {sctp_backend} in {table}"
+    );
 
     // A clashing app is refused, naming the field and the holder.
-    let out = cluster.apply_timeout(&who_app(ports.who, 1).replace("name: who", "name: thief"), None);
+    let out = cluster.apply_timeout(
+        &who_app(ports.who, 1).replace("name: who", "name: thief"),
+        None,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -328,23 +380,43 @@ fn end_to_end(mode: &'static str) {
     let shape = table_shape(&cluster);
     let programs = root_programs();
     cluster.kill_riklet();
-    assert!(ask((Ipv4Addr::LOCALHOST, ports.who).into()).is_ok(), "served while the riklet is down");
+    assert!(
+        ask((Ipv4Addr::LOCALHOST, ports.who).into()).is_ok(),
+        "served while the riklet is down"
+    );
     let down = ext.run(|| ask((ext.node_ip, ports.who).into()));
-    assert!(down.is_ok(), "served from outside while the riklet is down: {down:?}");
+    assert!(
+        down.is_ok(),
+        "served from outside while the riklet is down: {down:?}"
+    );
     cluster.start_riklet();
     cluster.wait_node_ready();
     wait_backends(&cluster, ports.who, "TCP", 2);
-    assert_eq!(table_shape(&cluster), shape, "no duplicate nftables objects");
-    assert_eq!(root_programs(), programs, "no duplicate programs at the cgroup root");
+    assert_eq!(
+        table_shape(&cluster),
+        shape,
+        "no duplicate nftables objects"
+    );
+    assert_eq!(
+        root_programs(),
+        programs,
+        "no duplicate programs at the cgroup root"
+    );
     assert!(ask((Ipv4Addr::LOCALHOST, ports.who).into()).is_ok());
 
     // Delete: the port closes.
     let deleted = Instant::now();
     cluster.rik_ok(&["delete", "who"]);
     wait_for(Duration::from_secs(10), "the port to close", || {
-        ask((Ipv4Addr::LOCALHOST, ports.who).into()).is_err().then_some(())
+        ask((Ipv4Addr::LOCALHOST, ports.who).into())
+            .is_err()
+            .then_some(())
     });
-    println!("port {} closed {:?} after the delete", ports.who, deleted.elapsed());
+    println!(
+        "port {} closed {:?} after the delete",
+        ports.who,
+        deleted.elapsed()
+    );
 
     for app in ["echo", "web", "signal"] {
         cluster.rik_ok(&["delete", app]);
@@ -353,9 +425,19 @@ fn end_to_end(mode: &'static str) {
         (cluster.local_pods().as_array().map(Vec::len) == Some(0)).then_some(())
     });
     cluster.stop_riklet();
-    assert!(proxy_table(&cluster).is_none(), "the proxy table is removed on a clean stop");
-    assert!(!cluster.pin_dir.join("proxy").exists(), "no proxy pins left");
-    assert_eq!(root_programs(), programs_at_start, "no program left at the cgroup root");
+    assert!(
+        proxy_table(&cluster).is_none(),
+        "the proxy table is removed on a clean stop"
+    );
+    assert!(
+        !cluster.pin_dir.join("proxy").exists(),
+        "no proxy pins left"
+    );
+    assert_eq!(
+        root_programs(),
+        programs_at_start,
+        "no program left at the cgroup root"
+    );
 }
 
 #[test]

@@ -82,10 +82,12 @@ impl Collector for ProxyMetrics {
                     ("protocol", s.protocol.as_str()),
                     ("node", self.node.as_str()),
                 ];
-                let series = family.encode_family(&labels)?;
+                let mut series = family.encode_family(&labels)?;
                 let value = figure(s);
                 match metric_type {
-                    MetricType::Counter => series.encode_counter::<NoLabelSet, _, u64>(&value, None)?,
+                    MetricType::Counter => {
+                        series.encode_counter::<NoLabelSet, _, u64>(&value, None)?
+                    }
                     _ => series.encode_gauge(&(value as i64))?,
                 }
             }
@@ -108,8 +110,16 @@ impl Collector for ProxyMetrics {
         sync.encode_family(&node)?
             .encode_gauge(&status.last_sync_seconds)?;
         for (name, help, value) in [
-            ("riklet_proxy_syncs", "Syncs of the Node Proxy's datapaths.", status.syncs),
-            ("riklet_proxy_sync_errors", "Syncs of the Node Proxy's datapaths that failed (and were retried).", status.sync_errors),
+            (
+                "riklet_proxy_syncs",
+                "Syncs of the Node Proxy's datapaths.",
+                status.syncs,
+            ),
+            (
+                "riklet_proxy_sync_errors",
+                "Syncs of the Node Proxy's datapaths that failed (and were retried).",
+                status.sync_errors,
+            ),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             family
@@ -160,7 +170,10 @@ mod tests {
             r#"riklet_proxy_syncs_total{node="node-1"} 3"#.to_string(),
             r#"riklet_proxy_sync_errors_total{node="node-1"} 1"#.to_string(),
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
         }
     }
 }

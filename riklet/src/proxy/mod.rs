@@ -296,9 +296,17 @@ impl Proxy {
                 warn!(error = %crate::error_chain(&e), "cannot move the UDP flows of backends that left");
             }
         }
-        debug!(services = table.len(), took_us = took.as_micros(), "proxy synced");
+        debug!(
+            services = table.len(),
+            took_us = took.as_micros(),
+            "proxy synced"
+        );
         if self.synced.as_ref().map(|(t, _)| t) != Some(&table) {
-            info!(services = table.len(), took_ms = took.as_secs_f64() * 1e3, "proxy services synced");
+            info!(
+                services = table.len(),
+                took_ms = took.as_secs_f64() * 1e3,
+                "proxy services synced"
+            );
         }
         self.synced = Some((table, addresses));
         self.publish(Some(took), None);
@@ -342,13 +350,17 @@ impl Proxy {
         if let Some(lb) = &self.socket_lb {
             match lb.counters() {
                 Ok(found) => add(found),
-                Err(e) => warn!(error = %crate::error_chain(&e), "cannot read the socket LB's counters"),
+                Err(e) => {
+                    warn!(error = %crate::error_chain(&e), "cannot read the socket LB's counters")
+                }
             }
         }
         if let Some(nft) = &self.nft {
             match nft.counters().await {
                 Ok(found) => add(found),
-                Err(e) => warn!(error = %crate::error_chain(&e), "cannot read the nftables counters"),
+                Err(e) => {
+                    warn!(error = %crate::error_chain(&e), "cannot read the nftables counters")
+                }
             }
         }
         self.publish(None, Some(counters));
@@ -445,7 +457,10 @@ fn network_present(e: &Endpoint) -> bool {
 /// service: their flows must move.
 fn udp_backends_gone(before: &ServiceTable, after: &ServiceTable) -> Vec<SocketAddrV4> {
     let mut gone = BTreeSet::new();
-    for s in before.services().filter(|s| s.key.protocol == Protocol::Udp) {
+    for s in before
+        .services()
+        .filter(|s| s.key.protocol == Protocol::Udp)
+    {
         let kept = after.get(&s.key).map(|a| &a.backends);
         for b in &s.backends {
             if let Backend::Address(addr) = b
