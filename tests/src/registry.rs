@@ -19,7 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Panics unless `tool` runs (`tool --version` or `tool version`).
+/// Panics unless `tool` runs (`tool --version`, `tool version` or
+/// `tool -V`).
 pub fn require(tool: &str, package: &str) {
     let runs = |arg: &str| {
         Command::new(tool)
@@ -30,7 +31,7 @@ pub fn require(tool: &str, package: &str) {
             .is_ok_and(|s| s.success())
     };
     assert!(
-        runs("--version") || runs("version"),
+        runs("--version") || runs("version") || runs("-V"),
         "`{tool}` is required by this test: apt install {package} (or `cargo xtask setup`)"
     );
 }
