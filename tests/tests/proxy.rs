@@ -221,10 +221,16 @@ fn apply_ok(cluster: &Cluster, manifest: &str) {
     );
 }
 
+/// The two tests check what is attached at the cgroup root, which is
+/// node-wide: they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn end_to_end(mode: &'static str) {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     prerequisites();
-    // What is attached at the cgroup root before this riklet (the other
-    // test of this file runs the nftables datapath: it attaches nothing).
+    // What is attached at the cgroup root before this riklet.
     let programs_at_start = root_programs();
     let reg = registry();
     let mut cluster = Cluster::start_with(
