@@ -77,6 +77,8 @@ async fn outside_and_node_clients_reach_pods_through_the_node() {
             port(18082, node_port, Protocol::Tcp),
         ]),
     ]);
+    // The pod network's masquerade table (network::nat) works beside ours.
+    fx.add_pod_masquerade();
     let proxy = fx.proxy(LocalTraffic::All);
     sync(&proxy, &table).await;
     assert_eq!(
@@ -178,7 +180,12 @@ async fn with_the_socket_balancer_only_sctp_of_the_node_is_translated() {
         ServiceTable::from_endpoints(
             &[fx.pod(0, vec![tcp(WEB), port(sctp, 9132, Protocol::Sctp)])],
         );
-    let proxy = fx.proxy(LocalTraffic::SctpOnly);
+    // Only the node's address on the external link exposes services.
+    let proxy = NftProxy::new(NftSettings {
+        addresses: vec![fx.node],
+        ..fx.settings(LocalTraffic::SctpOnly)
+    })
+    .expect("NftProxy::new");
     sync(&proxy, &table).await;
 
     let web = SocketAddrV4::new(fx.node, WEB);
@@ -576,6 +583,7 @@ impl Fixture {
 
     fn clean(&self) {
         quiet("nft", &["delete", "table", "ip", &self.table]);
+        quiet("nft", &["delete", "table", "ip", &self.masquerade_table()]);
         for ns in self.pods.iter().chain([&self.external]) {
             quiet("ip", &["netns", "del", ns]);
         }
@@ -587,6 +595,24 @@ impl Fixture {
         ] {
             quiet("ip", &["link", "del", &link]);
         }
+    }
+
+    /// The rule `network::nat` installs, in a table of this test.
+    fn add_pod_masquerade(&self) {
+        let t = self.masquerade_table();
+        let cidr = format!("10.217.{}.0/24", 100 + self.n);
+        run("nft", &["add", "table", "ip", &t]);
+        let chain = format!(
+            "add chain ip {t} pod_masquerade {{ type nat hook postrouting priority srcnat; policy accept; }}"
+        );
+        run("nft", &[&chain]);
+        let rule =
+            format!("add rule ip {t} pod_masquerade ip saddr {cidr} ip daddr != {cidr} masquerade");
+        run("nft", &[&rule]);
+    }
+
+    fn masquerade_table(&self) -> String {
+        format!("riklet_pods_test_{}", self.n)
     }
 
     fn settings(&self, local: LocalTraffic) -> NftSettings {
@@ -663,6 +689,20 @@ fn prerequisites() {
             .output()
             .is_ok_and(|o| o.status.success());
         assert!(ok, "this test needs `{tool}` in PATH");
+    }
+    let out = Command::new("nft")
+        .args(["-j", "list", "chains"])
+        .output()
+        .expect("running nft");
+    let chains: Value = serde_json::from_slice(&out.stdout).expect("nft -j prints JSON");
+    for (_, c) in objects(&chains).filter(|(k, _)| *k == "chain") {
+        assert!(
+            !(c["hook"] == "forward" && c["policy"] == "drop"),
+            "chain {} of table {} drops forwarded packets by default: pods cannot be reached \
+             through the node on this host (accept 10.217.0.0/16 there to run this test)",
+            c["name"],
+            c["table"]
+        );
     }
 }
 
