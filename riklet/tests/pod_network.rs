@@ -71,6 +71,16 @@ async fn two_pods_talk_to_the_host_and_each_other_then_detach_cleanly() {
             fx.bridge
         );
     }
+    // Hairpin ports: a pod reaches its own service through the node.
+    for id in [&id_a, &id_b] {
+        let link = ip_json(&["-d", "link", "show", "dev", &host_veth_name(id)]);
+        assert_eq!(
+            link[0]["linkinfo"]["info_slave_data"]["hairpin"],
+            true,
+            "{} is not a hairpin port: {link}",
+            host_veth_name(id)
+        );
+    }
     // Inside: lo and eth0 up, the address, the default route.
     for (id, pod) in [(&id_a, &a), (&id_b, &b)] {
         let ns = format!("rik-{id}");

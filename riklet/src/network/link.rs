@@ -12,7 +12,8 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use super::{NetworkError, Result};
@@ -209,6 +210,18 @@ pub(crate) async fn set_up(
         .execute()
         .await
         .map_err(nl_err(format!("bringing {link_name} up")))
+}
+
+/// Makes bridge port `index` a hairpin port: a frame may leave through the
+/// port it came in by. A pod reaching its own service through the node
+/// needs it where `br_netfilter` is loaded: the proxy's DNAT then happens
+/// on the bridge, which sends the translated frame back to the pod's port.
+pub(crate) async fn set_hairpin(h: &Handle, index: u32, link_name: &str) -> Result<()> {
+    h.link()
+        .set_port(LinkBridgePort::new(index).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("making {link_name} a hairpin bridge port")))
 }
 
 /// Creates the veth pair `host` (in this namespace) ⇄ `peer` (created

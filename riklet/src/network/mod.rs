@@ -465,6 +465,7 @@ impl PodNetwork {
             .await?
             .ok_or_else(|| missing(&veth))?;
         link::set_up(host, host_end.header.index, Some(bridge), &veth).await?;
+        link::set_hairpin(host, host_end.header.index, &veth).await?;
 
         let lo = link::by_name(pod, "lo")
             .await?

@@ -84,8 +84,9 @@ pub type Result<T> = std::result::Result<T, FlowError>;
 /// Deletes the UDP conntrack entries whose replies come from a `gone`
 /// backend, and destroys the UDP sockets connected to one, in the host's
 /// namespace and in each of `netns` (pods' `/run/netns/rik-<id>`; one that
-/// no longer exists is skipped). Goes on past a failing namespace and
-/// returns the first error.
+/// no longer exists is skipped). A failure in the host's namespace stops
+/// there; a failing pod namespace does not stop the others, and the first
+/// such error is returned after all were tried.
 pub async fn forget_udp_flows(gone: &[SocketAddrV4], netns: &[PathBuf]) -> Result<ForgottenFlows> {
     let mut forgotten = ForgottenFlows::default();
     if gone.is_empty() {

@@ -20,7 +20,9 @@
 //! such a host needs an accept rule for the pod CIDR, which this module
 //! does not add, as it never touches other tables.
 
+mod names;
 mod ruleset;
+mod syntax;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -33,11 +35,12 @@ use nftables::schema::{NfListObject, Table};
 use nftables::types::NfFamily;
 use tracing::{debug, info, warn};
 
-pub use ruleset::{
+pub use names::{
     BYTES, BYTES_INPUT, BYTES_POSTROUTING, CounterKind, NAT_OUTPUT, NAT_POSTROUTING,
     NAT_PREROUTING, SERVICES, backend_chain, bytes_chain, bytes_counter, connections_counter,
-    parse_counter, ruleset, service_chain,
+    parse_counter, service_chain,
 };
+pub use ruleset::ruleset;
 
 use super::model::{ServiceCounters, ServiceKey, ServiceTable};
 use crate::network::ipam::Ipv4Cidr;

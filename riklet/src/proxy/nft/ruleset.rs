@@ -45,7 +45,9 @@
 //!   kinds needs it, whoever translated it, so the rules do not look at the
 //!   port. They compose with the pod masquerade (`riklet` table, also
 //!   srcnat): the first NAT chain that masquerades a connection wins, and
-//!   both translate to the outgoing interface's address.
+//!   both translate to the outgoing interface's address. A pod reaching
+//!   itself also needs its bridge port in hairpin mode where `br_netfilter`
+//!   is loaded (the pod network sets it).
 //! - Bytes: every packet of a DNATed connection is counted once: on its
 //!   way out (postrouting sees forwarded and locally sent packets) or, if
 //!   it is delivered to this node from another interface, on input (what
@@ -57,118 +59,25 @@
 //! - Names are derived from the service key, so that an operator reading
 //!   `nft list table ip <table>` finds `svc_tcp_80`, `conn_tcp_80`, ….
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use nftables::batch::Batch;
 use nftables::expr::{
-    CT, CTDir, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, NgMode, Numgen,
-    Payload, PayloadField, Prefix, SetItem, Verdict,
+    CT, CTDir, Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression, Prefix, SetItem,
 };
-use nftables::schema::{
-    Chain, Counter as CounterObject, FlushObject, Map, NfCmd, NfListObject, Nftables, Rule, Set,
-    Table,
-};
-use nftables::stmt::{Counter, JumpTarget, Match, NAT, NATFamily, Operator, Statement, VerdictMap};
+use nftables::schema::{Chain, FlushObject, Map, NfCmd, NfListObject, Nftables, Set};
+use nftables::stmt::{Counter, JumpTarget, NAT, NATFamily, Operator, Statement, VerdictMap};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use proto::manifest::Protocol;
 
+use super::names::*;
+use super::syntax::*;
 use super::{LocalTraffic, NftSettings};
-use crate::proxy::model::{Backend, Service, ServiceKey, ServiceTable};
-
-/// Base chains.
-pub const NAT_PREROUTING: &str = "nat_prerouting";
-pub const NAT_OUTPUT: &str = "nat_output";
-pub const NAT_POSTROUTING: &str = "nat_postrouting";
-pub const BYTES_POSTROUTING: &str = "bytes_postrouting";
-pub const BYTES_INPUT: &str = "bytes_input";
-/// The dispatch chains: service key → service chain, and → bytes chain.
-pub const SERVICES: &str = "services";
-pub const BYTES: &str = "bytes";
+use crate::proxy::model::{Backend, Service, ServiceTable};
 
 const DSTNAT: i32 = -100;
 const SRCNAT: i32 = 100;
 const FILTER: i32 = 0;
-
-/// `svc_tcp_80`: the chain that picks a backend of the service.
-pub fn service_chain(key: &ServiceKey) -> String {
-    format!("svc_{}_{}", proto(key.protocol), key.port)
-}
-
-/// `svc_tcp_80_to_10.88.0.2_8080`, `svc_tcp_80_to_node_8080`: the chain of
-/// one backend of a service that mixes pod addresses and node ports.
-pub fn backend_chain(key: &ServiceKey, backend: &Backend) -> String {
-    match backend {
-        Backend::Address(a) => format!("{}_to_{}_{}", service_chain(key), a.ip(), a.port()),
-        Backend::NodePort(p) => format!("{}_to_node_{p}", service_chain(key)),
-    }
-}
-
-/// `count_tcp_80`: the chain counting the service's bytes.
-pub fn bytes_chain(key: &ServiceKey) -> String {
-    format!("count_{}_{}", proto(key.protocol), key.port)
-}
-
-/// `conn_tcp_80`: counter object whose packets are the connections.
-pub fn connections_counter(key: &ServiceKey) -> String {
-    format!(
-        "{}_{}_{}",
-        CounterKind::Connections.prefix(),
-        proto(key.protocol),
-        key.port
-    )
-}
-
-/// `bytes_tcp_80`: counter object of the service's bytes.
-pub fn bytes_counter(key: &ServiceKey) -> String {
-    format!(
-        "{}_{}_{}",
-        CounterKind::Bytes.prefix(),
-        proto(key.protocol),
-        key.port
-    )
-}
-
-/// What a counter object of the table counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CounterKind {
-    Connections,
-    Bytes,
-}
-
-impl CounterKind {
-    fn prefix(self) -> &'static str {
-        match self {
-            CounterKind::Connections => "conn",
-            CounterKind::Bytes => "bytes",
-        }
-    }
-}
-
-/// The service and kind of a counter name this module made; `None` for
-/// any other name.
-pub fn parse_counter(name: &str) -> Option<(CounterKind, ServiceKey)> {
-    let (kind, rest) = name.split_once('_')?;
-    let kind = [CounterKind::Connections, CounterKind::Bytes]
-        .into_iter()
-        .find(|k| k.prefix() == kind)?;
-    let (protocol, port) = rest.split_once('_')?;
-    let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
-        .into_iter()
-        .find(|p| proto(*p) == protocol)?;
-    // `port.parse` would accept "+80" or "080": only the canonical form.
-    let port: u16 = port.parse().ok().filter(|p: &u16| p.to_string() == port)?;
-    Some((kind, ServiceKey { port, protocol }))
-}
-
-/// The protocol as nft names it.
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
-}
 
 /// What a table holds before a sync, as far as a sync cares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -337,7 +246,7 @@ fn add_content(batch: &mut Batch<'static>, settings: &NftSettings, table: &Servi
 /// The service chain (and backend chains) and the bytes chain.
 fn service_rules(batch: &mut Batch<'static>, t: &Tables, s: &Service) {
     let key = &s.key;
-    let l4 = match_eq(meta(MetaKey::L4proto), string(proto(key.protocol)));
+    let l4 = match_eq(meta(MetaKey::L4proto), string(protocol_name(key.protocol)));
     let count = Statement::Counter(Counter::Named(connections_counter(key).into()));
     let pick = if is_mixed(s) {
         let targets = s.backends.iter().map(|b| {
@@ -411,7 +320,7 @@ fn dispatch_rules(batch: &mut Batch<'static>, t: &Tables, table: &ServiceTable) 
     let to_services = table.services().map(|s| {
         SetItem::Mapping(
             Expression::Named(NamedExpression::Concat(vec![
-                string(proto(s.key.protocol)),
+                string(protocol_name(s.key.protocol)),
                 Expression::Number(u32::from(s.key.port)),
             ])),
             goto(service_chain(&s.key)),
@@ -449,12 +358,13 @@ fn dispatch_rules(batch: &mut Batch<'static>, t: &Tables, table: &ServiceTable) 
             key: original_port,
             data: Expression::Named(NamedExpression::Set(to_bytes)),
         });
-        let l4 = match_eq(meta(MetaKey::L4proto), string(proto(protocol)));
+        let l4 = match_eq(meta(MetaKey::L4proto), string(protocol_name(protocol)));
         batch.add(t.rule(BYTES, vec![l4, vmap], None));
     }
 }
 
-/// The rules of the base chains.
+/// The rules of the base chains: which traffic is looked up in `services`,
+/// what is masqueraded, what is counted.
 fn base_rules(batch: &mut Batch<'static>, t: &Tables, settings: &NftSettings) {
     let to_node = if settings.addresses.is_empty() {
         match_eq(
@@ -491,8 +401,12 @@ fn base_rules(batch: &mut Batch<'static>, t: &Tables, settings: &NftSettings) {
         ],
     };
     batch.add(t.rule(NAT_OUTPUT, output, None));
+    masquerade_rules(batch, t, settings);
+    bytes_rules(batch, t);
+}
 
-    let dnat = || match_op(ct_status(), string("dnat"), Operator::IN);
+/// Masquerade where a reply would not find its way back through the node.
+fn masquerade_rules(batch: &mut Batch<'static>, t: &Tables, settings: &NftSettings) {
     let prefix = |addr: String, len: u8| {
         Expression::Named(NamedExpression::Prefix(Prefix {
             addr: Box::new(string(addr)),
@@ -509,7 +423,7 @@ fn base_rules(batch: &mut Batch<'static>, t: &Tables, settings: &NftSettings) {
     batch.add(t.rule(
         NAT_POSTROUTING,
         vec![
-            dnat(),
+            ct_dnat(),
             match_eq(payload("ip", "saddr"), loopback),
             Statement::Masquerade(None),
         ],
@@ -518,168 +432,30 @@ fn base_rules(batch: &mut Batch<'static>, t: &Tables, settings: &NftSettings) {
     batch.add(t.rule(
         NAT_POSTROUTING,
         vec![
-            dnat(),
+            ct_dnat(),
             match_eq(payload("ip", "saddr"), pods()),
             match_eq(payload("ip", "daddr"), pods()),
             Statement::Masquerade(None),
         ],
         Some("hairpin: replies come back through the node".into()),
     ));
+}
+
+/// Every packet of a DNATed connection counted once (see the module doc).
+fn bytes_rules(batch: &mut Batch<'static>, t: &Tables) {
     let jump_bytes = Statement::Jump(JumpTarget {
         target: BYTES.into(),
     });
-    batch.add(t.rule(BYTES_POSTROUTING, vec![dnat(), jump_bytes.clone()], None));
+    batch.add(t.rule(BYTES_POSTROUTING, vec![ct_dnat(), jump_bytes.clone()], None));
     batch.add(t.rule(
         BYTES_INPUT,
         vec![
             match_op(meta(MetaKey::Iif), string("lo"), Operator::NEQ),
-            dnat(),
+            ct_dnat(),
             jump_bytes,
         ],
         None,
     ));
-}
-
-/// Builds objects of one table.
-struct Tables {
-    name: Cow<'static, str>,
-}
-
-impl Tables {
-    fn new(name: &str) -> Self {
-        Tables {
-            name: name.to_string().into(),
-        }
-    }
-
-    fn table(&self) -> Table<'static> {
-        Table {
-            family: NfFamily::IP,
-            name: self.name.clone(),
-            handle: None,
-        }
-    }
-
-    fn chain(&self, name: &str) -> Chain<'static> {
-        Chain {
-            family: NfFamily::IP,
-            table: self.name.clone(),
-            name: name.to_string().into(),
-            ..Chain::default()
-        }
-    }
-
-    fn counter(&self, name: &str) -> CounterObject<'static> {
-        CounterObject {
-            family: NfFamily::IP,
-            table: self.name.clone(),
-            name: name.to_string().into(),
-            handle: None,
-            packets: None,
-            bytes: None,
-        }
-    }
-
-    fn rule(
-        &self,
-        chain: &str,
-        expr: Vec<Statement<'static>>,
-        comment: Option<String>,
-    ) -> NfListObject<'static> {
-        NfListObject::Rule(Rule {
-            family: NfFamily::IP,
-            table: self.name.clone(),
-            chain: chain.to_string().into(),
-            expr: expr.into(),
-            comment: comment.map(Cow::Owned),
-            ..Rule::default()
-        })
-    }
-}
-
-fn string(s: impl Into<String>) -> Expression<'static> {
-    Expression::String(Cow::Owned(s.into()))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
-        },
-    )))
-}
-
-fn ct_status() -> Expression<'static> {
-    Expression::Named(NamedExpression::CT(CT {
-        key: "status".into(),
-        family: None,
-        dir: None,
-    }))
-}
-
-fn match_eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    match_op(left, right, Operator::EQ)
-}
-
-fn match_op(
-    left: Expression<'static>,
-    right: Expression<'static>,
-    op: Operator,
-) -> Statement<'static> {
-    Statement::Match(Match { left, right, op })
-}
-
-fn goto(chain: String) -> Expression<'static> {
-    Expression::Verdict(Verdict::Goto(JumpTarget {
-        target: chain.into(),
-    }))
-}
-
-/// `numgen random mod n`: a uniform pick per new connection.
-fn numgen(n: usize) -> Expression<'static> {
-    Expression::Named(NamedExpression::Numgen(Numgen {
-        mode: NgMode::Random,
-        ng_mod: u32::try_from(n).unwrap_or(u32::MAX),
-        offset: None,
-    }))
-}
-
-/// `{ 0 : a, 1 : b, … }`.
-fn indexed(values: Vec<Expression<'static>>) -> Expression<'static> {
-    let items = (0u32..)
-        .zip(values)
-        .map(|(i, v)| SetItem::Mapping(Expression::Number(i), v));
-    Expression::Named(NamedExpression::Set(items.collect()))
-}
-
-fn map(key: Expression<'static>, data: Expression<'static>) -> Expression<'static> {
-    Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
-        key,
-        data,
-    })))
-}
-
-fn dnat_to(addr: String, port: u16) -> Statement<'static> {
-    Statement::DNAT(Some(NAT {
-        addr: Some(string(addr)),
-        family: Some(NATFamily::IP),
-        port: Some(Expression::Number(u32::from(port))),
-        flags: None,
-    }))
-}
-
-fn redirect_to(port: Expression<'static>) -> Statement<'static> {
-    Statement::Redirect(Some(NAT {
-        addr: None,
-        family: None,
-        port: Some(port),
-        flags: None,
-    }))
 }
 
 #[cfg(test)]
@@ -751,10 +527,6 @@ mod tests {
         ])
     }
 
-    fn key(port: u16, protocol: Protocol) -> ServiceKey {
-        ServiceKey { port, protocol }
-    }
-
     /// `(verb, kind, object)` of every command.
     fn commands(n: &Nftables) -> Vec<(String, String, Value)> {
         let doc = serde_json::to_value(n).unwrap();
@@ -785,41 +557,6 @@ mod tests {
             .filter(|(v, k, _)| v == verb && k == kind)
             .map(|(_, _, o)| o["name"].as_str().unwrap().to_string())
             .collect()
-    }
-
-    #[test]
-    fn names_are_readable_and_parse_back() {
-        let k = key(80, Protocol::Tcp);
-        assert_eq!(service_chain(&k), "svc_tcp_80");
-        assert_eq!(bytes_chain(&k), "count_tcp_80");
-        assert_eq!(connections_counter(&k), "conn_tcp_80");
-        assert_eq!(bytes_counter(&key(132, Protocol::Sctp)), "bytes_sctp_132");
-        let pod = Backend::Address("10.88.0.2:8080".parse().unwrap());
-        assert_eq!(backend_chain(&k, &pod), "svc_tcp_80_to_10.88.0.2_8080");
-        assert_eq!(
-            backend_chain(&k, &Backend::NodePort(81)),
-            "svc_tcp_80_to_node_81"
-        );
-
-        assert_eq!(
-            parse_counter("conn_udp_53"),
-            Some((CounterKind::Connections, key(53, Protocol::Udp)))
-        );
-        assert_eq!(
-            parse_counter("bytes_sctp_65535"),
-            Some((CounterKind::Bytes, key(65535, Protocol::Sctp)))
-        );
-        for other in [
-            "conn_tcp_080",
-            "conn_tcp_+80",
-            "conn_tcp_65536",
-            "conn_icmp_1",
-            "pkts_tcp_80",
-            "conn_tcp",
-            "conn",
-        ] {
-            assert_eq!(parse_counter(other), None, "{other}");
-        }
     }
 
     #[test]
