@@ -10,11 +10,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    os::fd::AsFd as _,
 };
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuHashMap, PerCpuValues},
     sys::SyscallError,
 };
 use proto::manifest::Protocol;
@@ -28,6 +29,7 @@ use super::{
     Result, SocketLbError,
     error::{io_error, map_error},
 };
+use crate::metrics::ebpf::batch;
 use crate::proxy::model::{Backend, ServiceCounters, ServiceKey, ServiceTable};
 
 /// `BPF_NOEXIST`: insert only if absent.
@@ -260,27 +262,46 @@ impl Tables {
         Ok(())
     }
 
-    /// Connections per service, summed over the CPUs.
+    /// Connections per service, summed over the CPUs: one batch lookup
+    /// per thousand or so services where the kernel has them, aya's
+    /// iteration (two syscalls per service) otherwise.
     pub(super) fn counters(&self) -> Result<BTreeMap<ServiceKey, ServiceCounters>> {
-        let mut counters = BTreeMap::new();
-        for entry in self.counters.iter() {
-            let (key, per_cpu) =
-                entry.map_err(map_error(COUNTERS_MAP, || "reading counters".into()))?;
-            let Some(service) = model_key(key) else {
-                continue;
+        let fold = |total: ServiceStats, cpu: &ServiceStats| ServiceStats {
+            connections: total.connections.wrapping_add(cpu.connections),
+        };
+        let fd = self.counters.map().fd().as_fd();
+        let entries: Vec<(lb::ServiceKey, ServiceStats)> =
+            match batch::lookup_percpu(fd, self.possible_cpus, fold) {
+                Ok(entries) => entries.into_iter().collect(),
+                Err(error) if batch::unsupported(&error) => self
+                    .counters
+                    .iter()
+                    .map(|entry| {
+                        entry.map(|(key, per_cpu)| {
+                            (key, per_cpu.iter().fold(ServiceStats::default(), fold))
+                        })
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(map_error(COUNTERS_MAP, || "reading counters".into()))?,
+                Err(io_error) => {
+                    return Err(map_error(COUNTERS_MAP, || "reading counters".into())(
+                        MapError::SyscallError(SyscallError {
+                            call: "BPF_MAP_LOOKUP_BATCH",
+                            io_error,
+                        }),
+                    ));
+                }
             };
-            let connections = per_cpu
-                .iter()
-                .fold(0u64, |sum, stats| sum.wrapping_add(stats.connections));
-            counters.insert(
-                service,
-                ServiceCounters {
-                    connections,
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, stats)| {
+                let counters = ServiceCounters {
+                    connections: stats.connections,
                     bytes: 0,
-                },
-            );
-        }
-        Ok(counters)
+                };
+                model_key(key).map(|service| (service, counters))
+            })
+            .collect())
     }
 
     /// Services in the maps (for tests and `Debug`).
