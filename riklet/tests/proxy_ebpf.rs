@@ -34,11 +34,11 @@ use std::{
 use proto::manifest::{Port, Protocol};
 use riklet::proxy::{
     ebpf::{SocketLb, remove_pinned},
-    model::{Endpoint, PodAddress, ServiceKey, ServiceTable},
+    model::{Endpoint, PodAddress, ServiceCounters, ServiceKey, ServiceTable},
 };
 use riklet_common::proxy::{
-    BACKENDS_MAP, CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM, RECVMSG4_PROGRAM, SENDMSG4_PROGRAM,
-    SERVICES_MAP,
+    BACKENDS_MAP, BYTES_IN_PROGRAM, BYTES_OUT_PROGRAM, CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM,
+    RECVMSG4_PROGRAM, SENDMSG4_PROGRAM, SERVICES_MAP,
 };
 use support::{CgroupGuard, PinDirGuard, unique};
 
@@ -46,11 +46,13 @@ const IP: &str = "/usr/sbin/ip";
 const NFT: &str = "/usr/sbin/nft";
 const BPFTOOL: &str = "/usr/sbin/bpftool";
 const CONNTRACK: &str = "/usr/sbin/conntrack";
-const PROGRAMS: [&str; 4] = [
+const PROGRAMS: [&str; 6] = [
     CONNECT4_PROGRAM,
     SENDMSG4_PROGRAM,
     RECVMSG4_PROGRAM,
     GETPEERNAME4_PROGRAM,
+    BYTES_IN_PROGRAM,
+    BYTES_OUT_PROGRAM,
 ];
 /// The pod's TCP and UDP server ports (inside its namespace).
 const TCP_TARGET: u16 = 18080;
@@ -133,8 +135,18 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
 
     let counted = connections(&lb, services.tcp());
     assert!(counted >= 2, "2 connections made, counter says {counted}");
+    // Each connection: SYN, ACK, FIN out; SYN-ACK, the name, FIN in; each
+    // packet 40 bytes or more.
+    let bytes = counters(&lb, services.tcp()).bytes;
+    assert!(
+        bytes >= counted * 6 * 40,
+        "{counted} connections, {bytes} bytes"
+    );
 
     check_udp(&pod, &services);
+    // 4 datagrams and 4 echoes, each 28 bytes of headers and more.
+    let udp = counters(&lb, services.udp());
+    assert!(udp.connections >= 4 && udp.bytes >= 8 * 28, "UDP: {udp:?}");
 
     // From the pod's own namespace: the node address is a service, the
     // pod's loopback is its own (nothing listens there).
@@ -191,7 +203,7 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
     assert_eq!(flow.ask("x"), remaining, "the UDP flow kept a dead backend");
 
     // "Crash": the handle goes without close; the datapath stays.
-    let before_crash = connections(&lb, services.tcp());
+    let before_crash = counters(&lb, services.tcp());
     drop(lb);
     assert_eq!(
         tcp_name(SocketAddrV4::new(pod.host, services.port)),
@@ -216,9 +228,11 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
         tcp_name(SocketAddrV4::new(pod.host, services.port)),
         remaining
     );
+    let after_crash = counters(&lb, services.tcp());
     assert!(
-        connections(&lb, services.tcp()) > before_crash,
-        "the counters did not survive the crash"
+        after_crash.connections > before_crash.connections
+            && after_crash.bytes > before_crash.bytes,
+        "the counters did not survive the crash: {before_crash:?}, then {after_crash:?}"
     );
 
     lb.close().expect("close");
@@ -382,6 +396,13 @@ impl Services {
             protocol: Protocol::Tcp,
         }
     }
+
+    fn udp(&self) -> ServiceKey {
+        ServiceKey {
+            port: self.port,
+            protocol: Protocol::Udp,
+        }
+    }
 }
 
 fn tcp_port(port: u16, target_port: u16) -> Port {
@@ -398,11 +419,16 @@ fn load(cgroup: &Path, pins: &Path) -> SocketLb {
         .unwrap_or_else(|e| panic!("SocketLb::load: {}", riklet::error_chain(&e)))
 }
 
-fn connections(lb: &SocketLb, service: ServiceKey) -> u64 {
+fn counters(lb: &SocketLb, service: ServiceKey) -> ServiceCounters {
     lb.counters()
         .expect("counters")
         .get(&service)
-        .map_or(0, |c| c.connections)
+        .copied()
+        .unwrap_or_default()
+}
+
+fn connections(lb: &SocketLb, service: ServiceKey) -> u64 {
+    counters(lb, service).connections
 }
 
 /// Connects, returns what the server said (its name) and the stream (the

@@ -4,6 +4,7 @@
 //! getpeername4}` programs, attached at the root of the cgroup v2
 //! hierarchy, point every local client's socket straight at a backend
 //! (see `riklet-ebpf/src/proxy`): no per-packet NAT, no conntrack entry.
+//! A `cgroup_skb` pair there counts the bytes of those sockets.
 //! Traffic entering from outside the node is the nftables datapath's.
 //!
 //! # Surviving the riklet
@@ -119,9 +120,10 @@ impl SocketLb {
     }
 
     /// Connections each service received through the socket hooks (TCP
-    /// connects, connected UDP sockets, new unconnected UDP flows) since
-    /// its entry was first made, surviving riklet restarts. Bytes are 0:
-    /// socket hooks see no packets.
+    /// connects, connected UDP sockets, new unconnected UDP flows) and the
+    /// bytes of those sockets (IP packets, both ways, counted by the
+    /// `cgroup_skb` pair), since its entry was first made, surviving
+    /// riklet restarts.
     pub fn counters(&self) -> Result<BTreeMap<ServiceKey, ServiceCounters>> {
         self.tables.counters()
     }

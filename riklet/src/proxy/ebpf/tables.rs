@@ -262,13 +262,11 @@ impl Tables {
         Ok(())
     }
 
-    /// Connections per service, summed over the CPUs: one batch lookup
+    /// Connections and bytes per service, summed over the CPUs: one batch lookup
     /// per thousand or so services where the kernel has them, aya's
     /// iteration (two syscalls per service) otherwise.
     pub(super) fn counters(&self) -> Result<BTreeMap<ServiceKey, ServiceCounters>> {
-        let fold = |total: ServiceStats, cpu: &ServiceStats| ServiceStats {
-            connections: total.connections.wrapping_add(cpu.connections),
-        };
+        let fold = |total: ServiceStats, cpu: &ServiceStats| total.wrapping_add(*cpu);
         let fd = self.counters.map().fd().as_fd();
         let entries: Vec<(lb::ServiceKey, ServiceStats)> =
             match batch::lookup_percpu(fd, self.possible_cpus, fold) {
@@ -297,7 +295,7 @@ impl Tables {
             .filter_map(|(key, stats)| {
                 let counters = ServiceCounters {
                     connections: stats.connections,
-                    bytes: 0,
+                    bytes: stats.bytes,
                 };
                 model_key(key).map(|service| (service, counters))
             })
