@@ -76,7 +76,7 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
     let baseline = attached(&v2_root);
     let host_listener = TcpListener::bind("127.0.0.1:0").expect("bind a host-network backend");
     let node_port = host_listener.local_addr().expect("local_addr").port();
-    let services = Services::new(&pod, node_port);
+    let services = Services::new(node_port);
 
     let mut lb = load(&v2_root, pins.path());
     assert_attached(&v2_root, &plus_one(&baseline), "after load");
@@ -352,9 +352,9 @@ struct Services {
 }
 
 impl Services {
-    fn new(pod: &Pod, node_port: u16) -> Self {
+    /// Ports derived from the pid: no other test run uses them.
+    fn new(node_port: u16) -> Self {
         let port = 20000 + (std::process::id() % 10000) as u16;
-        let _ = pod;
         Self {
             port,
             node_port_service: port + 10000,

@@ -53,6 +53,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ri
 pub type Result<T, E = SocketLbError> = std::result::Result<T, E>;
 
 /// The attached socket load-balancer and the handle on its maps.
+///
+/// Dropping it leaves the datapath attached and serving, as a crash would;
+/// [`close`](Self::close) detaches it.
 pub struct SocketLb {
     /// The riklet's pin directory (ours is `<pin_dir>/proxy`).
     pin_dir: PathBuf,
