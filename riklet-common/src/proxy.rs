@@ -1,6 +1,7 @@
 //! The Node Proxy's socket load-balancer: the maps shared by the
-//! `cgroup/{connect4,sendmsg4,recvmsg4,getpeername4}` programs of
-//! `riklet-ebpf`'s `riklet-proxy` object and `riklet::proxy::ebpf`.
+//! `cgroup/{connect4,sendmsg4,recvmsg4,getpeername4}` programs (and the
+//! `cgroup_skb` pair counting service bytes) of `riklet-ebpf`'s
+//! `riklet-proxy` object and `riklet::proxy::ebpf`.
 //!
 //! # Byte order
 //! Every address and port in these types is in **network byte order**,
@@ -49,15 +50,21 @@ pub const AFFINITY_MAP: &str = "LB_UDP_AFFINITY";
 /// services.
 pub const COUNTERS_MAP: &str = "LB_COUNTERS";
 
+/// Name of the pinned `BPF_MAP_TYPE_LRU_HASH` from a socket cookie (`u64`)
+/// to the [`ServiceKey`] the socket last reached through the hooks: the
+/// `cgroup_skb` programs add the socket's packets to that service's bytes.
+pub const SOCKETS_MAP: &str = "LB_SOCKETS";
+
 /// Every pinned map of the proxy object, in the order user space checks and
 /// removes them.
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 7] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     NODE_ADDRS_MAP,
     REVNAT_MAP,
     AFFINITY_MAP,
     COUNTERS_MAP,
+    SOCKETS_MAP,
 ];
 
 /// Global (`u64`): the cookie of the host's network namespace
@@ -74,6 +81,10 @@ pub const SENDMSG4_PROGRAM: &str = "lb_sendmsg4";
 pub const RECVMSG4_PROGRAM: &str = "lb_recvmsg4";
 /// Name of the `cgroup/getpeername4` program.
 pub const GETPEERNAME4_PROGRAM: &str = "lb_getpeername4";
+/// Name of the `cgroup_skb/ingress` program counting service bytes.
+pub const BYTES_IN_PROGRAM: &str = "lb_bytes_in";
+/// Name of the `cgroup_skb/egress` program counting service bytes.
+pub const BYTES_OUT_PROGRAM: &str = "lb_bytes_out";
 
 /// Capacity of [`SERVICES_MAP`] and [`COUNTERS_MAP`]: every TCP and UDP
 /// port of the node could be a service.
@@ -92,9 +103,9 @@ pub const BACKENDS_MAX_ENTRIES: u32 = 262_144;
 /// Capacity of [`NODE_ADDRS_MAP`].
 pub const NODE_ADDRS_MAX_ENTRIES: u32 = 1024;
 
-/// Capacity of [`REVNAT_MAP`] and [`AFFINITY_MAP`]: one entry per socket
-/// (and backend) that used a service recently; least recently used entries
-/// make room.
+/// Capacity of [`REVNAT_MAP`], [`AFFINITY_MAP`] and [`SOCKETS_MAP`]: one
+/// entry per socket (and backend) that used a service recently; least
+/// recently used entries make room.
 pub const SOCKETS_MAX_ENTRIES: u32 = 65536;
 
 /// `IPPROTO_TCP`, as in [`ServiceKey::protocol`].
@@ -226,6 +237,22 @@ pub struct ServiceStats {
     /// TCP connects, connected UDP sockets and new unconnected UDP flows
     /// sent to a backend.
     pub connections: u64,
+    /// Bytes (`skb->len`: IP packets with their headers) sent and received
+    /// by sockets that reached the service through the hooks. An
+    /// unconnected UDP socket talking to several services counts for the
+    /// one it sent to last.
+    pub bytes: u64,
+}
+
+impl ServiceStats {
+    /// Field-wise wrapping sum, to fold the per-CPU values.
+    #[must_use]
+    pub const fn wrapping_add(self, other: Self) -> Self {
+        Self {
+            connections: self.connections.wrapping_add(other.connections),
+            bytes: self.bytes.wrapping_add(other.bytes),
+        }
+    }
 }
 
 // Sizes without implicit padding, identical on every target.
@@ -237,7 +264,7 @@ const _: () = assert!(core::mem::size_of::<RevNatKey>() == 16);
 const _: () = assert!(core::mem::size_of::<RevNatValue>() == 8);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
-const _: () = assert!(core::mem::size_of::<ServiceStats>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 16);
 
 // SAFETY (all below): each type is `#[repr(C)]`, `Copy`, made only of
 // fixed-width integers (or such structs) and has no padding (sizes asserted

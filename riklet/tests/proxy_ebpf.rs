@@ -34,11 +34,11 @@ use std::{
 use proto::manifest::{Port, Protocol};
 use riklet::proxy::{
     ebpf::{SocketLb, remove_pinned},
-    model::{Endpoint, PodAddress, ServiceKey, ServiceTable},
+    model::{Endpoint, PodAddress, ServiceCounters, ServiceKey, ServiceTable},
 };
 use riklet_common::proxy::{
-    BACKENDS_MAP, CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM, RECVMSG4_PROGRAM, SENDMSG4_PROGRAM,
-    SERVICES_MAP,
+    BACKENDS_MAP, BYTES_IN_PROGRAM, BYTES_OUT_PROGRAM, CONNECT4_PROGRAM, GETPEERNAME4_PROGRAM,
+    RECVMSG4_PROGRAM, SENDMSG4_PROGRAM, SERVICES_MAP,
 };
 use support::{CgroupGuard, PinDirGuard, unique};
 
@@ -46,11 +46,13 @@ const IP: &str = "/usr/sbin/ip";
 const NFT: &str = "/usr/sbin/nft";
 const BPFTOOL: &str = "/usr/sbin/bpftool";
 const CONNTRACK: &str = "/usr/sbin/conntrack";
-const PROGRAMS: [&str; 4] = [
+const PROGRAMS: [&str; 6] = [
     CONNECT4_PROGRAM,
     SENDMSG4_PROGRAM,
     RECVMSG4_PROGRAM,
     GETPEERNAME4_PROGRAM,
+    BYTES_IN_PROGRAM,
+    BYTES_OUT_PROGRAM,
 ];
 /// The pod's TCP and UDP server ports (inside its namespace).
 const TCP_TARGET: u16 = 18080;
@@ -74,10 +76,10 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
     let baseline = attached(&v2_root);
     let host_listener = TcpListener::bind("127.0.0.1:0").expect("bind a host-network backend");
     let node_port = host_listener.local_addr().expect("local_addr").port();
-    let services = Services::new(&pod, node_port);
+    let services = Services::new(node_port);
 
     let mut lb = load(&v2_root, pins.path());
-    assert_eq!(attached(&v2_root), plus_one(&baseline), "after load");
+    assert_attached(&v2_root, &plus_one(&baseline), "after load");
     lb.sync(&services.table(&[pod.a, pod.b]), &[pod.host])
         .unwrap_or_else(|e| panic!("sync: {}", riklet::error_chain(&e)));
 
@@ -133,8 +135,18 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
 
     let counted = connections(&lb, services.tcp());
     assert!(counted >= 2, "2 connections made, counter says {counted}");
+    // Each connection: SYN, ACK, FIN out; SYN-ACK, the name, FIN in; each
+    // packet 40 bytes or more.
+    let bytes = counters(&lb, services.tcp()).bytes;
+    assert!(
+        bytes >= counted * 6 * 40,
+        "{counted} connections, {bytes} bytes"
+    );
 
     check_udp(&pod, &services);
+    // 4 datagrams and 4 echoes, each 28 bytes of headers and more.
+    let udp = counters(&lb, services.udp());
+    assert!(udp.connections >= 4 && udp.bytes >= 8 * 28, "UDP: {udp:?}");
 
     // From the pod's own namespace: the node address is a service, the
     // pod's loopback is its own (nothing listens there).
@@ -191,7 +203,7 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
     assert_eq!(flow.ask("x"), remaining, "the UDP flow kept a dead backend");
 
     // "Crash": the handle goes without close; the datapath stays.
-    let before_crash = connections(&lb, services.tcp());
+    let before_crash = counters(&lb, services.tcp());
     drop(lb);
     assert_eq!(
         tcp_name(SocketAddrV4::new(pod.host, services.port)),
@@ -199,7 +211,7 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
     );
     assert_eq!(flow.ask("x"), remaining);
     let mut lb = load(&v2_root, pins.path());
-    assert_eq!(attached(&v2_root), plus_one(&baseline), "after adopting");
+    assert_attached(&v2_root, &plus_one(&baseline), "after adopting");
     lb.sync(&services.table(&[staying]), &[pod.host])
         .expect("sync after adopting");
     assert_eq!(
@@ -216,9 +228,11 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
         tcp_name(SocketAddrV4::new(pod.host, services.port)),
         remaining
     );
+    let after_crash = counters(&lb, services.tcp());
     assert!(
-        connections(&lb, services.tcp()) > before_crash,
-        "the counters did not survive the crash"
+        after_crash.connections > before_crash.connections
+            && after_crash.bytes > before_crash.bytes,
+        "the counters did not survive the crash: {before_crash:?}, then {after_crash:?}"
     );
 
     lb.close().expect("close");
@@ -227,7 +241,7 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
         "pins left after close: {:?}",
         fs::read_dir(pins.path()).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
     );
-    assert_eq!(attached(&v2_root), baseline, "after close");
+    assert_attached(&v2_root, &baseline, "after close");
     refused(SocketAddrV4::new(Ipv4Addr::LOCALHOST, services.port));
 
     // A riklet started without the eBPF proxy removes a predecessor's.
@@ -237,12 +251,7 @@ fn local_clients_reach_pods_through_the_socket_hooks_and_survive_a_crash() {
     drop(lb);
     remove_pinned(pins.path()).expect("remove_pinned");
     assert!(!pins.path().exists(), "pins left after remove_pinned");
-    // Unpinned links are released by the kernel's workqueue: soon, not at once.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while attached(&v2_root) != baseline && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(attached(&v2_root), baseline, "after remove_pinned");
+    assert_attached(&v2_root, &baseline, "after remove_pinned");
     refused(SocketAddrV4::new(Ipv4Addr::LOCALHOST, services.port));
 }
 
@@ -301,7 +310,7 @@ fn a_thousand_services_sync_and_resync() {
     let (initial, changed) = (table(2), table(4));
     assert_eq!(initial.len(), 1000);
 
-    let mut timed = |what: &str, table: &ServiceTable| {
+    let timed = |lb: &mut SocketLb, what: &str, table: &ServiceTable| {
         let start = Instant::now();
         lb.sync(table, &[Ipv4Addr::new(198, 19, 255, 1)])
             .unwrap_or_else(|e| panic!("sync ({what}): {}", riklet::error_chain(&e)));
@@ -310,16 +319,25 @@ fn a_thousand_services_sync_and_resync() {
             start.elapsed()
         );
     };
-    timed("from empty maps", &initial);
-    timed("unchanged", &initial);
-    timed("every backend replaced", &changed);
+    timed(&mut lb, "from empty maps", &initial);
+    timed(&mut lb, "unchanged", &initial);
+    timed(&mut lb, "every backend replaced", &changed);
+    let start = Instant::now();
+    let counters = lb.counters().expect("counters");
+    println!("counters of 1000 services: {:?}", start.elapsed());
+    assert_eq!(counters.len(), 1000);
+    assert!(
+        counters.values().all(|c| c.connections == 0),
+        "nobody connected"
+    );
     assert_eq!(map_entries(pins.path(), SERVICES_MAP), 1000);
     assert_eq!(
         map_entries(pins.path(), BACKENDS_MAP),
         2000,
         "old slots left"
     );
-    timed("to no service", &ServiceTable::default());
+    timed(&mut lb, "to no service", &ServiceTable::default());
+    assert!(lb.counters().expect("counters").is_empty());
     assert_eq!(map_entries(pins.path(), SERVICES_MAP), 0);
     assert_eq!(map_entries(pins.path(), BACKENDS_MAP), 0);
     lb.close().expect("close");
@@ -334,9 +352,9 @@ struct Services {
 }
 
 impl Services {
-    fn new(pod: &Pod, node_port: u16) -> Self {
+    /// Ports derived from the pid: no other test run uses them.
+    fn new(node_port: u16) -> Self {
         let port = 20000 + (std::process::id() % 10000) as u16;
-        let _ = pod;
         Self {
             port,
             node_port_service: port + 10000,
@@ -378,6 +396,13 @@ impl Services {
             protocol: Protocol::Tcp,
         }
     }
+
+    fn udp(&self) -> ServiceKey {
+        ServiceKey {
+            port: self.port,
+            protocol: Protocol::Udp,
+        }
+    }
 }
 
 fn tcp_port(port: u16, target_port: u16) -> Port {
@@ -394,11 +419,16 @@ fn load(cgroup: &Path, pins: &Path) -> SocketLb {
         .unwrap_or_else(|e| panic!("SocketLb::load: {}", riklet::error_chain(&e)))
 }
 
-fn connections(lb: &SocketLb, service: ServiceKey) -> u64 {
+fn counters(lb: &SocketLb, service: ServiceKey) -> ServiceCounters {
     lb.counters()
         .expect("counters")
         .get(&service)
-        .map_or(0, |c| c.connections)
+        .copied()
+        .unwrap_or_default()
+}
+
+fn connections(lb: &SocketLb, service: ServiceKey) -> u64 {
+    counters(lb, service).connections
 }
 
 /// Connects, returns what the server said (its name) and the stream (the
@@ -493,6 +523,17 @@ fn attached(cgroup: &Path) -> BTreeMap<&'static str, usize> {
             (program, count)
         })
         .collect()
+}
+
+/// Waits until `cgroup` has `expected` programs attached, then asserts it.
+/// A link that lost its last pin is released by a kernel workqueue: soon
+/// after, not at once.
+fn assert_attached(cgroup: &Path, expected: &BTreeMap<&'static str, usize>, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while attached(cgroup) != *expected && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(attached(cgroup), *expected, "programs attached {when}");
 }
 
 fn plus_one(baseline: &BTreeMap<&'static str, usize>) -> BTreeMap<&'static str, usize> {

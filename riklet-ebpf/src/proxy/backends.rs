@@ -48,6 +48,11 @@ static LB_UDP_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 static LB_COUNTERS: PerCpuHashMap<ServiceKey, ServiceStats> =
     PerCpuHashMap::pinned(SERVICES_MAX_ENTRIES, 0);
 
+/// Socket cookie → the service it reached last (`SOCKETS_MAP`), for the
+/// byte counters.
+#[map]
+static LB_SOCKETS: LruHashMap<u64, ServiceKey> = LruHashMap::pinned(SOCKETS_MAX_ENTRIES, 0);
+
 /// A service's current set, copied out.
 #[inline(always)]
 fn current_set(service: &ServiceKey) -> Option<ServiceValue> {
@@ -150,10 +155,48 @@ fn remember(key: &AffinityKey, backend: BackendValue, generation: u32) {
 /// entry.
 #[inline(always)]
 pub(crate) fn count_connection(service: &ServiceKey) {
+    add(
+        service,
+        ServiceStats {
+            connections: 1,
+            bytes: 0,
+        },
+    );
+}
+
+/// Adds a packet of `len` bytes of socket `cookie` to the service the
+/// socket reached, if any.
+#[inline(always)]
+pub(crate) fn count_bytes(cookie: u64, len: u32) {
+    // SAFETY: copied out at once.
+    if let Some(service) = unsafe { LB_SOCKETS.get(cookie) }.copied() {
+        add(
+            &service,
+            ServiceStats {
+                connections: 0,
+                bytes: u64::from(len),
+            },
+        );
+    }
+}
+
+/// Remembers that socket `cookie` talks to `service`; writes only when that
+/// changes, since unconnected UDP sockets come here with every datagram.
+#[inline(always)]
+pub(crate) fn remember_socket(cookie: u64, service: &ServiceKey) {
+    // SAFETY: copied out at once.
+    if unsafe { LB_SOCKETS.get(cookie) }.copied() != Some(*service) {
+        // A failed insert only leaves this socket's bytes uncounted.
+        let _ = LB_SOCKETS.insert(cookie, service, 0);
+    }
+}
+
+#[inline(always)]
+fn add(service: &ServiceKey, delta: ServiceStats) {
     if let Some(stats) = LB_COUNTERS.get_ptr_mut(service) {
         // SAFETY: this CPU's copy of a per-CPU value; programs run with
         // migration disabled, so no other writer touches it meanwhile.
         let stats = unsafe { &mut *stats };
-        stats.connections = stats.connections.wrapping_add(1);
+        *stats = stats.wrapping_add(delta);
     }
 }

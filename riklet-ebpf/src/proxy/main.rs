@@ -15,7 +15,9 @@
 //!
 //! # Layout
 //! - this file: the four programs and the socket address they rewrite;
-//! - `backends`: the maps, backend selection and UDP affinity.
+//! - `backends`: the maps, backend selection, UDP affinity, counters;
+//! - `bytes`: the `cgroup_skb` pair adding the packets of sockets that
+//!   reached a service to its byte counter.
 //!
 //! Built by `cargo xtask build-ebpf` with the monitor; names and types in
 //! `riklet_common::proxy`; loaded by `riklet::proxy::ebpf`.
@@ -24,6 +26,7 @@
 #![no_main]
 
 mod backends;
+mod bytes;
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -87,7 +90,9 @@ fn connect(ctx: &SockAddrContext) {
         return;
     };
     let target = rewrite(ctx, original, backend);
-    record_reverse(ctx, target, original);
+    let cookie = socket_cookie(ctx);
+    record_reverse(cookie, target, original);
+    backends::remember_socket(cookie, &service);
     backends::count_connection(&service);
 }
 
@@ -112,6 +117,7 @@ fn send(ctx: &SockAddrContext) {
         // traffic still flows, and there is nothing better to do here.
         let _ = LB_REVNAT.insert(key, value, 0);
     }
+    backends::remember_socket(cookie, &service);
 }
 
 /// `getpeername` and UDP `recvmsg`: a backend the socket reached through a
@@ -181,10 +187,10 @@ fn rewrite(ctx: &SockAddrContext, original: Addr, backend: BackendValue) -> Addr
     target
 }
 
-/// Remembers, for this socket, that `target` stands for `service`.
+/// Remembers, for socket `cookie`, that `target` stands for `service`.
 #[inline(always)]
-fn record_reverse(ctx: &SockAddrContext, target: Addr, service: Addr) {
-    let key = rev_nat_key(socket_cookie(ctx), target);
+fn record_reverse(cookie: u64, target: Addr, service: Addr) {
+    let key = rev_nat_key(cookie, target);
     // See `send` for a failed insert.
     let _ = LB_REVNAT.insert(key, rev_nat_value(service), 0);
 }

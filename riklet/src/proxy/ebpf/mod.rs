@@ -4,6 +4,7 @@
 //! getpeername4}` programs, attached at the root of the cgroup v2
 //! hierarchy, point every local client's socket straight at a backend
 //! (see `riklet-ebpf/src/proxy`): no per-packet NAT, no conntrack entry.
+//! A `cgroup_skb` pair there counts the bytes of those sockets.
 //! Traffic entering from outside the node is the nftables datapath's.
 //!
 //! # Surviving the riklet
@@ -52,6 +53,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ri
 pub type Result<T, E = SocketLbError> = std::result::Result<T, E>;
 
 /// The attached socket load-balancer and the handle on its maps.
+///
+/// Dropping it leaves the datapath attached and serving, as a crash would;
+/// [`close`](Self::close) detaches it.
 pub struct SocketLb {
     /// The riklet's pin directory (ours is `<pin_dir>/proxy`).
     pin_dir: PathBuf,
@@ -119,9 +123,10 @@ impl SocketLb {
     }
 
     /// Connections each service received through the socket hooks (TCP
-    /// connects, connected UDP sockets, new unconnected UDP flows) since
-    /// its entry was first made, surviving riklet restarts. Bytes are 0:
-    /// socket hooks see no packets.
+    /// connects, connected UDP sockets, new unconnected UDP flows) and the
+    /// bytes of those sockets (IP packets, both ways, counted by the
+    /// `cgroup_skb` pair), since its entry was first made, surviving
+    /// riklet restarts.
     pub fn counters(&self) -> Result<BTreeMap<ServiceKey, ServiceCounters>> {
         self.tables.counters()
     }

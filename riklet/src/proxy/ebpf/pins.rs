@@ -16,11 +16,15 @@ use std::{
 use aya::{
     Ebpf,
     maps::{MapInfo, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, ProgramError,
+        links::FdLink,
+    },
 };
 use riklet_common::proxy::{
-    self as lb, AFFINITY_MAP, BACKENDS_MAP, CONNECT4_PROGRAM, COUNTERS_MAP, GETPEERNAME4_PROGRAM,
-    NODE_ADDRS_MAP, PINNED_MAPS, RECVMSG4_PROGRAM, REVNAT_MAP, SENDMSG4_PROGRAM, SERVICES_MAP,
+    self as lb, AFFINITY_MAP, BACKENDS_MAP, BYTES_IN_PROGRAM, BYTES_OUT_PROGRAM, CONNECT4_PROGRAM,
+    COUNTERS_MAP, GETPEERNAME4_PROGRAM, NODE_ADDRS_MAP, PINNED_MAPS, RECVMSG4_PROGRAM, REVNAT_MAP,
+    SENDMSG4_PROGRAM, SERVICES_MAP, SOCKETS_MAP,
 };
 use tracing::{debug, warn};
 
@@ -33,12 +37,23 @@ use crate::metrics::ebpf::pins::{ensure_bpffs, remove_dir_if_empty, remove_pin};
 /// The proxy's directory below the riklet's pin directory.
 const SUBDIR: &str = "proxy";
 
+/// How a program hooks into the cgroup.
+#[derive(Clone, Copy)]
+enum Hook {
+    /// A socket address program; the attach type comes from its section.
+    SockAddr,
+    /// A `cgroup_skb` program.
+    Skb(CgroupSkbAttachType),
+}
+
 /// The programs, each attached to the cgroup root through a pinned link.
-pub(super) const PROGRAMS: [&str; 4] = [
-    CONNECT4_PROGRAM,
-    SENDMSG4_PROGRAM,
-    RECVMSG4_PROGRAM,
-    GETPEERNAME4_PROGRAM,
+const PROGRAMS: [(&str, Hook); 6] = [
+    (CONNECT4_PROGRAM, Hook::SockAddr),
+    (SENDMSG4_PROGRAM, Hook::SockAddr),
+    (RECVMSG4_PROGRAM, Hook::SockAddr),
+    (GETPEERNAME4_PROGRAM, Hook::SockAddr),
+    (BYTES_IN_PROGRAM, Hook::Skb(CgroupSkbAttachType::Ingress)),
+    (BYTES_OUT_PROGRAM, Hook::Skb(CgroupSkbAttachType::Egress)),
 ];
 
 /// `BPF_F_NO_PREALLOC`, with which the hash maps the user space rewrites
@@ -56,7 +71,7 @@ struct Shape {
 }
 
 /// The shapes of [`PINNED_MAPS`], as `riklet-proxy` declares them.
-const SHAPES: [Shape; 6] = [
+const SHAPES: [Shape; 7] = [
     Shape {
         map: SERVICES_MAP,
         map_type: MapType::Hash,
@@ -103,6 +118,14 @@ const SHAPES: [Shape; 6] = [
         key: size_of::<lb::ServiceKey>(),
         value: size_of::<lb::ServiceStats>(),
         max_entries: lb::SERVICES_MAX_ENTRIES,
+        flags: 0,
+    },
+    Shape {
+        map: SOCKETS_MAP,
+        map_type: MapType::LruHash,
+        key: size_of::<u64>(),
+        value: size_of::<lb::ServiceKey>(),
+        max_entries: lb::SOCKETS_MAX_ENTRIES,
         flags: 0,
     },
 ];
@@ -181,14 +204,17 @@ impl Links {
     /// error, links already pinned stay: they serve until the next load or
     /// [`remove_all`].
     pub(super) fn attach(ebpf: &mut Ebpf, cgroup: &File, dir: &Path) -> Result<Self> {
-        for program in PROGRAMS {
-            typed(ebpf, program)?
-                .load()
-                .map_err(program_error("loading", program))?;
+        for (program, hook) in PROGRAMS {
+            let loaded = match hook {
+                Hook::SockAddr => typed::<CgroupSockAddr>(ebpf, program)?.load(),
+                Hook::Skb(_) => typed::<CgroupSkb>(ebpf, program)?.load(),
+            };
+            loaded.map_err(program_error("loading", program))?;
         }
         let mut links = Vec::with_capacity(PROGRAMS.len());
-        for program in PROGRAMS {
-            links.push((program, attach_one(ebpf, program, cgroup, dir)?));
+        for (program, hook) in PROGRAMS {
+            let link = attach_one(ebpf, program, hook, cgroup)?;
+            links.push((program, pin_over(link, program, dir)?));
         }
         Ok(Self { links })
     }
@@ -199,21 +225,33 @@ impl Links {
     }
 }
 
-/// Attaches `program` and pins its link over the old pin.
-fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File, dir: &Path) -> Result<FdLink> {
-    let prog = typed(ebpf, program)?;
-    // A bpf link always joins the programs already attached (the kernel
-    // takes no flags for cgroup links; `Single` asks for none), which is
-    // what lets the new link run next to the old one.
-    let id = prog
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(program_error("attaching", program))?;
-    let link = prog
-        .take_link(id)
-        .map_err(program_error("taking the link of", program))?;
-    let link =
-        FdLink::try_from(link).map_err(|source| SocketLbError::NotALink { program, source })?;
+/// Attaches `program` to `cgroup` with a bpf link. A bpf link always joins
+/// the programs already attached (the kernel takes no flags for cgroup
+/// links; `Single` asks for none), which is what lets the new link run next
+/// to the old one.
+fn attach_one(ebpf: &mut Ebpf, program: &'static str, hook: Hook, cgroup: &File) -> Result<FdLink> {
+    let mode = CgroupAttachMode::Single;
+    let attach_error = program_error("attaching", program);
+    let link_error = program_error("taking the link of", program);
+    let not_a_link = |source| SocketLbError::NotALink { program, source };
+    match hook {
+        Hook::SockAddr => {
+            let prog = typed::<CgroupSockAddr>(ebpf, program)?;
+            let id = prog.attach(cgroup, mode).map_err(attach_error)?;
+            FdLink::try_from(prog.take_link(id).map_err(link_error)?).map_err(not_a_link)
+        }
+        Hook::Skb(attach_type) => {
+            let prog = typed::<CgroupSkb>(ebpf, program)?;
+            let id = prog
+                .attach(cgroup, attach_type, mode)
+                .map_err(attach_error)?;
+            FdLink::try_from(prog.take_link(id).map_err(link_error)?).map_err(not_a_link)
+        }
+    }
+}
 
+/// Pins `link` over the old pin of `program` in `dir`.
+fn pin_over(link: FdLink, program: &'static str, dir: &Path) -> Result<FdLink> {
     let staged = staged_pin(dir, program);
     // A staging pin left by a riklet killed right after making it.
     remove_pin(&staged).map_err(SocketLbError::Host)?;
@@ -230,8 +268,11 @@ fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File, dir: &Path)
     Ok(FdLink::from(pinned))
 }
 
-/// The program named `program` as a socket address program.
-fn typed<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut CgroupSockAddr> {
+/// The program named `program` as a `P`.
+fn typed<'a, P>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     ebpf.program_mut(program)
         .ok_or(SocketLbError::Missing {
             kind: "program",
@@ -249,7 +290,7 @@ pub(super) fn remove_all(pin_dir: &Path) -> Result<()> {
     let dir = proxy_dir(pin_dir);
     let links = PROGRAMS
         .iter()
-        .flat_map(|program| [link_pin(&dir, program), staged_pin(&dir, program)]);
+        .flat_map(|(program, _)| [link_pin(&dir, program), staged_pin(&dir, program)]);
     let maps = PINNED_MAPS.iter().map(|map| dir.join(map));
     let mut result = Ok(());
     for pin in links.chain(maps) {

@@ -10,11 +10,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    os::fd::AsFd as _,
 };
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuHashMap, PerCpuValues},
     sys::SyscallError,
 };
 use proto::manifest::Protocol;
@@ -28,6 +29,7 @@ use super::{
     Result, SocketLbError,
     error::{io_error, map_error},
 };
+use crate::metrics::ebpf::batch;
 use crate::proxy::model::{Backend, ServiceCounters, ServiceKey, ServiceTable};
 
 /// `BPF_NOEXIST`: insert only if absent.
@@ -260,27 +262,44 @@ impl Tables {
         Ok(())
     }
 
-    /// Connections per service, summed over the CPUs.
+    /// Connections and bytes per service, summed over the CPUs: one batch lookup
+    /// per thousand or so services where the kernel has them, aya's
+    /// iteration (two syscalls per service) otherwise.
     pub(super) fn counters(&self) -> Result<BTreeMap<ServiceKey, ServiceCounters>> {
-        let mut counters = BTreeMap::new();
-        for entry in self.counters.iter() {
-            let (key, per_cpu) =
-                entry.map_err(map_error(COUNTERS_MAP, || "reading counters".into()))?;
-            let Some(service) = model_key(key) else {
-                continue;
+        let fold = |total: ServiceStats, cpu: &ServiceStats| total.wrapping_add(*cpu);
+        let fd = self.counters.map().fd().as_fd();
+        let entries: Vec<(lb::ServiceKey, ServiceStats)> =
+            match batch::lookup_percpu(fd, self.possible_cpus, fold) {
+                Ok(entries) => entries.into_iter().collect(),
+                Err(error) if batch::unsupported(&error) => self
+                    .counters
+                    .iter()
+                    .map(|entry| {
+                        entry.map(|(key, per_cpu)| {
+                            (key, per_cpu.iter().fold(ServiceStats::default(), fold))
+                        })
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(map_error(COUNTERS_MAP, || "reading counters".into()))?,
+                Err(io_error) => {
+                    return Err(map_error(COUNTERS_MAP, || "reading counters".into())(
+                        MapError::SyscallError(SyscallError {
+                            call: "BPF_MAP_LOOKUP_BATCH",
+                            io_error,
+                        }),
+                    ));
+                }
             };
-            let connections = per_cpu
-                .iter()
-                .fold(0u64, |sum, stats| sum.wrapping_add(stats.connections));
-            counters.insert(
-                service,
-                ServiceCounters {
-                    connections,
-                    bytes: 0,
-                },
-            );
-        }
-        Ok(counters)
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, stats)| {
+                let counters = ServiceCounters {
+                    connections: stats.connections,
+                    bytes: stats.bytes,
+                };
+                model_key(key).map(|service| (service, counters))
+            })
+            .collect())
     }
 
     /// Services in the maps (for tests and `Debug`).
@@ -395,5 +414,93 @@ fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(error) if errno(&error) == Some(libc::ENOENT) => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::manifest::Port;
+
+    use super::*;
+    use crate::proxy::model::{Endpoint, PodAddress};
+
+    fn endpoint(instance: &str, address: PodAddress, ports: &[(u16, u16, Protocol)]) -> Endpoint {
+        Endpoint {
+            app: "app".into(),
+            instance: instance.into(),
+            address,
+            ports: ports
+                .iter()
+                .map(|&(port, target_port, protocol)| Port {
+                    port,
+                    target_port,
+                    protocol,
+                    kind: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn tcp_and_udp_services_become_network_order_entries_and_sctp_is_left_out() {
+        let table = ServiceTable::from_endpoints(&[
+            endpoint(
+                "a",
+                PodAddress::Ip(Ipv4Addr::new(10, 88, 0, 2)),
+                &[
+                    (80, 8080, Protocol::Tcp),
+                    (53, 5353, Protocol::Udp),
+                    (9, 9, Protocol::Sctp),
+                ],
+            ),
+            endpoint("b", PodAddress::HostNetwork, &[(81, 8081, Protocol::Tcp)]),
+        ]);
+        let wanted = wanted_services(&table).expect("within limits");
+        assert_eq!(wanted.len(), 3, "{wanted:?}");
+        let web = lb::ServiceKey::new(80, PROTO_TCP);
+        assert_eq!(web.port, 80u16.to_be());
+        assert_eq!(
+            wanted[&web],
+            vec![BackendValue {
+                ip: u32::from(Ipv4Addr::new(10, 88, 0, 2)).to_be(),
+                port: 8080u16.to_be(),
+                pad: 0,
+            }]
+        );
+        assert_eq!(
+            wanted[&lb::ServiceKey::new(81, PROTO_TCP)],
+            vec![BackendValue::new(0, 8081)],
+            "a node port keeps the client's address"
+        );
+        assert!(wanted.contains_key(&lb::ServiceKey::new(53, PROTO_UDP)));
+        assert_eq!(
+            model_key(web),
+            Some(ServiceKey {
+                port: 80,
+                protocol: Protocol::Tcp
+            })
+        );
+        assert_eq!(display(web), "80/TCP");
+    }
+
+    #[test]
+    fn a_service_with_more_backends_than_the_programs_scan_is_refused() {
+        let endpoints: Vec<Endpoint> = (0..=MAX_BACKENDS)
+            .map(|n| {
+                let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 89, 0, 0)) + n);
+                endpoint(
+                    &format!("i{n}"),
+                    PodAddress::Ip(ip),
+                    &[(80, 80, Protocol::Tcp)],
+                )
+            })
+            .collect();
+        let table = ServiceTable::from_endpoints(&endpoints);
+        match wanted_services(&table) {
+            Err(SocketLbError::TooManyBackends { count, max, .. }) => {
+                assert_eq!((count, max), (MAX_BACKENDS as usize + 1, MAX_BACKENDS));
+            }
+            other => panic!("expected TooManyBackends, got {other:?}"),
+        }
     }
 }
