@@ -5,7 +5,7 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | `riklet_proxy_connections_total` | counter | app, port, protocol, node |
-//! | `riklet_proxy_bytes_total` | counter (nftables-proxied traffic) | app, port, protocol, node |
+//! | `riklet_proxy_bytes_total` | counter | app, port, protocol, node |
 //! | `riklet_proxy_backends` | gauge | app, port, protocol, node |
 //! | `riklet_proxy_services` | gauge | node |
 //! | `riklet_proxy_last_sync_seconds` | gauge | node |
@@ -49,7 +49,7 @@ const PER_SERVICE: [(&str, &str, MetricType, Figure); 3] = [
     ),
     (
         "riklet_proxy_bytes",
-        "Bytes of the service's traffic proxied by nftables (the eBPF socket path has no per-packet hook).",
+        "Bytes, both ways, of the service's connections and flows (eBPF socket load-balancer and nftables).",
         MetricType::Counter,
         |s| s.bytes,
     ),

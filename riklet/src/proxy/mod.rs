@@ -135,8 +135,8 @@ pub struct ServiceStatus {
     pub datapath: &'static str,
     pub backends: Vec<String>,
     pub connections: u64,
-    /// Bytes counted by nftables (traffic entering the node; the eBPF
-    /// path has no per-packet hook).
+    /// Bytes both ways: the socket LB's sockets (counted per packet by its
+    /// `cgroup_skb` pair) plus the connections nftables translated.
     pub bytes: u64,
 }
 
