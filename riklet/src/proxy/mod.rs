@@ -142,6 +142,7 @@ pub struct ServiceStatus {
 
 /// What the proxy is doing (`riklet proxy`, `/metrics`).
 #[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProxyStatus {
     /// The datapath in use.
     pub mode: ProxyMode,
