@@ -185,34 +185,43 @@ impl NetworkConfig {
     /// Checks what serde cannot; returns the parsed CIDR.
     pub fn validate(&self) -> Result<Ipv4Cidr> {
         let invalid = |field, reason: String| NetworkError::InvalidConfig { field, reason };
-        let b = &self.bridge;
-        if b.is_empty()
-            || b.len() > 15
-            || b == "."
-            || b == ".."
-            || !b
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-        {
-            return Err(invalid(
-                "bridge",
-                format!("{b:?} is not a link name (1-15 characters of [A-Za-z0-9._-])"),
-            ));
-        }
-        let t = &self.nft_table;
-        if t.is_empty()
-            || t.len() > 64
-            || !t.starts_with(|c: char| c.is_ascii_alphabetic())
-            || !t
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c))
-        {
-            return Err(invalid(
-                "nft_table",
-                format!("{t:?} is not a table name (a letter, then [A-Za-z0-9_-], at most 64)"),
-            ));
-        }
+        check_link_name(&self.bridge).map_err(|reason| invalid("bridge", reason))?;
+        check_nft_table_name(&self.nft_table).map_err(|reason| invalid("nft_table", reason))?;
         Ipv4Cidr::parse(&self.pod_cidr).map_err(|reason| invalid("pod_cidr", reason))
+    }
+}
+
+/// A name the kernel takes for a link: 1-15 characters of `[A-Za-z0-9._-]`,
+/// not `.` or `..`; otherwise why not.
+pub(crate) fn check_link_name(b: &str) -> std::result::Result<(), String> {
+    let valid = !b.is_empty()
+        && b.len() <= 15
+        && b != "."
+        && b != ".."
+        && b.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{b:?} is not a link name (1-15 characters of [A-Za-z0-9._-])"
+        ))
+    }
+}
+
+/// A name nft takes for a table without quoting: a letter, then
+/// `[A-Za-z0-9_-]`, at most 64 characters; otherwise why not.
+pub(crate) fn check_nft_table_name(t: &str) -> std::result::Result<(), String> {
+    let valid = t.len() <= 64
+        && t.starts_with(|c: char| c.is_ascii_alphabetic())
+        && t.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{t:?} is not a table name (a letter, then [A-Za-z0-9_-], at most 64)"
+        ))
     }
 }
 

@@ -125,33 +125,10 @@ impl NftProxy {
     /// Checks the settings; touches nothing.
     pub fn new(settings: NftSettings) -> Result<Self> {
         let invalid = |field, reason: String| NftProxyError::InvalidSettings { field, reason };
-        let t = &settings.table;
-        if t.is_empty()
-            || t.len() > 64
-            || !t.starts_with(|c: char| c.is_ascii_alphabetic())
-            || !t
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c))
-        {
-            return Err(invalid(
-                "table",
-                format!("{t:?} is not a table name (a letter, then [A-Za-z0-9_-], at most 64)"),
-            ));
-        }
-        let b = &settings.bridge;
-        if b.is_empty()
-            || b.len() > 15
-            || b == "."
-            || b == ".."
-            || !b
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-        {
-            return Err(invalid(
-                "bridge",
-                format!("{b:?} is not a link name (1-15 characters of [A-Za-z0-9._-])"),
-            ));
-        }
+        crate::network::check_nft_table_name(&settings.table)
+            .map_err(|reason| invalid("table", reason))?;
+        crate::network::check_link_name(&settings.bridge)
+            .map_err(|reason| invalid("bridge", reason))?;
         Ok(NftProxy {
             settings,
             state: tokio::sync::Mutex::new(State::default()),
