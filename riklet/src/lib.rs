@@ -156,19 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "node API",
         api::serve_logs(api_listener, config.log_dir.clone(), stopped),
     );
-    let client_settings = scheduler_client::ClientSettings {
-        scheduler: config.scheduler.clone(),
-        node: node.clone(),
-        host_address: api_address,
-        heartbeat_interval: config.heartbeat_interval,
-    };
-    let client_stop = tasks.stop.subscribe();
-    tasks.services.spawn(scheduler_client::run(
-        client_settings,
-        handle,
-        reports_rx,
-        client_stop,
-    ));
+    start_scheduler_client(&config, &node, api_address, handle, reports_rx, &mut tasks);
 
     shutdown.await;
     info!(node = %node, "riklet stopping; pods keep running");
@@ -184,6 +172,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = collector_task.await;
     let _ = std::fs::remove_file(config.socket_path());
     Ok(())
+}
+
+/// Registers with the scheduler and keeps it informed, until the stop.
+fn start_scheduler_client(
+    config: &Config,
+    node: &str,
+    host_address: String,
+    agent: agent::AgentHandle,
+    reports: mpsc::UnboundedReceiver<agent::InstanceReport>,
+    tasks: &mut Tasks,
+) {
+    let settings = scheduler_client::ClientSettings {
+        scheduler: config.scheduler.clone(),
+        node: node.to_string(),
+        host_address,
+        heartbeat_interval: config.heartbeat_interval,
+    };
+    let stop = tasks.stop.subscribe();
+    tasks
+        .services
+        .spawn(scheduler_client::run(settings, agent, reports, stop));
 }
 
 /// The configured node name, else the hostname in lower case (which must
