@@ -41,6 +41,8 @@ struct Ports {
     echo: u16,
     web: u16,
     sctp: u16,
+    host: u16,
+    host_target: u16,
 }
 
 /// A bare-process TCP app answering each connection with the pod's own
@@ -81,6 +83,34 @@ fn sctp_app(port: u16) -> String {
          exec: /bin/busybox\n      args: [sleep, \"3600\"]\n      \
          ports: {{port: {port}, target_port: 9999, protocol: SCTP}}\n"
     )
+}
+
+/// busybox httpd in the node's network namespace on `target`, exposed on
+/// `port`: the proxy's backend is the node itself at another port.
+fn host_network_app(port: u16, target: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nname: hostweb\nspec:\n  hostNetwork: true\n  containers:\n    - name: httpd\n      \
+         exec: /bin/busybox\n      args: [httpd, -f, -p, \"{target}\", -h, /usr/share/doc/busybox-static]\n      \
+         ports: {{port: {port}, target_port: {target}}}\n"
+    )
+}
+
+/// Entries of one of the socket LB's pinned maps (`bpftool map dump`).
+fn pinned_entries(cluster: &Cluster, map: &str) -> usize {
+    let pin = cluster.pin_dir.join("proxy").join(map);
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map dump {}: {}",
+        pin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array().map_or(0, Vec::len)
 }
 
 /// Connects to `addr` and returns what the `who` app answered (a pod
@@ -253,6 +283,8 @@ fn end_to_end(mode: &'static str) {
         echo: free_port(),
         web: free_port(),
         sctp: free_port(),
+        host: free_port(),
+        host_target: free_port(),
     };
     apply_ok(&cluster, &who_app(ports.who, 2));
     apply_ok(&cluster, &echo_app(ports.echo));
@@ -261,10 +293,13 @@ fn end_to_end(mode: &'static str) {
         &web_app(ports.web, &format!("{}/busybox:1", reg.host())),
     );
     apply_ok(&cluster, &sctp_app(ports.sctp));
+    apply_ok(&cluster, &host_network_app(ports.host, ports.host_target));
     let who = wait_backends(&cluster, ports.who, "TCP", 2);
     wait_backends(&cluster, ports.echo, "UDP", 1);
     wait_backends(&cluster, ports.web, "TCP", 1);
     let sctp = wait_backends(&cluster, ports.sctp, "SCTP", 1);
+    let host = wait_backends(&cluster, ports.host, "TCP", 1);
+    assert_eq!(host["backends"][0], format!("node:{}", ports.host_target));
     let who_pods: Vec<String> = who["backends"]
         .as_array()
         .unwrap()
@@ -280,13 +315,16 @@ fn end_to_end(mode: &'static str) {
     assert_eq!(sctp["datapath"], "nftables");
 
     // From the external host, through the node's address on its veth.
-    let (answer, echo, page) = ext.run(|| {
+    let (answer, echo, page, host_page) = ext.run(|| {
         (
             ask((ext.node_ip, ports.who).into()),
             udp_echo(SocketAddrV4::new(ext.node_ip, ports.echo), "ping"),
             http_get_at(ext.node_ip.into(), ports.web, "/"),
+            http_get_at(ext.node_ip.into(), ports.host, "/copyright"),
         )
     });
+    let host_page = host_page.expect("HTTP to the host-network app from the external host");
+    assert!(host_page.0.contains("200"), "{host_page:?}");
     let answer = answer.expect("TCP from the external host");
     assert!(who_pods.contains(&answer), "{answer} not in {who_pods:?}");
     let (echoed, from) = echo.expect("UDP from the external host");
@@ -315,6 +353,9 @@ fn end_to_end(mode: &'static str) {
             (echoed.as_str(), peer),
             ("hi", SocketAddr::from((node_ip, ports.echo)))
         );
+        let host_page = http_get_at(node_ip.into(), ports.host, "/copyright")
+            .expect("HTTP to the host-network app from the node");
+        assert!(host_page.0.contains("200"), "{node_ip}: {host_page:?}");
         let page = http_get_at(node_ip.into(), ports.web, "/").expect("HTTP from the node");
         assert_eq!(page.1.trim(), PAGE, "{node_ip}");
     }
@@ -385,6 +426,12 @@ fn end_to_end(mode: &'static str) {
     // kill -9: the datapath keeps serving; the next riklet adopts it.
     let shape = table_shape(&cluster);
     let programs = root_programs();
+    let maps = (mode == "ebpf").then(|| {
+        (
+            pinned_entries(&cluster, "LB_SERVICES"),
+            pinned_entries(&cluster, "LB_BACKENDS"),
+        )
+    });
     cluster.kill_riklet();
     assert!(
         ask((Ipv4Addr::LOCALHOST, ports.who).into()).is_ok(),
@@ -408,6 +455,39 @@ fn end_to_end(mode: &'static str) {
         programs,
         "no duplicate programs at the cgroup root"
     );
+    if let Some(maps) = maps {
+        let now = (
+            pinned_entries(&cluster, "LB_SERVICES"),
+            pinned_entries(&cluster, "LB_BACKENDS"),
+        );
+        assert_eq!(now, maps, "no duplicate service or backend entries");
+    }
+
+    // A backend whose network namespace is gone is no backend.
+    let pods = cluster.local_pods();
+    let gone = pods
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["app"] == "who" && p["internalIp"] == who_pods[0].as_str())
+        .expect("the who replica at the first backend")["appId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = Command::new("ip")
+        .args(["netns", "del", &format!("rik-{gone}")])
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_backends(&cluster, ports.who, "TCP", 1);
+    for _ in 0..20 {
+        let answer = ask((Ipv4Addr::LOCALHOST, ports.who).into()).expect("TCP from the node");
+        assert_eq!(answer, who_pods[1], "only the replica with a network");
+    }
     assert!(ask((Ipv4Addr::LOCALHOST, ports.who).into()).is_ok());
 
     // Delete: the port closes.
@@ -424,7 +504,7 @@ fn end_to_end(mode: &'static str) {
         deleted.elapsed()
     );
 
-    for app in ["echo", "web", "signal"] {
+    for app in ["echo", "web", "signal", "hostweb"] {
         cluster.rik_ok(&["delete", app]);
     }
     wait_for(Duration::from_secs(60), "every pod gone", || {
