@@ -560,7 +560,9 @@ fn free_port_on(address: Ipv4Addr) -> anyhow::Result<u16> {
 }
 
 /// The cluster's bridge and NAT table, removed on drop (the riklet removes
-/// neither: pods' networks come and go, the bridge stays).
+/// neither: pods' networks come and go, the bridge stays), and the proxy's
+/// table (`<nft_table>_proxy`), which a riklet that did not stop cleanly
+/// leaves. Its pinned eBPF programs and maps go with the cluster's pin dir.
 struct BenchNetwork {
     bridge: String,
     table: String,
@@ -572,10 +574,12 @@ impl Drop for BenchNetwork {
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.table])
-            .stderr(Stdio::null())
-            .status();
+        for table in [self.table.clone(), format!("{}_proxy", self.table)] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &table])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
