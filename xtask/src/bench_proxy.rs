@@ -5,22 +5,23 @@
 //! 1. builds the release binaries and starts a one-node cluster (a
 //!    `rik-scheduler` of its own, so that the riklet can be restarted in
 //!    another proxy mode while the scheduler keeps the apps; bridge, pod
-//!    CIDR and nft table of its own);
+//!    CIDR and nft tables of its own);
 //! 2. applies the pod every route reaches: a bare-process `nginx` (Debian's
 //!    `nginx-light`, one worker, a config written here serving a 1 KiB
 //!    file) and an `iperf3 -s` in a second container, in the pod's own
 //!    network namespace, each with a `ports` entry; starts `socat` and
-//!    `haproxy` relays to the pod on the chosen node address;
+//!    `haproxy` relays to the pod on 127.0.0.1;
 //! 3. [`Plan::rounds`] interleaved rounds: in each, every route gets a
 //!    `wrk` run with keep-alive, one with a new connection per request
 //!    (`Connection: close`) and an `iperf3` run. Routes: the pod IP
-//!    (direct), the eBPF and nftables datapaths (the riklet restarted with
-//!    `--proxy MODE`; pods survive a restart, so it is the same pod), socat
-//!    and haproxy. A riklet without `--proxy` gets direct, socat and
-//!    haproxy only, the proxy rows marked as not measured;
+//!    (direct); the eBPF and nftables datapaths (the riklet restarted with
+//!    `--proxy MODE`; pods survive a restart, so it is the same pod), each
+//!    through 127.0.0.1 and through the node's address; socat and haproxy.
+//!    A riklet without `--proxy` gets direct, socat and haproxy only, the
+//!    proxy rows marked as not measured;
 //! 4. per proxy mode: the time from a new pod's RUNNING (the riklet's pod
-//!    record) to its first connection through the node port, next to its
-//!    first direct connection (the server's own start);
+//!    record) to its first connection through the node port on 127.0.0.1,
+//!    next to its first direct connection (the server's own start);
 //! 5. per proxy mode: the riklet's sync of 1,000 services (one pod with
 //!    1,000 `ports` entries), read from its `/metrics`
 //!    (`riklet_proxy_last_sync_seconds` once `riklet_proxy_services` counts
@@ -31,37 +32,44 @@
 //! Nothing here asserts on time: the figures are reported, not judged.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 mod load;
+mod node;
 mod probe;
 mod report;
+mod site;
 
 use crate::bench::{Cluster, SchedulerProcess, release_binaries, step};
 use load::{Relay, Wrk, require_tools, wait_connectable};
+use node::{BenchNetwork, default_route_address, free_port, pod_ip, proxy_view, serves};
 use probe::{
     SYNC_SERVICES, first_connect_json, first_connect_sample, sync_json, sync_line, sync_sample,
 };
-use report::{Mode, Route, Samples, results, table};
+use report::{Mode, Route, Samples, Via, results, table};
+use site::{nginx_container, write_site};
 /// Where nginx and iperf3 listen in the pod.
 pub(crate) const HTTP_TARGET: u16 = 8080;
 pub(crate) const IPERF_TARGET: u16 = 5201;
 /// The static file nginx serves at `/`.
 pub(crate) const FILE_BYTES: usize = 1024;
+/// Where the relays listen and the first-connection probe connects.
+pub(crate) const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// Command-line options of `cargo xtask bench proxy`.
 pub struct Options {
     /// One round of 2-second runs, one sample of the rest: a check that the
     /// harness works (CI), not figures to quote.
     pub quick: bool,
-    /// The node address the proxied and relayed routes are reached at.
-    pub address: Ipv4Addr,
+    /// The node address proxied routes are also measured at (127.0.0.1 is
+    /// always); default: the address of the default route's interface.
+    pub node_address: Option<Ipv4Addr>,
 }
 
 /// How much of everything.
@@ -116,7 +124,11 @@ pub fn proxy(root: &Path, opts: &Options) -> anyhow::Result<()> {
     step("start a one-node cluster: rik-scheduler + riklet");
     let first = modes.first().map(|m| mode_args(*m)).unwrap_or_default();
     let mut cluster = Cluster::start_with(&bin, &extra, SchedulerProcess::Separate, &first)?;
-    let result = measure(&mut cluster, opts, modes);
+    let node_address = match opts.node_address {
+        Some(a) => Some(a),
+        None => default_route_address()?,
+    };
+    let result = measure(&mut cluster, opts.quick, node_address, modes);
     let _ = std::fs::copy(
         cluster.dir_path().join("riklet.log"),
         out_dir.join("proxy-riklet.log"),
@@ -155,18 +167,74 @@ fn mode_args(mode: Mode) -> Vec<String> {
     vec!["--proxy".to_string(), mode.name().to_string()]
 }
 
-fn measure(cluster: &mut Cluster, opts: &Options, modes: Vec<Mode>) -> anyhow::Result<Value> {
+fn measure(
+    cluster: &mut Cluster,
+    quick: bool,
+    node_address: Option<Ipv4Addr>,
+    modes: Vec<Mode>,
+) -> anyhow::Result<Value> {
     let machine = crate::bench::machine();
-    let plan = Plan::new(opts.quick);
     let dir = cluster.dir_path().to_path_buf();
     write_site(&dir)?;
-    let (http_port, iperf_port) = (free_port_on(opts.address)?, free_port_on(opts.address)?);
+    let (http_port, iperf_port) = (free_port()?, free_port()?);
 
+    let (pod_ip, direct) = start_pod(cluster, &dir, http_port, iperf_port)?;
+
+    step("userspace relays on 127.0.0.1: socat, haproxy");
+    let on = |port| SocketAddr::new(LOOPBACK.into(), port);
+    let socat = (on(free_port()?), on(free_port()?));
+    let haproxy = (on(free_port()?), on(free_port()?));
+    let _relays = [
+        Relay::socat(&dir, socat.0, direct.0)?,
+        Relay::socat(&dir, socat.1, direct.1)?,
+        Relay::haproxy(&dir, &[(haproxy.0, direct.0), (haproxy.1, direct.1)])?,
+    ];
+    let mut endpoints = BTreeMap::from([
+        (Route::Direct, direct),
+        (Route::Socat, socat),
+        (Route::Haproxy, haproxy),
+    ]);
+    let mut vias = vec![(Via::Loopback, LOOPBACK)];
+    vias.extend(node_address.map(|a| (Via::NodeAddress, a)));
+    for mode in &modes {
+        for (via, address) in &vias {
+            let at = |port| SocketAddr::new((*address).into(), port);
+            endpoints.insert(Route::Proxy(*mode, *via), (at(http_port), at(iperf_port)));
+        }
+    }
+
+    let mut bench = Bench {
+        cluster,
+        plan: Plan::new(quick),
+        vias,
+        wrk: Wrk::new(&dir)?,
+        mode: modes.first().copied(),
+        modes,
+        pod_ip,
+        node_ports: (http_port, iperf_port),
+        endpoints,
+        samples: BTreeMap::new(),
+        proxy_views: BTreeMap::new(),
+    };
+    bench.rounds()?;
+    let first_connect = bench.first_connects()?;
+    let sync = bench.syncs()?;
+    Ok(results(&bench.report(machine, first_connect, sync)))
+}
+
+/// Applies `web`: nginx and `iperf3 -s` behind the node ports; returns
+/// the pod IP and their direct endpoints once both answer.
+fn start_pod(
+    cluster: &Cluster,
+    dir: &Path,
+    http_port: u16,
+    iperf_port: u16,
+) -> anyhow::Result<(Ipv4Addr, (SocketAddr, SocketAddr))> {
     step("the pod: nginx and iperf3 -s, bare processes in their own netns");
     let web = json!({
         "apiVersion": "v1", "kind": "Pod", "name": "web",
         "spec": {"containers": [
-            nginx_container(&dir, "web", http_port),
+            nginx_container(dir, "web", http_port),
             {"name": "iperf3", "exec": "/usr/bin/iperf3",
              "args": ["-s", "-p", IPERF_TARGET.to_string()],
              "ports": {"port": iperf_port, "target_port": IPERF_TARGET, "protocol": "TCP"}},
@@ -183,55 +251,14 @@ fn measure(cluster: &mut Cluster, opts: &Options, modes: Vec<Mode>) -> anyhow::R
             .map_err(|e| with_output(cluster, "web", e))?;
     }
     println!("  pod {pod_ip}: nginx :{HTTP_TARGET}, iperf3 :{IPERF_TARGET}");
-
-    step("userspace relays on the node address: socat, haproxy");
-    let on = |port| SocketAddr::new(opts.address.into(), port);
-    let socat = (
-        on(free_port_on(opts.address)?),
-        on(free_port_on(opts.address)?),
-    );
-    let haproxy = (
-        on(free_port_on(opts.address)?),
-        on(free_port_on(opts.address)?),
-    );
-    let _relays = [
-        Relay::socat(&dir, socat.0, direct.0)?,
-        Relay::socat(&dir, socat.1, direct.1)?,
-        Relay::haproxy(&dir, &[(haproxy.0, direct.0), (haproxy.1, direct.1)])?,
-    ];
-    let mut endpoints = BTreeMap::from([
-        (Route::Direct, direct),
-        (Route::Socat, socat),
-        (Route::Haproxy, haproxy),
-    ]);
-    for mode in &modes {
-        endpoints.insert(mode.route(), (on(http_port), on(iperf_port)));
-    }
-
-    let mut bench = Bench {
-        cluster,
-        plan,
-        address: opts.address,
-        wrk: Wrk::new(&dir)?,
-        mode: modes.first().copied(),
-        modes,
-        pod_ip,
-        node_ports: (http_port, iperf_port),
-        endpoints,
-        samples: BTreeMap::new(),
-        proxy_views: BTreeMap::new(),
-    };
-    bench.rounds()?;
-    let first_connect = bench.first_connects()?;
-    let sync = bench.syncs()?;
-    Ok(results(&bench.report(machine, first_connect, sync)))
+    Ok((pod_ip, direct))
 }
 
 /// What the results are built from.
 pub(crate) struct Report {
     pub machine: Value,
     pub plan: Plan,
-    pub address: Ipv4Addr,
+    pub node_address: Option<Ipv4Addr>,
     pub modes: Vec<Mode>,
     pub pod_ip: Ipv4Addr,
     pub node_ports: (u16, u16),
@@ -246,7 +273,8 @@ pub(crate) struct Report {
 struct Bench<'a> {
     cluster: &'a mut Cluster,
     plan: Plan,
-    address: Ipv4Addr,
+    /// The node addresses proxied routes are measured at.
+    vias: Vec<(Via, Ipv4Addr)>,
     wrk: Wrk,
     /// The proxy modes this riklet takes.
     modes: Vec<Mode>,
@@ -279,7 +307,9 @@ impl Bench<'_> {
             }
             for mode in modes {
                 self.switch_mode(mode)?;
-                self.run_route(mode.route())?;
+                for (via, _) in self.vias.clone() {
+                    self.run_route(Route::Proxy(mode, via))?;
+                }
                 let view = proxy_view(self.cluster)?;
                 self.proxy_views.insert(mode.name(), view);
             }
@@ -294,13 +324,13 @@ impl Bench<'_> {
         let (http, iperf) = self.endpoints[&route];
         let s = self.samples.entry(route).or_default();
         s.run(&self.wrk, http, iperf, self.plan.run)?;
-        println!("  {:<9} {}", route.key(), s.last_line());
+        println!("  {:<21} {}", route.key(), s.last_line());
         Ok(())
     }
 
     /// Restarts the riklet in `mode` unless it runs in it, then waits until
     /// `riklet proxy` shows the pod behind both node ports and the HTTP
-    /// port answers.
+    /// port answers at every measured address.
     fn switch_mode(&mut self, mode: Mode) -> anyhow::Result<()> {
         if self.mode != Some(mode) {
             println!("  restart the riklet with --proxy {}", mode.name());
@@ -335,10 +365,11 @@ impl Bench<'_> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        wait_connectable(
-            SocketAddr::new(self.address.into(), self.node_ports.0),
-            Duration::from_secs(30),
-        )
+        for (_, address) in &self.vias {
+            let http = SocketAddr::new((*address).into(), self.node_ports.0);
+            wait_connectable(http, Duration::from_secs(30))?;
+        }
+        Ok(())
     }
 
     /// RUNNING → first proxied connection, per mode; with no proxy mode,
@@ -362,13 +393,13 @@ impl Bench<'_> {
             let mut samples = Vec::new();
             for i in 0..self.plan.first_connects {
                 let name = format!("fc-{}-{i}", mode.map_or("none", Mode::name));
-                let port = free_port_on(self.address)?;
+                let port = free_port()?;
                 let manifest = json!({
                     "apiVersion": "v1", "kind": "Pod", "name": name,
                     "spec": {"containers": [nginx_container(self.cluster.dir_path(), &name, port)]},
                 });
                 let file = write_manifest(self.cluster, &name, &manifest)?;
-                let proxied = mode.map(|_| SocketAddr::new(self.address.into(), port));
+                let proxied = mode.map(|_| SocketAddr::new(LOOPBACK.into(), port));
                 let sample = first_connect_sample(self.cluster, &name, &file, proxied)
                     .map_err(|e| with_output(self.cluster, &name, e))?;
                 println!("  {:>2}: {}", i + 1, sample.line());
@@ -408,7 +439,11 @@ impl Bench<'_> {
         Report {
             machine,
             plan: self.plan,
-            address: self.address,
+            node_address: self
+                .vias
+                .iter()
+                .find(|(v, _)| *v == Via::NodeAddress)
+                .map(|(_, a)| *a),
             modes: self.modes,
             pod_ip: self.pod_ip,
             node_ports: self.node_ports,
@@ -419,86 +454,6 @@ impl Bench<'_> {
             sync,
         }
     }
-}
-
-/// Whether a `riklet proxy` view lists TCP `port` with `backend` behind it.
-fn serves(view: &Value, port: u16, backend: SocketAddr) -> bool {
-    let backend = backend.to_string();
-    view["services"].as_array().is_some_and(|services| {
-        services.iter().any(|s| {
-            s["port"] == port
-                && s["protocol"]
-                    .as_str()
-                    .is_some_and(|p| p.eq_ignore_ascii_case("tcp"))
-                && s["backends"]
-                    .as_array()
-                    .is_some_and(|b| b.iter().any(|b| b == backend.as_str()))
-        })
-    })
-}
-
-/// `riklet proxy` (control socket) as JSON.
-pub(crate) fn proxy_view(cluster: &Cluster) -> anyhow::Result<Value> {
-    let out = Command::new(cluster.bin_path().join("riklet"))
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
-        .arg("proxy")
-        .stdin(Stdio::null())
-        .output()
-        .context("riklet proxy")?;
-    if !out.status.success() {
-        bail!(
-            "riklet proxy: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("riklet proxy JSON")
-}
-
-/// The bench's nginx: one worker, no access log, errors on stderr (the
-/// pod's log), the site of [`write_site`]; a pid file per app so that
-/// several can run.
-fn nginx_container(dir: &Path, app: &str, port: u16) -> Value {
-    json!({
-        "name": "nginx",
-        "exec": "/usr/sbin/nginx",
-        "args": [
-            "-c", dir.join("nginx.conf"),
-            "-g", format!("pid {};", dir.join("nginx").join(format!("{app}.pid")).display()),
-        ],
-        "ports": {"port": port, "target_port": HTTP_TARGET, "protocol": "TCP"},
-    })
-}
-
-/// The static file and nginx's config, in the cluster's temp dir. Bare
-/// processes run as `run_as_user` (`nobody`), so nginx's pid files and
-/// temp paths go to a sticky world-writable `nginx/` there.
-fn write_site(dir: &Path) -> anyhow::Result<()> {
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www)?;
-    let line = "riklet proxy benchmark: a small static file served by nginx.\n";
-    let body: String = line.chars().cycle().take(FILE_BYTES).collect();
-    std::fs::write(www.join("index.html"), body)?;
-    let run = dir.join("nginx");
-    std::fs::create_dir_all(&run)?;
-    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
-    let mut conf = String::from(
-        "# Written by `cargo xtask bench proxy`.\ndaemon off;\nworker_processes 1;\n\
-         events { worker_connections 4096; }\nhttp {\n  access_log off;\n",
-    );
-    for temp in ["client_body", "proxy", "fastcgi", "scgi", "uwsgi"] {
-        conf.push_str(&format!(
-            "  {temp}_temp_path {};\n",
-            run.join(temp).display()
-        ));
-    }
-    conf.push_str(&format!(
-        "  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000000;\n  keepalive_timeout 65;\n\
-         \x20 default_type text/html;\n  server {{\n    listen {HTTP_TARGET};\n    root {};\n  }}\n}}\n",
-        www.display()
-    ));
-    std::fs::write(dir.join("nginx.conf"), conf)?;
-    Ok(())
 }
 
 pub(crate) fn write_manifest(
@@ -537,84 +492,5 @@ pub(crate) fn with_output(cluster: &Cluster, app: &str, error: anyhow::Error) ->
             String::from_utf8_lossy(&logs.stderr)
         )),
         Err(e) => error.context(format!("(rik logs {app}: {e:#})")),
-    }
-}
-
-/// The pod IP of the app's (only) instance.
-fn pod_ip(cluster: &Cluster, name: &str) -> anyhow::Result<Ipv4Addr> {
-    let instances = cluster.instances(name)?;
-    let ip = instances
-        .first()
-        .and_then(|i| i["internalIp"].as_str())
-        .with_context(|| format!("no internalIp for {name}: {instances:?}"))?;
-    ip.parse()
-        .with_context(|| format!("internalIp {ip:?} of {name} is not an IPv4 address"))
-}
-
-/// A TCP port nothing listens on at `address` now.
-fn free_port_on(address: Ipv4Addr) -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((address, 0))
-        .with_context(|| format!("binding a free port on {address}"))?
-        .local_addr()?
-        .port())
-}
-
-/// The cluster's bridge and NAT table, removed on drop (the riklet removes
-/// neither: pods' networks come and go, the bridge stays), and the proxy's
-/// table (`<nft_table>_proxy`), which a riklet that did not stop cleanly
-/// leaves. Its pinned eBPF programs and maps go with the cluster's pin dir.
-struct BenchNetwork {
-    bridge: String,
-    table: String,
-}
-
-impl Drop for BenchNetwork {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
-        for table in [self.table.clone(), format!("{}_proxy", self.table)] {
-            let _ = Command::new("nft")
-                .args(["delete", "table", "ip", &table])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_service_serves_when_its_tcp_port_lists_the_backend() {
-        let view = json!({"mode": "ebpf", "services": [
-            {"app": "web", "port": 30080, "protocol": "TCP", "datapath": "ebpf",
-             "backends": ["10.217.0.2:8080"], "connections": 0, "bytes": 0},
-            {"app": "web", "port": 30081, "protocol": "UDP", "datapath": "ebpf",
-             "backends": ["10.217.0.2:5201"], "connections": 0, "bytes": 0},
-        ]});
-        let pod = |p| SocketAddr::from(([10, 217, 0, 2], p));
-        assert!(serves(&view, 30080, pod(8080)));
-        assert!(!serves(&view, 30080, pod(8081)));
-        assert!(
-            !serves(&view, 30081, pod(5201)),
-            "UDP is not the iperf3 TCP port"
-        );
-        assert!(!serves(&json!({"mode": "off"}), 30080, pod(8080)));
-    }
-
-    #[test]
-    fn the_site_is_the_announced_size() {
-        let dir = std::env::temp_dir().join(format!("bench-proxy-site-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        write_site(&dir).unwrap();
-        let body = std::fs::read(dir.join("www/index.html")).unwrap();
-        let conf = std::fs::read_to_string(dir.join("nginx.conf")).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(body.len(), FILE_BYTES);
-        assert!(conf.contains("listen 8080;"), "{conf}");
-        assert!(conf.contains("proxy_temp_path /"), "{conf}");
     }
 }

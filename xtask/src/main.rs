@@ -86,9 +86,10 @@ enum BenchKind {
         /// One round of 2-second runs and one sample of the rest (CI).
         #[arg(long)]
         quick: bool,
-        /// The node address proxied and relayed routes are reached at.
-        #[arg(long, default_value = "127.0.0.1")]
-        address: std::net::Ipv4Addr,
+        /// The node address proxied routes are also measured at, besides
+        /// 127.0.0.1 [default: the address of the default route's interface].
+        #[arg(long)]
+        node_address: Option<std::net::Ipv4Addr>,
     },
 }
 
@@ -102,9 +103,15 @@ fn main() -> anyhow::Result<()> {
             BenchKind::Start => bench::start(&ebpf::workspace_root()),
             BenchKind::Metrics => bench_metrics::metrics(&ebpf::workspace_root()),
             BenchKind::Containers => bench_containers::containers(&ebpf::workspace_root()),
-            BenchKind::Proxy { quick, address } => bench_proxy::proxy(
+            BenchKind::Proxy {
+                quick,
+                node_address,
+            } => bench_proxy::proxy(
                 &ebpf::workspace_root(),
-                &bench_proxy::Options { quick, address },
+                &bench_proxy::Options {
+                    quick,
+                    node_address,
+                },
             ),
         },
         Command::Image {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::load::{Connections, WRK_CONNECTIONS, WRK_THREADS, Wrk, WrkRun, iperf3};
-use super::{FILE_BYTES, HTTP_TARGET, IPERF_TARGET, Report};
+use super::{FILE_BYTES, HTTP_TARGET, IPERF_TARGET, LOOPBACK, Report};
 use crate::bench::{median, series};
 
 /// The riklet's proxy modes (`--proxy MODE`).
@@ -29,43 +29,51 @@ impl Mode {
             Mode::Nftables => "nftables",
         }
     }
+}
 
-    pub fn route(self) -> Route {
-        match self {
-            Mode::Ebpf => Route::Ebpf,
-            Mode::Nftables => Route::Nftables,
-        }
-    }
+/// Which node address a proxied route's client connects to: the paths
+/// differ (from 127.0.0.1 nftables must also masquerade the source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Via {
+    Loopback,
+    /// The address of the interface of the default route, or `--node-address`.
+    NodeAddress,
 }
 
 /// How a client reaches the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Route {
     Direct,
-    Ebpf,
-    Nftables,
+    Proxy(Mode, Via),
     Socat,
     Haproxy,
 }
 
 impl Route {
-    const ALL: [Route; 5] = [
+    const ALL: [Route; 7] = [
         Route::Direct,
-        Route::Ebpf,
-        Route::Nftables,
+        Route::Proxy(Mode::Ebpf, Via::Loopback),
+        Route::Proxy(Mode::Ebpf, Via::NodeAddress),
+        Route::Proxy(Mode::Nftables, Via::Loopback),
+        Route::Proxy(Mode::Nftables, Via::NodeAddress),
         Route::Socat,
         Route::Haproxy,
     ];
 
-    /// Why a proxy route has no figures.
+    /// Why the proxy's figures are missing.
     pub const NOT_MEASURED: &str =
         "not yet measured: this riklet has no --proxy flag (the Node Proxy is not merged)";
+    /// Why a node-address route is missing when the proxy is there.
+    pub const NO_NODE_ADDRESS: &str =
+        "not measured: no IPv4 address on the default route's interface (give --node-address)";
 
     pub fn key(self) -> &'static str {
         match self {
             Route::Direct => "direct",
-            Route::Ebpf => "ebpf",
-            Route::Nftables => "nftables",
+            Route::Proxy(Mode::Ebpf, Via::Loopback) => "ebpf_loopback",
+            Route::Proxy(Mode::Ebpf, Via::NodeAddress) => "ebpf_node_address",
+            Route::Proxy(Mode::Nftables, Via::Loopback) => "nftables_loopback",
+            Route::Proxy(Mode::Nftables, Via::NodeAddress) => "nftables_node_address",
             Route::Socat => "socat",
             Route::Haproxy => "haproxy",
         }
@@ -74,8 +82,10 @@ impl Route {
     fn label(self) -> &'static str {
         match self {
             Route::Direct => "direct (pod IP)",
-            Route::Ebpf => "eBPF socket LB",
-            Route::Nftables => "nftables DNAT",
+            Route::Proxy(Mode::Ebpf, Via::Loopback) => "eBPF, 127.0.0.1",
+            Route::Proxy(Mode::Ebpf, Via::NodeAddress) => "eBPF, node addr",
+            Route::Proxy(Mode::Nftables, Via::Loopback) => "nftables, 127.0.0.1",
+            Route::Proxy(Mode::Nftables, Via::NodeAddress) => "nftables, node addr",
             Route::Socat => "socat (fork/conn)",
             Route::Haproxy => "haproxy (TCP)",
         }
@@ -178,7 +188,7 @@ pub(crate) fn results(r: &Report) -> Value {
                         "iperf3": ratio(2, direct),
                     },
                 });
-                if matches!(route, Route::Ebpf | Route::Nftables) {
+                if matches!(route, Route::Proxy(..)) {
                     for (relay, base) in relays {
                         v["connection_close_ratio_of_medians_to"][relay.key()] =
                             json!(ratio(1, base));
@@ -186,7 +196,13 @@ pub(crate) fn results(r: &Report) -> Value {
                 }
                 v
             }
-            _ => json!({"measured": false, "reason": Route::NOT_MEASURED}),
+            _ => {
+                let reason = match route {
+                    Route::Proxy(..) if !r.modes.is_empty() => Route::NO_NODE_ADDRESS,
+                    _ => Route::NOT_MEASURED,
+                };
+                json!({"measured": false, "reason": reason})
+            }
         };
         routes.insert(route.key().to_string(), value);
     }
@@ -201,7 +217,9 @@ pub(crate) fn results(r: &Report) -> Value {
             "wrk": format!("wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s, GET / ({FILE_BYTES} bytes)", r.plan.run.as_secs()),
             "server": "nginx-light, 1 worker, access log off, bare process in the pod's own netns",
             "iperf3": "iperf3 -s, a second container of the same pod; client: iperf3 -4 -c, 1 stream",
-            "address": r.address.to_string(),
+            "loopback": LOOPBACK.to_string(),
+            "node_address": r.node_address.map(|a| a.to_string()),
+            "relays_listen_on": LOOPBACK.to_string(),
             "proxy_modes": r.modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
         },
         "pod": {
@@ -224,7 +242,7 @@ pub(crate) fn table(r: &Value) -> String {
     let s = &r["settings"];
     let _ = writeln!(
         out,
-        "machine: {} CPUs ({}), kernel {}, {}\n{} round(s) of {} s runs; {}; proxied routes via {}",
+        "machine: {} CPUs ({}), kernel {}, {}\n{} round(s) of {} s runs; {}; node address {}",
         m["nproc"],
         m["cpu_model"].as_str().unwrap_or("?"),
         m["kernel"].as_str().unwrap_or("?"),
@@ -232,16 +250,16 @@ pub(crate) fn table(r: &Value) -> String {
         s["rounds"],
         s["run_seconds"],
         s["wrk"].as_str().unwrap_or("?"),
-        s["address"].as_str().unwrap_or("?"),
+        s["node_address"].as_str().unwrap_or("none"),
     );
     let _ = writeln!(
         out,
-        "\n{:<18} {:>10} {:>8} {:>8} {:>10} {:>8} {:>9}   ÷ direct (ka / close / iperf3)",
+        "\n{:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>9}   ÷ direct (ka / close / iperf3)",
         "medians", "keep-alive", "p50 ms", "p99 ms", "conn:close", "p99 ms", "iperf3",
     );
     let _ = writeln!(
         out,
-        "{:<18} {:>10} {:>8} {:>8} {:>10} {:>8} {:>9}",
+        "{:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>9}",
         "", "req/s", "", "", "req/s", "", "Gbit/s"
     );
     for route in Route::ALL {
@@ -249,7 +267,7 @@ pub(crate) fn table(r: &Value) -> String {
         if v["measured"] != true {
             let _ = writeln!(
                 out,
-                "{:<18} {}",
+                "{:<20} {}",
                 route.label(),
                 v["reason"].as_str().unwrap_or("not measured")
             );
@@ -258,7 +276,7 @@ pub(crate) fn table(r: &Value) -> String {
         let f = |p: &[&str]| p.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
         let _ = writeln!(
             out,
-            "{:<18} {:>10.0} {:>8.2} {:>8.2} {:>10.0} {:>8.2} {:>9.2}   {:.2} / {:.2} / {:.2}",
+            "{:<20} {:>10.0} {:>8.2} {:>8.2} {:>10.0} {:>8.2} {:>9.2}   {:.2} / {:.2} / {:.2}",
             route.label(),
             f(&["keepalive", "requests_per_second", "median"]),
             f(&["keepalive", "latency_p50_ms", "median"]),
