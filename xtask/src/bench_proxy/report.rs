@@ -198,7 +198,9 @@ pub(crate) fn results(r: &Report) -> Value {
             }
             _ => {
                 let reason = match route {
-                    Route::Proxy(..) if !r.modes.is_empty() => Route::NO_NODE_ADDRESS,
+                    Route::Proxy(mode, Via::NodeAddress) if r.modes.contains(&mode) => {
+                        Route::NO_NODE_ADDRESS
+                    }
                     _ => Route::NOT_MEASURED,
                 };
                 json!({"measured": false, "reason": reason})
@@ -300,4 +302,102 @@ pub(crate) fn table(r: &Value) -> String {
         &r["sync_1000_services"],
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::bench_proxy::Plan;
+
+    fn samples(rps: f64, gbps: f64) -> Samples {
+        let run = WrkRun {
+            rps,
+            p50_ms: 0.1,
+            p99_ms: 0.5,
+            requests: rps as u64,
+            errors: 0,
+        };
+        Samples {
+            keepalive: vec![run.clone()],
+            per_request: vec![WrkRun {
+                rps: rps / 4.0,
+                ..run
+            }],
+            gbps: vec![gbps],
+        }
+    }
+
+    /// Direct and socat measured; `modes` and `node_address` as given, the
+    /// proxy routes measured where both allow it.
+    fn report(modes: Vec<Mode>, node_address: Option<Ipv4Addr>) -> Report {
+        let ep = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut endpoints = BTreeMap::from([
+            (Route::Direct, (ep(1), ep(2))),
+            (Route::Socat, (ep(3), ep(4))),
+        ]);
+        let mut measured = BTreeMap::from([
+            (Route::Direct, samples(1000.0, 10.0)),
+            (Route::Socat, samples(250.0, 2.0)),
+        ]);
+        for mode in &modes {
+            let mut vias = vec![Via::Loopback];
+            vias.extend(node_address.map(|_| Via::NodeAddress));
+            for via in vias {
+                endpoints.insert(Route::Proxy(*mode, via), (ep(5), ep(6)));
+                measured.insert(Route::Proxy(*mode, via), samples(900.0, 9.0));
+            }
+        }
+        Report {
+            machine: json!({}),
+            plan: Plan::new(true),
+            node_address,
+            modes,
+            pod_ip: Ipv4Addr::new(10, 217, 0, 2),
+            node_ports: (30080, 30081),
+            endpoints,
+            samples: measured,
+            proxy_views: BTreeMap::new(),
+            first_connect: json!({}),
+            sync: json!({"measured": false, "reason": Route::NOT_MEASURED}),
+        }
+    }
+
+    #[test]
+    fn without_the_proxy_its_routes_say_why() {
+        let r = results(&report(Vec::new(), Some(Ipv4Addr::new(192, 0, 2, 2))));
+        for key in ["ebpf_loopback", "ebpf_node_address", "nftables_loopback"] {
+            assert_eq!(r["routes"][key]["measured"], false, "{key}");
+            assert_eq!(r["routes"][key]["reason"], Route::NOT_MEASURED, "{key}");
+        }
+        assert_eq!(r["routes"]["direct"]["measured"], true);
+        assert_eq!(r["routes"]["haproxy"]["measured"], false);
+        let text = table(&r);
+        assert!(text.contains("not yet measured"), "{text}");
+    }
+
+    #[test]
+    fn proxy_routes_get_ratios_to_direct_and_to_the_relays() {
+        let r = results(&report(vec![Mode::Ebpf], None));
+        let ebpf = &r["routes"]["ebpf_loopback"];
+        assert_eq!(ebpf["measured"], true);
+        assert_eq!(
+            ebpf["ratio_of_medians_to_direct"]["keepalive_requests_per_second"],
+            0.9
+        );
+        assert_eq!(ebpf["ratio_of_medians_to_direct"]["iperf3"], 0.9);
+        assert_eq!(ebpf["connection_close_ratio_of_medians_to"]["socat"], 3.6);
+        assert_eq!(
+            ebpf["connection_close_ratio_of_medians_to"]["haproxy"],
+            Value::Null
+        );
+        let missing = &r["routes"]["ebpf_node_address"];
+        assert_eq!(missing["reason"], Route::NO_NODE_ADDRESS);
+        assert_eq!(
+            r["routes"]["nftables_loopback"]["reason"],
+            Route::NOT_MEASURED
+        );
+    }
 }
