@@ -249,6 +249,8 @@ pub(crate) struct Cluster {
     cgroup_root: String,
     pin_dir: PathBuf,
     scheduler: String,
+    /// `riklet --standalone`: the scheduler lives and dies with the riklet.
+    scheduler_embedded: bool,
     riklet: Option<Child>,
     scheduler_process: Option<Child>,
 }
@@ -260,6 +262,17 @@ impl Cluster {
         extra: &str,
         scheduler: SchedulerProcess,
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_with(bin, extra, scheduler, &[])
+    }
+
+    /// [`Cluster::start`] with `riklet_args` added to the riklet's command
+    /// line (e.g. `--proxy nftables`).
+    pub(crate) fn start_with(
+        bin: &Path,
+        extra: &str,
+        scheduler: SchedulerProcess,
+        riklet_args: &[String],
+    ) -> anyhow::Result<Cluster> {
         let id = format!("bench-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("riklet-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -270,6 +283,7 @@ impl Cluster {
             cgroup_root: format!("riklet-{id}"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/riklet-{id}")),
             scheduler: format!("http://127.0.0.1:{port}"),
+            scheduler_embedded: scheduler == SchedulerProcess::Embedded,
             dir,
             riklet: None,
             scheduler_process: None,
@@ -298,22 +312,8 @@ impl Cluster {
             cg = cluster.cgroup_root,
             pins = cluster.pin_dir.display(),
         );
-        let config_path = cluster.dir.join("riklet.toml");
-        std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(cluster.dir.join("riklet.log"))?;
-        cluster.riklet = Some(
-            Command::new(cluster.bin.join("riklet"))
-                .args((scheduler == SchedulerProcess::Embedded).then_some("--standalone"))
-                .arg("--config")
-                .arg(&config_path)
-                .arg("--state-dir")
-                .arg(cluster.state_dir())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("starting riklet")?,
-        );
+        std::fs::write(cluster.config_path(), config)?;
+        cluster.spawn_riklet(riklet_args)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = cluster.rik(&["get", "nodes", "-o", "json"])?;
@@ -324,16 +324,7 @@ impl Cluster {
             if ready {
                 break;
             }
-            if let Some(status) = cluster
-                .riklet
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "riklet exited ({status}); log:\n{}",
-                    std::fs::read_to_string(cluster.dir.join("riklet.log")).unwrap_or_default()
-                );
-            }
+            cluster.check_riklet_alive()?;
             if Instant::now() > deadline {
                 bail!("timed out after 30s waiting for node {id} to be ready");
             }
@@ -341,6 +332,79 @@ impl Cluster {
         }
         println!("  node {id} ready, scheduler {}", cluster.scheduler);
         Ok(cluster)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("riklet.toml")
+    }
+
+    /// Starts the riklet process (its log appended to `riklet.log`).
+    fn spawn_riklet(&mut self, riklet_args: &[String]) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("riklet.log"))?;
+        self.riklet = Some(
+            Command::new(self.bin.join("riklet"))
+                .args(self.scheduler_embedded.then_some("--standalone"))
+                .arg("--config")
+                .arg(self.config_path())
+                .arg("--state-dir")
+                .arg(self.state_dir())
+                .args(riklet_args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting riklet")?,
+        );
+        Ok(())
+    }
+
+    /// An error carrying the riklet's log if its process has exited.
+    fn check_riklet_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self
+            .riklet
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            bail!(
+                "riklet exited ({status}); log:\n{}",
+                std::fs::read_to_string(self.dir.join("riklet.log")).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the riklet (SIGTERM: its pods keep running) and starts it
+    /// again with `riklet_args`; returns once its control socket answers
+    /// `riklet status`. Only with a separate scheduler: an embedded one
+    /// would restart empty.
+    pub(crate) fn restart_riklet(&mut self, riklet_args: &[String]) -> anyhow::Result<()> {
+        if self.scheduler_embedded {
+            bail!("restart_riklet needs SchedulerProcess::Separate");
+        }
+        self.stop_riklet();
+        self.spawn_riklet(riklet_args)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answered = Command::new(self.bin.join("riklet"))
+                .arg("--state-dir")
+                .arg(self.state_dir())
+                .arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if answered {
+                return Ok(());
+            }
+            self.check_riklet_alive()?;
+            if Instant::now() > deadline {
+                bail!("timed out after 30s waiting for the restarted riklet's control socket");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub(crate) fn dir_path(&self) -> &Path {
@@ -395,7 +459,7 @@ impl Cluster {
     }
 
     /// `rik get app NAME -o json` as a list of instances (one is an object).
-    fn instances(&self, name: &str) -> anyhow::Result<Vec<Value>> {
+    pub(crate) fn instances(&self, name: &str) -> anyhow::Result<Vec<Value>> {
         let text = self.rik_ok(&["get", "app", name, "-o", "json"])?;
         Ok(match serde_json::from_str::<Value>(&text)? {
             Value::Array(items) => items,
@@ -434,23 +498,8 @@ impl Cluster {
     /// `rik delete NAME`, then waits until `rik get apps` no longer lists it
     /// and its pods' shims have exited.
     pub(crate) fn delete_and_wait(&self, name: &str) -> anyhow::Result<()> {
-        self.rik_ok(&["delete", name])?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = self.rik_ok(&["get", "apps", "-o", "json"])?;
-            // Empty stdout: no app at all ("No resources found." on stderr).
-            let listed = !text.trim().is_empty()
-                && serde_json::from_str::<Value>(&text)?
-                    .as_array()
-                    .is_some_and(|apps| apps.iter().any(|a| a["name"] == name));
-            if !listed {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after 60s waiting for {name} to be gone");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.delete_and_wait_unlisted(name, deadline)?;
         // The scheduler forgets the app at once; the node tears its pods
         // down after. Wait for that too, so that it does not overlap the
         // next measurement.
@@ -469,6 +518,41 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// [`Cluster::delete_and_wait`] for one app among others that keep
+    /// running: waits until the riklet has forgotten this app's pods (their
+    /// clean-up ends after their shims).
+    pub(crate) fn delete_one_and_wait(&self, name: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        self.delete_and_wait_unlisted(name, deadline)?;
+        while self.local_pods()?.iter().any(|p| p["app"] == name) {
+            if Instant::now() > deadline {
+                bail!("timed out after 60s waiting for the riklet to forget {name}'s pods");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// `rik delete NAME`, then waits until `rik get apps` no longer lists it.
+    fn delete_and_wait_unlisted(&self, name: &str, deadline: Instant) -> anyhow::Result<()> {
+        self.rik_ok(&["delete", name])?;
+        loop {
+            let text = self.rik_ok(&["get", "apps", "-o", "json"])?;
+            // Empty stdout: no app at all ("No resources found." on stderr).
+            let listed = !text.trim().is_empty()
+                && serde_json::from_str::<Value>(&text)?
+                    .as_array()
+                    .is_some_and(|apps| apps.iter().any(|a| a["name"] == name));
+            if !listed {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after 60s waiting for {name} to be gone");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The riklet's own list of pods (`riklet pods`).

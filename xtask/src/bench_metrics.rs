@@ -212,7 +212,7 @@ fn summary(samples: &[f64]) -> Value {
     s
 }
 
-fn metrics_port(cluster: &Cluster) -> anyhow::Result<u16> {
+pub(crate) fn metrics_port(cluster: &Cluster) -> anyhow::Result<u16> {
     let out = Command::new(cluster.bin_path().join("riklet"))
         .arg("--state-dir")
         .arg(cluster.state_dir())
@@ -227,7 +227,7 @@ fn metrics_port(cluster: &Cluster) -> anyhow::Result<u16> {
 }
 
 /// A GET to the riklet's loopback endpoint.
-fn get(port: u16, path: &str) -> anyhow::Result<String> {
+pub(crate) fn get(port: u16, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
@@ -240,11 +240,16 @@ fn get(port: u16, path: &str) -> anyhow::Result<String> {
 }
 
 /// The value of a single-series gauge in the text exposition.
-fn gauge(body: &str, name: &str) -> Option<f64> {
+pub(crate) fn gauge(body: &str, name: &str) -> Option<f64> {
+    gauge_values(body, name).into_iter().next()
+}
+
+/// The values of every series of a metric in the text exposition, in order.
+pub(crate) fn gauge_values(body: &str, name: &str) -> Vec<f64> {
     body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
 }
 
 fn count_pod_series(body: &str) -> usize {
@@ -265,5 +270,10 @@ mod tests {
             Some(0.0125)
         );
         assert_eq!(gauge(body, "riklet_collection_ebpf_seconds"), None);
+        let two = "riklet_proxy_services{datapath=\"ebpf\"} 3\nriklet_proxy_services{datapath=\"nftables\"} 1000\n";
+        assert_eq!(
+            gauge_values(two, "riklet_proxy_services"),
+            vec![3.0, 1000.0]
+        );
     }
 }

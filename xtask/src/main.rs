@@ -12,6 +12,7 @@
 mod bench;
 mod bench_containers;
 mod bench_metrics;
+mod bench_proxy;
 mod ci;
 mod demo;
 mod ebpf;
@@ -77,6 +78,19 @@ enum BenchKind {
     /// against `ctr run`, and the pull path (cold, present, Always):
     /// target/bench/containers.json.
     Containers,
+    /// The Node Proxy against the pod IP and userspace relays, one pod:
+    /// wrk (keep-alive, Connection: close) and iperf3 through each route,
+    /// first connection after RUNNING, sync of 1,000 services:
+    /// target/bench/proxy.json.
+    Proxy {
+        /// One round of 2-second runs and one sample of the rest (CI).
+        #[arg(long)]
+        quick: bool,
+        /// The node address proxied routes are also measured at, besides
+        /// 127.0.0.1 [default: the address of the default route's interface].
+        #[arg(long)]
+        node_address: Option<std::net::Ipv4Addr>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +103,16 @@ fn main() -> anyhow::Result<()> {
             BenchKind::Start => bench::start(&ebpf::workspace_root()),
             BenchKind::Metrics => bench_metrics::metrics(&ebpf::workspace_root()),
             BenchKind::Containers => bench_containers::containers(&ebpf::workspace_root()),
+            BenchKind::Proxy {
+                quick,
+                node_address,
+            } => bench_proxy::proxy(
+                &ebpf::workspace_root(),
+                &bench_proxy::Options {
+                    quick,
+                    node_address,
+                },
+            ),
         },
         Command::Image {
             out,

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-/// Debian packages: eBPF linker's LLVM, protoc, test peers.
+/// Debian packages: eBPF linker's LLVM, protoc, test peers, benchmark tools.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -25,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "conntrack",
+    // cargo xtask bench proxy: load generators, the pod's server, a relay.
+    "wrk",
+    "nginx-light",
+    "haproxy",
 ];
 
 pub fn run() -> anyhow::Result<()> {
