@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: what CI runs (and the README's test command): set up,
-//! build the eBPF object, check formatting and lints, run every test as
-//! root against the real kernel.
+//! build the eBPF objects, check formatting and lints, run every test as
+//! root against the real kernel, then a short run of the Node Proxy
+//! benchmark (`bench proxy --quick`), so that it keeps working.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,5 +23,12 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     ])?;
     // The end-to-end tests start these binaries as separate processes.
     cargo(&["build", "--workspace", "--bins"])?;
-    cargo(&["test", "--workspace", "--no-fail-fast"])
+    cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    crate::bench_proxy::proxy(
+        root,
+        &crate::bench_proxy::Options {
+            quick: true,
+            node_address: None,
+        },
+    )
 }
