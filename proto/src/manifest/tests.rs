@@ -123,6 +123,24 @@ fn rejects_bad_input_naming_the_field() {
     );
     assert_eq!(
         field_of(parse(&with_container(
+            "      exec: /bin/true\n      ports: {port: 80, protocol: QUIC}\n"
+        ))),
+        "spec.containers[0].ports[0].protocol"
+    );
+    assert_eq!(
+        field_of(parse(&with_container(
+            "      exec: /bin/true\n      ports: {port: 80, target_port: 0}\n"
+        ))),
+        "spec.containers[0].ports[0].target_port"
+    );
+    assert_eq!(
+        field_of(parse(&with_container(
+            "      exec: /bin/true\n      ports: [{port: 80}, {port: 81}, {port: 80, target_port: 8080}]\n"
+        ))),
+        "spec.containers[0].ports[2].port"
+    );
+    assert_eq!(
+        field_of(parse(&with_container(
             "      exec: /bin/true\n      resources: {memory: lots}\n"
         ))),
         "spec.containers[0].resources.memory"
