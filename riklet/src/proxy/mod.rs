@@ -54,6 +54,11 @@ use model::{Backend, Endpoint, PodAddress, ServiceCounters, ServiceKey, ServiceT
 /// node serves the apps' ports within this time).
 pub const ADDRESS_POLL: Duration = Duration::from_secs(2);
 
+/// How long the services stay unchanged before the nftables table is
+/// compacted (see [`nft::NftProxy::compact`]): a change arriving during a
+/// compaction waits for it, 10-20 ms.
+pub const COMPACT_AFTER: Duration = Duration::from_secs(1);
+
 /// Which datapath serves apps' ports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -263,8 +268,9 @@ impl Proxy {
     }
 
     /// Brings the datapaths in line with `endpoints` and the node's
-    /// addresses; nothing is written when neither changed.
-    async fn sync(&mut self, endpoints: &[Endpoint]) -> Result<(), ProxyError> {
+    /// addresses; nothing is written when neither changed. Returns whether
+    /// something was.
+    async fn sync(&mut self, endpoints: &[Endpoint]) -> Result<bool, ProxyError> {
         let live: Vec<Endpoint> = endpoints
             .iter()
             .filter(|e| network_present(e))
@@ -273,7 +279,7 @@ impl Proxy {
         let table = ServiceTable::from_endpoints(&live);
         let addresses = self.node_addresses();
         if self.synced.as_ref() == Some(&(table.clone(), addresses.clone())) {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         if let Some(lb) = &mut self.socket_lb {
@@ -311,7 +317,17 @@ impl Proxy {
         }
         self.synced = Some((table, addresses));
         self.publish(Some(took), None);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Deletes what the nftables syncs left behind (a failure is logged:
+    /// the table serves all the same).
+    async fn compact(&self) {
+        if let Some(nft) = &self.nft
+            && let Err(e) = nft.compact().await
+        {
+            warn!(error = %crate::error_chain(&e), "cannot compact the proxy's nftables table");
+        }
     }
 
     /// The addresses to serve: the configured ones, else every IPv4
@@ -485,12 +501,20 @@ pub async fn run(
     let mut addresses = tokio::time::interval(ADDRESS_POLL);
     let mut counters = tokio::time::interval(proxy.settings.counter_interval);
     let mut dirty = true;
+    // When to compact the nftables table: once the services have been
+    // quiet for COMPACT_AFTER.
+    let mut compact_at: Option<tokio::time::Instant> = None;
     loop {
         let ready = endpoints.borrow().is_some();
         if dirty && ready {
             let now = endpoints.borrow_and_update().clone().unwrap_or_default();
             match proxy.sync(&now).await {
-                Ok(()) => dirty = false,
+                Ok(wrote) => {
+                    dirty = false;
+                    if wrote {
+                        compact_at = Some(tokio::time::Instant::now() + COMPACT_AFTER);
+                    }
+                }
                 Err(e) => {
                     proxy.note_sync_error();
                     error!(error = %crate::error_chain(&e), "cannot sync the node proxy; retrying");
@@ -507,6 +531,10 @@ pub async fn run(
             }
             _ = addresses.tick() => dirty = true,
             _ = counters.tick() => proxy.read_counters().await,
+            _ = sleep_until_some(compact_at) => {
+                compact_at = None;
+                proxy.compact().await;
+            }
             Some(reply) = proxy.refresh.recv() => {
                 proxy.read_counters().await;
                 let _ = reply.send(());
@@ -514,6 +542,14 @@ pub async fn run(
         }
     }
     proxy.stop().await;
+}
+
+/// Sleeps until `at`; never returns for `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
