@@ -366,6 +366,9 @@ fn a_predecessors_table_is_replaced_keeping_the_elements_that_stay() {
             (SERVICES.to_string(), json!([{"concat": ["tcp", 9999]}])),
         ]
     );
+    let added = named(&tx, "add", "chain");
+    assert!(!added.contains("svc_tcp_80"), "a kept chain is only filled");
+    assert!(added.contains("svc_tcp_81") && added.contains(NAT_PREROUTING));
     assert_eq!(
         named(&tx, "delete", "counter"),
         ["conn_tcp_80".to_string()].into()
