@@ -15,7 +15,8 @@
 //!
 //! One task owns both datapaths and brings them in line with the agent's
 //! endpoints as soon as these change, and with the node's addresses, which
-//! it re-reads every [`ADDRESS_POLL`]. Both keep serving when the riklet is
+//! it re-reads every [`ADDRESS_POLL`]; it compacts the nftables table once
+//! the services have been quiet for [`COMPACT_AFTER`]. Both keep serving when the riklet is
 //! killed (the socket LB's programs and maps are pinned, the nft table
 //! stays); the next riklet adopts them and reconciles them once the agent
 //! has recovered its pods, so a restart leaves no gap longer than the
