@@ -309,13 +309,37 @@ async fn syncs_replace_leftovers_without_duplicates_and_counters_only_grow() {
     connect(1);
     assert_grew(c5, counters_of(&second, web_key).await);
 
+    remove(&second).await;
+    assert!(!fx.table_exists(), "table {} left", fx.table);
+    remove(&second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_in_place_at_once_and_the_compaction_keeps_them() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new(5);
+    let servers = Servers::default();
+    for (pod, name) in [(0, "a"), (1, "b")] {
+        servers.tcp(Some(&fx.pods[pod]), fx.pod_addr(pod, TCP_TARGET), name);
+    }
+    let web_key = ServiceKey {
+        port: WEB,
+        protocol: Protocol::Tcp,
+    };
+    let web = SocketAddrV4::new(fx.node, WEB);
+    let two =
+        ServiceTable::from_endpoints(&[fx.pod(0, vec![tcp(WEB)]), fx.pod(1, vec![tcp(18090)])]);
+    let proxy = fx.proxy(LocalTraffic::All);
+    sync(&proxy, &two).await;
+    assert_eq!(tcp_get(Some(&fx.external), web).unwrap(), "a");
+
     // A backend change is in place at once (the new rules shadow the old
     // ones until the compaction writes the chain anew), and the counters
     // go on.
     let moved =
         ServiceTable::from_endpoints(&[fx.pod(0, vec![tcp(18090)]), fx.pod(1, vec![tcp(WEB)])]);
-    let c6 = counters_of(&second, web_key).await;
-    sync(&second, &moved).await;
+    let before = counters_of(&proxy, web_key).await;
+    sync(&proxy, &moved).await;
     let only_b = |what: &str| {
         for _ in 0..5 {
             let got = tcp_get(Some(&fx.external), web).expect("TCP from outside");
@@ -323,27 +347,43 @@ async fn syncs_replace_leftovers_without_duplicates_and_counters_only_grow() {
         }
     };
     only_b("after the backend change");
-    compact(&second).await;
+    compact(&proxy).await;
     only_b("after the compaction");
     let listing = fx.listing();
     assert_eq!(rules_of(&listing, "svc_tcp_18080").len(), 1, "compacted");
-    let c7 = counters_of(&second, web_key).await;
-    assert!(c7.connections >= c6.connections + 10, "{c6:?} then {c7:?}");
+    let after = counters_of(&proxy, web_key).await;
+    assert!(
+        after.connections >= before.connections + 10,
+        "{before:?} then {after:?}"
+    );
 
     // A service that is gone is refused at once, and its chain and set
     // elements are deleted by the compaction.
     let gone = ServiceTable::from_endpoints(&[fx.pod(0, vec![tcp(18090)])]);
-    sync(&second, &gone).await;
+    sync(&proxy, &gone).await;
     assert!(
         tcp_get(Some(&fx.external), web).is_err(),
         "still proxied once the service is gone"
     );
-    compact(&second).await;
+    compact(&proxy).await;
     let listing = fx.listing();
     assert!(rules_of(&listing, "svc_tcp_18080").is_empty());
     assert!(service_entry(&listing, "tcp", WEB).is_none(), "{listing}");
-    sync(&second, &two).await;
+    sync(&proxy, &two).await;
     assert_eq!(tcp_get(Some(&fx.external), web).unwrap(), "a");
+
+    remove(&proxy).await;
+    assert!(!fx.table_exists(), "table {} left", fx.table);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_services_sync_one_transaction_at_a_time() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new(6);
+    let first = fx.proxy(LocalTraffic::All);
+    let two =
+        ServiceTable::from_endpoints(&[fx.pod(0, vec![tcp(WEB)]), fx.pod(1, vec![tcp(18090)])]);
+    sync(&first, &two).await;
 
     // 1,000 services of two backends each.
     let ports: Vec<Port> = (20000..21000).map(tcp).collect();
@@ -351,22 +391,19 @@ async fn syncs_replace_leftovers_without_duplicates_and_counters_only_grow() {
     let mut timings = Vec::new();
     timings.push((
         "adding 1,000 services to 2",
-        timed(sync(&second, &big)).await,
+        timed(sync(&first, &big)).await,
     ));
-    timings.push((
-        "re-syncing the same 1,000",
-        timed(sync(&second, &big)).await,
-    ));
+    timings.push(("re-syncing the same 1,000", timed(sync(&first, &big)).await));
     // One service loses a backend, then gets it back.
     let mut fewer = ports.clone();
     fewer.retain(|p| p.port != 20500);
     let one_less = ServiceTable::from_endpoints(&[fx.pod(0, ports), fx.pod(1, fewer)]);
     timings.push((
         "a backend leaves one of 1,000",
-        timed(sync(&second, &one_less)).await,
+        timed(sync(&first, &one_less)).await,
     ));
-    timings.push(("the backend comes back", timed(sync(&second, &big)).await));
-    timings.push(("compacting", timed(compact(&second)).await));
+    timings.push(("the backend comes back", timed(sync(&first, &big)).await));
+    timings.push(("compacting", timed(compact(&first)).await));
     // A restarted riklet replaces the 1,000, and a fresh one writes them
     // into an empty table.
     let third = fx.proxy(LocalTraffic::All);
@@ -405,11 +442,8 @@ async fn syncs_replace_leftovers_without_duplicates_and_counters_only_grow() {
         .await,
         ServiceCounters::default()
     );
-    let second = fourth;
-
-    remove(&second).await;
+    remove(&fourth).await;
     assert!(!fx.table_exists(), "table {} left", fx.table);
-    remove(&second).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

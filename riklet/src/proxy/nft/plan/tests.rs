@@ -312,11 +312,11 @@ fn a_gone_service_returns_until_compaction_deletes_it() {
     );
 }
 
-#[test]
-fn a_predecessors_table_is_replaced_keeping_the_elements_that_stay() {
-    let s = settings(LocalTraffic::All, &[]);
+/// A predecessor's table: services 80/TCP (staying) and 9999/TCP (gone),
+/// a junk chain, set and counter.
+fn predecessor() -> Found {
     let k = |port, protocol| ServiceKey { port, protocol };
-    let found = Found {
+    Found {
         chains: ["nat_prerouting", "svc_tcp_80", "svc_tcp_9999", "junk"]
             .map(String::from)
             .into(),
@@ -336,7 +336,13 @@ fn a_predecessors_table_is_replaced_keeping_the_elements_that_stay() {
             ("set".into(), "junk_set".into()),
         ],
         foreign: false,
-    };
+    }
+}
+
+#[test]
+fn a_predecessors_table_is_replaced_keeping_the_elements_that_stay() {
+    let s = settings(LocalTraffic::All, &[]);
+    let found = predecessor();
     let (tx, written) = replace(&s, &found, &services());
     assert!(!written.needs_compaction());
     let cmds = commands(&tx);
@@ -379,7 +385,24 @@ fn a_predecessors_table_is_replaced_keeping_the_elements_that_stay() {
     let first_rule = cmds.iter().position(|c| c.1 == "rule").unwrap();
     assert!(last_delete < first_rule);
 
-    // Played on a kernel holding it: the table serves, elements kept.
+    let foreign = Found {
+        foreign: true,
+        ..found
+    };
+    let cmds = commands(&replace(&s, &foreign, &services()).0);
+    assert_eq!(
+        (cmds[1].0.as_str(), cmds[1].1.as_str()),
+        ("delete", "table")
+    );
+    assert_eq!(cmds.iter().filter(|c| c.0 == "delete").count(), 1);
+}
+
+#[test]
+fn a_replace_played_on_a_predecessors_table_serves_keeping_its_elements() {
+    let s = settings(LocalTraffic::All, &[]);
+    let k = |port, protocol| ServiceKey { port, protocol };
+    let tx = replace(&s, &predecessor(), &services()).0;
+    // The kernel holds the predecessor's table.
     let mut kernel = Kernel::default();
     kernel.apply(&replace(&s, &Found::default(), &ServiceTable::default()).0);
     for chain in ["svc_tcp_80", "svc_tcp_9999", "junk"] {
@@ -402,17 +425,6 @@ fn a_predecessors_table_is_replaced_keeping_the_elements_that_stay() {
     kernel.sets.insert("junk_set".into(), BTreeMap::new());
     kernel.apply(&tx);
     kernel.assert_serves(&services(), true);
-
-    let foreign = Found {
-        foreign: true,
-        ..found
-    };
-    let cmds = commands(&replace(&s, &foreign, &services()).0);
-    assert_eq!(
-        (cmds[1].0.as_str(), cmds[1].1.as_str()),
-        ("delete", "table")
-    );
-    assert_eq!(cmds.iter().filter(|c| c.0 == "delete").count(), 1);
 }
 
 #[test]
