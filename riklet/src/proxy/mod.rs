@@ -16,8 +16,9 @@
 //! One task owns both datapaths and brings them in line with the agent's
 //! endpoints as soon as these change, and with the node's addresses, which
 //! it re-reads every [`ADDRESS_POLL`]; it compacts the nftables table once
-//! the services have been quiet for [`COMPACT_AFTER`]. Both keep serving when the riklet is
-//! killed (the socket LB's programs and maps are pinned, the nft table
+//! the services have been quiet for [`COMPACT_AFTER`] (at the latest
+//! [`COMPACT_WITHIN`] after a change). Both keep serving when the riklet
+//! is killed (the socket LB's programs and maps are pinned, the nft table
 //! stays); the next riklet adopts them and reconciles them once the agent
 //! has recovered its pods, so a restart leaves no gap longer than the
 //! recovery. A clean stop removes everything.
@@ -59,6 +60,10 @@ pub const ADDRESS_POLL: Duration = Duration::from_secs(2);
 /// compacted (see [`nft::NftProxy::compact`]): a change arriving during a
 /// compaction waits for it, 10-20 ms.
 pub const COMPACT_AFTER: Duration = Duration::from_secs(1);
+
+/// The longest the nftables table goes uncompacted after a change, quiet
+/// or not, so that services that keep changing do not pile up rules.
+pub const COMPACT_WITHIN: Duration = Duration::from_secs(10);
 
 /// Which datapath serves apps' ports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -503,8 +508,10 @@ pub async fn run(
     let mut counters = tokio::time::interval(proxy.settings.counter_interval);
     let mut dirty = true;
     // When to compact the nftables table: once the services have been
-    // quiet for COMPACT_AFTER.
+    // quiet for COMPACT_AFTER, at the latest COMPACT_WITHIN after the first
+    // change since the last compaction.
     let mut compact_at: Option<tokio::time::Instant> = None;
+    let mut changed_since: Option<tokio::time::Instant> = None;
     loop {
         let ready = endpoints.borrow().is_some();
         if dirty && ready {
@@ -513,7 +520,9 @@ pub async fn run(
                 Ok(wrote) => {
                     dirty = false;
                     if wrote {
-                        compact_at = Some(tokio::time::Instant::now() + COMPACT_AFTER);
+                        let now = tokio::time::Instant::now();
+                        let first = *changed_since.get_or_insert(now);
+                        compact_at = Some((now + COMPACT_AFTER).min(first + COMPACT_WITHIN));
                     }
                 }
                 Err(e) => {
@@ -534,6 +543,7 @@ pub async fn run(
             _ = counters.tick() => proxy.read_counters().await,
             _ = sleep_until_some(compact_at) => {
                 compact_at = None;
+                changed_since = None;
                 proxy.compact().await;
             }
             Some(reply) = proxy.refresh.recv() => {
