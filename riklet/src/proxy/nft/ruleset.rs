@@ -74,8 +74,9 @@
 //! - Names are derived from the service key, so that an operator reading
 //!   `nft list table ip <table>` finds `svc_tcp_80` and `tcp . 80`.
 
-use nftables::expr::SetItem;
-use nftables::expr::{Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression, Prefix};
+use nftables::expr::{
+    Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression, Prefix, SetItem,
+};
 use nftables::schema::{Chain, NfListObject};
 use nftables::stmt::{Operator, Statement, VerdictMap};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};

@@ -6,8 +6,10 @@
 
 use std::borrow::Cow;
 
-use nftables::expr::{CT, CTDir, Expression, Meta, MetaKey, NamedExpression, NgMode, Numgen};
-use nftables::expr::{Payload, PayloadField, Verdict};
+use nftables::expr::{
+    CT, CTDir, Expression, Meta, MetaKey, NamedExpression, NgMode, Numgen, Payload, PayloadField,
+    Verdict,
+};
 use nftables::schema::{Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Rule, Table};
 use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::NfFamily;
