@@ -216,18 +216,17 @@ async fn with_the_socket_balancer_only_sctp_of_the_node_is_translated() {
         "{chain} does not DNAT to {}:9132: {expr:?}",
         fx.pod_ip(0)
     );
-    assert!(
-        expr.iter()
-            .any(|s| s["counter"] == format!("conn_sctp_{sctp}")),
-        "{expr:?}"
+    let dispatch = rules_of(&listing, "dispatch");
+    assert_eq!(
+        dispatch[0]["expr"][0]["vmap"]["data"], "@services",
+        "{dispatch:?}"
     );
-    let dispatch = rules_of(&listing, "services");
-    let elements = dispatch[0]["expr"][0]["vmap"]["data"]["set"].clone();
-    let entry = serde_json::json!([{"concat": ["sctp", sctp]}, {"goto": {"target": chain}}]);
-    assert!(
-        elements.as_array().unwrap().contains(&entry),
-        "no {entry} in {elements}"
-    );
+    // The service's entry in @services, with the counter of its
+    // connections.
+    let entry = service_entry(&listing, "sctp", sctp)
+        .unwrap_or_else(|| panic!("no sctp . {sctp} in @services: {listing}"));
+    assert_eq!(entry[1], serde_json::json!({"goto": {"target": chain}}));
+    assert!(entry[0]["elem"]["counter"].is_object(), "{entry}");
     let output = rules_of(&listing, "nat_output");
     assert!(
         output[0]["expr"]
@@ -310,28 +309,131 @@ async fn syncs_replace_leftovers_without_duplicates_and_counters_only_grow() {
     connect(1);
     assert_grew(c5, counters_of(&second, web_key).await);
 
+    remove(&second).await;
+    assert!(!fx.table_exists(), "table {} left", fx.table);
+    remove(&second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_in_place_at_once_and_the_compaction_keeps_them() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new(5);
+    let servers = Servers::default();
+    for (pod, name) in [(0, "a"), (1, "b")] {
+        servers.tcp(Some(&fx.pods[pod]), fx.pod_addr(pod, TCP_TARGET), name);
+    }
+    let web_key = ServiceKey {
+        port: WEB,
+        protocol: Protocol::Tcp,
+    };
+    let web = SocketAddrV4::new(fx.node, WEB);
+    let two =
+        ServiceTable::from_endpoints(&[fx.pod(0, vec![tcp(WEB)]), fx.pod(1, vec![tcp(18090)])]);
+    let proxy = fx.proxy(LocalTraffic::All);
+    sync(&proxy, &two).await;
+    assert_eq!(tcp_get(Some(&fx.external), web).unwrap(), "a");
+
+    // A backend change is in place at once (the new rules shadow the old
+    // ones until the compaction writes the chain anew), and the counters
+    // go on.
+    let moved =
+        ServiceTable::from_endpoints(&[fx.pod(0, vec![tcp(18090)]), fx.pod(1, vec![tcp(WEB)])]);
+    let before = counters_of(&proxy, web_key).await;
+    sync(&proxy, &moved).await;
+    let only_b = |what: &str| {
+        for _ in 0..5 {
+            let got = tcp_get(Some(&fx.external), web).expect("TCP from outside");
+            assert_eq!(got, "b", "{what}");
+        }
+    };
+    only_b("after the backend change");
+    compact(&proxy).await;
+    only_b("after the compaction");
+    let listing = fx.listing();
+    assert_eq!(rules_of(&listing, "svc_tcp_18080").len(), 1, "compacted");
+    let after = counters_of(&proxy, web_key).await;
+    assert!(
+        after.connections >= before.connections + 10,
+        "{before:?} then {after:?}"
+    );
+
+    // A service that is gone is refused at once, and its chain and set
+    // elements are deleted by the compaction.
+    let gone = ServiceTable::from_endpoints(&[fx.pod(0, vec![tcp(18090)])]);
+    sync(&proxy, &gone).await;
+    assert!(
+        tcp_get(Some(&fx.external), web).is_err(),
+        "still proxied once the service is gone"
+    );
+    compact(&proxy).await;
+    let listing = fx.listing();
+    assert!(rules_of(&listing, "svc_tcp_18080").is_empty());
+    assert!(service_entry(&listing, "tcp", WEB).is_none(), "{listing}");
+    sync(&proxy, &two).await;
+    assert_eq!(tcp_get(Some(&fx.external), web).unwrap(), "a");
+
+    remove(&proxy).await;
+    assert!(!fx.table_exists(), "table {} left", fx.table);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_services_sync_one_transaction_at_a_time() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new(6);
+    let first = fx.proxy(LocalTraffic::All);
+    let two =
+        ServiceTable::from_endpoints(&[fx.pod(0, vec![tcp(WEB)]), fx.pod(1, vec![tcp(18090)])]);
+    sync(&first, &two).await;
+
     // 1,000 services of two backends each.
     let ports: Vec<Port> = (20000..21000).map(tcp).collect();
-    let big = ServiceTable::from_endpoints(&[fx.pod(0, ports.clone()), fx.pod(1, ports)]);
-    let started = Instant::now();
-    sync(&second, &big).await;
-    let replace = started.elapsed();
-    let started = Instant::now();
-    sync(&second, &big).await;
-    let again = started.elapsed();
+    let big = ServiceTable::from_endpoints(&[fx.pod(0, ports.clone()), fx.pod(1, ports.clone())]);
+    let mut timings = Vec::new();
+    timings.push((
+        "adding 1,000 services to 2",
+        timed(sync(&first, &big)).await,
+    ));
+    timings.push(("re-syncing the same 1,000", timed(sync(&first, &big)).await));
+    // One service loses a backend, then gets it back.
+    let mut fewer = ports.clone();
+    fewer.retain(|p| p.port != 20500);
+    let one_less = ServiceTable::from_endpoints(&[fx.pod(0, ports), fx.pod(1, fewer)]);
+    timings.push((
+        "a backend leaves one of 1,000",
+        timed(sync(&first, &one_less)).await,
+    ));
+    timings.push(("the backend comes back", timed(sync(&first, &big)).await));
+    timings.push(("compacting", timed(compact(&first)).await));
+    // A restarted riklet replaces the 1,000, and a fresh one writes them
+    // into an empty table.
+    let third = fx.proxy(LocalTraffic::All);
+    timings.push((
+        "replacing a predecessor's 1,000",
+        timed(sync(&third, &big)).await,
+    ));
+    remove(&third).await;
+    let fourth = fx.proxy(LocalTraffic::All);
+    timings.push((
+        "writing 1,000 into no table",
+        timed(sync(&fourth, &big)).await,
+    ));
+    let said: Vec<String> = timings
+        .iter()
+        .map(|(what, ms)| format!("{what}: {ms:.1} ms"))
+        .collect();
     println!(
-        "sync of 1,000 services (2 backends each): {:.1} ms replacing 2 services, {:.1} ms re-syncing the same 1,000",
-        replace.as_secs_f64() * 1000.0,
-        again.as_secs_f64() * 1000.0
+        "nft sync, 1,000 services of 2 backends: {}",
+        said.join("; ")
     );
     let listing = fx.listing();
     let chains = objects(&listing)
         .filter(|(k, o)| *k == "chain" && o["name"].as_str().is_some_and(|n| n.starts_with("svc_")))
         .count();
     assert_eq!(chains, 1000);
+    assert_eq!(rules_of(&listing, "svc_tcp_20500").len(), 2);
     assert_eq!(
         counters_of(
-            &second,
+            &fourth,
             ServiceKey {
                 port: 20999,
                 protocol: Protocol::Tcp
@@ -340,10 +442,8 @@ async fn syncs_replace_leftovers_without_duplicates_and_counters_only_grow() {
         .await,
         ServiceCounters::default()
     );
-
-    remove(&second).await;
+    remove(&fourth).await;
     assert!(!fx.table_exists(), "table {} left", fx.table);
-    remove(&second).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -887,6 +987,32 @@ async fn sync(proxy: &NftProxy, table: &ServiceTable) {
         .unwrap_or_else(|e| panic!("sync: {}", riklet::error_chain(&e)));
 }
 
+async fn compact(proxy: &NftProxy) {
+    proxy
+        .compact()
+        .await
+        .unwrap_or_else(|e| panic!("compact: {}", riklet::error_chain(&e)));
+}
+
+/// How long `f` took, in milliseconds.
+async fn timed(f: impl std::future::Future<Output = ()>) -> f64 {
+    let started = Instant::now();
+    f.await;
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The `[key, verdict]` entry of `protocol . port` in the `services`
+/// verdict map.
+fn service_entry(doc: &Value, protocol: &str, port: u16) -> Option<Value> {
+    let (_, map) = objects(doc).find(|(k, o)| *k == "map" && o["name"] == "services")?;
+    let key = serde_json::json!({"concat": [protocol, port]});
+    map["elem"]
+        .as_array()?
+        .iter()
+        .find(|e| e[0]["elem"]["val"] == key || e[0] == key)
+        .cloned()
+}
+
 async fn remove(proxy: &NftProxy) {
     proxy
         .remove()
@@ -927,17 +1053,27 @@ fn rules_of(doc: &Value, chain: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The table without handles and counter values: chains, counters and
-/// sets in name order, each chain's rules in their order.
+/// The table without handles and counter values: chains and sets in name
+/// order, each chain's rules in their order.
 fn normalized(doc: &Value) -> (BTreeSet<String>, BTreeMap<String, Vec<String>>) {
+    /// Drops handles and counter values, however deep.
+    fn steady(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for volatile in ["handle", "packets", "bytes"] {
+                    map.remove(volatile);
+                }
+                map.values_mut().for_each(steady);
+            }
+            Value::Array(items) => items.iter_mut().for_each(steady),
+            _ => {}
+        }
+    }
     let mut others = BTreeSet::new();
     let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (kind, o) in objects(doc) {
         let mut o = o.clone();
-        let map = o.as_object_mut().unwrap();
-        for volatile in ["handle", "packets", "bytes"] {
-            map.remove(volatile);
-        }
+        steady(&mut o);
         match kind {
             "metainfo" => {}
             "rule" => rules

@@ -15,8 +15,10 @@
 //!
 //! One task owns both datapaths and brings them in line with the agent's
 //! endpoints as soon as these change, and with the node's addresses, which
-//! it re-reads every [`ADDRESS_POLL`]. Both keep serving when the riklet is
-//! killed (the socket LB's programs and maps are pinned, the nft table
+//! it re-reads every [`ADDRESS_POLL`]; it compacts the nftables table once
+//! the services have been quiet for [`COMPACT_AFTER`] (at the latest
+//! [`COMPACT_WITHIN`] after a change). Both keep serving when the riklet
+//! is killed (the socket LB's programs and maps are pinned, the nft table
 //! stays); the next riklet adopts them and reconciles them once the agent
 //! has recovered its pods, so a restart leaves no gap longer than the
 //! recovery. A clean stop removes everything.
@@ -53,6 +55,15 @@ use model::{Backend, Endpoint, PodAddress, ServiceCounters, ServiceKey, ServiceT
 /// How often the node's addresses are re-read (an address added to the
 /// node serves the apps' ports within this time).
 pub const ADDRESS_POLL: Duration = Duration::from_secs(2);
+
+/// How long the services stay unchanged before the nftables table is
+/// compacted (see [`nft::NftProxy::compact`]): a change arriving during a
+/// compaction waits for it, 10-20 ms.
+pub const COMPACT_AFTER: Duration = Duration::from_secs(1);
+
+/// The longest the nftables table goes uncompacted after a change, quiet
+/// or not, so that services that keep changing do not pile up rules.
+pub const COMPACT_WITHIN: Duration = Duration::from_secs(10);
 
 /// Which datapath serves apps' ports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -263,8 +274,9 @@ impl Proxy {
     }
 
     /// Brings the datapaths in line with `endpoints` and the node's
-    /// addresses; nothing is written when neither changed.
-    async fn sync(&mut self, endpoints: &[Endpoint]) -> Result<(), ProxyError> {
+    /// addresses; nothing is written when neither changed. Returns whether
+    /// something was.
+    async fn sync(&mut self, endpoints: &[Endpoint]) -> Result<bool, ProxyError> {
         let live: Vec<Endpoint> = endpoints
             .iter()
             .filter(|e| network_present(e))
@@ -273,7 +285,7 @@ impl Proxy {
         let table = ServiceTable::from_endpoints(&live);
         let addresses = self.node_addresses();
         if self.synced.as_ref() == Some(&(table.clone(), addresses.clone())) {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         if let Some(lb) = &mut self.socket_lb {
@@ -311,7 +323,17 @@ impl Proxy {
         }
         self.synced = Some((table, addresses));
         self.publish(Some(took), None);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Deletes what the nftables syncs left behind (a failure is logged:
+    /// the table serves all the same).
+    async fn compact(&self) {
+        if let Some(nft) = &self.nft
+            && let Err(e) = nft.compact().await
+        {
+            warn!(error = %crate::error_chain(&e), "cannot compact the proxy's nftables table");
+        }
     }
 
     /// The addresses to serve: the configured ones, else every IPv4
@@ -485,12 +507,24 @@ pub async fn run(
     let mut addresses = tokio::time::interval(ADDRESS_POLL);
     let mut counters = tokio::time::interval(proxy.settings.counter_interval);
     let mut dirty = true;
+    // When to compact the nftables table: once the services have been
+    // quiet for COMPACT_AFTER, at the latest COMPACT_WITHIN after the first
+    // change since the last compaction.
+    let mut compact_at: Option<tokio::time::Instant> = None;
+    let mut changed_since: Option<tokio::time::Instant> = None;
     loop {
         let ready = endpoints.borrow().is_some();
         if dirty && ready {
             let now = endpoints.borrow_and_update().clone().unwrap_or_default();
             match proxy.sync(&now).await {
-                Ok(()) => dirty = false,
+                Ok(wrote) => {
+                    dirty = false;
+                    if wrote {
+                        let now = tokio::time::Instant::now();
+                        let first = *changed_since.get_or_insert(now);
+                        compact_at = Some((now + COMPACT_AFTER).min(first + COMPACT_WITHIN));
+                    }
+                }
                 Err(e) => {
                     proxy.note_sync_error();
                     error!(error = %crate::error_chain(&e), "cannot sync the node proxy; retrying");
@@ -507,6 +541,11 @@ pub async fn run(
             }
             _ = addresses.tick() => dirty = true,
             _ = counters.tick() => proxy.read_counters().await,
+            _ = sleep_until_some(compact_at) => {
+                compact_at = None;
+                changed_since = None;
+                proxy.compact().await;
+            }
             Some(reply) = proxy.refresh.recv() => {
                 proxy.read_counters().await;
                 let _ = reply.send(());
@@ -514,6 +553,14 @@ pub async fn run(
         }
     }
     proxy.stop().await;
+}
+
+/// Sleeps until `at`; never returns for `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,14 @@
 //! any per-packet NAT ([`LocalTraffic::SctpOnly`]). The table's shape is
 //! described in [`ruleset`].
 //!
-//! Every [`NftProxy::sync`] writes the whole table in one nft transaction.
-//! The first one after start reads what the table holds (a crashed
-//! predecessor's work), so that it is replaced, never duplicated; later
-//! ones rely on what the previous sync wrote. Counter objects of services
-//! that stay are never recreated, so `/metrics` counters only grow
-//! (across a restart of the riklet too).
+//! Every [`NftProxy::sync`] is one nft transaction. The first one after
+//! start reads what the table holds (a crashed predecessor's work) and
+//! replaces it, never duplicating it; later ones rely on what the previous
+//! ones wrote and send only what changed, adding objects and never
+//! deleting any, so that a change is in place within a few milliseconds;
+//! [`NftProxy::compact`] deletes what they leave behind once things are
+//! quiet (see [`plan`]). A service's counters live as long as it does, so
+//! `/metrics` counters only grow (across a restart of the riklet too).
 //!
 //! A host whose `forward` hook drops by default (Docker's iptables sets a
 //! `FORWARD DROP` policy) drops connections from outside to pod backends:
@@ -21,6 +23,7 @@
 //! does not add, as it never touches other tables.
 
 mod names;
+mod plan;
 mod ruleset;
 mod syntax;
 
@@ -36,16 +39,15 @@ use nftables::types::NfFamily;
 use tracing::{debug, info, warn};
 
 pub use names::{
-    BYTES, BYTES_INPUT, BYTES_POSTROUTING, CounterKind, NAT_OUTPUT, NAT_POSTROUTING,
-    NAT_PREROUTING, SERVICES, backend_chain, bytes_chain, bytes_counter, connections_counter,
-    parse_counter, service_chain,
+    BYTES, BYTES_INPUT, BYTES_POSTROUTING, DISPATCH, NAT_OUTPUT, NAT_POSTROUTING, NAT_PREROUTING,
+    SERVICES, bytes_set, service_chain,
 };
-pub use ruleset::ruleset;
 
 use super::model::{ServiceCounters, ServiceKey, ServiceTable};
 use crate::network::ipam::Ipv4Cidr;
 use crate::network::nat::{list, objects};
-use ruleset::Existing;
+use plan::{Found, Written};
+use syntax::Tx;
 
 /// Which locally generated traffic the table translates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +89,12 @@ pub enum NftProxyError {
         #[source]
         source: Box<NftablesError>,
     },
+    #[error("{what}: encoding the nft commands")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// `nft -j list` printed JSON this module does not understand.
     #[error("{what}: unexpected nft listing: {reason}")]
     Listing { what: String, reason: String },
@@ -114,9 +122,10 @@ pub struct NftProxy {
 
 #[derive(Debug, Default)]
 struct State {
-    /// What the table holds after our last sync; `None`: unknown (not
-    /// synced yet, or the last sync failed), read it from the kernel.
-    existing: Option<Existing>,
+    /// What the table holds after our last transaction; `None`: unknown
+    /// (not synced yet, or the last transaction failed), read it from the
+    /// kernel and replace it.
+    written: Option<Written>,
     /// We turned `route_localnet` on: turn it off again on removal.
     localnet_changed: bool,
 }
@@ -139,31 +148,37 @@ impl NftProxy {
         &self.settings
     }
 
-    /// Makes the table serve exactly `table`, in one transaction. With
-    /// [`LocalTraffic::All`], turns the bridge's `route_localnet` on
-    /// afterwards (the rules are in place even if that fails).
+    /// Makes the table serve exactly `table`, in one transaction (none if
+    /// nothing changed). With [`LocalTraffic::All`], turns the bridge's
+    /// `route_localnet` on afterwards (the rules are in place even if that
+    /// fails).
     pub async fn sync(&self, table: &ServiceTable) -> Result<()> {
         let mut state = self.state.lock().await;
         let started = Instant::now();
         let settings = self.settings.clone();
         let services = table.clone();
-        let known = state.existing.take();
+        let known = state.written.take();
         let first = known.is_none();
         let written = blocking("writing the proxy table", move || {
-            let existing = match known {
-                Some(e) => e,
-                None => read_existing(&settings.table)?,
+            let (tx, written) = match known {
+                Some(w) => plan::update(&settings, &w, &services),
+                None => {
+                    let found = read_found(&settings.table)?;
+                    plan::replace(&settings, &found, &services)
+                }
             };
-            let tx = ruleset::transaction(&settings, &services, &existing);
-            helper::apply_ruleset(&tx).map_err(nft_err(format!(
-                "writing {} services to table ip {}",
-                services.len(),
-                settings.table
-            )))?;
-            Ok(Existing::after_sync(&services))
+            let what = || {
+                format!(
+                    "writing {} services to table ip {}",
+                    services.len(),
+                    settings.table
+                )
+            };
+            apply(&tx, what)?;
+            Ok(written)
         })
         .await?;
-        state.existing = Some(written);
+        state.written = Some(written);
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         if first {
             info!(table = %self.settings.table, services = table.len(), elapsed_ms, "proxy table written");
@@ -177,37 +192,44 @@ impl NftProxy {
         Ok(())
     }
 
-    /// Every service's counters, read from the table's counter objects
-    /// (after a sync: before, the table may not exist). `connections` are
-    /// the packets of the NAT rule (first packets), `bytes` both
-    /// directions of the DNATed connections.
+    /// Deletes what the syncs since the last compaction left behind (rules
+    /// no longer reached, chains and set elements of services that are
+    /// gone), in one transaction; nothing to do if they left nothing. Not
+    /// part of a sync because a transaction that deletes makes `nft` wait
+    /// for an RCU grace period (see [`plan`]): call it when no change is
+    /// expected soon.
+    pub async fn compact(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let Some(known) = state.written.take_if(|w| w.needs_compaction()) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let settings = self.settings.clone();
+        let written = blocking("compacting the proxy table", move || {
+            let (tx, written) = plan::compaction(&settings, &known);
+            apply(&tx, || format!("compacting table ip {}", settings.table))?;
+            Ok(written)
+        })
+        .await?;
+        state.written = Some(written);
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        debug!(table = %self.settings.table, elapsed_ms, "proxy table compacted");
+        Ok(())
+    }
+
+    /// Every service's counters, read from the element counters of the
+    /// table's sets (after a sync: before, the table may not exist).
+    /// `connections` are first packets (the NAT hooks see no others),
+    /// `bytes` both directions of the DNATed connections.
     pub async fn counters(&self) -> Result<BTreeMap<ServiceKey, ServiceCounters>> {
         let table = self.settings.table.clone();
         blocking("reading the proxy counters", move || {
             let what = format!("reading the counters of table ip {table}");
-            let doc = list(&["list", "counters", "table", "ip", &table])
-                .map_err(nft_err(what.clone()))?;
-            let mut counters: BTreeMap<ServiceKey, ServiceCounters> = BTreeMap::new();
-            for (kind, o) in objects(&doc) {
-                if kind != "counter" || o["table"] != *table {
-                    continue;
-                }
-                let Some((kind, key)) = o["name"].as_str().and_then(parse_counter) else {
-                    continue;
-                };
-                let value = |field: &str| {
-                    o[field].as_u64().ok_or_else(|| NftProxyError::Listing {
-                        what: what.clone(),
-                        reason: format!("counter {} has no {field}", o["name"]),
-                    })
-                };
-                let c = counters.entry(key).or_default();
-                match kind {
-                    CounterKind::Connections => c.connections = value("packets")?,
-                    CounterKind::Bytes => c.bytes = value("bytes")?,
-                }
-            }
-            Ok(counters)
+            let services =
+                list(&["list", "map", "ip", &table, SERVICES]).map_err(nft_err(what.clone()))?;
+            let bytes =
+                list(&["list", "sets", "table", "ip", &table]).map_err(nft_err(what.clone()))?;
+            Ok(plan::counters(&[services, bytes]))
         })
         .await
     }
@@ -231,7 +253,7 @@ impl NftProxy {
                 .map_err(nft_err(format!("deleting table ip {name}")))
         })
         .await?;
-        state.existing = None;
+        state.written = None;
         if std::mem::take(&mut state.localnet_changed) {
             set_route_localnet(&self.settings.bridge, false)?;
         }
@@ -240,53 +262,37 @@ impl NftProxy {
     }
 }
 
+/// Runs one transaction (nothing if it is empty).
+fn apply(tx: &Tx, what: impl Fn() -> String) -> Result<()> {
+    if tx.is_empty() {
+        return Ok(());
+    }
+    let payload = tx.to_json().map_err(|source| NftProxyError::Encode {
+        what: what(),
+        source,
+    })?;
+    helper::apply_ruleset_raw(&payload, helper::DEFAULT_NFT, helper::DEFAULT_ARGS)
+        .map(drop)
+        .map_err(nft_err(what()))
+}
+
 /// What the table holds now (nothing if it does not exist).
-fn read_existing(table: &str) -> Result<Existing> {
+fn read_found(table: &str) -> Result<Found> {
     let what = format!("reading table ip {table}");
     let tables = list(&["list", "tables", "ip"]).map_err(nft_err(what.clone()))?;
     if !objects(&tables).any(|(kind, o)| kind == "table" && o["name"] == *table) {
-        return Ok(Existing::default());
+        return Ok(Found::default());
     }
     let content = list(&["list", "table", "ip", table]).map_err(nft_err(what.clone()))?;
-    let mut existing = Existing {
-        recreate_chains: true,
-        ..Existing::default()
-    };
-    for (kind, o) in objects(&content) {
-        let name = || {
-            o["name"]
-                .as_str()
-                .map(String::from)
-                .ok_or_else(|| NftProxyError::Listing {
-                    what: what.clone(),
-                    reason: format!("a {kind} without a name: {o}"),
-                })
-        };
-        match kind {
-            "metainfo" | "table" | "rule" => {}
-            "chain" => {
-                existing.chains.insert(name()?);
-            }
-            "counter" => {
-                existing.counters.insert(name()?);
-            }
-            "set" => {
-                existing.sets.insert(name()?);
-            }
-            "map" => {
-                existing.maps.insert(name()?);
-            }
-            other => {
-                warn!(
-                    table,
-                    kind = other,
-                    "the proxy table holds an object it never makes; recreating the table (counters restart)"
-                );
-                existing.foreign = true;
-            }
-        }
+    let found =
+        Found::from_listing(&content).map_err(|reason| NftProxyError::Listing { what, reason })?;
+    if found.foreign {
+        warn!(
+            table,
+            "the proxy table holds objects it never makes; recreating the table (counters restart)"
+        );
     }
-    Ok(existing)
+    Ok(found)
 }
 
 fn route_localnet_path(bridge: &str) -> PathBuf {

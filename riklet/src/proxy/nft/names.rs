@@ -1,11 +1,11 @@
 //! Names in the proxy table, derived from the service key so that an
-//! operator reading `nft list table ip <table>` finds `svc_tcp_80`,
-//! `conn_tcp_80`, … and so that a restarted riklet recognises its
-//! predecessor's counters.
+//! operator reading `nft list table ip <table>` finds `svc_tcp_80` and the
+//! `tcp . 80` entry of `@services`, and so that a restarted riklet
+//! recognises what its predecessor wrote.
 
 use proto::manifest::Protocol;
 
-use crate::proxy::model::{Backend, ServiceKey};
+use crate::proxy::model::ServiceKey;
 
 /// Base chains.
 pub const NAT_PREROUTING: &str = "nat_prerouting";
@@ -13,83 +13,30 @@ pub const NAT_OUTPUT: &str = "nat_output";
 pub const NAT_POSTROUTING: &str = "nat_postrouting";
 pub const BYTES_POSTROUTING: &str = "bytes_postrouting";
 pub const BYTES_INPUT: &str = "bytes_input";
-/// The dispatch chains: service key → service chain, and → bytes chain.
-pub const SERVICES: &str = "services";
+/// The chain looking a new connection up in [`SERVICES`].
+pub const DISPATCH: &str = "dispatch";
+/// The chain looking a DNATed packet up in the `bytes_<protocol>` sets.
 pub const BYTES: &str = "bytes";
+/// The verdict map `protocol . port → goto svc_<protocol>_<port>`; its
+/// element counters count connections.
+pub const SERVICES: &str = "services";
+
+/// Every protocol a service may have, in the order the table lists them.
+pub const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
 /// `svc_tcp_80`: the chain that picks a backend of the service.
 pub fn service_chain(key: &ServiceKey) -> String {
     format!("svc_{}_{}", protocol_name(key.protocol), key.port)
 }
 
-/// `svc_tcp_80_to_10.88.0.2_8080`, `svc_tcp_80_to_node_8080`: the chain of
-/// one backend of a service that mixes pod addresses and node ports.
-pub fn backend_chain(key: &ServiceKey, backend: &Backend) -> String {
-    match backend {
-        Backend::Address(a) => format!("{}_to_{}_{}", service_chain(key), a.ip(), a.port()),
-        Backend::NodePort(p) => format!("{}_to_node_{p}", service_chain(key)),
-    }
-}
-
-/// `count_tcp_80`: the chain counting the service's bytes.
-pub fn bytes_chain(key: &ServiceKey) -> String {
-    format!("count_{}_{}", protocol_name(key.protocol), key.port)
-}
-
-/// `conn_tcp_80`: counter object whose packets are the connections.
-pub fn connections_counter(key: &ServiceKey) -> String {
-    format!(
-        "{}_{}_{}",
-        CounterKind::Connections.prefix(),
-        protocol_name(key.protocol),
-        key.port
-    )
-}
-
-/// `bytes_tcp_80`: counter object of the service's bytes.
-pub fn bytes_counter(key: &ServiceKey) -> String {
-    format!(
-        "{}_{}_{}",
-        CounterKind::Bytes.prefix(),
-        protocol_name(key.protocol),
-        key.port
-    )
-}
-
-/// What a counter object of the table counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CounterKind {
-    Connections,
-    Bytes,
-}
-
-impl CounterKind {
-    fn prefix(self) -> &'static str {
-        match self {
-            CounterKind::Connections => "conn",
-            CounterKind::Bytes => "bytes",
-        }
-    }
-}
-
-/// The service and kind of a counter name this module made; `None` for
-/// any other name.
-pub fn parse_counter(name: &str) -> Option<(CounterKind, ServiceKey)> {
-    let (kind, rest) = name.split_once('_')?;
-    let kind = [CounterKind::Connections, CounterKind::Bytes]
-        .into_iter()
-        .find(|k| k.prefix() == kind)?;
-    let (protocol, port) = rest.split_once('_')?;
-    let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
-        .into_iter()
-        .find(|p| protocol_name(*p) == protocol)?;
-    // `port.parse` would accept "+80" or "080": only the canonical form.
-    let port: u16 = port.parse().ok().filter(|p: &u16| p.to_string() == port)?;
-    Some((kind, ServiceKey { port, protocol }))
+/// `bytes_tcp`: the set of the protocol's service ports whose element
+/// counters count the bytes of the connections DNATed to them.
+pub fn bytes_set(protocol: Protocol) -> String {
+    format!("bytes_{}", protocol_name(protocol))
 }
 
 /// The protocol as nft names it.
-pub(super) fn protocol_name(p: Protocol) -> &'static str {
+pub fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
@@ -97,46 +44,27 @@ pub(super) fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
+/// The protocol nft names `name`, if it is one a service can have.
+pub fn parse_protocol(name: &str) -> Option<Protocol> {
+    PROTOCOLS.into_iter().find(|p| protocol_name(*p) == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(port: u16, protocol: Protocol) -> ServiceKey {
-        ServiceKey { port, protocol }
-    }
-
     #[test]
-    fn names_are_readable_and_parse_back() {
-        let k = key(80, Protocol::Tcp);
+    fn names_are_readable_and_protocols_parse_back() {
+        let k = ServiceKey {
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
         assert_eq!(service_chain(&k), "svc_tcp_80");
-        assert_eq!(bytes_chain(&k), "count_tcp_80");
-        assert_eq!(connections_counter(&k), "conn_tcp_80");
-        assert_eq!(bytes_counter(&key(132, Protocol::Sctp)), "bytes_sctp_132");
-        let pod = Backend::Address("10.88.0.2:8080".parse().unwrap());
-        assert_eq!(backend_chain(&k, &pod), "svc_tcp_80_to_10.88.0.2_8080");
-        assert_eq!(
-            backend_chain(&k, &Backend::NodePort(81)),
-            "svc_tcp_80_to_node_81"
-        );
-
-        assert_eq!(
-            parse_counter("conn_udp_53"),
-            Some((CounterKind::Connections, key(53, Protocol::Udp)))
-        );
-        assert_eq!(
-            parse_counter("bytes_sctp_65535"),
-            Some((CounterKind::Bytes, key(65535, Protocol::Sctp)))
-        );
-        for other in [
-            "conn_tcp_080",
-            "conn_tcp_+80",
-            "conn_tcp_65536",
-            "conn_icmp_1",
-            "pkts_tcp_80",
-            "conn_tcp",
-            "conn",
-        ] {
-            assert_eq!(parse_counter(other), None, "{other}");
+        assert_eq!(bytes_set(Protocol::Sctp), "bytes_sctp");
+        for p in PROTOCOLS {
+            assert_eq!(parse_protocol(protocol_name(p)), Some(p));
         }
+        assert_eq!(parse_protocol("icmp"), None);
+        assert_eq!(parse_protocol("TCP"), None);
     }
 }

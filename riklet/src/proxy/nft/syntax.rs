@@ -1,15 +1,77 @@
-//! Small builders of typed nftables objects and expressions, so that the
-//! rules in [`super::ruleset`] read close to their `nft` text.
+//! Small builders of nftables JSON commands, objects and expressions, so
+//! that [`super::ruleset`] reads close to the `nft` text. Typed where the
+//! `nftables` crate has the type; the proxy's named sets (a verdict map,
+//! per-element counters) are written as plain JSON, which the crate cannot
+//! express.
 
 use std::borrow::Cow;
 
 use nftables::expr::{
-    CT, Expression, Meta, MetaKey, NamedExpression, NgMode, Numgen, Payload, PayloadField, SetItem,
+    CT, CTDir, Expression, Meta, MetaKey, NamedExpression, NgMode, Numgen, Payload, PayloadField,
     Verdict,
 };
-use nftables::schema::{Chain, Counter as CounterObject, NfListObject, Rule, Table};
+use nftables::schema::{Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Rule, Table};
 use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::NfFamily;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The commands of one nft transaction, in the order nft runs them.
+#[derive(Debug, Default)]
+pub(super) struct Tx {
+    cmds: Vec<Cmd>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Cmd {
+    Typed(NfObject<'static>),
+    Raw(Value),
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    nftables: &'a [Cmd],
+}
+
+impl Tx {
+    pub(super) fn add(&mut self, o: NfListObject<'static>) {
+        self.typed(NfCmd::Add(o));
+    }
+
+    /// `insert rule`: at the head of the chain.
+    pub(super) fn insert(&mut self, o: NfListObject<'static>) {
+        self.typed(NfCmd::Insert(o));
+    }
+
+    pub(super) fn delete(&mut self, o: NfListObject<'static>) {
+        self.typed(NfCmd::Delete(o));
+    }
+
+    pub(super) fn flush(&mut self, o: FlushObject<'static>) {
+        self.typed(NfCmd::Flush(o));
+    }
+
+    /// A command the crate has no type for, e.g. `{"add": {"map": …}}`.
+    pub(super) fn raw(&mut self, cmd: Value) {
+        self.cmds.push(Cmd::Raw(cmd));
+    }
+
+    fn typed(&mut self, c: NfCmd<'static>) {
+        self.cmds.push(Cmd::Typed(NfObject::CmdObject(c)));
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    /// The `nft -j -f` input.
+    pub(super) fn to_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(&Document {
+            nftables: &self.cmds,
+        })
+    }
+}
 
 /// Builds objects of one table.
 pub(super) struct Tables {
@@ -40,17 +102,6 @@ impl Tables {
         }
     }
 
-    pub(super) fn counter(&self, name: &str) -> CounterObject<'static> {
-        CounterObject {
-            family: NfFamily::IP,
-            table: self.name.clone(),
-            name: name.to_string().into(),
-            handle: None,
-            packets: None,
-            bytes: None,
-        }
-    }
-
     pub(super) fn rule(
         &self,
         chain: &str,
@@ -65,6 +116,35 @@ impl Tables {
             comment: comment.map(Cow::Owned),
             ..Rule::default()
         })
+    }
+
+    /// Elements of the named set or map `set`.
+    pub(super) fn elements(
+        &self,
+        set: &str,
+        elem: Vec<Expression<'static>>,
+    ) -> NfListObject<'static> {
+        NfListObject::Element(Element {
+            family: NfFamily::IP,
+            table: self.name.clone(),
+            name: set.to_string().into(),
+            elem: elem.into(),
+        })
+    }
+
+    /// `add <kind> <table> <name> { <declaration>; counter; }`: a set or
+    /// map each of whose elements has its own counter.
+    pub(super) fn counting_set(&self, kind: &str, name: &str, declaration: Value) -> Value {
+        let mut body = json!({
+            "family": "ip",
+            "table": self.name,
+            "name": name,
+            "stmt": [{"counter": null}],
+        });
+        if let (Some(body), Some(declaration)) = (body.as_object_mut(), declaration.as_object()) {
+            body.extend(declaration.clone());
+        }
+        json!({ "add": { kind: body } })
     }
 }
 
@@ -85,6 +165,10 @@ pub(super) fn payload(protocol: &'static str, field: &'static str) -> Expression
     )))
 }
 
+pub(super) fn concat(parts: Vec<Expression<'static>>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Concat(parts))
+}
+
 /// `ct status dnat`: a connection some DNAT rule translated.
 pub(super) fn ct_dnat() -> Statement<'static> {
     let status = Expression::Named(NamedExpression::CT(CT {
@@ -93,6 +177,15 @@ pub(super) fn ct_dnat() -> Statement<'static> {
         dir: None,
     }));
     match_op(status, string("dnat"), Operator::IN)
+}
+
+/// `ct original proto-dst`: the port the client asked for, before DNAT.
+pub(super) fn ct_original_port() -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: "proto-dst".into(),
+        family: None,
+        dir: Some(CTDir::Original),
+    }))
 }
 
 pub(super) fn match_eq(
@@ -110,34 +203,26 @@ pub(super) fn match_op(
     Statement::Match(Match { left, right, op })
 }
 
+pub(super) fn jump(chain: &str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: chain.to_string().into(),
+    })
+}
+
 pub(super) fn goto(chain: String) -> Expression<'static> {
     Expression::Verdict(Verdict::Goto(JumpTarget {
         target: chain.into(),
     }))
 }
 
-/// `numgen random mod n`: a uniform pick per new connection.
-pub(super) fn numgen(n: usize) -> Expression<'static> {
-    Expression::Named(NamedExpression::Numgen(Numgen {
+/// `numgen random mod n 0`: true for one new connection in `n`.
+pub(super) fn one_in(n: usize) -> Statement<'static> {
+    let numgen = Expression::Named(NamedExpression::Numgen(Numgen {
         mode: NgMode::Random,
         ng_mod: u32::try_from(n).unwrap_or(u32::MAX),
         offset: None,
-    }))
-}
-
-/// `{ 0 : a, 1 : b, … }`.
-pub(super) fn indexed(values: Vec<Expression<'static>>) -> Expression<'static> {
-    let items = (0u32..)
-        .zip(values)
-        .map(|(i, v)| SetItem::Mapping(Expression::Number(i), v));
-    Expression::Named(NamedExpression::Set(items.collect()))
-}
-
-pub(super) fn map(key: Expression<'static>, data: Expression<'static>) -> Expression<'static> {
-    Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
-        key,
-        data,
-    })))
+    }));
+    match_eq(numgen, Expression::Number(0))
 }
 
 pub(super) fn dnat_to(addr: String, port: u16) -> Statement<'static> {
@@ -149,11 +234,11 @@ pub(super) fn dnat_to(addr: String, port: u16) -> Statement<'static> {
     }))
 }
 
-pub(super) fn redirect_to(port: Expression<'static>) -> Statement<'static> {
+pub(super) fn redirect_to(port: u16) -> Statement<'static> {
     Statement::Redirect(Some(NAT {
         addr: None,
         family: None,
-        port: Some(port),
+        port: Some(Expression::Number(u32::from(port))),
         flags: None,
     }))
 }
