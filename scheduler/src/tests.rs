@@ -26,6 +26,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::metrics::ApiCalls;
 use crate::{SchedulerConfig, SchedulerError, run};
 
 /// Generous bound for anything that should happen "soon".
@@ -48,7 +49,7 @@ impl Scheduler {
             state_dir: state_dir.to_path_buf(),
             heartbeat_timeout: Duration::from_secs(60),
         };
-        let task = tokio::spawn(run(config, listener, async {
+        let task = tokio::spawn(run(config, listener, ApiCalls::new(), async {
             let _ = stopped.await;
         }));
         Self { url, stop, task }
