@@ -248,3 +248,150 @@ impl State {
         self.watchers.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proto::common::ResourceStatus;
+
+    use super::*;
+    use crate::store::Store;
+
+    const WEB: &str =
+        "kind: Pod\nname: web\nspec:\n  containers:\n    - {name: c, exec: /bin/true}\n";
+    const DB: &str =
+        "kind: Pod\nname: db\nspec:\n  containers:\n    - {name: c, exec: /bin/true}\n";
+
+    fn summary(events: &[WatchEvent]) -> Vec<(Type, u64, String)> {
+        events
+            .iter()
+            .map(|e| {
+                let name = e.app.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+                (e.r#type(), e.revision, name)
+            })
+            .collect()
+    }
+
+    fn drain(state: &mut State, id: u64) -> Vec<WatchEvent> {
+        let mut events = Vec::new();
+        while let WatchNext::Event(e) = state.watch_next(id) {
+            events.push(e);
+        }
+        events
+    }
+
+    #[test]
+    fn every_change_gets_a_revision_and_replays_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::new(Store::open(dir.path()).unwrap());
+        let (_s, _rx) = state.register("n1", Duration::from_secs(20)).unwrap();
+        state.worker_status("n1", "", ResourceStatus::Running, "{}".into());
+        let r0 = state.store().data().revision;
+
+        let web = state.apply(WEB).unwrap();
+        // Created and placed in one operation: one revision.
+        assert_eq!(web.revision, r0 + 1);
+        let id = web.instance_ids[0].clone();
+        assert_eq!(state.apply(WEB).unwrap().revision, r0 + 1, "unchanged");
+        let start = state.watch(None, 0).unwrap();
+        assert_eq!(
+            summary(&start.initial),
+            [
+                (Type::Added, r0 + 1, "web".into()),
+                (Type::Synced, r0 + 1, String::new())
+            ]
+        );
+
+        let report = |state: &mut State, status, metrics: &str| {
+            state.instance_status("n1", "", &id, status, metrics.into());
+        };
+        report(&mut state, ResourceStatus::Creating, "{}");
+        // The same status with new figures is no change.
+        report(&mut state, ResourceStatus::Creating, r#"{"cpu":1}"#);
+        assert_eq!(state.store().data().revision, r0 + 2);
+        report(&mut state, ResourceStatus::Running, "{}");
+        state.apply(DB).unwrap();
+        state.delete("web").unwrap();
+        let events = drain(&mut state, start.id);
+        // Nothing was read in between: web's status changes and its delete
+        // coalesced into the delete, after db's creation.
+        assert_eq!(
+            summary(&events),
+            [
+                (Type::Added, r0 + 4, "db".into()),
+                (Type::Deleted, r0 + 5, "web".into())
+            ]
+        );
+        let last = events[1].app.as_ref().unwrap();
+        assert_eq!(last.instances[0].status, "RUNNING", "last state of web");
+
+        // Replay from each point a client may have stopped at.
+        let replay_from = |state: &mut State, since| {
+            let start = state.watch(None, since).unwrap();
+            state.unwatch(start.id);
+            summary(&start.initial)
+        };
+        assert_eq!(
+            replay_from(&mut state, r0 + 2),
+            [
+                (Type::Added, r0 + 4, "db".into()),
+                (Type::Deleted, r0 + 5, "web".into())
+            ]
+        );
+        assert_eq!(replay_from(&mut state, r0 + 5), []);
+        state.apply(WEB).unwrap();
+        assert_eq!(
+            replay_from(&mut state, r0 + 4),
+            [
+                (Type::Deleted, r0 + 5, "web".into()),
+                (Type::Added, r0 + 6, "web".into())
+            ]
+        );
+        assert!(matches!(
+            state.watch(None, r0 + 7),
+            Err(ClusterError::RevisionAhead { .. })
+        ));
+        assert_eq!(state.watch_count(), 1);
+        state.unwatch(start.id);
+        assert_eq!(state.watch_count(), 0);
+    }
+
+    #[test]
+    fn a_lost_node_and_placement_are_changes_and_one_app_can_be_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::new(Store::open(dir.path()).unwrap());
+        let (s1, _rx1) = state.register("n1", Duration::from_secs(20)).unwrap();
+        state.worker_status("n1", "", ResourceStatus::Running, "{}".into());
+        let id = state.apply(WEB).unwrap().instance_ids[0].clone();
+        state.apply(DB).unwrap();
+        let web = state.watch(Some("web".into()), 0).unwrap();
+        assert_eq!(web.initial.len(), 2, "web, then SYNCED");
+        state.instance_status("n1", "", &id, ResourceStatus::Running, String::new());
+        let running = drain(&mut state, web.id);
+        assert_eq!(running.len(), 1);
+
+        // The node goes away: both apps' instances are PENDING; the
+        // watcher of web hears of web only.
+        state.disconnected("n1", s1);
+        let events = drain(&mut state, web.id);
+        assert_eq!(summary(&events).len(), 1);
+        let app = events[0].app.as_ref().unwrap();
+        assert_eq!((app.name.as_str(), app.status.as_str()), ("web", "PENDING"));
+        assert_eq!(events[0].r#type(), Type::Modified);
+
+        // Another node: web's instance moves there.
+        let (_s2, _rx2) = state.register("n2", Duration::from_secs(20)).unwrap();
+        state.worker_status("n2", "", ResourceStatus::Running, "{}".into());
+        let events = drain(&mut state, web.id);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].app.as_ref().unwrap().instances[0].node, "n2");
+
+        state.shutdown();
+        assert!(matches!(state.watch_next(web.id), WatchNext::Gone));
+        assert!(matches!(
+            state.watch(None, 0),
+            Err(ClusterError::ShuttingDown)
+        ));
+    }
+}
