@@ -138,6 +138,13 @@ impl<'a> AppWatch<'a> {
                     resync: self.resync.take(),
                 })
             }
+            // A listing is made of additions; anything else is taken for
+            // what it says.
+            Type::Deleted => {
+                let gone = event.app.map(|a| a.name).unwrap_or_default();
+                self.listing.retain(|a| a.name != gone);
+                None
+            }
             _ => {
                 self.listing.extend(event.app);
                 None

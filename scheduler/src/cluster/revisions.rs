@@ -64,7 +64,7 @@ fn event(kind: Type, revision: u64, app: Option<App>) -> WatchEvent {
 
 /// What a client that had the state at `since` must be sent to have the
 /// current one: every app changed since (ADDED if created since), every
-/// app deleted since, in revision order.
+/// app deleted since (none for a listing, `since` 0), in revision order.
 fn replay(data: &Data, app: Option<&str>, since: u64) -> Vec<WatchEvent> {
     let wanted = |name: &str| app.is_none_or(|a| a == name);
     let mut events: Vec<WatchEvent> = data
@@ -83,7 +83,7 @@ fn replay(data: &Data, app: Option<&str>, since: u64) -> Vec<WatchEvent> {
     events.extend(
         data.tombstones
             .iter()
-            .filter(|t| t.revision > since && wanted(&t.name))
+            .filter(|t| since > 0 && t.revision > since && wanted(&t.name))
             .map(|t| {
                 let last = App {
                     name: t.name.clone(),
@@ -340,6 +340,16 @@ mod tests {
             ]
         );
         assert_eq!(replay_from(&mut state, r0 + 5), []);
+        let listing = state.watch(None, 0).unwrap();
+        state.unwatch(listing.id);
+        assert_eq!(
+            summary(&listing.initial),
+            [
+                (Type::Added, r0 + 4, "db".into()),
+                (Type::Synced, r0 + 5, String::new())
+            ],
+            "a listing has no tombstones"
+        );
         state.apply(WEB).unwrap();
         assert_eq!(
             replay_from(&mut state, r0 + 4),
