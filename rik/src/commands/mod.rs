@@ -27,6 +27,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// under a long watch or log stream.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest answer accepted: an app of 1,000 replicas, each with its
+/// riklet's full status JSON, passes tonic's default of 4 MiB.
+const MAX_MESSAGE: usize = 64 << 20;
 
 /// A connection to the scheduler's `rik.v1.Rik` API whose calls fail with
 /// a one-line, user-facing error.
@@ -54,7 +57,7 @@ impl Scheduler {
             .await
             .map_err(|e| anyhow!("cannot reach scheduler at {url}: {}", root_cause(&e)))?;
         Ok(Self {
-            client: RikClient::new(channel),
+            client: RikClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
             url,
         })
     }
