@@ -122,11 +122,14 @@ impl<'a> AppWatch<'a> {
 
     /// An event read: part of a listing, the end of one, or a change.
     fn take(&mut self, event: WatchEvent) -> Option<Update> {
+        let kind = event.r#type();
         if self.since != 0 {
             self.since = event.revision;
-            return Some(Update::Changed(event));
+            // A marker, or a type of a newer scheduler: nothing to show.
+            let change = matches!(kind, Type::Added | Type::Modified | Type::Deleted);
+            return change.then_some(Update::Changed(event));
         }
-        match event.r#type() {
+        match kind {
             Type::Synced => {
                 self.since = event.revision.max(1);
                 let mut apps = std::mem::take(&mut self.listing);
