@@ -1,7 +1,8 @@
 //! The Node Monitor's collection cycle.
 //!
-//! Every `metrics_interval` it asks the agent which containers run, reads
-//! each one's cgroup statistics, reads the eBPF maps once in bulk, samples
+//! Every `metrics_interval` it takes the containers of the agent's live
+//! pods (asked again only when they changed, see [`super::targets`]),
+//! reads each one's cgroup statistics, reads the eBPF maps once in bulk, samples
 //! the node, and publishes the result twice: as a [`Snapshot`] for the
 //! Prometheus endpoint, and as per-pod usage ([`PodUsage`]) that the agent
 //! puts in the realtime app object reported to the scheduler. eBPF entries
@@ -28,19 +29,8 @@ use super::node::NodeSampler;
 use super::sample::{
     CollectionTimings, Log2Histogram, PodNetSample, PodSample, Snapshot, pod_usage,
 };
-use crate::cgroups::ContainerCgroup;
-
-/// One container to measure.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub app: String,
-    pub instance: String,
-    pub container: String,
-    pub cgroup: ContainerCgroup,
-    /// The pod's own address (`None` on the host network), to which its
-    /// TCP retransmissions are attributed.
-    pub pod_ip: Option<IpAddr>,
-}
+pub use super::targets::Target;
+use super::targets::{PodsGeneration, TargetCache, TargetSet};
 
 /// The last measured usage of each pod (by instance id), for the realtime
 /// app object. Kept as samples: the usage is built when asked (every
@@ -157,35 +147,36 @@ impl Collector {
     }
 
     /// Measures every target once and publishes the results.
-    pub async fn cycle(&mut self, targets: Vec<Target>) -> CycleTimings {
+    pub async fn cycle(&mut self, set: Arc<TargetSet>) -> CycleTimings {
         let started = Instant::now();
         let maps = self.read_maps();
         let ebpf = started.elapsed();
+        let targets = set.targets();
         // The targets on a CPU now, with the time their slice began.
-        let on_cpu = maps.running.as_ref().map(|r| on_cpu_targets(&targets, r));
+        let on_cpu = maps.running.as_ref().map(|r| on_cpu_targets(&set, r));
         let ran = match (&maps.sched, &on_cpu) {
-            (Some(sched), Some(on_cpu)) => Some(self.ran(sched, on_cpu, &targets)),
+            (Some(sched), Some(on_cpu)) => Some(self.ran(sched, on_cpu, targets)),
             _ => None,
         };
         let ran_count = ran.as_ref().map(HashSet::len);
 
         let t1 = Instant::now();
-        let readings = self.read_cgroups(&targets, ran).await;
+        let readings = self.read_cgroups(Arc::clone(&set), ran).await;
         let cgroups = t1.elapsed();
         let ids: Vec<Option<u64>> = readings.iter().map(|r| r.cgroup_id).collect();
 
-        let (samples, pods) = self.sample(&targets, &ids, &readings, &maps, on_cpu.as_deref());
+        let (samples, pods) = self.sample(targets, &ids, &readings, &maps, on_cpu.as_deref());
         let pod_nets = maps
             .retransmits
             .as_ref()
-            .map(|r| pod_nets(&targets, r, &self.node))
+            .map(|r| pod_nets(targets, r, &self.node))
             .unwrap_or_default();
         self.forget_stale(&ids, maps.traffic.as_ref(), maps.sched.as_ref());
         if let Some(r) = &maps.retransmits {
-            self.forget_stale_addresses(&targets, r);
+            self.forget_stale_addresses(&set, r);
         }
-        self.oom_events(&targets, &ids);
-        self.publish_usage(&targets, pods, &pod_nets);
+        self.oom_events(targets, &ids);
+        self.publish_usage(&set, pods, &pod_nets);
 
         let node = self.node_sampler.sample().await;
         let timings = CycleTimings {
@@ -225,13 +216,12 @@ impl Collector {
     /// [`cgroup_stats::StatsReader::read`].
     async fn read_cgroups(
         &mut self,
-        targets: &[Target],
+        set: Arc<TargetSet>,
         ran: Option<HashSet<u64>>,
     ) -> Vec<cgroup_stats::Reading> {
         let readers = std::mem::take(&mut self.readers);
-        let cgroups: Vec<ContainerCgroup> = targets.iter().map(|t| t.cgroup.clone()).collect();
         let (readers, readings) =
-            tokio::task::spawn_blocking(move || read_all(readers, &cgroups, ran.as_ref()))
+            tokio::task::spawn_blocking(move || read_all(readers, &set, ran.as_ref()))
                 .await
                 .unwrap_or_default();
         self.readers = readers;
@@ -291,10 +281,8 @@ impl Collector {
 
     /// Publishes the usage of the pods measured this cycle; the events of
     /// pods that are gone are dropped.
-    fn publish_usage(&mut self, targets: &[Target], pods: PodSamples, pod_nets: &[PodNetSample]) {
-        let live: HashSet<&str> = targets.iter().map(|t| t.instance.as_str()).collect();
-        self.events
-            .retain(|instance, _| live.contains(instance.as_str()));
+    fn publish_usage(&mut self, set: &TargetSet, pods: PodSamples, pod_nets: &[PodNetSample]) {
+        self.events.retain(|instance, _| set.has_instance(instance));
         self.usage.replace(UsageTable {
             pods,
             events: self.events.clone(),
@@ -354,15 +342,11 @@ impl Collector {
     /// the node's own, other containers', pods deleted since the last
     /// cycle (the address allocator hands out every other address of the
     /// pod network before one comes back, so none is reused meanwhile).
-    fn forget_stale_addresses(&mut self, targets: &[Target], retransmits: &HashMap<IpAddr, u64>) {
+    fn forget_stale_addresses(&mut self, set: &TargetSet, retransmits: &HashMap<IpAddr, u64>) {
         let Some(p) = self.probes.as_mut() else {
             return;
         };
-        if retransmits.is_empty() {
-            return;
-        }
-        let live: HashSet<IpAddr> = targets.iter().filter_map(|t| t.pod_ip).collect();
-        for address in retransmits.keys().filter(|a| !live.contains(a)) {
+        for address in retransmits.keys().filter(|a| !set.is_pod_ip(a)) {
             let _ = p.forget_address(*address);
         }
     }
@@ -465,48 +449,35 @@ fn cores_since(cpu: f64, before: Option<(f64, Instant)>, now: Instant) -> Option
 /// wait, so a cycle's latency drops with the CPUs used.
 const READ_THREADS: usize = 2;
 
-/// Reads every cgroup, spread over the readers' threads; a container always
-/// goes to the same reader (by path), which keeps its files open.
+/// Reads every target's cgroup, spread over the readers' threads (the
+/// first on this one); a container always goes to the same reader, which
+/// keeps its files open.
 fn read_all(
     mut readers: Vec<cgroup_stats::StatsReader>,
-    cgroups: &[ContainerCgroup],
+    set: &TargetSet,
     ran: Option<&HashSet<u64>>,
 ) -> (Vec<cgroup_stats::StatsReader>, Vec<cgroup_stats::Reading>) {
-    if readers.is_empty() {
-        readers.push(cgroup_stats::StatsReader::default());
-    }
-    let n = readers.len();
-    let shard = |c: &ContainerCgroup| {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        c.rel().hash(&mut h);
-        (h.finish() as usize) % n
+    readers.resize_with(set.readers(), cgroup_stats::StatsReader::default);
+    let read_shard = |shard: usize, reader: &mut cgroup_stats::StatsReader| {
+        let out: Vec<_> = (0..set.len())
+            .filter(|&j| set.shard(j) == shard)
+            .map(|j| (j, reader.read(&set.targets()[j].cgroup, ran)))
+            .collect();
+        reader.sweep();
+        out
     };
-    let shards: Vec<usize> = cgroups.iter().map(shard).collect();
     let mut parts: Vec<Vec<(usize, cgroup_stats::Reading)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = readers
+        let (first, others) = readers.split_first_mut().expect("at least one reader");
+        let handles: Vec<_> = others
             .iter_mut()
             .enumerate()
-            .map(|(i, reader)| {
-                let shards = &shards;
-                s.spawn(move || {
-                    let out: Vec<_> = cgroups
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| shards[*j] == i)
-                        .map(|(j, c)| (j, reader.read(c, ran)))
-                        .collect();
-                    reader.sweep();
-                    out
-                })
-            })
+            .map(|(i, reader)| s.spawn(move || read_shard(i + 1, reader)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
+        let mut parts = vec![read_shard(0, first)];
+        parts.extend(handles.into_iter().map(|h| h.join().unwrap_or_default()));
+        parts
     });
-    let mut readings = vec![cgroup_stats::Reading::default(); cgroups.len()];
+    let mut readings = vec![cgroup_stats::Reading::default(); set.len()];
     for (j, reading) in parts.iter_mut().flat_map(|p| p.drain(..)) {
         readings[j] = reading;
     }
@@ -516,21 +487,12 @@ fn read_all(
 /// The targets whose tasks are on a CPU now, by index in `targets`, with
 /// the start of their slices (from the task's cgroup in
 /// `/proc/<pid>/cgroup`; tasks of other cgroups are left out).
-fn on_cpu_targets(targets: &[Target], running: &[OnCpu]) -> Vec<(usize, u64)> {
-    if running.is_empty() {
-        return Vec::new();
-    }
-    let by_rel: HashMap<&str, usize> = targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.cgroup.rel(), i))
-        .collect();
+fn on_cpu_targets(set: &TargetSet, running: &[OnCpu]) -> Vec<(usize, u64)> {
     running
         .iter()
         .filter_map(|slot| {
             let path = crate::cgroups::v2_cgroup_of(slot.pid as i32)?;
-            let target = by_rel.get(path.trim_start_matches('/'))?;
-            Some((*target, slot.since_ns))
+            Some((set.by_cgroup(&path)?, slot.since_ns))
         })
         .collect()
 }
@@ -557,10 +519,11 @@ fn pod_nets(
 }
 
 /// Runs cycles every `interval` until `shutdown`; `targets` asks the agent
-/// for the current containers.
+/// for the current containers, which happens only when `generation` moved.
 pub async fn run<F, Fut>(
     mut collector: Collector,
     interval: Duration,
+    generation: PodsGeneration,
     targets: F,
     mut shutdown: broadcast::Receiver<()>,
 ) where
@@ -569,12 +532,13 @@ pub async fn run<F, Fut>(
 {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cache = TargetCache::new(READ_THREADS);
     loop {
         tokio::select! {
             _ = shutdown.recv() => break,
             _ = tick.tick() => {
-                let t = targets().await;
-                collector.cycle(t).await;
+                let set = cache.get(generation.current(), &targets).await;
+                collector.cycle(set).await;
             }
         }
     }
