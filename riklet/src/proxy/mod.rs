@@ -345,19 +345,21 @@ impl Proxy {
         if !self.settings.addresses.is_empty() {
             return self.settings.addresses.clone();
         }
-        addresses::node_ipv4_addresses()
-            .await
-            .unwrap_or_else(|e| {
-                warn!(error = %crate::error_chain(&e), "cannot list the node's addresses");
-                Vec::new()
-            })
+        addresses::node_ipv4_addresses().await.unwrap_or_else(|e| {
+            warn!(error = %crate::error_chain(&e), "cannot list the node's addresses");
+            Vec::new()
+        })
     }
 
     /// Reads the datapaths' counters into the status.
     async fn read_counters(&mut self) {
         // Without services there is nothing to count, and the nftables
         // read alone is two `nft` processes every metrics interval.
-        if self.synced.as_ref().is_none_or(|(table, _)| table.is_empty()) {
+        if self
+            .synced
+            .as_ref()
+            .is_none_or(|(table, _)| table.is_empty())
+        {
             self.publish(None, Some(BTreeMap::new()));
             return;
         }
