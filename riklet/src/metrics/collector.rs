@@ -14,10 +14,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::status::{self, PodEvent, PodEventKind};
+use proto::status::{PodEvent, PodEventKind};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
@@ -26,44 +26,13 @@ use super::ebpf::{OnCpu, Probes, SchedStats};
 use super::exporter::SnapshotHandle;
 use super::net::CgroupTraffic;
 use super::node::NodeSampler;
-use super::sample::{
-    CollectionTimings, Log2Histogram, PodNetSample, PodSample, Snapshot, pod_usage,
-};
+use super::sample::{CollectionTimings, Log2Histogram, PodNetSample, PodSample, Snapshot};
 pub use super::targets::Target;
 use super::targets::{PodsGeneration, TargetCache, TargetSet};
-
-/// The last measured usage of each pod (by instance id), for the realtime
-/// app object. Kept as samples: the usage is built when asked (every
-/// heartbeat, `rik get app`), not at every cycle.
-#[derive(Debug, Clone, Default)]
-pub struct PodUsage(Arc<RwLock<UsageTable>>);
-
-#[derive(Debug, Default)]
-struct UsageTable {
-    /// Each pod's containers, with their CPU use over the last cycle (cores).
-    pods: HashMap<String, Vec<(PodSample, Option<f64>)>>,
-    /// Pod events (OOM kills).
-    events: HashMap<String, Vec<PodEvent>>,
-    /// TCP retransmissions of each pod with an address of its own.
-    retransmits: HashMap<String, u64>,
-}
-
-impl PodUsage {
-    /// The last usage of a pod, if measured.
-    pub fn get(&self, instance: &str) -> Option<status::PodUsage> {
-        let table = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let mut usage = pod_usage(table.pods.get(instance)?);
-        usage.network.tcp_retransmits = table.retransmits.get(instance).copied();
-        if let Some(events) = table.events.get(instance) {
-            usage.events = events.clone();
-        }
-        Some(usage)
-    }
-
-    fn replace(&self, table: UsageTable) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = table;
-    }
-}
+use super::usage::CycleUsage;
+pub use super::usage::PodUsage;
+#[cfg(test)]
+use super::usage::UsageTable;
 
 /// How long the parts of one cycle took (for `cargo xtask bench metrics`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,7 +50,7 @@ pub struct Collector {
     exporter: SnapshotHandle,
     usage: PodUsage,
     /// What the previous cycle saw of each container.
-    previous: HashMap<(String, String), Previous>,
+    previous: PreviousCycle,
     /// On-CPU ns of each cgroup in the previous cycle's eBPF read: a cgroup
     /// whose figure did not move did not run (see [`Collector::ran`]).
     last_oncpu: HashMap<u64, u64>,
@@ -89,6 +58,39 @@ pub struct Collector {
     readers: Vec<cgroup_stats::StatsReader>,
     /// OOM kill events seen by eBPF, per pod (the last [`MAX_EVENTS`]).
     events: HashMap<String, Vec<PodEvent>>,
+}
+
+/// What the previous cycle saw: of each target of `set`, by index.
+#[derive(Default)]
+struct PreviousCycle {
+    set: Option<Arc<TargetSet>>,
+    seen: Vec<Previous>,
+}
+
+impl PreviousCycle {
+    /// What was seen of each target of `set`, by index: as is while the
+    /// targets stay the same, else carried over by container.
+    fn of(&self, set: &Arc<TargetSet>) -> Vec<Previous> {
+        match &self.set {
+            Some(before) if Arc::ptr_eq(before, set) => self.seen.clone(),
+            Some(before) => {
+                let by_container: HashMap<(&str, &str), Previous> = before
+                    .targets()
+                    .iter()
+                    .zip(&self.seen)
+                    .map(|(t, p)| ((t.instance.as_str(), t.container.as_str()), *p))
+                    .collect();
+                set.targets()
+                    .iter()
+                    .map(|t| {
+                        let key = (t.instance.as_str(), t.container.as_str());
+                        by_container.get(&key).copied().unwrap_or_default()
+                    })
+                    .collect()
+            }
+            None => vec![Previous::default(); set.len()],
+        }
+    }
 }
 
 /// What a cycle keeps of one container for the next one.
@@ -123,7 +125,7 @@ impl Collector {
             node_sampler: NodeSampler::new(node),
             exporter,
             usage,
-            previous: HashMap::new(),
+            previous: PreviousCycle::default(),
             last_oncpu: HashMap::new(),
             readers: (0..READ_THREADS)
                 .map(|_| cgroup_stats::StatsReader::new(slow_every as u64))
@@ -165,7 +167,7 @@ impl Collector {
         let cgroups = t1.elapsed();
         let ids: Vec<Option<u64>> = readings.iter().map(|r| r.cgroup_id).collect();
 
-        let (samples, pods) = self.sample(targets, &ids, &readings, &maps, on_cpu.as_deref());
+        let (samples, cores) = self.sample(&set, &ids, &readings, &maps, on_cpu.as_deref());
         let pod_nets = maps
             .retransmits
             .as_ref()
@@ -176,7 +178,14 @@ impl Collector {
             self.forget_stale_addresses(&set, r);
         }
         self.oom_events(targets, &ids);
-        self.publish_usage(&set, pods, &pod_nets);
+        self.events.retain(|instance, _| set.has_instance(instance));
+        self.usage.update(&CycleUsage {
+            set: &set,
+            samples: &samples,
+            cores: &cores,
+            events: &self.events,
+            pod_nets: &pod_nets,
+        });
 
         let node = self.node_sampler.sample().await;
         let timings = CycleTimings {
@@ -228,32 +237,33 @@ impl Collector {
         readings
     }
 
-    /// One sample per target, from its cgroup reading (`readings[i]`, of
-    /// cgroup `ids[i]`) and the eBPF maps; remembers what the next cycle
-    /// needs. Also returns each pod's samples with the CPU use of each
+    /// One sample per target of `set`, from its cgroup reading
+    /// (`readings[i]`, of cgroup `ids[i]`) and the eBPF maps; remembers
+    /// what the next cycle needs. Also returns the CPU use of each
     /// container over the last cycle (cores).
     fn sample(
         &mut self,
-        targets: &[Target],
+        set: &Arc<TargetSet>,
         ids: &[Option<u64>],
         readings: &[cgroup_stats::Reading],
         maps: &MapsReading,
         on_cpu: Option<&[(usize, u64)]>,
-    ) -> (Vec<PodSample>, PodSamples) {
+    ) -> (Vec<PodSample>, Vec<Option<f64>>) {
         let now = Instant::now();
         let now_ns = super::ebpf::monotonic_now().map_or(0, |d| d.as_nanos() as u64);
-        let mut samples = Vec::with_capacity(targets.len());
-        let mut previous = HashMap::with_capacity(targets.len());
-        let mut pods = PodSamples::new();
-        for (i, ((t, id), reading)) in targets.iter().zip(ids).zip(readings).enumerate() {
+        let mut seen = self.previous.of(set);
+        let mut samples = Vec::with_capacity(set.len());
+        let mut cores = Vec::with_capacity(set.len());
+        let targets = set.targets().iter().zip(ids).zip(readings);
+        for (i, ((t, id), reading)) in targets.enumerate() {
             let mut s = PodSample::new(&t.app, &t.instance, &t.container, &self.node)
                 .with_cgroup(&reading.stats);
             if let (Some(traffic), Some(id)) = (&maps.traffic, id) {
                 s = s.with_traffic(&traffic.get(id).copied().unwrap_or_default());
             }
-            let key = (t.instance.clone(), t.container.clone());
-            let before = self.previous.get(&key).copied().unwrap_or_default();
-            let mut now_seen = Previous::default();
+            let before = seen[i];
+            let now_seen = &mut seen[i];
+            now_seen.oncpu = None;
             if let (Some(sched), Some(id)) = (&maps.sched, id) {
                 // The slices running now are charged at their switch-out
                 // only; a long one would otherwise be missing for seconds.
@@ -265,32 +275,18 @@ impl Collector {
                     .sum();
                 now_seen.oncpu = add_sched(&mut s, sched.get(id), running_ns, before.oncpu);
             }
-            let cores = s
-                .cpu_seconds
-                .and_then(|cpu| cores_since(cpu, before.cpu, now));
+            cores.push(
+                s.cpu_seconds
+                    .and_then(|cpu| cores_since(cpu, before.cpu, now)),
+            );
             now_seen.cpu = s.cpu_seconds.map(|cpu| (cpu, now));
-            previous.insert(key, now_seen);
-            pods.entry(t.instance.clone())
-                .or_default()
-                .push((s.clone(), cores));
             samples.push(s);
         }
-        self.previous = previous;
-        (samples, pods)
-    }
-
-    /// Publishes the usage of the pods measured this cycle; the events of
-    /// pods that are gone are dropped.
-    fn publish_usage(&mut self, set: &TargetSet, pods: PodSamples, pod_nets: &[PodNetSample]) {
-        self.events.retain(|instance, _| set.has_instance(instance));
-        self.usage.replace(UsageTable {
-            pods,
-            events: self.events.clone(),
-            retransmits: pod_nets
-                .iter()
-                .map(|n| (n.instance.clone(), n.tcp_retransmits))
-                .collect(),
-        });
+        self.previous = PreviousCycle {
+            set: Some(Arc::clone(set)),
+            seen,
+        };
+        (samples, cores)
     }
 
     /// The cgroups (by id) whose tasks ran since the previous cycle: those
@@ -404,10 +400,6 @@ struct MapsReading {
     running: Option<Vec<OnCpu>>,
     retransmits: Option<HashMap<IpAddr, u64>>,
 }
-
-/// Each pod's container samples (by instance id), with the CPU use of the
-/// container over the last cycle (cores).
-type PodSamples = HashMap<String, Vec<(PodSample, Option<f64>)>>;
 
 /// Fills a sample's scheduler figures: the on-CPU time (what eBPF charged,
 /// plus `running_ns` of the slices running now) and the run-queue latency.

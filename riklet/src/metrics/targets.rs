@@ -63,6 +63,8 @@ pub struct TargetSet {
     readers: usize,
     /// Instances of the targets.
     instances: HashSet<String>,
+    /// Each pod's targets (indexes), pods in order of their first target.
+    pods: Vec<(String, Vec<usize>)>,
     /// The pods' own addresses.
     pod_ips: HashSet<IpAddr>,
 }
@@ -81,6 +83,7 @@ impl TargetSet {
             shards: targets.iter().map(|t| shard(&t.cgroup, readers)).collect(),
             readers,
             instances: targets.iter().map(|t| t.instance.clone()).collect(),
+            pods: by_pod(&targets),
             pod_ips: targets.iter().filter_map(|t| t.pod_ip).collect(),
             targets,
         }
@@ -120,10 +123,30 @@ impl TargetSet {
         self.instances.contains(instance)
     }
 
+    /// Each pod (instance) with the indexes of its targets, pods in order
+    /// of their first target.
+    pub fn pods(&self) -> &[(String, Vec<usize>)] {
+        &self.pods
+    }
+
     /// Whether `ip` is a pod's own address.
     pub fn is_pod_ip(&self, ip: &IpAddr) -> bool {
         self.pod_ips.contains(ip)
     }
+}
+
+/// The targets of each pod, pods in order of their first target.
+fn by_pod(targets: &[Target]) -> Vec<(String, Vec<usize>)> {
+    let mut pods: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in targets.iter().enumerate() {
+        let pod = *index.entry(t.instance.as_str()).or_insert_with(|| {
+            pods.push((t.instance.clone(), Vec::new()));
+            pods.len() - 1
+        });
+        pods[pod].1.push(i);
+    }
+    pods
 }
 
 /// The reader of a container's cgroup among `readers`.
@@ -242,6 +265,13 @@ mod tests {
         assert_eq!(set.by_cgroup("riklet/gone_main"), None);
         assert!(set.is_pod_ip(&"10.88.0.2".parse().unwrap()));
         assert!(set.has_instance("db-1"));
+        assert_eq!(
+            set.pods(),
+            [
+                ("web-1".to_string(), vec![0, 1]),
+                ("db-1".to_string(), vec![2])
+            ]
+        );
         assert!((0..3).all(|i| set.shard(i) < 2));
         // A container keeps its reader whatever the other targets.
         let alone = TargetSet::new(vec![target("db-1", "main", None)], 2);
