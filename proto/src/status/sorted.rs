@@ -16,6 +16,7 @@
 //! refused); of duplicate keys (a flattened field named like another) the
 //! last wins, like in a `Value` map.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use serde::ser::{self, Error as _, Impossible, Serialize};
@@ -27,6 +28,8 @@ type Result<T = ()> = std::result::Result<T, Error>;
 pub(super) fn to_string<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     let mut writer = Writer {
         out: Vec::with_capacity(1024),
+        entries: Vec::new(),
+        values: Vec::new(),
     };
     value.serialize(&mut writer)?;
     String::from_utf8(writer.out).map_err(Error::custom)
@@ -34,6 +37,11 @@ pub(super) fn to_string<T: Serialize + ?Sized>(value: &T) -> Result<String> {
 
 struct Writer {
     out: Vec<u8>,
+    /// The entries of the objects being written, innermost last: each
+    /// one's key, and where its value was written in `out`.
+    entries: Vec<(Cow<'static, str>, Range<usize>)>,
+    /// Where an object's values are moved while they are put in order.
+    values: Vec<u8>,
 }
 
 impl Writer {
@@ -44,23 +52,22 @@ impl Writer {
 
     /// An object; `closing` is written after its closing brace.
     fn object(&mut self, closing: &'static [u8]) -> Object<'_> {
-        let start = self.out.len();
         Object {
+            start: self.out.len(),
+            first_entry: self.entries.len(),
             writer: self,
-            start,
-            entries: Vec::new(),
             key: None,
             closing,
         }
     }
 }
 
-/// An object being written: its entries' keys, and where each one's value
-/// was written (after `start`).
+/// An object being written: its values are written from `start` on, its
+/// entries are the writer's from `first_entry` on.
 struct Object<'a> {
     writer: &'a mut Writer,
     start: usize,
-    entries: Vec<(String, Range<usize>)>,
+    first_entry: usize,
     /// The key of a map entry whose value comes next.
     key: Option<String>,
     /// Closes a struct variant's outer object too.
@@ -68,38 +75,43 @@ struct Object<'a> {
 }
 
 impl Object<'_> {
-    fn entry<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Result {
+    fn entry<T: Serialize + ?Sized>(&mut self, key: Cow<'static, str>, value: &T) -> Result {
         let at = self.writer.out.len();
         value.serialize(&mut *self.writer)?;
-        self.entries.push((key, at..self.writer.out.len()));
+        let written = at..self.writer.out.len();
+        self.writer.entries.push((key, written));
         Ok(())
     }
 
     /// Replaces the values written since `start` by the object, keys in
     /// order.
-    fn end(mut self) -> Result {
+    fn end(self) -> Result {
+        let writer = self.writer;
+        let mut values = std::mem::take(&mut writer.values);
+        values.clear();
+        values.extend_from_slice(&writer.out[self.start..]);
+        writer.out.truncate(self.start);
+        let entries = &mut writer.entries[self.first_entry..];
         // Stable: of equal keys the last written stays last, and wins.
-        self.entries.sort_by(|a, b| a.0.cmp(&b.0));
-        self.entries.dedup_by(|later, earlier| {
-            let same = later.0 == earlier.0;
-            if same {
-                std::mem::swap(later, earlier);
-            }
-            same
-        });
-        let values = self.writer.out.split_off(self.start);
-        let out = &mut self.writer.out;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let out = &mut writer.out;
         out.push(b'{');
-        for (i, (key, range)) in self.entries.iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        for (i, (key, range)) in entries.iter().enumerate() {
+            if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
+                continue;
+            }
+            if !std::mem::take(&mut first) {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut *out, key)?;
+            serde_json::to_writer(&mut *out, key.as_ref())?;
             out.push(b':');
             out.extend_from_slice(&values[range.start - self.start..range.end - self.start]);
         }
         out.push(b'}');
         out.extend_from_slice(self.closing);
+        writer.entries.truncate(self.first_entry);
+        writer.values = values;
         Ok(())
     }
 }
@@ -199,7 +211,7 @@ impl<'a> ser::Serializer for &'a mut Writer {
         value: &T,
     ) -> Result {
         let mut object = self.object(b"");
-        object.entry(variant.to_string(), value)?;
+        object.entry(Cow::Borrowed(variant), value)?;
         object.end()
     }
 
@@ -317,7 +329,7 @@ impl ser::SerializeMap for Object<'_> {
             .key
             .take()
             .ok_or_else(|| Error::custom("a map value without its key"))?;
-        self.entry(key, value)
+        self.entry(Cow::Owned(key), value)
     }
     fn end(self) -> Result {
         Object::end(self)
@@ -328,7 +340,7 @@ impl ser::SerializeStruct for Object<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result {
-        self.entry(key.to_string(), value)
+        self.entry(Cow::Borrowed(key), value)
     }
     fn end(self) -> Result {
         Object::end(self)
@@ -339,7 +351,7 @@ impl ser::SerializeStructVariant for Object<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result {
-        self.entry(key.to_string(), value)
+        self.entry(Cow::Borrowed(key), value)
     }
     fn end(self) -> Result {
         Object::end(self)

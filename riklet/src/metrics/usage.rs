@@ -63,7 +63,6 @@ impl PodUsage {
     pub(super) fn update(&self, cycle: &CycleUsage<'_>) {
         let mut table = self.0.write().unwrap_or_else(|p| p.into_inner());
         let set = cycle.set;
-        table.pods.retain(|instance, _| set.has_instance(instance));
         for (instance, indexes) in set.pods() {
             let fresh = indexes.iter().map(|&i| (&cycle.samples[i], cycle.cores[i]));
             match table.pods.get_mut(instance) {
@@ -80,6 +79,10 @@ impl PodUsage {
                     table.pods.insert(instance.clone(), measured);
                 }
             }
+        }
+        // Every pod of the cycle is in: more means some are gone.
+        if table.pods.len() != set.pods().len() {
+            table.pods.retain(|instance, _| set.has_instance(instance));
         }
         if table.events != *cycle.events {
             table.events.clone_from(cycle.events);
