@@ -113,9 +113,9 @@ impl TargetSet {
         self.shards[index]
     }
 
-    /// The number of readers the shards are for.
+    /// The number of readers the shards are for (at least one).
     pub fn readers(&self) -> usize {
-        self.readers
+        self.readers.max(1)
     }
 
     /// Whether `instance` has a target.
