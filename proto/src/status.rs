@@ -54,6 +54,7 @@ macro_rules! metrics_object {
 
 pub mod app;
 pub mod node;
+mod sorted;
 pub mod usage;
 
 pub use app::{AppStatus, ContainerState, ContainerStatus, LastExit, RealtimeApp, ShortStatus};
@@ -76,9 +77,10 @@ pub fn from_name(name: &str) -> ResourceStatus {
     ResourceStatus::from_str_name(name).unwrap_or(ResourceStatus::Unknown)
 }
 
-/// An object as JSON text, keys in alphabetical order.
+/// An object as JSON text, keys in alphabetical order: the text of its
+/// [`to_value`], written without building the value.
 fn to_json<T: Serialize>(object: &T) -> String {
-    to_value(object).to_string()
+    sorted::to_string(object).expect("status objects serialize: every map key is a string")
 }
 
 /// An object as a JSON value.

@@ -403,6 +403,7 @@ async fn start_metrics(
     let collector_task = tokio::spawn(metrics::collector::run(
         collector,
         config.metrics_interval,
+        agent.pods_generation(),
         move || {
             let agent = agent.clone();
             async move { agent.targets().await }

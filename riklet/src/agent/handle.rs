@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::host::StartResult;
 use crate::metrics::collector::Target;
+use crate::metrics::targets::PodsGeneration;
 use crate::proxy::model::Endpoint;
 use crate::state::{ExitRecord, RunRecord};
 
@@ -57,11 +58,21 @@ pub(super) enum Event {
     Pods(oneshot::Sender<Vec<AppStatus>>),
     Targets(oneshot::Sender<Vec<Target>>),
 }
+
+impl Event {
+    /// Whether handling the event may change the pods (and so the
+    /// collector's targets): all but the queries.
+    pub(super) fn may_change_pods(&self) -> bool {
+        !matches!(self, Event::Reports(_) | Event::Pods(_) | Event::Targets(_))
+    }
+}
+
 /// Cheap handle to talk to the agent task.
 #[derive(Debug, Clone)]
 pub struct AgentHandle {
     pub(super) tx: mpsc::UnboundedSender<Event>,
     pub(super) endpoints: watch::Receiver<Option<Vec<Endpoint>>>,
+    pub(super) generation: PodsGeneration,
 }
 
 impl AgentHandle {
@@ -83,6 +94,12 @@ impl AgentHandle {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Event::Reports(tx));
         rx.await.unwrap_or_default()
+    }
+
+    /// Bumped after every event that may change the pods: the collector
+    /// asks for [`targets`](Self::targets) again only when it moved.
+    pub fn pods_generation(&self) -> PodsGeneration {
+        self.generation.clone()
     }
 
     /// The containers of live pods, for the metrics collector.

@@ -62,6 +62,7 @@ pub use ports::ReservedPort;
 
 use crate::clock::now_ms;
 use crate::metrics::collector::PodUsage;
+use crate::metrics::targets::PodsGeneration;
 use crate::proxy::model::Endpoint;
 use crate::runtime::containerd;
 use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store};
@@ -105,6 +106,8 @@ pub struct Agent<H: PodHost = NodeHost> {
     /// The RUNNING pods with ports, republished after every event; `None`
     /// until the pods of the runtime memory are recovered.
     endpoints: watch::Sender<Option<Vec<Endpoint>>>,
+    /// Bumped after each change of the pods (the collector's targets).
+    generation: PodsGeneration,
 }
 
 impl Agent<NodeHost> {
@@ -144,6 +147,7 @@ impl<H: PodHost> Agent<H> {
             rx,
             reports,
             endpoints: watch::Sender::new(None),
+            generation: PodsGeneration::default(),
         }
     }
 
@@ -151,6 +155,7 @@ impl<H: PodHost> Agent<H> {
         AgentHandle {
             tx: self.tx.clone(),
             endpoints: self.endpoints.subscribe(),
+            generation: self.generation.clone(),
         }
     }
 
@@ -161,6 +166,7 @@ impl<H: PodHost> Agent<H> {
         if let Err(e) = self.recover().await {
             error!(error = %crate::error_chain(&e), "cannot read the runtime memory");
         }
+        self.generation.bump();
         let host = self.host.clone();
         loop {
             self.publish_endpoints();
@@ -168,7 +174,10 @@ impl<H: PodHost> Agent<H> {
             tokio::select! {
                 _ = shutdown.recv() => break,
                 Some(ev) = self.rx.recv() => self.on_event(ev).await,
-                () = host.containerd_connected(), if waiting => self.recover_containerd().await,
+                () = host.containerd_connected(), if waiting => {
+                    self.recover_containerd().await;
+                    self.generation.bump();
+                }
             }
         }
     }
@@ -188,6 +197,14 @@ impl<H: PodHost> Agent<H> {
     }
 
     async fn on_event(&mut self, ev: Event) {
+        let changes = ev.may_change_pods();
+        self.handle_event(ev).await;
+        if changes {
+            self.generation.bump();
+        }
+    }
+
+    async fn handle_event(&mut self, ev: Event) {
         match ev {
             Event::Create {
                 instance_id,

@@ -882,3 +882,42 @@ async fn only_running_pods_with_an_address_are_endpoints() {
         "a restarting pod receives nothing new"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_pods_generation_moves_with_the_pods_and_not_with_queries() {
+    let mut h = Harness::new();
+    let handle = h.agent.handle();
+    let generation = handle.pods_generation();
+    let mut last = generation.current();
+    let mut moved = || {
+        let now = generation.current();
+        std::mem::replace(&mut last, now) != now
+    };
+    // Added (the create event, then its container's start).
+    let definition = r#"{"apiVersion":"v1","kind":"Pod","name":"app","replicas":1,
+        "spec":{"restartPolicy":"Always","containers":[{"name":"main","exec":"/bin/app"}]}}"#;
+    handle.create("app-1".into(), definition.into());
+    assert_eq!(h.step().await, "create");
+    assert!(moved(), "a pod added");
+    h.step_until("started").await;
+    assert!(moved(), "a container started");
+    // Queries change nothing.
+    let _ = handle
+        .tx
+        .send(Event::Targets(tokio::sync::oneshot::channel().0));
+    assert_eq!(h.step().await, "query");
+    assert!(!moved(), "a query");
+    // Restarted.
+    h.exit("app-1", "main", exit_code(1));
+    h.step_until("exited").await;
+    assert!(moved(), "a container exited");
+    h.step_until("restart-due").await;
+    h.step_until("started").await;
+    assert!(moved(), "a container restarted");
+    // Removed.
+    handle.destroy("app-1".into());
+    assert_eq!(h.step().await, "destroy");
+    assert!(moved(), "a pod deleted");
+    h.step_until("stopped").await;
+    assert!(moved(), "a pod forgotten");
+}

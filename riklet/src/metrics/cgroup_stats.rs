@@ -86,11 +86,20 @@ pub fn read(cgroup: &ContainerCgroup) -> CgroupStats {
 /// - each container's directories are found once, and its files are kept
 ///   open and re-read with `pread` at offset 0: one system call per file
 ///   instead of a path walk, open, read and close;
+/// - containers are expected in the same order as at the previous
+///   readings (the collector's targets only change with the pods): each
+///   is found by one comparison with the next expected, not by a hash
+///   lookup;
 /// - files that change rarely or only under pressure (limits, failcnt, OOM
 ///   counters, and CPU throttling of a container without a CPU quota) are
 ///   re-read every `slow_every`-th reading of the container only; the
 ///   figures in between repeat the last values (the eBPF probe reports OOM
-///   kills as they happen).
+///   kills as they happen);
+/// - a container whose tasks did not run (see [`StatsReader::read`]) is
+///   not read between its slow readings, and at those reads its memory
+///   figures only, which reclaim may have changed; every
+///   [`IDLE_FULL_EVERY`]-th slow reading of an idle container reads
+///   everything.
 ///
 /// A read of an open file that fails means the cgroup was removed (perhaps
 /// to be created again under the same name): the container's files and its
@@ -99,10 +108,19 @@ pub fn read(cgroup: &ContainerCgroup) -> CgroupStats {
 /// until it exists.
 #[derive(Debug)]
 pub struct StatsReader {
-    cgroups: HashMap<String, OpenCgroup>,
+    /// The containers in the order of the last readings.
+    slots: Vec<OpenCgroup>,
+    /// Slot of each container by cgroup path (relative).
+    index: HashMap<String, usize>,
+    /// The slot expected to be read next.
+    cursor: usize,
     slow_every: u64,
     buf: Vec<u8>,
 }
+
+/// Of an idle container's slow readings, every this many reads every file;
+/// the others its memory figures only.
+pub const IDLE_FULL_EVERY: u64 = 3;
 
 impl Default for StatsReader {
     fn default() -> Self {
@@ -115,29 +133,48 @@ impl StatsReader {
     /// time (at least every time).
     pub fn new(slow_every: u64) -> Self {
         StatsReader {
-            cgroups: HashMap::new(),
+            slots: Vec::new(),
+            index: HashMap::new(),
+            cursor: 0,
             slow_every: slow_every.max(1),
             buf: Vec::new(),
         }
+    }
+
+    /// The slot of `cgroup`: the expected next one, else looked up, else a
+    /// new one.
+    fn slot(&mut self, cgroup: &ContainerCgroup) -> usize {
+        let rel = cgroup.rel();
+        let slot = match self.slots.get(self.cursor) {
+            Some(open) if open.rel == rel => self.cursor,
+            _ => match self.index.get(rel) {
+                Some(&slot) => slot,
+                None => {
+                    self.slots.push(OpenCgroup::new(cgroup));
+                    self.index.insert(rel.to_string(), self.slots.len() - 1);
+                    self.slots.len() - 1
+                }
+            },
+        };
+        self.cursor = slot + 1;
+        slot
     }
 
     /// Reads the statistics of `cgroup`. `ran` names the cgroups (by id)
     /// whose tasks ran since the previous reading, `None` if unknown: a
     /// cgroup that did not run used no CPU, started and ended no process
     /// and charged no memory, so between slow readings it is not read
-    /// again and its last figures are repeated (only memory taken back by
-    /// reclaim can be missed, until its next slow reading).
+    /// again and its last figures are repeated, and at most slow readings
+    /// only its memory is (only memory taken back by reclaim can be missed,
+    /// until its next slow reading).
     pub fn read(&mut self, cgroup: &ContainerCgroup, ran: Option<&HashSet<u64>>) -> Reading {
-        let open = match self.cgroups.get_mut(cgroup.rel()) {
-            // No id: the cgroup did not exist yet (a container being
-            // created) and its files may be missing too: look again.
-            Some(open) if !open.files.stale && open.cgroup_id.is_some() => open,
-            _ => {
-                let open = OpenCgroup::new(cgroup);
-                self.cgroups.insert(cgroup.rel().to_string(), open);
-                self.cgroups.get_mut(cgroup.rel()).expect("just inserted")
-            }
-        };
+        let slot = self.slot(cgroup);
+        let open = &mut self.slots[slot];
+        // No id: the cgroup did not exist yet (a container being created)
+        // and its files may be missing too: look again.
+        if open.files.stale || open.cgroup_id.is_none() {
+            *open = OpenCgroup::new(cgroup);
+        }
         open.used = true;
         // The first reading reads everything; later slow readings are
         // spread over the cycles by `phase`, not all on the same one.
@@ -147,14 +184,27 @@ impl StatsReader {
             (Some(ran), Some(id)) => !ran.contains(&id),
             _ => false,
         };
-        if idle
-            && !slow
-            && let Some(last) = &open.last
-        {
-            return Reading {
-                stats: last.clone(),
-                cgroup_id: open.cgroup_id,
+        if idle && let Some(last) = &mut open.last {
+            let full = slow && {
+                open.idle_slow += 1;
+                open.idle_slow.is_multiple_of(IDLE_FULL_EVERY)
             };
+            if !full {
+                if slow {
+                    let io = &mut FileReader {
+                        files: &mut open.files,
+                        buf: &mut self.buf,
+                    };
+                    match &open.dirs {
+                        Dirs::V1(dirs) => memory_v1(dirs, io).apply(last),
+                        Dirs::V2(dir) => memory_v2(dir, io).apply(last),
+                    }
+                }
+                return Reading {
+                    stats: last.clone(),
+                    cgroup_id: open.cgroup_id,
+                };
+            }
         }
         let io = &mut FileReader {
             files: &mut open.files,
@@ -172,16 +222,28 @@ impl StatsReader {
     }
 
     /// Forgets (and closes the files of) the cgroups not read since the
-    /// last sweep: removed containers.
+    /// last sweep: removed containers. The next readings are expected in
+    /// the order of the last ones.
     pub fn sweep(&mut self) {
-        self.cgroups
-            .retain(|_, open| std::mem::take(&mut open.used));
+        let before = self.slots.len();
+        self.slots.retain_mut(|open| std::mem::take(&mut open.used));
+        if self.slots.len() != before {
+            self.index = self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(slot, open)| (open.rel.clone(), slot))
+                .collect();
+        }
+        self.cursor = 0;
     }
 }
 
 /// One container's cgroup as the reader knows it.
 #[derive(Debug)]
 struct OpenCgroup {
+    /// The cgroup's path, relative.
+    rel: String,
     dirs: Dirs,
     files: Files,
     cgroup_id: Option<u64>,
@@ -192,6 +254,8 @@ struct OpenCgroup {
     reads: u64,
     /// Offsets this cgroup's slow readings (a hash of its path).
     phase: u64,
+    /// Slow readings while idle, for [`IDLE_FULL_EVERY`].
+    idle_slow: u64,
     used: bool,
 }
 
@@ -205,6 +269,7 @@ impl OpenCgroup {
         };
         let v2 = cgroup.v2_dir();
         OpenCgroup {
+            rel: cgroup.rel().to_string(),
             cgroup_id: super::net::cgroup_id(&v2).ok(),
             dirs: if v1.is_empty() {
                 Dirs::V2(v2)
@@ -221,6 +286,7 @@ impl OpenCgroup {
                 cgroup.rel().hash(&mut h);
                 h.finish() % 1024
             },
+            idle_slow: 0,
             used: false,
         }
     }
@@ -389,16 +455,10 @@ fn read_v1(dirs: &V1Dirs, io: &mut FileReader, last: &mut SlowStats, slow: bool)
             .keyed(cpu, "cpu.stat", throttling_keys)
             .unwrap_or_default(),
     };
-    // `total_*` is hierarchical (the container's children included), which
-    // is what usage_in_bytes counts too.
-    let inactive_file = io
-        .keyed(
-            memory,
-            "memory.stat",
-            ["total_inactive_file", "inactive_file"],
-        )
-        .and_then(|[total, own]| total.or(own));
-    let usage = io.u64(memory, "memory.usage_in_bytes");
+    let Memory {
+        usage,
+        inactive_file,
+    } = memory_v1(dirs, io);
     CgroupStats {
         cpu_usage_ns: io.u64(dirs.cpuacct.as_deref(), "cpuacct.usage"),
         cpu_periods,
@@ -443,10 +503,10 @@ fn read_v2(dir: &Path, io: &mut FileReader, last: &mut SlowStats, slow: bool) ->
             ["usage_usec", "nr_periods", "nr_throttled", "throttled_usec"],
         )
         .unwrap_or_default();
-    let [inactive_file] = io
-        .keyed(d, "memory.stat", ["inactive_file"])
-        .unwrap_or_default();
-    let usage = io.u64(d, "memory.current");
+    let Memory {
+        usage,
+        inactive_file,
+    } = memory_v2(dir, io);
     let ns = |us: Option<u64>| us.map(|us| us.saturating_mul(1000));
     CgroupStats {
         cpu_usage_ns: ns(usage_usec),
@@ -461,6 +521,49 @@ fn read_v2(dir: &Path, io: &mut FileReader, last: &mut SlowStats, slow: bool) ->
         oom_events: last.oom_events,
         oom_kills: last.oom_kills,
         pids: io.u64(d, "pids.current"),
+    }
+}
+
+/// A container's memory usage and inactive file pages.
+struct Memory {
+    usage: Option<u64>,
+    inactive_file: Option<u64>,
+}
+
+impl Memory {
+    /// Replaces the memory figures of `stats`.
+    fn apply(self, stats: &mut CgroupStats) {
+        stats.memory_usage_bytes = self.usage;
+        stats.memory_inactive_file_bytes = self.inactive_file;
+        stats.memory_working_set_bytes = working_set(self.usage, self.inactive_file);
+    }
+}
+
+fn memory_v1(dirs: &V1Dirs, io: &mut FileReader) -> Memory {
+    let memory = dirs.memory.as_deref();
+    // `total_*` is hierarchical (the container's children included), which
+    // is what usage_in_bytes counts too.
+    let inactive_file = io
+        .keyed(
+            memory,
+            "memory.stat",
+            ["total_inactive_file", "inactive_file"],
+        )
+        .and_then(|[total, own]| total.or(own));
+    Memory {
+        inactive_file,
+        usage: io.u64(memory, "memory.usage_in_bytes"),
+    }
+}
+
+fn memory_v2(dir: &Path, io: &mut FileReader) -> Memory {
+    let d = Some(dir);
+    let [inactive_file] = io
+        .keyed(d, "memory.stat", ["inactive_file"])
+        .unwrap_or_default();
+    Memory {
+        inactive_file,
+        usage: io.u64(d, "memory.current"),
     }
 }
 
@@ -711,6 +814,70 @@ mod tests {
         write(&dir, "pids.current", "4\n");
         assert_eq!(read_v2(&dir, io, last, false).pids, None);
         assert_eq!(read_v2(&dir, io, last, true).pids, Some(4));
+    }
+
+    /// A v2 container cgroup in a temporary directory, with its files.
+    fn fake_v2(root: &Path, name: &str, pids: u64, memory: u64, failcnt: u64) -> ContainerCgroup {
+        let layout = crate::cgroups::Layout::Unified {
+            v2: root.to_path_buf(),
+        };
+        let cgroup = ContainerCgroup::at(layout, &format!("riklet/{name}"));
+        let dir = cgroup.v2_dir();
+        write(&dir, "cpu.stat", "usage_usec 10\n");
+        write(&dir, "memory.stat", "inactive_file 0\n");
+        write(&dir, "memory.current", &format!("{memory}\n"));
+        write(&dir, "memory.events", &format!("max {failcnt}\n"));
+        write(&dir, "pids.current", &format!("{pids}\n"));
+        cgroup
+    }
+
+    #[test]
+    fn idle_slow_readings_read_memory_and_every_third_everything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cgroup = fake_v2(tmp.path(), "pod_c", 1, 100, 0);
+        let id = crate::metrics::net::cgroup_id(&cgroup.v2_dir()).unwrap();
+        let (idle, ran) = (HashSet::new(), HashSet::from([id]));
+        // Every reading is a slow one.
+        let mut reader = StatsReader::new(1);
+        let first = reader.read(&cgroup, Some(&idle)).stats;
+        assert_eq!((first.pids, first.memory_usage_bytes), (Some(1), Some(100)));
+
+        fake_v2(tmp.path(), "pod_c", 5, 300, 9);
+        for n in 1..IDLE_FULL_EVERY {
+            let s = reader.read(&cgroup, Some(&idle)).stats;
+            assert_eq!(s.memory_usage_bytes, Some(300), "memory, idle reading {n}");
+            assert_eq!((s.pids, s.memory_failcnt), (Some(1), Some(0)), "{n}");
+        }
+        let full = reader.read(&cgroup, Some(&idle)).stats;
+        assert_eq!((full.pids, full.memory_failcnt), (Some(5), Some(9)));
+
+        fake_v2(tmp.path(), "pod_c", 7, 300, 9);
+        assert_eq!(reader.read(&cgroup, Some(&ran)).stats.pids, Some(7), "ran");
+    }
+
+    #[test]
+    fn containers_are_found_in_any_order_and_forgotten_once_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cgroups: Vec<ContainerCgroup> = (0..3)
+            .map(|i| fake_v2(tmp.path(), &format!("pod_{i}"), i, 0, 0))
+            .collect();
+        let mut reader = StatsReader::new(1);
+        let pids = |reader: &mut StatsReader, order: &[usize]| -> Vec<Option<u64>> {
+            let out = order
+                .iter()
+                .map(|&i| reader.read(&cgroups[i], None).stats.pids)
+                .collect();
+            reader.sweep();
+            out
+        };
+        assert_eq!(pids(&mut reader, &[0, 1, 2]), [Some(0), Some(1), Some(2)]);
+        assert_eq!(pids(&mut reader, &[0, 1, 2]), [Some(0), Some(1), Some(2)]);
+        assert_eq!(pids(&mut reader, &[2, 0, 1]), [Some(2), Some(0), Some(1)]);
+        // pod_1 gone: its slot is dropped, the others still found.
+        assert_eq!(pids(&mut reader, &[2, 0]), [Some(2), Some(0)]);
+        assert_eq!(reader.slots.len(), 2);
+        assert_eq!(reader.index.len(), 2);
+        assert_eq!(pids(&mut reader, &[0, 2, 1]), [Some(0), Some(2), Some(1)]);
     }
 
     fn read_all_v1(dirs: &V1Dirs) -> CgroupStats {

@@ -1,7 +1,8 @@
 //! The Node Monitor's collection cycle.
 //!
-//! Every `metrics_interval` it asks the agent which containers run, reads
-//! each one's cgroup statistics, reads the eBPF maps once in bulk, samples
+//! Every `metrics_interval` it takes the containers of the agent's live
+//! pods (asked again only when they changed, see [`super::targets`]),
+//! reads each one's cgroup statistics, reads the eBPF maps once in bulk, samples
 //! the node, and publishes the result twice: as a [`Snapshot`] for the
 //! Prometheus endpoint, and as per-pod usage ([`PodUsage`]) that the agent
 //! puts in the realtime app object reported to the scheduler. eBPF entries
@@ -13,10 +14,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::status::{self, PodEvent, PodEventKind};
+use proto::status::{PodEvent, PodEventKind};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
@@ -25,55 +26,13 @@ use super::ebpf::{OnCpu, Probes, SchedStats};
 use super::exporter::SnapshotHandle;
 use super::net::CgroupTraffic;
 use super::node::NodeSampler;
-use super::sample::{
-    CollectionTimings, Log2Histogram, PodNetSample, PodSample, Snapshot, pod_usage,
-};
-use crate::cgroups::ContainerCgroup;
-
-/// One container to measure.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub app: String,
-    pub instance: String,
-    pub container: String,
-    pub cgroup: ContainerCgroup,
-    /// The pod's own address (`None` on the host network), to which its
-    /// TCP retransmissions are attributed.
-    pub pod_ip: Option<IpAddr>,
-}
-
-/// The last measured usage of each pod (by instance id), for the realtime
-/// app object. Kept as samples: the usage is built when asked (every
-/// heartbeat, `rik get app`), not at every cycle.
-#[derive(Debug, Clone, Default)]
-pub struct PodUsage(Arc<RwLock<UsageTable>>);
-
-#[derive(Debug, Default)]
-struct UsageTable {
-    /// Each pod's containers, with their CPU use over the last cycle (cores).
-    pods: HashMap<String, Vec<(PodSample, Option<f64>)>>,
-    /// Pod events (OOM kills).
-    events: HashMap<String, Vec<PodEvent>>,
-    /// TCP retransmissions of each pod with an address of its own.
-    retransmits: HashMap<String, u64>,
-}
-
-impl PodUsage {
-    /// The last usage of a pod, if measured.
-    pub fn get(&self, instance: &str) -> Option<status::PodUsage> {
-        let table = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let mut usage = pod_usage(table.pods.get(instance)?);
-        usage.network.tcp_retransmits = table.retransmits.get(instance).copied();
-        if let Some(events) = table.events.get(instance) {
-            usage.events = events.clone();
-        }
-        Some(usage)
-    }
-
-    fn replace(&self, table: UsageTable) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = table;
-    }
-}
+use super::sample::{CollectionTimings, Log2Histogram, PodNetSample, PodSample, Snapshot};
+pub use super::targets::Target;
+use super::targets::{PodsGeneration, TargetCache, TargetSet};
+use super::usage::CycleUsage;
+pub use super::usage::PodUsage;
+#[cfg(test)]
+use super::usage::UsageTable;
 
 /// How long the parts of one cycle took (for `cargo xtask bench metrics`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,7 +50,7 @@ pub struct Collector {
     exporter: SnapshotHandle,
     usage: PodUsage,
     /// What the previous cycle saw of each container.
-    previous: HashMap<(String, String), Previous>,
+    previous: PreviousCycle,
     /// On-CPU ns of each cgroup in the previous cycle's eBPF read: a cgroup
     /// whose figure did not move did not run (see [`Collector::ran`]).
     last_oncpu: HashMap<u64, u64>,
@@ -99,6 +58,39 @@ pub struct Collector {
     readers: Vec<cgroup_stats::StatsReader>,
     /// OOM kill events seen by eBPF, per pod (the last [`MAX_EVENTS`]).
     events: HashMap<String, Vec<PodEvent>>,
+}
+
+/// What the previous cycle saw: of each target of `set`, by index.
+#[derive(Default)]
+struct PreviousCycle {
+    set: Option<Arc<TargetSet>>,
+    seen: Vec<Previous>,
+}
+
+impl PreviousCycle {
+    /// What was seen of each target of `set`, by index: as is while the
+    /// targets stay the same, else carried over by container.
+    fn of(&self, set: &Arc<TargetSet>) -> Vec<Previous> {
+        match &self.set {
+            Some(before) if Arc::ptr_eq(before, set) => self.seen.clone(),
+            Some(before) => {
+                let by_container: HashMap<(&str, &str), Previous> = before
+                    .targets()
+                    .iter()
+                    .zip(&self.seen)
+                    .map(|(t, p)| ((t.instance.as_str(), t.container.as_str()), *p))
+                    .collect();
+                set.targets()
+                    .iter()
+                    .map(|t| {
+                        let key = (t.instance.as_str(), t.container.as_str());
+                        by_container.get(&key).copied().unwrap_or_default()
+                    })
+                    .collect()
+            }
+            None => vec![Previous::default(); set.len()],
+        }
+    }
 }
 
 /// What a cycle keeps of one container for the next one.
@@ -133,7 +125,7 @@ impl Collector {
             node_sampler: NodeSampler::new(node),
             exporter,
             usage,
-            previous: HashMap::new(),
+            previous: PreviousCycle::default(),
             last_oncpu: HashMap::new(),
             readers: (0..READ_THREADS)
                 .map(|_| cgroup_stats::StatsReader::new(slow_every as u64))
@@ -157,35 +149,43 @@ impl Collector {
     }
 
     /// Measures every target once and publishes the results.
-    pub async fn cycle(&mut self, targets: Vec<Target>) -> CycleTimings {
+    pub async fn cycle(&mut self, set: Arc<TargetSet>) -> CycleTimings {
         let started = Instant::now();
         let maps = self.read_maps();
         let ebpf = started.elapsed();
+        let targets = set.targets();
         // The targets on a CPU now, with the time their slice began.
-        let on_cpu = maps.running.as_ref().map(|r| on_cpu_targets(&targets, r));
+        let on_cpu = maps.running.as_ref().map(|r| on_cpu_targets(&set, r));
         let ran = match (&maps.sched, &on_cpu) {
-            (Some(sched), Some(on_cpu)) => Some(self.ran(sched, on_cpu, &targets)),
+            (Some(sched), Some(on_cpu)) => Some(self.ran(sched, on_cpu, targets)),
             _ => None,
         };
         let ran_count = ran.as_ref().map(HashSet::len);
 
         let t1 = Instant::now();
-        let readings = self.read_cgroups(&targets, ran).await;
+        let readings = self.read_cgroups(Arc::clone(&set), ran).await;
         let cgroups = t1.elapsed();
         let ids: Vec<Option<u64>> = readings.iter().map(|r| r.cgroup_id).collect();
 
-        let (samples, pods) = self.sample(&targets, &ids, &readings, &maps, on_cpu.as_deref());
+        let (samples, cores) = self.sample(&set, &ids, &readings, &maps, on_cpu.as_deref());
         let pod_nets = maps
             .retransmits
             .as_ref()
-            .map(|r| pod_nets(&targets, r, &self.node))
+            .map(|r| pod_nets(targets, r, &self.node))
             .unwrap_or_default();
         self.forget_stale(&ids, maps.traffic.as_ref(), maps.sched.as_ref());
         if let Some(r) = &maps.retransmits {
-            self.forget_stale_addresses(&targets, r);
+            self.forget_stale_addresses(&set, r);
         }
-        self.oom_events(&targets, &ids);
-        self.publish_usage(&targets, pods, &pod_nets);
+        self.oom_events(targets, &ids);
+        self.events.retain(|instance, _| set.has_instance(instance));
+        self.usage.update(&CycleUsage {
+            set: &set,
+            samples: &samples,
+            cores: &cores,
+            events: &self.events,
+            pod_nets: &pod_nets,
+        });
 
         let node = self.node_sampler.sample().await;
         let timings = CycleTimings {
@@ -225,45 +225,45 @@ impl Collector {
     /// [`cgroup_stats::StatsReader::read`].
     async fn read_cgroups(
         &mut self,
-        targets: &[Target],
+        set: Arc<TargetSet>,
         ran: Option<HashSet<u64>>,
     ) -> Vec<cgroup_stats::Reading> {
         let readers = std::mem::take(&mut self.readers);
-        let cgroups: Vec<ContainerCgroup> = targets.iter().map(|t| t.cgroup.clone()).collect();
         let (readers, readings) =
-            tokio::task::spawn_blocking(move || read_all(readers, &cgroups, ran.as_ref()))
+            tokio::task::spawn_blocking(move || read_all(readers, &set, ran.as_ref()))
                 .await
                 .unwrap_or_default();
         self.readers = readers;
         readings
     }
 
-    /// One sample per target, from its cgroup reading (`readings[i]`, of
-    /// cgroup `ids[i]`) and the eBPF maps; remembers what the next cycle
-    /// needs. Also returns each pod's samples with the CPU use of each
+    /// One sample per target of `set`, from its cgroup reading
+    /// (`readings[i]`, of cgroup `ids[i]`) and the eBPF maps; remembers
+    /// what the next cycle needs. Also returns the CPU use of each
     /// container over the last cycle (cores).
     fn sample(
         &mut self,
-        targets: &[Target],
+        set: &Arc<TargetSet>,
         ids: &[Option<u64>],
         readings: &[cgroup_stats::Reading],
         maps: &MapsReading,
         on_cpu: Option<&[(usize, u64)]>,
-    ) -> (Vec<PodSample>, PodSamples) {
+    ) -> (Vec<PodSample>, Vec<Option<f64>>) {
         let now = Instant::now();
         let now_ns = super::ebpf::monotonic_now().map_or(0, |d| d.as_nanos() as u64);
-        let mut samples = Vec::with_capacity(targets.len());
-        let mut previous = HashMap::with_capacity(targets.len());
-        let mut pods = PodSamples::new();
-        for (i, ((t, id), reading)) in targets.iter().zip(ids).zip(readings).enumerate() {
+        let mut seen = self.previous.of(set);
+        let mut samples = Vec::with_capacity(set.len());
+        let mut cores = Vec::with_capacity(set.len());
+        let targets = set.targets().iter().zip(ids).zip(readings);
+        for (i, ((t, id), reading)) in targets.enumerate() {
             let mut s = PodSample::new(&t.app, &t.instance, &t.container, &self.node)
                 .with_cgroup(&reading.stats);
             if let (Some(traffic), Some(id)) = (&maps.traffic, id) {
                 s = s.with_traffic(&traffic.get(id).copied().unwrap_or_default());
             }
-            let key = (t.instance.clone(), t.container.clone());
-            let before = self.previous.get(&key).copied().unwrap_or_default();
-            let mut now_seen = Previous::default();
+            let before = seen[i];
+            let now_seen = &mut seen[i];
+            now_seen.oncpu = None;
             if let (Some(sched), Some(id)) = (&maps.sched, id) {
                 // The slices running now are charged at their switch-out
                 // only; a long one would otherwise be missing for seconds.
@@ -275,34 +275,18 @@ impl Collector {
                     .sum();
                 now_seen.oncpu = add_sched(&mut s, sched.get(id), running_ns, before.oncpu);
             }
-            let cores = s
-                .cpu_seconds
-                .and_then(|cpu| cores_since(cpu, before.cpu, now));
+            cores.push(
+                s.cpu_seconds
+                    .and_then(|cpu| cores_since(cpu, before.cpu, now)),
+            );
             now_seen.cpu = s.cpu_seconds.map(|cpu| (cpu, now));
-            previous.insert(key, now_seen);
-            pods.entry(t.instance.clone())
-                .or_default()
-                .push((s.clone(), cores));
             samples.push(s);
         }
-        self.previous = previous;
-        (samples, pods)
-    }
-
-    /// Publishes the usage of the pods measured this cycle; the events of
-    /// pods that are gone are dropped.
-    fn publish_usage(&mut self, targets: &[Target], pods: PodSamples, pod_nets: &[PodNetSample]) {
-        let live: HashSet<&str> = targets.iter().map(|t| t.instance.as_str()).collect();
-        self.events
-            .retain(|instance, _| live.contains(instance.as_str()));
-        self.usage.replace(UsageTable {
-            pods,
-            events: self.events.clone(),
-            retransmits: pod_nets
-                .iter()
-                .map(|n| (n.instance.clone(), n.tcp_retransmits))
-                .collect(),
-        });
+        self.previous = PreviousCycle {
+            set: Some(Arc::clone(set)),
+            seen,
+        };
+        (samples, cores)
     }
 
     /// The cgroups (by id) whose tasks ran since the previous cycle: those
@@ -354,15 +338,11 @@ impl Collector {
     /// the node's own, other containers', pods deleted since the last
     /// cycle (the address allocator hands out every other address of the
     /// pod network before one comes back, so none is reused meanwhile).
-    fn forget_stale_addresses(&mut self, targets: &[Target], retransmits: &HashMap<IpAddr, u64>) {
+    fn forget_stale_addresses(&mut self, set: &TargetSet, retransmits: &HashMap<IpAddr, u64>) {
         let Some(p) = self.probes.as_mut() else {
             return;
         };
-        if retransmits.is_empty() {
-            return;
-        }
-        let live: HashSet<IpAddr> = targets.iter().filter_map(|t| t.pod_ip).collect();
-        for address in retransmits.keys().filter(|a| !live.contains(a)) {
+        for address in retransmits.keys().filter(|a| !set.is_pod_ip(a)) {
             let _ = p.forget_address(*address);
         }
     }
@@ -421,10 +401,6 @@ struct MapsReading {
     retransmits: Option<HashMap<IpAddr, u64>>,
 }
 
-/// Each pod's container samples (by instance id), with the CPU use of the
-/// container over the last cycle (cores).
-type PodSamples = HashMap<String, Vec<(PodSample, Option<f64>)>>;
-
 /// Fills a sample's scheduler figures: the on-CPU time (what eBPF charged,
 /// plus `running_ns` of the slices running now) and the run-queue latency.
 /// Returns the on-CPU seconds reported, which never go below `before`.
@@ -465,48 +441,35 @@ fn cores_since(cpu: f64, before: Option<(f64, Instant)>, now: Instant) -> Option
 /// wait, so a cycle's latency drops with the CPUs used.
 const READ_THREADS: usize = 2;
 
-/// Reads every cgroup, spread over the readers' threads; a container always
-/// goes to the same reader (by path), which keeps its files open.
+/// Reads every target's cgroup, spread over the readers' threads (the
+/// first on this one); a container always goes to the same reader, which
+/// keeps its files open.
 fn read_all(
     mut readers: Vec<cgroup_stats::StatsReader>,
-    cgroups: &[ContainerCgroup],
+    set: &TargetSet,
     ran: Option<&HashSet<u64>>,
 ) -> (Vec<cgroup_stats::StatsReader>, Vec<cgroup_stats::Reading>) {
-    if readers.is_empty() {
-        readers.push(cgroup_stats::StatsReader::default());
-    }
-    let n = readers.len();
-    let shard = |c: &ContainerCgroup| {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        c.rel().hash(&mut h);
-        (h.finish() as usize) % n
+    readers.resize_with(set.readers(), cgroup_stats::StatsReader::default);
+    let read_shard = |shard: usize, reader: &mut cgroup_stats::StatsReader| {
+        let out: Vec<_> = (0..set.len())
+            .filter(|&j| set.shard(j) == shard)
+            .map(|j| (j, reader.read(&set.targets()[j].cgroup, ran)))
+            .collect();
+        reader.sweep();
+        out
     };
-    let shards: Vec<usize> = cgroups.iter().map(shard).collect();
     let mut parts: Vec<Vec<(usize, cgroup_stats::Reading)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = readers
+        let (first, others) = readers.split_first_mut().expect("at least one reader");
+        let handles: Vec<_> = others
             .iter_mut()
             .enumerate()
-            .map(|(i, reader)| {
-                let shards = &shards;
-                s.spawn(move || {
-                    let out: Vec<_> = cgroups
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| shards[*j] == i)
-                        .map(|(j, c)| (j, reader.read(c, ran)))
-                        .collect();
-                    reader.sweep();
-                    out
-                })
-            })
+            .map(|(i, reader)| s.spawn(move || read_shard(i + 1, reader)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
+        let mut parts = vec![read_shard(0, first)];
+        parts.extend(handles.into_iter().map(|h| h.join().unwrap_or_default()));
+        parts
     });
-    let mut readings = vec![cgroup_stats::Reading::default(); cgroups.len()];
+    let mut readings = vec![cgroup_stats::Reading::default(); set.len()];
     for (j, reading) in parts.iter_mut().flat_map(|p| p.drain(..)) {
         readings[j] = reading;
     }
@@ -516,21 +479,12 @@ fn read_all(
 /// The targets whose tasks are on a CPU now, by index in `targets`, with
 /// the start of their slices (from the task's cgroup in
 /// `/proc/<pid>/cgroup`; tasks of other cgroups are left out).
-fn on_cpu_targets(targets: &[Target], running: &[OnCpu]) -> Vec<(usize, u64)> {
-    if running.is_empty() {
-        return Vec::new();
-    }
-    let by_rel: HashMap<&str, usize> = targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.cgroup.rel(), i))
-        .collect();
+fn on_cpu_targets(set: &TargetSet, running: &[OnCpu]) -> Vec<(usize, u64)> {
     running
         .iter()
         .filter_map(|slot| {
             let path = crate::cgroups::v2_cgroup_of(slot.pid as i32)?;
-            let target = by_rel.get(path.trim_start_matches('/'))?;
-            Some((*target, slot.since_ns))
+            Some((set.by_cgroup(&path)?, slot.since_ns))
         })
         .collect()
 }
@@ -557,10 +511,11 @@ fn pod_nets(
 }
 
 /// Runs cycles every `interval` until `shutdown`; `targets` asks the agent
-/// for the current containers.
+/// for the current containers, which happens only when `generation` moved.
 pub async fn run<F, Fut>(
     mut collector: Collector,
     interval: Duration,
+    generation: PodsGeneration,
     targets: F,
     mut shutdown: broadcast::Receiver<()>,
 ) where
@@ -569,12 +524,13 @@ pub async fn run<F, Fut>(
 {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cache = TargetCache::new(READ_THREADS);
     loop {
         tokio::select! {
             _ = shutdown.recv() => break,
             _ = tick.tick() => {
-                let t = targets().await;
-                collector.cycle(t).await;
+                let set = cache.get(generation.current(), &targets).await;
+                collector.cycle(set).await;
             }
         }
     }

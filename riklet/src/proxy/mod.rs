@@ -28,9 +28,11 @@
 //! - [`ebpf`]: the socket load-balancer and its pinned programs and maps;
 //! - [`nft`]: the nftables table;
 //! - [`flows`]: UDP flows to a backend that left, moved or dropped;
+//! - `addresses`: the node's IPv4 addresses;
 //! - `metrics`: the proxy's series of `/metrics`;
 //! - this file: the mode, the task and its status.
 
+mod addresses;
 pub mod ebpf;
 pub mod flows;
 mod metrics;
@@ -283,7 +285,7 @@ impl Proxy {
             .cloned()
             .collect();
         let table = ServiceTable::from_endpoints(&live);
-        let addresses = self.node_addresses();
+        let addresses = self.node_addresses().await;
         if self.synced.as_ref() == Some(&(table.clone(), addresses.clone())) {
             return Ok(false);
         }
@@ -338,30 +340,29 @@ impl Proxy {
 
     /// The addresses to serve: the configured ones, else every IPv4
     /// address of the node but loopback (which the datapaths handle
-    /// themselves).
-    fn node_addresses(&self) -> Vec<Ipv4Addr> {
+    /// themselves); none when they cannot be read.
+    async fn node_addresses(&self) -> Vec<Ipv4Addr> {
         if !self.settings.addresses.is_empty() {
             return self.settings.addresses.clone();
         }
-        let mut set = BTreeSet::new();
-        match nix::ifaddrs::getifaddrs() {
-            Ok(addrs) => {
-                for a in addrs {
-                    if let Some(sin) = a.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-                        let ip = sin.ip();
-                        if !ip.is_loopback() {
-                            set.insert(ip);
-                        }
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot list the node's addresses"),
-        }
-        set.into_iter().collect()
+        addresses::node_ipv4_addresses().await.unwrap_or_else(|e| {
+            warn!(error = %crate::error_chain(&e), "cannot list the node's addresses");
+            Vec::new()
+        })
     }
 
     /// Reads the datapaths' counters into the status.
     async fn read_counters(&mut self) {
+        // Without services there is nothing to count, and the nftables
+        // read alone is two `nft` processes every metrics interval.
+        if self
+            .synced
+            .as_ref()
+            .is_none_or(|(table, _)| table.is_empty())
+        {
+            self.publish(None, Some(BTreeMap::new()));
+            return;
+        }
         let mut counters: BTreeMap<ServiceKey, ServiceCounters> = BTreeMap::new();
         let mut add = |found: BTreeMap<ServiceKey, ServiceCounters>| {
             for (key, c) in found {

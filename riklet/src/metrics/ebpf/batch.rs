@@ -13,6 +13,10 @@
 //! call are still valid). `ENOSPC` with nothing copied means one bucket
 //! holds more than `count` entries. Per-CPU values come as one slot per
 //! possible CPU, each rounded up to 8 bytes.
+//!
+//! The buffers are big (half a MiB for the scheduler map on two CPUs): a
+//! reader that looks up every collection cycle keeps them in a
+//! [`Scratch`] rather than allocating and zeroing them at each call.
 
 use std::{
     collections::HashMap,
@@ -64,9 +68,27 @@ pub fn lookup_percpu<K: Pod + Default + Eq + Hash, V: Pod + Default>(
     possible_cpus: usize,
     fold: impl Fn(V, &V) -> V,
 ) -> io::Result<HashMap<K, V>> {
+    lookup_percpu_with(&mut Scratch::default(), map_fd, possible_cpus, fold)
+}
+
+/// Room for the keys and values of batch lookups, kept between calls.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Keys back to back (`K` bytes each), in 8-byte words.
+    keys: Vec<u64>,
+    values: Vec<u64>,
+}
+
+/// [`lookup_percpu`] with the buffers of `scratch`.
+pub fn lookup_percpu_with<K: Pod + Default + Eq + Hash, V: Pod + Default>(
+    scratch: &mut Scratch,
+    map_fd: BorrowedFd<'_>,
+    possible_cpus: usize,
+    fold: impl Fn(V, &V) -> V,
+) -> io::Result<HashMap<K, V>> {
     let map_fd =
         u32::try_from(map_fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    let mut buffers = Buffers::<K>::new(mem::size_of::<V>(), possible_cpus);
+    let mut buffers = Buffers::<K>::new(scratch, mem::size_of::<V>(), possible_cpus);
     let mut entries = HashMap::new();
     let mut position: Option<u64> = None;
     loop {
@@ -77,8 +99,9 @@ pub fn lookup_percpu<K: Pod + Default + Eq + Hash, V: Pod + Default>(
                 continue;
             }
         };
-        for (index, key) in buffers.keys.iter().take(copied).enumerate() {
-            entries.insert(*key, buffers.fold_entry(index, &fold));
+        entries.reserve(copied);
+        for index in 0..copied {
+            entries.insert(buffers.key(index), buffers.fold_entry(index, &fold));
         }
         match next {
             // A call that copied nothing without reaching the end would not
@@ -99,46 +122,84 @@ enum Call {
     BucketTooBig,
 }
 
-/// The key and value buffers one call fills.
-struct Buffers<K> {
+/// The key and value buffers one call fills, in a [`Scratch`].
+struct Buffers<'a, K> {
     /// Room for `chunk` keys: the kernel writes `key_size` bytes per key,
     /// back to back, and `K` has that size and, being `Pod`, no padding to
     /// leave undefined.
-    keys: Vec<K>,
+    keys: &'a mut Vec<u64>,
     /// Room for `chunk` per-CPU values; u64 elements: 8-byte aligned, like
     /// the kernel's per-CPU slots.
-    values: Vec<u64>,
+    values: &'a mut Vec<u64>,
+    /// Entries per call.
+    chunk: usize,
     /// Bytes of one CPU's slot: the value size rounded up to 8.
     stride: usize,
     /// Bytes of one entry's values: a slot per possible CPU.
     entry_bytes: usize,
     possible_cpus: usize,
+    key: std::marker::PhantomData<K>,
 }
 
-impl<K: Pod + Default> Buffers<K> {
-    fn new(value_size: usize, possible_cpus: usize) -> Self {
+impl<'a, K: Pod + Default> Buffers<'a, K> {
+    fn new(scratch: &'a mut Scratch, value_size: usize, possible_cpus: usize) -> Self {
         let stride = value_size.next_multiple_of(8);
         let entry_bytes = stride * possible_cpus.max(1);
         let chunk = (BUFFER_BYTES / entry_bytes).clamp(MIN_CHUNK, MAX_CHUNK);
-        Self {
-            keys: vec![K::default(); chunk],
-            values: vec![0u64; chunk * entry_bytes / 8],
+        let mut buffers = Self {
+            keys: &mut scratch.keys,
+            values: &mut scratch.values,
+            chunk,
             stride,
             entry_bytes,
             possible_cpus,
+            key: std::marker::PhantomData,
+        };
+        buffers.fit();
+        buffers
+    }
+
+    /// Grows the storage to `chunk` entries (it is never shrunk: the
+    /// next call needs as much). Fresh zeroed allocations, whose pages the
+    /// kernel maps only once written: a map with few entries costs little
+    /// memory. What the storage holds is never cleared between calls:
+    /// only entries the kernel copied are read.
+    fn fit(&mut self) {
+        let key_words = (self.chunk * mem::size_of::<K>()).div_ceil(8);
+        if self.keys.len() < key_words {
+            *self.keys = vec![0; key_words];
+        }
+        let value_words = self.chunk * self.entry_bytes / 8;
+        if self.values.len() < value_words {
+            *self.values = vec![0; value_words];
         }
     }
 
     /// Entries per call.
     fn chunk(&self) -> usize {
-        self.keys.len()
+        self.chunk
     }
 
     /// Doubles the room, for a bucket bigger than it.
     fn grow(&mut self) {
-        let chunk = self.chunk() * 2;
-        self.keys.resize(chunk, K::default());
-        self.values.resize(chunk * self.entry_bytes / 8, 0);
+        self.chunk *= 2;
+        self.fit();
+    }
+
+    /// Copied key `index`.
+    fn key(&self, index: usize) -> K {
+        debug_assert!(index < self.chunk);
+        // SAFETY: `index < chunk` and the key storage holds `chunk` keys
+        // of `size_of::<K>()` bytes; `K: Pod` accepts any bytes; unaligned
+        // read because keys are packed.
+        unsafe {
+            self.keys
+                .as_ptr()
+                .cast::<u8>()
+                .add(index * mem::size_of::<K>())
+                .cast::<K>()
+                .read_unaligned()
+        }
     }
 
     /// One call from `position` (`None`: the start) on `map_fd`.
@@ -154,8 +215,9 @@ impl<K: Pod + Default> Buffers<K> {
             ..BatchAttr::default()
         };
         // SAFETY: `attr` is a valid `bpf_attr` prefix for this command; the
-        // kernel writes at most `count` keys into `keys` (a `K` each), `count`
-        // per-CPU values into `values` (sized for them), and the position
+        // kernel writes at most `count` keys into `keys` (a `K` each, room
+        // for `chunk` of them), `count` per-CPU values into `values` (sized
+        // for them), and the position
         // (at most 8 bytes: a u32 bucket index for hash maps) into
         // `next_position`, all of which outlive the call.
         let ret = unsafe {

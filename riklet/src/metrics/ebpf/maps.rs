@@ -2,7 +2,12 @@
 //! (`traffic`, `sched`, `tcp`): per-CPU sums of one entry or of all, the
 //! `*_LOST` counters, and entry removal.
 
-use std::{collections::HashMap, hash::Hash, os::fd::AsFd as _, sync::atomic::Ordering};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    os::fd::AsFd as _,
+    sync::{PoisonError, atomic::Ordering},
+};
 
 use aya::{
     Ebpf, Pod,
@@ -83,7 +88,8 @@ impl Probes {
         let typed = percpu_hash::<K, V>(&self.ebpf, map)?;
         if self.batch.load(Ordering::Relaxed) {
             let fd = typed.map().fd().as_fd();
-            match batch::lookup_percpu(fd, self.possible_cpus, &fold) {
+            let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+            match batch::lookup_percpu_with(&mut scratch, fd, self.possible_cpus, &fold) {
                 Ok(entries) => return Ok(entries),
                 Err(error) if batch::unsupported(&error) => {
                     warn!(map, %error, "BPF_MAP_LOOKUP_BATCH unsupported, iterating maps instead");

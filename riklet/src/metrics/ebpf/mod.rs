@@ -59,7 +59,10 @@ mod tcp;
 mod tracefs;
 mod traffic;
 
-use std::{path::Path, sync::atomic::AtomicBool};
+use std::{
+    path::Path,
+    sync::{Mutex, atomic::AtomicBool},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -106,6 +109,8 @@ pub struct Probes {
     /// Whether `BPF_MAP_LOOKUP_BATCH` works here; cleared on the first
     /// "unsupported" answer, after which the `*_all` readers iterate.
     batch: AtomicBool,
+    /// The batch lookups' buffers, kept between collection cycles.
+    scratch: Mutex<batch::Scratch>,
     /// The OOM event ring buffer, taken out of `ebpf` to be owned mutably.
     oom_events: RingBuf<MapData>,
     /// Set by the first close, so that `close` followed by `Drop` is a no-op.
@@ -183,6 +188,7 @@ impl Probes {
             pins,
             possible_cpus,
             batch: AtomicBool::new(true),
+            scratch: Mutex::default(),
             oom_events,
             closed: false,
             ebpf,

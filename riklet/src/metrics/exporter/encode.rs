@@ -1,20 +1,12 @@
 //! What the exporter publishes: [`FAMILIES`], one row per metric family
 //! (name, help, unit, type, how to read its figures from a [`Snapshot`]),
-//! encoded in table order by [`encode_snapshot`].
+//! written in table order by [`encode_snapshot`] (through [`super::text`]).
 //!
 //! A family with no figure in the snapshot (no container has it, the node
 //! could not read it) is left out whole, descriptor included: a figure that
 //! could not be read is never reported as 0.
 
-use std::fmt;
-
-use prometheus_client::encoding::{
-    CounterValueEncoder, DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue,
-    GaugeValueEncoder, MetricEncoder, NoLabelSet,
-};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Unit;
-
+use super::text::{self, Format, Kind, LabelSets, Value};
 use crate::metrics::sample::{Log2Histogram, PodNetSample, PodSample, Snapshot};
 
 /// Run-queue latency `le` bounds are `2^k` ns for `k` in this range:
@@ -25,15 +17,15 @@ use crate::metrics::sample::{Log2Histogram, PodNetSample, PodSample, Snapshot};
 /// series of a histogram the same from one scrape to the next.
 const RUNQ_LE_LOG2: std::ops::RangeInclusive<u32> = 10..=31;
 
-static SECONDS: Unit = Unit::Seconds;
-static BYTES: Unit = Unit::Bytes;
+const SECONDS: &str = "seconds";
+const BYTES: &str = "bytes";
 
 /// One metric family: `name` without the unit and `_total` suffixes, which
 /// the encoder appends.
 struct Family {
     name: &'static str,
     help: &'static str,
-    unit: Option<&'static Unit>,
+    unit: Option<&'static str>,
     read: Read,
 }
 
@@ -66,13 +58,13 @@ static FAMILIES: &[Family] = &[
     Family {
         name: "riklet_pod_cpu",
         help: "CPU time used by the container (cgroup cpuacct.usage or cpu.stat usage_usec).",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Counter(Container(|p| p.cpu_seconds.map(Value::from))),
     },
     Family {
         name: "riklet_pod_cpu_throttled",
         help: "Time the container was throttled by its CPU limit (CFS quota).",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Counter(Container(|p| p.cpu_throttled_seconds.map(Value::from))),
     },
     Family {
@@ -90,19 +82,19 @@ static FAMILIES: &[Family] = &[
     Family {
         name: "riklet_pod_memory_usage",
         help: "Memory charged to the container, page cache included.",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Gauge(Container(|p| p.memory_usage_bytes.map(Value::from))),
     },
     Family {
         name: "riklet_pod_memory_working_set",
         help: "Memory usage minus inactive file pages (the working set).",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Gauge(Container(|p| p.memory_working_set_bytes.map(Value::from))),
     },
     Family {
         name: "riklet_pod_memory_limit",
         help: "Hard memory limit of the container; absent when unlimited.",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Gauge(Container(|p| p.memory_limit_bytes.map(Value::from))),
     },
     Family {
@@ -126,13 +118,13 @@ static FAMILIES: &[Family] = &[
     Family {
         name: "riklet_pod_network_receive",
         help: "Bytes received by the container's sockets (eBPF).",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Counter(Container(|p| p.rx_bytes.map(Value::from))),
     },
     Family {
         name: "riklet_pod_network_transmit",
         help: "Bytes sent by the container's sockets (eBPF).",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Counter(Container(|p| p.tx_bytes.map(Value::from))),
     },
     Family {
@@ -150,13 +142,13 @@ static FAMILIES: &[Family] = &[
     Family {
         name: "riklet_pod_oncpu",
         help: "Time the container's tasks spent on a CPU, measured by eBPF at context switches.",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Counter(Container(|p| p.oncpu_seconds.map(Value::from))),
     },
     Family {
         name: "riklet_pod_runqueue_latency",
         help: "Time the container's tasks waited in a run queue before getting a CPU (eBPF).",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Histogram(|p| p.runq_latency.as_ref()),
     },
     Family {
@@ -168,7 +160,7 @@ static FAMILIES: &[Family] = &[
     Family {
         name: "riklet_node_cpu",
         help: "CPU time spent busy (neither idle nor iowait) over all CPUs since boot.",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Counter(Node(|s| s.node.cpu_seconds_total.map(Value::from))),
     },
     Family {
@@ -180,13 +172,13 @@ static FAMILIES: &[Family] = &[
     Family {
         name: "riklet_node_memory_total",
         help: "Total usable memory (MemTotal).",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Gauge(Node(|s| s.node.memory_total_bytes.map(Value::from))),
     },
     Family {
         name: "riklet_node_memory_available",
         help: "Memory available for new work without swapping (MemAvailable).",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Gauge(Node(|s| s.node.memory_available_bytes.map(Value::from))),
     },
     Family {
@@ -198,181 +190,157 @@ static FAMILIES: &[Family] = &[
     Family {
         name: "riklet_node_network_receive",
         help: "Bytes received over the node's uplinks (its NICs).",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Counter(Node(|s| s.node.rx_bytes.map(Value::from))),
     },
     Family {
         name: "riklet_node_network_transmit",
         help: "Bytes sent over the node's uplinks (its NICs).",
-        unit: Some(&BYTES),
+        unit: Some(BYTES),
         read: Counter(Node(|s| s.node.tx_bytes.map(Value::from))),
     },
     Family {
         name: "riklet_snapshot_timestamp",
         help: "When the exported figures were collected, Unix time.",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Gauge(Node(|s| Some((s.collected_at as f64 / 1000.0).into()))),
     },
     Family {
         name: "riklet_collection_ebpf",
         help: "Time the last collection cycle spent reading the eBPF maps.",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Gauge(Node(|s| Some(s.timings.ebpf_seconds.into()))),
     },
     Family {
         name: "riklet_collection_cgroups",
         help: "Time the last collection cycle spent reading pod cgroup files.",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Gauge(Node(|s| Some(s.timings.cgroups_seconds.into()))),
     },
     Family {
         name: "riklet_collection_duration",
         help: "Duration of the last collection cycle.",
-        unit: Some(&SECONDS),
+        unit: Some(SECONDS),
         read: Gauge(Node(|s| Some(s.timings.total_seconds.into()))),
     },
 ];
 
-/// Encodes every family of `snapshot`; nothing at all for a snapshot that
-/// was never published (rather than zeros).
-pub(super) fn encode_snapshot(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
+/// Writes every family of `snapshot` in `format`; nothing at all for a
+/// snapshot that was never published (rather than zeros).
+pub(super) fn encode_snapshot(snapshot: &Snapshot, format: Format, out: &mut String) {
     if snapshot.collected_at == 0 {
-        return Ok(());
+        return;
     }
-    FAMILIES
-        .iter()
-        .try_for_each(|family| family.encode(encoder, snapshot))
+    let labels = Labels::of(snapshot);
+    for family in FAMILIES {
+        family.encode(snapshot, &labels, format, out);
+    }
 }
 
-/// A series' labels, in exposition order.
-type Labels<'a> = Vec<(&'static str, &'a str)>;
+/// Every holder's labels, in exposition order, escaped and joined once.
+struct Labels {
+    containers: LabelSets,
+    pods: LabelSets,
+    node: LabelSets,
+}
+
+impl Labels {
+    fn of(snapshot: &Snapshot) -> Self {
+        Labels {
+            containers: LabelSets::new(snapshot.pods.iter(), |p: &PodSample| {
+                [
+                    ("app", p.app.as_str()),
+                    ("instance", p.instance.as_str()),
+                    ("container", p.container.as_str()),
+                    ("node", p.node.as_str()),
+                ]
+            }),
+            pods: LabelSets::new(snapshot.pod_nets.iter(), |p: &PodNetSample| {
+                [
+                    ("app", p.app.as_str()),
+                    ("instance", p.instance.as_str()),
+                    ("node", p.node.as_str()),
+                ]
+            }),
+            node: LabelSets::new(std::iter::once(&snapshot.node), |n| {
+                [("node", n.node.as_str())]
+            }),
+        }
+    }
+}
 
 impl Family {
-    fn encode(&self, encoder: &mut DescriptorEncoder, snapshot: &Snapshot) -> fmt::Result {
+    /// Writes the family's descriptor and a series per holder that has the
+    /// figure; nothing at all when none has it.
+    fn encode(&self, snapshot: &Snapshot, labels: &Labels, format: Format, out: &mut String) {
+        let start = |out| text::family(out, format, self.name, self.help, self.unit, self.kind());
         match self.read {
-            Counter(scalar) => self.encode_series(
-                encoder,
-                MetricType::Counter,
-                scalar.points(snapshot),
-                |series, value| series.encode_counter::<NoLabelSet, _, f64>(&value, None),
-            ),
-            Gauge(scalar) => self.encode_series(
-                encoder,
-                MetricType::Gauge,
-                scalar.points(snapshot),
-                |series, value| series.encode_gauge(&value),
-            ),
+            Counter(scalar) | Gauge(scalar) => {
+                let mut points = scalar.points(snapshot, labels).peekable();
+                if points.peek().is_none() {
+                    return;
+                }
+                let mut family = start(out);
+                for (set, value) in points {
+                    match self.read {
+                        Counter(_) => family.counter(set, value),
+                        _ => family.gauge(set, value),
+                    }
+                }
+            }
             Histogram(read) => {
-                let points = points(&snapshot.pods, read, container_labels);
-                self.encode_series(
-                    encoder,
-                    MetricType::Histogram,
-                    points,
-                    |series, histogram| {
-                        let (sum, count, buckets) = seconds_buckets(histogram);
-                        series.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-                    },
-                )
+                let mut points = snapshot
+                    .pods
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, pod)| Some((labels.containers.get(i), read(pod)?)))
+                    .peekable();
+                if points.peek().is_none() {
+                    return;
+                }
+                let mut family = start(out);
+                for (set, histogram) in points {
+                    let (sum, count, buckets) = seconds_buckets(histogram);
+                    family.histogram(set, sum, count, &buckets);
+                }
             }
         }
     }
 
-    /// Encodes the family's descriptor and a series per point; nothing at
-    /// all without points.
-    fn encode_series<V>(
-        &self,
-        encoder: &mut DescriptorEncoder,
-        metric_type: MetricType,
-        points: Vec<(Labels, V)>,
-        encode_point: impl Fn(&mut MetricEncoder, V) -> fmt::Result,
-    ) -> fmt::Result {
-        if points.is_empty() {
-            return Ok(());
+    fn kind(&self) -> Kind {
+        match self.read {
+            Counter(_) => Kind::Counter,
+            Gauge(_) => Kind::Gauge,
+            Histogram(_) => Kind::Histogram,
         }
-        let mut metric = encoder.encode_descriptor(self.name, self.help, self.unit, metric_type)?;
-        for (labels, value) in points {
-            encode_point(&mut metric.encode_family(&labels)?, value)?;
-        }
-        Ok(())
     }
 }
 
 impl Scalar {
     /// The labels and value of every series.
-    fn points(self, snapshot: &Snapshot) -> Vec<(Labels<'_>, Value)> {
+    fn points<'a>(
+        self,
+        snapshot: &'a Snapshot,
+        labels: &'a Labels,
+    ) -> Box<dyn Iterator<Item = (&'a str, Value)> + 'a> {
         match self {
-            Container(read) => points(&snapshot.pods, read, container_labels),
-            Pod(read) => points(&snapshot.pod_nets, read, |pod| {
-                vec![
-                    ("app", pod.app.as_str()),
-                    ("instance", pod.instance.as_str()),
-                    ("node", pod.node.as_str()),
-                ]
-            }),
-            Node(read) => points(std::slice::from_ref(snapshot), read, |snapshot| {
-                vec![("node", snapshot.node.node.as_str())]
-            }),
+            Container(read) => Box::new(points(&snapshot.pods, &labels.containers, read)),
+            Pod(read) => Box::new(points(&snapshot.pod_nets, &labels.pods, read)),
+            Node(read) => Box::new(points(std::slice::from_ref(snapshot), &labels.node, read)),
         }
     }
 }
 
-/// The labels and figure of every holder that has the figure, in order.
-fn points<'a, H, V>(
+/// The label set and figure of every holder that has the figure, in order.
+fn points<'a, H>(
     holders: &'a [H],
-    read: fn(&'a H) -> Option<V>,
-    labels: fn(&'a H) -> Labels<'a>,
-) -> Vec<(Labels<'a>, V)> {
+    labels: &'a LabelSets,
+    read: fn(&H) -> Option<Value>,
+) -> impl Iterator<Item = (&'a str, Value)> + 'a {
     holders
         .iter()
-        .filter_map(|holder| read(holder).map(|value| (labels(holder), value)))
-        .collect()
-}
-
-fn container_labels(pod: &PodSample) -> Labels<'_> {
-    vec![
-        ("app", pod.app.as_str()),
-        ("instance", pod.instance.as_str()),
-        ("container", pod.container.as_str()),
-        ("node", pod.node.as_str()),
-    ]
-}
-
-/// A figure as the snapshot holds it: integers stay integers in the
-/// exposition (`4096`, not `4096.0`).
-#[derive(Clone, Copy)]
-enum Value {
-    Integer(u64),
-    Float(f64),
-}
-
-impl From<u64> for Value {
-    fn from(value: u64) -> Self {
-        Value::Integer(value)
-    }
-}
-
-impl From<f64> for Value {
-    fn from(value: f64) -> Self {
-        Value::Float(value)
-    }
-}
-
-impl EncodeCounterValue for Value {
-    fn encode(&self, encoder: &mut CounterValueEncoder) -> fmt::Result {
-        match self {
-            Value::Integer(value) => EncodeCounterValue::encode(value, encoder),
-            Value::Float(value) => EncodeCounterValue::encode(value, encoder),
-        }
-    }
-}
-
-impl EncodeGaugeValue for Value {
-    fn encode(&self, encoder: &mut GaugeValueEncoder) -> fmt::Result {
-        match self {
-            Value::Integer(value) => EncodeGaugeValue::encode(value, encoder),
-            Value::Float(value) => EncodeGaugeValue::encode(value, encoder),
-        }
-    }
+        .enumerate()
+        .filter_map(move |(i, holder)| read(holder).map(|value| (labels.get(i), value)))
 }
 
 /// A log2 ns histogram as `(sum in s, count, [(le in s, count in that
