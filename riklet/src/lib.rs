@@ -389,7 +389,7 @@ async fn start_metrics(
         registry.register_collector(Box::new(proxy.metrics(node)));
     }
     if let Some(calls) = extra.scheduler {
-        calls.register(&mut registry);
+        calls.register(registry.others_mut());
     }
     let (listener, address) = bind("metrics endpoint", config.metrics_addr).await?;
     let stopped = tasks.stopped();

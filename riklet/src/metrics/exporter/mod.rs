@@ -113,6 +113,12 @@ impl MetricsRegistry {
         self.others.register_collector(collector);
     }
 
+    /// The registry of the families that follow the snapshot's, for
+    /// metrics kept by other components (the embedded scheduler's).
+    pub fn others_mut(&mut self) -> &mut Registry {
+        &mut self.others
+    }
+
     /// The body in `format`.
     fn encode(&self, format: Format) -> Result<String, fmt::Error> {
         let mut body = String::with_capacity(self.last_len.load(Ordering::Relaxed) + 1024);
