@@ -20,7 +20,8 @@
 //! - [`metrics`]: eBPF network counters and node figures.
 //! - [`logs`]: CRI log files, writing and tailing.
 //! - [`api`]: control socket (`riklet status|pods`) and node logs service.
-//! - [`observability`]: tracing setup.
+//! - [`observability`]: tracing setup; [`steps`]: the timed steps of a
+//!   container start.
 
 pub mod agent;
 pub mod api;
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod scheduler_client;
 pub mod state;
+pub mod steps;
 
 use std::future::Future;
 use std::net::SocketAddr;

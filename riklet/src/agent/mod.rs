@@ -421,7 +421,9 @@ impl<H: PodHost> Agent<H> {
                 c.run = Some(run.clone());
                 c.restart_at = None;
                 c.oom_kills_at_start = oom_kills;
+                let t = std::time::Instant::now();
                 self.settle_phase(instance_id);
+                crate::steps::record_for(instance_id, "commit", t.elapsed());
                 self.watch(instance_id, name, run);
             }
             Err(exit) => {

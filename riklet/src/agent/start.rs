@@ -21,10 +21,16 @@ use crate::state::{ExitRecord, ProcId, RunRecord};
 impl NodeHost {
     #[tracing::instrument(name = "start", skip_all, fields(pod = %request.instance_id, container = %request.container.name))]
     pub(super) async fn start_container(&self, request: StartRequest) -> StartResult {
+        crate::steps::timed("total", self.start_steps(request)).await
+    }
+
+    async fn start_steps(&self, request: StartRequest) -> StartResult {
         let netns = if request.host_network {
             None
         } else {
-            match self.network.attach(&request.instance_id).await {
+            let attached =
+                crate::steps::timed("network", self.network.attach(&request.instance_id)).await;
+            match attached {
                 Ok(address) => Some(address.netns),
                 Err(e) => {
                     return Err(ExitRecord::without_status(
@@ -66,13 +72,20 @@ impl NodeHost {
         let instance_id = &job.request.instance_id;
         let cgroup = job.cgroup.clone();
         let limits = limits(c);
-        let started = match tokio::task::spawn_blocking(move || cgroup.create(limits)).await {
+        let created = crate::steps::timed(
+            "cgroup",
+            tokio::task::spawn_blocking(move || cgroup.create(limits)),
+        )
+        .await;
+        let started = match created {
             Err(e) => Err(format!("cgroup: {e}")),
             Ok(Err(e)) => Err(format!("cgroup: {}", crate::error_chain(&e))),
             Ok(Ok(())) => {
                 // Before the process runs: one killed at once (a 64 MiB
                 // buffer under a 16 MiB limit) must count as a new OOM kill.
-                let oom_kills = crate::metrics::cgroup_stats::read(&job.cgroup).oom_kills;
+                let oom_kills = crate::steps::timed_sync("oom baseline", || {
+                    crate::metrics::cgroup_stats::read(&job.cgroup).oom_kills
+                });
                 let spec = ShimSpec {
                     exec: exec.into(),
                     args: c.args.clone(),

@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
-use super::shim::{self, Ready, ShimSpec};
+use super::shim::{self, Ready, ShimSpec, ShimSteps};
 use crate::cgroups::ContainerCgroup;
+use crate::clock::monotonic_us;
 use crate::state::{ExitRecord, ProcId, RunRecord};
 
 /// Longest time a shim may take to report that its child runs.
@@ -117,8 +118,12 @@ impl ProcessRuntime {
             }
         }
         let json = serde_json::to_vec(spec).expect("spec serializes");
-        crate::fsutil::write_atomic(&dir.join(shim::SPEC_FILE), &json).map_err(io_err)?;
+        crate::steps::timed_sync("spec", || {
+            crate::fsutil::write_atomic(&dir.join(shim::SPEC_FILE), &json)
+        })
+        .map_err(io_err)?;
 
+        let spawn_at = monotonic_us();
         let mut child = tokio::process::Command::new(&self.shim_exe)
             .arg("shim")
             .arg("--run-dir")
@@ -131,6 +136,8 @@ impl ProcessRuntime {
                 exe: self.shim_exe.clone(),
                 source,
             })?;
+        let spawned_at = monotonic_us();
+        crate::steps::record_us("shim spawn", spawned_at.saturating_sub(spawn_at));
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         let read = tokio::time::timeout(
@@ -138,8 +145,9 @@ impl ProcessRuntime {
             tokio::io::BufReader::new(stdout).read_line(&mut line),
         )
         .await;
+        let read_at = monotonic_us();
         // The intermediate process exits right after forking: reap it.
-        let _ = child.wait().await;
+        crate::steps::timed("shim reap", child.wait()).await.ok();
         match read {
             Ok(Ok(n)) if n > 0 => {}
             Ok(Ok(_)) => return Err(ProcessError::ShimSilent("no output")),
@@ -147,7 +155,12 @@ impl ProcessRuntime {
             Err(_) => return Err(ProcessError::ShimSilent("timed out")),
         }
         match serde_json::from_str::<Ready>(line.trim()) {
-            Ok(Ready::Started(s)) => Ok(RunRecord::process(s.shim, s.process, s.started_at)),
+            Ok(Ready::Started(s)) => {
+                if let Some(steps) = &s.steps {
+                    record_shim_steps(spawned_at, steps, read_at);
+                }
+                Ok(RunRecord::process(s.shim, s.process, s.started_at))
+            }
             Ok(Ready::Failed(msg)) => Err(ProcessError::StartFailed(msg)),
             Err(source) => Err(ProcessError::ShimGarbled { line, source }),
         }
@@ -196,6 +209,23 @@ impl ProcessRuntime {
         if let Some(shim) = run.and_then(|r| r.shim) {
             let _ = tokio::time::timeout(Duration::from_secs(5), wait_process(shim)).await;
         }
+    }
+}
+
+/// Logs the shim's steps, from the riklet's spawn returning (`spawned_at`)
+/// to its report read (`read_at`), all on the monotonic clock.
+fn record_shim_steps(spawned_at: u64, s: &ShimSteps, read_at: u64) {
+    let mut last = spawned_at;
+    for (step, at) in [
+        ("shim exec", s.main),
+        ("shim detach", s.detached),
+        ("shim prepare", s.prepared),
+        ("child spawn", s.spawned),
+        ("started record", s.recorded),
+        ("shim report", read_at),
+    ] {
+        crate::steps::record_us(step, at.saturating_sub(last));
+        last = at;
     }
 }
 

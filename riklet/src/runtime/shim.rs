@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::spec::DEFAULT_PATH;
-use crate::clock::now_ms;
+use crate::clock::{monotonic_us, now_ms};
 use crate::fsutil::write_atomic;
 use crate::logs::{CriWriter, Stream};
 use crate::state::{ExitRecord, ProcId};
@@ -55,6 +55,27 @@ pub struct Started {
     pub process: ProcId,
     /// Unix milliseconds.
     pub started_at: i64,
+    /// When the shim reached each step of the start (absent in the reports
+    /// of older shims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<ShimSteps>,
+}
+
+/// Instants of a shim's start, in microseconds on `CLOCK_MONOTONIC`
+/// ([`crate::clock::monotonic_us`]), which the riklet shares: it subtracts
+/// them from its own to split a start into steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimSteps {
+    /// The shim's `main` runs (its executable is loaded).
+    pub main: u64,
+    /// The detached shim (after the second fork) runs.
+    pub detached: u64,
+    /// `spec.json` is read and the log file open.
+    pub prepared: u64,
+    /// The child has called `exec` (cgroups and netns joined).
+    pub spawned: u64,
+    /// `started.json` is written; the report goes out next.
+    pub recorded: u64,
 }
 
 /// Line printed on the shim's stdout to the riklet that started it.
@@ -76,6 +97,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Entry point of `riklet shim`; never returns.
 pub fn main(run_dir: &Path) -> ! {
+    let mut steps = ShimSteps {
+        main: monotonic_us(),
+        ..ShimSteps::default()
+    };
     // Detach: the intermediate process exits at once (the riklet reaps it),
     // the shim is re-parented to init/subreaper and leads its own session.
     // SAFETY: the process is single-threaded at this point.
@@ -87,6 +112,7 @@ pub fn main(run_dir: &Path) -> ! {
             std::process::exit(1)
         }
     }
+    steps.detached = monotonic_us();
     let _ = nix::unistd::setsid();
     for sig in [
         nix::sys::signal::Signal::SIGHUP,
@@ -105,7 +131,7 @@ pub fn main(run_dir: &Path) -> ! {
     {
         let _ = nix::unistd::dup2_stderr(&log);
     }
-    let code = match supervise(run_dir) {
+    let code = match supervise(run_dir, steps) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("riklet shim: {e}");
@@ -127,15 +153,17 @@ fn announce(ready: &Ready) {
 
 /// Starts the child, reports it, copies its output to the CRI log and
 /// records how it ended.
-fn supervise(run_dir: &Path) -> io::Result<()> {
+fn supervise(run_dir: &Path, mut steps: ShimSteps) -> io::Result<()> {
     let spec: ShimSpec =
         serde_json::from_slice(&fs::read(run_dir.join(SPEC_FILE))?).map_err(io::Error::other)?;
     let writer = CriWriter::open(&spec.log_path)?;
+    steps.prepared = monotonic_us();
     let mut child = match spawn(&spec) {
         Ok(child) => child,
         Err((code, message)) => return record_start_failure(run_dir, &writer, code, message),
     };
-    announce_started(run_dir, child.id() as i32)?;
+    steps.spawned = monotonic_us();
+    announce_started(run_dir, child.id() as i32, steps)?;
     let copiers = copy_output(&mut child, &writer);
     let status = child.wait()?;
     copiers.drain(DRAIN_TIMEOUT);
@@ -199,15 +227,19 @@ fn record_start_failure(
 }
 
 /// Records (`started.json`) and reports the running child `pid`.
-fn announce_started(run_dir: &Path, pid: i32) -> io::Result<()> {
-    let started = Started {
+fn announce_started(run_dir: &Path, pid: i32, steps: ShimSteps) -> io::Result<()> {
+    let mut started = Started {
         shim: ProcId::of(std::process::id() as i32)
             .ok_or_else(|| io::Error::other("no /proc/self"))?,
         // The child may already be gone: its start time is then unknown.
         process: ProcId::of(pid).unwrap_or(ProcId { pid, start_time: 0 }),
         started_at: now_ms(),
+        steps: Some(steps),
     };
     write_atomic(&run_dir.join(STARTED_FILE), &serde_json::to_vec(&started)?)?;
+    if let Some(steps) = started.steps.as_mut() {
+        steps.recorded = monotonic_us();
+    }
     announce(&Ready::Started(started));
     Ok(())
 }
