@@ -86,7 +86,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot find the riklet executable (re-run as the shim of bare processes)")]
+    #[error(
+        "cannot find the riklet executable (the shim of bare processes, riklet-shim, is next to it)"
+    )]
     Executable(#[source] std::io::Error),
     #[error("embedded scheduler")]
     Scheduler(#[from] scheduler::SchedulerError),
@@ -304,7 +306,7 @@ fn backends(
     network: Arc<network::PodNetwork>,
     tasks: &Tasks,
 ) -> Result<agent::Backends, Error> {
-    let shim_exe = std::env::current_exe().map_err(Error::Executable)?;
+    let shim_exe = runtime::process::shim_next_to_riklet().map_err(Error::Executable)?;
     let containerd = runtime::link::ContainerdLink::spawn(
         &config.containerd.socket,
         &config.containerd.namespace,
