@@ -24,9 +24,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     // The end-to-end tests start these binaries as separate processes.
     cargo(&["build", "--workspace", "--bins"])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
-    crate::bench_proxy::proxy(
+    crate::bench::proxy::proxy(
         root,
-        &crate::bench_proxy::Options {
+        &crate::bench::proxy::Options {
             quick: true,
             node_address: None,
         },

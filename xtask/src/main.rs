@@ -10,9 +10,6 @@
 //! - `image`: a tiny OCI image archive of Debian's static busybox (see [`image`]).
 
 mod bench;
-mod bench_containers;
-mod bench_metrics;
-mod bench_proxy;
 mod ci;
 mod demo;
 mod ebpf;
@@ -100,15 +97,15 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => demo::run(&ebpf::workspace_root()),
         Command::Ci => ci::run(&ebpf::workspace_root()),
         Command::Bench { which } => match which {
-            BenchKind::Start => bench::start(&ebpf::workspace_root()),
-            BenchKind::Metrics => bench_metrics::metrics(&ebpf::workspace_root()),
-            BenchKind::Containers => bench_containers::containers(&ebpf::workspace_root()),
+            BenchKind::Start => bench::start::start(&ebpf::workspace_root()),
+            BenchKind::Metrics => bench::metrics::metrics(&ebpf::workspace_root()),
+            BenchKind::Containers => bench::containers::containers(&ebpf::workspace_root()),
             BenchKind::Proxy {
                 quick,
                 node_address,
-            } => bench_proxy::proxy(
+            } => bench::proxy::proxy(
                 &ebpf::workspace_root(),
-                &bench_proxy::Options {
+                &bench::proxy::Options {
                     quick,
                     node_address,
                 },

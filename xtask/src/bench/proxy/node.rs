@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::bench::Cluster;
+use crate::bench::cluster::Cluster;
 
 /// Whether a `riklet proxy` view lists TCP `port` with `backend` behind it.
 pub(crate) fn serves(view: &Value, port: u16, backend: SocketAddr) -> bool {

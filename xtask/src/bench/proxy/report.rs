@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::load::{Connections, WRK_CONNECTIONS, WRK_THREADS, Wrk, WrkRun, iperf3};
 use super::{FILE_BYTES, HTTP_TARGET, IPERF_TARGET, LOOPBACK, Report};
-use crate::bench::{median, series};
+use crate::bench::stats::{median, series};
 
 /// The riklet's proxy modes (`--proxy MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -310,7 +310,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::bench_proxy::Plan;
+    use crate::bench::proxy::Plan;
 
     fn samples(rps: f64, gbps: f64) -> Samples {
         let run = WrkRun {

@@ -46,7 +46,8 @@ mod probe;
 mod report;
 mod site;
 
-use crate::bench::{Cluster, SchedulerProcess, release_binaries, step};
+use crate::bench::cluster::{Cluster, SchedulerProcess, release_binaries};
+use crate::bench::process::step;
 use load::{Relay, Wrk, require_tools, wait_connectable};
 use node::{BenchNetwork, default_route_address, free_port, pod_ip, proxy_view, serves};
 use probe::{
@@ -173,7 +174,7 @@ fn measure(
     node_address: Option<Ipv4Addr>,
     modes: Vec<Mode>,
 ) -> anyhow::Result<Value> {
-    let machine = crate::bench::machine();
+    let machine = crate::bench::process::machine();
     let dir = cluster.dir_path().to_path_buf();
     write_site(&dir)?;
     let (http_port, iperf_port) = (free_port()?, free_port()?);

@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 
 use super::HTTP_TARGET;
 use super::load::{POLL_PAUSE, first_connect, unix_ms};
-use crate::bench::{Cluster, series};
-use crate::bench_metrics::{gauge_values, get, metrics_port};
+use crate::bench::cluster::Cluster;
+use crate::bench::metrics::{gauge_values, get, metrics_port};
+use crate::bench::stats::series;
 
 /// Services of the sync measurement: one pod with this many `ports`.
 pub(crate) const SYNC_SERVICES: u16 = 1000;

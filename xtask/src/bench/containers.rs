@@ -35,9 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{
-    Cluster, SchedulerProcess, free_port, machine, median, release_binaries, series, step,
-};
+use super::cluster::{Cluster, SchedulerProcess, free_port, release_binaries};
+use super::process::{machine, step};
+use super::stats::{median, series};
 use crate::registry::Registry;
 use crate::setup::sh;
 

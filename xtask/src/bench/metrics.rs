@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{
-    Cluster, SchedulerProcess, clock_ticks, cpu_ticks, machine, median, p99, release_binaries,
-    series, status_kib, step,
-};
+use super::cluster::{Cluster, SchedulerProcess, release_binaries};
+use super::process::{clock_ticks, cpu_ticks, machine, status_kib, step};
+use super::stats::{median, p99, series};
 
 /// The runs: how many pods, and what they run. Idle pods (`sleep`) are
 /// what the collector can skip between its slow readings; pods that wake

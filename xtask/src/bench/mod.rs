@@ -1,0 +1,20 @@
+//! `cargo xtask bench …`: benchmarks run on this machine, each in one run
+//! with its series side by side so that they share the machine's noise;
+//! results in `target/bench/` and a summary in docs/benchmarks.md. Nothing
+//! here asserts on time: the figures are reported, not judged.
+//!
+//! - `start`: pod start latency and the riklet's footprint;
+//! - `containers`: image containers against `ctr run`;
+//! - `metrics`: the Node Monitor's cost up to 500 pods;
+//! - `proxy`: the Node Proxy against direct connections and userspace
+//!   proxies;
+//! - `cluster`, `process`, `stats`: the one-node cluster the benches run,
+//!   what a process costs, and sample summaries.
+
+pub(crate) mod cluster;
+pub(crate) mod containers;
+pub(crate) mod metrics;
+pub(crate) mod process;
+pub(crate) mod proxy;
+pub(crate) mod start;
+pub(crate) mod stats;
