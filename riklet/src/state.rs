@@ -206,11 +206,25 @@ impl Store {
         Ok(pods)
     }
 
-    /// Writes a pod record atomically.
+    /// Writes a pod record atomically and durably.
+    ///
+    /// The agent saves from its event loop, and the two fsyncs block for
+    /// a millisecond or more. On a multi-threaded runtime the worker's other
+    /// tasks move to another thread meanwhile ([`tokio::task::block_in_place`]):
+    /// the starts the agent spawned just before run during the save instead
+    /// of waiting in this worker's queue for the loop to yield.
     pub fn save(&self, pod: &PodRecord) -> Result<()> {
         let path = self.path(&pod.instance_id);
         let json = serde_json::to_vec_pretty(pod).expect("pod record serializes");
-        write_atomic(&path, &json).map_err(|source| StateError::Io { path, source })
+        let write = || write_atomic(&path, &json);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let written = if multi_thread {
+            tokio::task::block_in_place(write)
+        } else {
+            write()
+        };
+        written.map_err(|source| StateError::Io { path, source })
     }
 
     /// Forgets a pod.

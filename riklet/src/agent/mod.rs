@@ -327,10 +327,13 @@ impl<H: PodHost> Agent<H> {
         info!(pod = %instance_id, app = %pod.manifest.name, "creating pod");
         let names: Vec<String> = pod.containers.iter().map(|c| c.name.clone()).collect();
         self.pods.insert(instance_id.clone(), pod);
-        self.commit(&instance_id);
         for name in names {
             self.spawn_start(&instance_id, &name);
         }
+        // Saved while the containers start (their result is handled after
+        // this): a riklet that dies before the record is on disk leaves no
+        // record, and recovery removes what the starts made as orphans.
+        self.commit(&instance_id);
     }
 
     /// Marks a container as starting, saves it, and starts it in the

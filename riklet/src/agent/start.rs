@@ -84,13 +84,15 @@ impl NodeHost {
         limits: Limits,
     ) -> Result<Option<u64>, String> {
         let cgroup = cgroup.clone();
-        let created = crate::steps::timed(
-            "cgroup",
-            tokio::task::spawn_blocking(move || {
-                cgroup.create(limits)?;
-                Ok::<_, CgroupError>(crate::metrics::cgroup_stats::read(&cgroup).oom_kills)
-            }),
-        )
+        let span = tracing::Span::current();
+        let created = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                crate::steps::timed_sync("cgroup", || {
+                    cgroup.create(limits)?;
+                    Ok::<_, CgroupError>(crate::metrics::cgroup_stats::read(&cgroup).oom_kills)
+                })
+            })
+        })
         .await;
         match created {
             Err(e) => Err(format!("cgroup: {e}")),
