@@ -109,15 +109,14 @@ pub(crate) fn table(summary: &Value) -> String {
     out
 }
 
-/// The value of `key` (e.g. `pod=`) in a log line: up to the next space,
-/// `}` or `:`, quotes removed.
+/// The value of `key` (e.g. `pod=`) in a log line: a quoted string (step
+/// names have spaces), or up to the next space, `}` or `:`.
 fn field(line: &str, key: &str) -> Option<String> {
-    let at = line.find(key)? + key.len();
-    let value: String = line[at..]
-        .chars()
-        .take_while(|c| !matches!(c, ' ' | '}' | ':'))
-        .collect();
-    let value = value.trim_matches('"');
+    let rest = &line[line.find(key)? + key.len()..];
+    let value = match rest.strip_prefix('"') {
+        Some(quoted) => &quoted[..quoted.find('"')?],
+        None => rest.split([' ', '}', ':']).next().unwrap_or_default(),
+    };
     (!value.is_empty()).then(|| value.to_string())
 }
 
@@ -147,6 +146,7 @@ mod tests {
     fn steps_of_the_series_pods_only() {
         let log = "\
 2026-12-02T14:59:50.930233Z DEBUG \u{1b}[1mstart\u{1b}[0m{\u{1b}[3mpod\u{1b}[0m\u{1b}[2m=\u{1b}[0mbench-wait-7-y9o5l \u{1b}[3mcontainer\u{1b}[0m\u{1b}[2m=\u{1b}[0msleep}: riklet::steps: start step \u{1b}[3mstep\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"ipam\" \u{1b}[3mus\u{1b}[0m\u{1b}[2m=\u{1b}[0m780
+2026-12-02T14:59:50.936640Z DEBUG start{pod=bench-wait-7-y9o5l container=sleep}: riklet::steps: start step step=\"child spawn\" us=599
 2026-12-02T14:59:50.937904Z DEBUG riklet::steps: start step pod=\"bench-wait-7-y9o5l\" step=\"commit\" us=1057
 2026-12-02T14:59:50.937904Z DEBUG riklet::steps: start step pod=\"bench-wait-8-abcde\" step=\"commit\" us=2000
 2026-12-02T14:59:50.937904Z DEBUG riklet::steps: start step pod=\"bench-poll-8-abcde\" step=\"commit\" us=9000
@@ -154,6 +154,7 @@ mod tests {
 ";
         let steps = parse(log, "bench-wait-");
         assert_eq!(steps["ipam"], vec![0.78]);
+        assert_eq!(steps["child spawn"], vec![0.599]);
         assert_eq!(steps["commit"], vec![1.057, 2.0]);
         let s = summary(log, "bench-wait-");
         let order: Vec<&str> = s
@@ -162,8 +163,8 @@ mod tests {
             .iter()
             .map(|r| r["step"].as_str().unwrap())
             .collect();
-        assert_eq!(order, ["ipam", "commit"], "in start order");
-        assert_eq!(s[1]["n"], 2);
+        assert_eq!(order, ["ipam", "child spawn", "commit"], "in start order");
+        assert_eq!(s[2]["n"], 2);
         assert!(table(&s).contains("record saved before RUNNING"));
         assert!(table(&summary("", "bench-wait-")).contains("no start steps"));
     }
