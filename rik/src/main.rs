@@ -21,8 +21,8 @@ use clap::{Parser, Subcommand};
 
 use crate::commands::Scheduler;
 
-/// Command-line client of the RIK scheduler: deploy apps, list apps and
-/// nodes, read logs.
+/// Command-line client of the RIK scheduler: deploy apps, list (and
+/// watch) apps and nodes, read logs.
 #[derive(Debug, Parser)]
 #[command(name = "rik", version, propagate_version = true)]
 struct Cli {
@@ -170,6 +170,8 @@ mod tests {
             &["rik", "get", "app", "web", "-o", "json"],
             &["rik", "get", "app/web", "-o", "wide"],
             &["rik", "get", "nodes", "-o", "json"],
+            &["rik", "get", "apps", "-w"],
+            &["rik", "get", "app", "web", "--watch", "-o", "json"],
             &["rik", "--scheduler", "http://h:1", "delete", "web"],
             &["rik", "delete", "app", "web", "--scheduler", "http://h:1"],
             &["rik", "apply", "-f", "-", "--wait", "--timeout", "90s"],

@@ -33,35 +33,52 @@ impl Table {
 
     /// The table as text, one line per row, each ending with `\n`.
     pub fn render(&self) -> String {
-        let columns = self.headers.len();
-        let cell = |row: &[String], i: usize| -> String {
-            // A newline or tab inside a cell would break the alignment.
-            row.get(i)
-                .map(|c| c.replace(['\n', '\t'], " "))
-                .unwrap_or_default()
-        };
-        let rows: Vec<Vec<String>> = std::iter::once(&self.headers)
+        let widths = self.widths();
+        std::iter::once(&self.headers)
             .chain(&self.rows)
-            .map(|r| (0..columns).map(|i| cell(r, i)).collect())
-            .collect();
-        let widths: Vec<usize> = (0..columns)
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-            .collect();
-        let mut out = String::new();
-        for row in &rows {
-            let mut line = String::new();
-            for (i, c) in row.iter().enumerate() {
-                line.push_str(c);
-                if i + 1 < columns {
-                    let pad = widths[i] - c.chars().count() + COLUMN_GAP;
-                    line.extend(std::iter::repeat_n(' ', pad));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
+            .map(|row| line(row, &widths))
+            .collect()
     }
+
+    /// The width of each column: its widest cell, header included.
+    pub fn widths(&self) -> Vec<usize> {
+        (0..self.headers.len())
+            .map(|i| {
+                std::iter::once(&self.headers)
+                    .chain(&self.rows)
+                    .map(|row| cell(row, i).chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+/// Cell `i` of a row, empty when missing; a newline or tab inside would
+/// break the alignment.
+fn cell(row: &[String], i: usize) -> String {
+    row.get(i)
+        .map(|c| c.replace(['\n', '\t'], " "))
+        .unwrap_or_default()
+}
+
+/// One row as a line of a table whose columns have these `widths` (a
+/// wider cell pushes the rest of its line right), ending with `\n`: for
+/// rows printed one at a time under a table printed earlier.
+pub fn line(row: &[String], widths: &[usize]) -> String {
+    let columns = widths.len();
+    let mut line = String::new();
+    for (i, width) in widths.iter().enumerate() {
+        let c = cell(row, i);
+        line.push_str(&c);
+        if i + 1 < columns {
+            let pad = width.saturating_sub(c.chars().count()) + COLUMN_GAP;
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+    }
+    let mut out = line.trim_end().to_string();
+    out.push('\n');
+    out
 }
 
 /// Current time, Unix seconds.

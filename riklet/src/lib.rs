@@ -118,8 +118,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let ebpf = probes.is_some();
 
     let mut tasks = Tasks::new();
-    if config.standalone {
-        start_embedded_scheduler(&config, &mut tasks).await?;
+    // The embedded scheduler's counters are served on the riklet's /metrics.
+    let scheduler_calls = config.standalone.then(scheduler::metrics::ApiCalls::new);
+    if let Some(calls) = &scheduler_calls {
+        start_embedded_scheduler(&config, calls.clone(), &mut tasks).await?;
     }
     let (api_listener, api_address) = bind("node API", config.api_listen).await?;
     let socket = api::bind_socket(&config.socket_path())?;
@@ -134,16 +136,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let agent_task = tokio::spawn(agent.run(tasks.stop.subscribe()));
     let (proxy, proxy_task) = start_proxy(&config, &cgroup_v2_root, &handle, &tasks).await;
 
-    let (metrics_address, collector_task) = start_metrics(
-        &config,
-        &node,
-        probes,
-        usage,
-        &handle,
-        proxy.as_ref(),
-        &mut tasks,
-    )
-    .await?;
+    let extra = ExtraMetrics {
+        proxy: proxy.as_ref(),
+        scheduler: scheduler_calls.as_ref(),
+    };
+    let (metrics_address, collector_task) =
+        start_metrics(&config, &node, probes, usage, &handle, extra, &mut tasks).await?;
 
     let facts = api::NodeFacts {
         node: node.clone(),
@@ -284,7 +282,11 @@ async fn start_proxy(
 
 /// The scheduler in-process (a one-node cluster), listening like a remote
 /// one would.
-async fn start_embedded_scheduler(config: &Config, tasks: &mut Tasks) -> Result<(), Error> {
+async fn start_embedded_scheduler(
+    config: &Config,
+    calls: scheduler::metrics::ApiCalls,
+    tasks: &mut Tasks,
+) -> Result<(), Error> {
     let (listener, _) = bind("embedded scheduler", config.standalone_listen).await?;
     let sched_config = scheduler::SchedulerConfig {
         state_dir: config.state_dir.join("scheduler"),
@@ -293,7 +295,7 @@ async fn start_embedded_scheduler(config: &Config, tasks: &mut Tasks) -> Result<
     let stopped = tasks.stopped();
     tasks.spawn_server(
         "embedded scheduler",
-        scheduler::run(sched_config, listener, stopped),
+        scheduler::run(sched_config, listener, calls, stopped),
     );
     Ok(())
 }
@@ -366,6 +368,14 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, Stri
     Ok((listener, local))
 }
 
+/// Series of other parts served on the riklet's `/metrics`.
+struct ExtraMetrics<'a> {
+    /// The Node Proxy's, when it runs.
+    proxy: Option<&'a proxy::ProxyHandle>,
+    /// The embedded scheduler's calls served, with `--standalone`.
+    scheduler: Option<&'a scheduler::metrics::ApiCalls>,
+}
+
 /// Starts the Prometheus endpoint and the collector that feeds it; returns
 /// the endpoint's address and the collector's task.
 async fn start_metrics(
@@ -374,13 +384,16 @@ async fn start_metrics(
     probes: Option<metrics::ebpf::Probes>,
     usage: metrics::collector::PodUsage,
     agent: &agent::AgentHandle,
-    proxy: Option<&proxy::ProxyHandle>,
+    extra: ExtraMetrics<'_>,
     tasks: &mut Tasks,
 ) -> Result<(String, JoinHandle<()>), Error> {
     let snapshots = metrics::exporter::SnapshotHandle::new();
     let mut registry = metrics::exporter::registry(snapshots.clone());
-    if let Some(proxy) = proxy {
+    if let Some(proxy) = extra.proxy {
         registry.register_collector(Box::new(proxy.metrics(node)));
+    }
+    if let Some(calls) = extra.scheduler {
+        calls.register(&mut registry);
     }
     let (listener, address) = bind("metrics endpoint", config.metrics_addr).await?;
     let stopped = tasks.stopped();

@@ -3,8 +3,11 @@
 //! Wire ⇄ domain conversions live here; the operations are in
 //! [`crate::cluster`]. `Logs` connects to each instance's node API
 //! (`NodeLogs`, at the `host_address` the riklet reported) and forwards the
-//! chunks.
+//! chunks. `Watch` sends the events the cluster builds for its watcher
+//! ([`crate::cluster::State::watch_next`]) as the client reads them. Every
+//! call is counted ([`ApiCalls`]).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +19,15 @@ use proto::rik::v1::rik_server::Rik;
 use proto::rik::v1::{
     App, ApplyRequest, ApplyResponse, DeleteAppRequest, DeleteAppResponse, GetAppRequest, Instance,
     ListAppsRequest, ListAppsResponse, ListNodesRequest, ListNodesResponse, LogChunk, LogsRequest,
-    Node, NodeLogsRequest,
+    Node, NodeLogsRequest, WatchEvent, WatchRequest,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, ClusterError, unix_secs};
+use crate::cluster::{Cluster, ClusterError, WatchNext, unix_secs};
+use crate::metrics::ApiCalls;
 use crate::store::{AppRecord, Data};
 
 /// How long to wait for a node's API to accept a connection / answer.
@@ -34,13 +38,18 @@ const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct RikService {
     cluster: Arc<Cluster>,
-    /// Becomes true at shutdown: followed log streams end.
+    /// Becomes true at shutdown: followed log streams and watches end.
     stop: watch::Receiver<bool>,
+    calls: ApiCalls,
 }
 
 impl RikService {
-    pub fn new(cluster: Arc<Cluster>, stop: watch::Receiver<bool>) -> Self {
-        Self { cluster, stop }
+    pub fn new(cluster: Arc<Cluster>, stop: watch::Receiver<bool>, calls: ApiCalls) -> Self {
+        Self {
+            cluster,
+            stop,
+            calls,
+        }
     }
 }
 
@@ -52,6 +61,10 @@ impl From<ClusterError> for Status {
             }
             ClusterError::AppNotFound(_) => Status::not_found(proto::error_chain(&e)),
             ClusterError::Store(_) => Status::internal(proto::error_chain(&e)),
+            ClusterError::RevisionCompacted { .. } | ClusterError::RevisionAhead { .. } => {
+                Status::out_of_range(e.to_string())
+            }
+            ClusterError::ShuttingDown => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -75,7 +88,8 @@ pub fn app_status(statuses: &[ResourceStatus]) -> &'static str {
     }
 }
 
-fn app_to_wire(name: &str, record: &AppRecord, data: &Data) -> App {
+/// An app as `rik.v1` sends it.
+pub(crate) fn app_to_wire(name: &str, record: &AppRecord, data: &Data) -> App {
     let instances: Vec<Instance> = data
         .instances_of(name)
         .map(|(id, i)| Instance {
@@ -99,6 +113,77 @@ fn app_to_wire(name: &str, record: &AppRecord, data: &Data) -> App {
 
 /// A log stream forwarded to the CLI.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+/// A watch's events.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+/// Feeds one watch: its initial events, then the changes queued for its
+/// watcher, built when the client is ready for them.
+struct WatchFeed {
+    initial: VecDeque<WatchEvent>,
+    notify: Arc<Notify>,
+    /// Revision of the last event sent, for the client to resume from.
+    last: u64,
+    ended: bool,
+    watcher: Watcher,
+}
+
+/// Removes its watcher from the cluster when the stream is dropped.
+struct Watcher {
+    cluster: Arc<Cluster>,
+    id: u64,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let cluster = Arc::clone(&self.cluster);
+        let id = self.id;
+        // Dropped by tonic inside the runtime; outside one (runtime gone)
+        // there is nobody left to tell.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { cluster.lock().await.unwatch(id) });
+        }
+    }
+}
+
+impl WatchFeed {
+    async fn next(mut self) -> Option<(Result<WatchEvent, Status>, Self)> {
+        if self.ended {
+            return None;
+        }
+        if let Some(event) = self.initial.pop_front() {
+            self.last = event.revision;
+            return Some((Ok(event), self));
+        }
+        loop {
+            let next = self
+                .watcher
+                .cluster
+                .lock()
+                .await
+                .watch_next(self.watcher.id);
+            match next {
+                WatchNext::Event(event) => {
+                    self.last = event.revision;
+                    return Some((Ok(event), self));
+                }
+                WatchNext::Idle => self.notify.notified().await,
+                WatchNext::Overflowed => {
+                    warn!(last = self.last, "watch fell behind, closed");
+                    self.ended = true;
+                    let status = Status::resource_exhausted(format!(
+                        "the watch fell behind (more than {} apps changed before it read them); \
+                         resume from revision {}",
+                        crate::watchers::MAX_PENDING,
+                        self.last
+                    ));
+                    return Some((Err(status), self));
+                }
+                WatchNext::Gone => return None,
+            }
+        }
+    }
+}
 
 /// Where to fetch one instance's logs.
 struct LogSource {
@@ -168,6 +253,7 @@ impl Rik for RikService {
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
+        self.calls.count("Apply");
         let manifest = request.into_inner().manifest;
         let outcome = self.cluster.lock().await.apply(&manifest)?;
         info!(app = %outcome.name, result = outcome.result.as_str(), "apply");
@@ -175,6 +261,7 @@ impl Rik for RikService {
             name: outcome.name,
             result: outcome.result.as_str().to_string(),
             instance_ids: outcome.instance_ids,
+            revision: outcome.revision,
         }))
     }
 
@@ -182,6 +269,7 @@ impl Rik for RikService {
         &self,
         _request: Request<ListAppsRequest>,
     ) -> Result<Response<ListAppsResponse>, Status> {
+        self.calls.count("ListApps");
         let state = self.cluster.lock().await;
         let data = state.store().data();
         let apps = data
@@ -193,6 +281,7 @@ impl Rik for RikService {
     }
 
     async fn get_app(&self, request: Request<GetAppRequest>) -> Result<Response<App>, Status> {
+        self.calls.count("GetApp");
         let name = request.into_inner().name;
         let state = self.cluster.lock().await;
         let data = state.store().data();
@@ -207,6 +296,7 @@ impl Rik for RikService {
         &self,
         request: Request<DeleteAppRequest>,
     ) -> Result<Response<DeleteAppResponse>, Status> {
+        self.calls.count("DeleteApp");
         let name = request.into_inner().name;
         let nodes = self.cluster.lock().await.delete(&name)?;
         Ok(Response::new(DeleteAppResponse { name, nodes }))
@@ -216,6 +306,7 @@ impl Rik for RikService {
         &self,
         _request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        self.calls.count("ListNodes");
         let state = self.cluster.lock().await;
         let data = state.store().data();
         let nodes = state
@@ -236,6 +327,7 @@ impl Rik for RikService {
     type LogsStream = LogStream;
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
+        self.calls.count("Logs");
         let LogsRequest {
             app,
             tail,
@@ -301,6 +393,36 @@ impl Rik for RikService {
         };
         let stopped = crate::stopped(self.stop.clone());
         Ok(Response::new(merged.take_until(stopped).boxed()))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        self.calls.count("Watch");
+        let WatchRequest {
+            name,
+            since_revision,
+        } = request.into_inner();
+        let app = (!name.is_empty()).then_some(name);
+        let start = self
+            .cluster
+            .lock()
+            .await
+            .watch(app.clone(), since_revision)?;
+        info!(app = ?app, since_revision, watcher = start.id, "watch");
+        let feed = WatchFeed {
+            initial: start.initial.into(),
+            notify: start.notify,
+            last: since_revision,
+            ended: false,
+            watcher: Watcher {
+                cluster: Arc::clone(&self.cluster),
+                id: start.id,
+            },
+        };
+        let events = futures::stream::unfold(feed, WatchFeed::next);
+        let stopped = crate::stopped(self.stop.clone());
+        Ok(Response::new(events.take_until(stopped).boxed()))
     }
 }
 

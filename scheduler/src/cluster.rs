@@ -5,28 +5,35 @@
 //! registry, run placement, and then queue `InstanceScheduling` messages on
 //! the nodes' `Register` streams (unbounded channels, so nothing awaits while
 //! the lock is held). The gRPC services only translate wire types.
-//! The `apply` submodule holds `Apply`, which creates and changes apps.
+//! The `apply` submodule holds `Apply`, which creates and changes apps;
+//! `revisions` gives each change its revision and serves watches.
 //!
 //! Persistence: an apply or a delete is saved before it is acknowledged (and
 //! rolled back if the save fails); status reports and placements made on
 //! node events mark the store dirty and are flushed by a background task.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::common::{ResourceStatus, WorkloadRequestKind};
 use proto::manifest::ManifestError;
+use proto::rik::v1::App;
 use proto::worker::InstanceScheduling;
 use rand::Rng;
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, error, info, warn};
 
 pub use apply::{ApplyOutcome, ApplyResult};
+pub use revisions::{WatchNext, WatchStart};
 
 use crate::nodes::{self, Nodes, RegisterError};
 use crate::placement::{self, Slot};
 use crate::store::{Data, InstanceRecord, Store, StoreError};
+use crate::watchers::Watchers;
 
 mod apply;
+mod revisions;
 
 /// Length of the random suffix of instance ids (`<app>-xxxxx`).
 const ID_SUFFIX_LEN: usize = 5;
@@ -54,6 +61,23 @@ pub enum ClusterError {
     /// The change could not be saved, so it was not made.
     #[error("cannot save the scheduler state, nothing was changed")]
     Store(#[from] StoreError),
+    /// A watch asked to resume from a revision whose changes can no longer
+    /// be replayed exactly.
+    #[error(
+        "cannot resume the watch from revision {since}: changes up to revision {compacted} \
+         can no longer be replayed; list again (since_revision 0)"
+    )]
+    RevisionCompacted { since: u64, compacted: u64 },
+    /// A watch asked to resume from a revision this scheduler never had
+    /// (its state was reset or lost).
+    #[error(
+        "cannot resume the watch from revision {since}: the scheduler is at revision {current} \
+         (its state was reset); list again (since_revision 0)"
+    )]
+    RevisionAhead { since: u64, current: u64 },
+    /// The scheduler is stopping.
+    #[error("the scheduler is shutting down")]
+    ShuttingDown,
 }
 
 /// Messages to queue on nodes' `Register` streams: `(node, message)`.
@@ -122,6 +146,12 @@ pub struct State {
     nodes: Nodes,
     /// Set at shutdown: streams ending then are not node losses.
     shutting_down: bool,
+    /// The open watches.
+    watchers: Watchers,
+    /// Apps changed by the operation under way (see `revisions`).
+    changed: BTreeSet<String>,
+    /// Last states of the apps the operation under way deletes.
+    last_states: BTreeMap<String, Arc<App>>,
 }
 
 impl State {
@@ -130,6 +160,9 @@ impl State {
             store,
             nodes: Nodes::default(),
             shutting_down: false,
+            watchers: Watchers::default(),
+            changed: BTreeSet::new(),
+            last_states: BTreeMap::new(),
         }
     }
 
@@ -169,10 +202,14 @@ impl State {
         };
         let definition = app.manifest.to_definition();
         let before = self.store.data().clone();
+        self.keep_last_state(name);
         let mut out = Outbox::new();
         let removed = self.remove_instances_of(name, &definition, &mut out);
         self.store.data_mut().apps.remove(name);
+        self.mark_changed(name);
+        let staged = self.stage_changes();
         self.save_or_roll_back(before, name, "delete")?;
+        self.publish(staged);
         let mut nodes: Vec<String> = out.iter().map(|(n, _)| n.clone()).collect();
         nodes.sort();
         nodes.dedup();
@@ -200,6 +237,7 @@ impl State {
             // Took over a silent connection: its instances wait for the node
             // to be ready again, or move.
             let out = self.nodes_lost(&[hostname.to_string()]);
+            self.commit_changes();
             self.deliver(out);
         }
         Ok(registered)
@@ -213,6 +251,7 @@ impl State {
         }
         warn!(node = %hostname, session, "node disconnected");
         let out = self.nodes_lost(&[hostname.to_string()]);
+        self.commit_changes();
         self.deliver(out);
     }
 
@@ -226,6 +265,7 @@ impl State {
             warn!(node = %node, timeout = ?timeout, "no heartbeat within the timeout, node not ready");
         }
         let out = self.nodes_lost(&lost);
+        self.commit_changes();
         self.deliver(out);
     }
 
@@ -265,6 +305,7 @@ impl State {
         } else {
             Vec::new()
         };
+        self.commit_changes();
         self.deliver(out);
     }
 
@@ -304,6 +345,8 @@ impl State {
                     info!(node = %hostname, app = %app, instance = %instance_id,
                         from = proto::status::name(previous), to = proto::status::name(status),
                         "instance status");
+                    self.mark_changed(&app);
+                    self.commit_changes();
                 }
             }
             _ if status == ResourceStatus::Terminated => {
@@ -338,11 +381,21 @@ impl State {
     }
 
     /// Ends every `Register` stream (the nodes see the scheduler go away)
-    /// without treating it as node losses, and saves the store.
+    /// and every watch without treating it as node losses, and saves the
+    /// store.
     pub fn shutdown(&mut self) {
         self.shutting_down = true;
         self.nodes.disconnect_all();
+        self.watchers.close_all();
         self.flush();
+    }
+
+    /// The last save, once nothing changes any more: tells the next start
+    /// that no revision was lost (see [`Store::close`]).
+    pub fn close(&mut self) {
+        if let Err(e) = self.store.close() {
+            error!(error = %proto::error_chain(&e), "cannot save the scheduler state at stop");
+        }
     }
 
     // ---- internals -------------------------------------------------------
@@ -447,12 +500,17 @@ impl State {
     /// node is back or placement moves them.
     fn nodes_lost(&mut self, names: &[String]) -> Outbox {
         let now = unix_now();
+        let mut changed = BTreeSet::new();
         for inst in self.store.data_mut().instances.values_mut() {
             if inst.node.as_ref().is_some_and(|n| names.contains(n)) {
+                if inst.status != ResourceStatus::Pending {
+                    changed.insert(inst.app.clone());
+                }
                 inst.status = ResourceStatus::Pending;
                 inst.updated_at = now;
             }
         }
+        self.changed.append(&mut changed);
         self.place()
     }
 
@@ -488,6 +546,8 @@ impl State {
             inst.metrics.clear();
             inst.updated_at = now;
             info!(app = %inst.app, instance = %m.instance, node = %m.to, from = ?m.from, "instance placed");
+            let app = inst.app.clone();
+            self.mark_changed(&app);
             let Some(create) = self.create_msg(&m.instance) else {
                 continue;
             };

@@ -12,8 +12,10 @@
 //! - [`nodes`]: the node registry (connected, ready, register streams).
 //! - [`placement`]: which ready node gets an instance (pure function).
 //! - [`cluster`]: the shared state and every operation on it.
+//! - [`watchers`]: the open watches and what each still has to be sent.
 //! - [`worker_service`]: `worker.Worker` for riklets.
 //! - [`api`]: `rik.v1.Rik` for the CLI.
+//! - [`metrics`]: the calls served, per method (Prometheus).
 //!
 //! [`run`] serves both until its shutdown future resolves; background tasks
 //! expire silent nodes (heartbeat timeout) and flush the store.
@@ -33,15 +35,18 @@ use tracing::{info, warn};
 
 pub mod api;
 pub mod cluster;
+pub mod metrics;
 pub mod nodes;
 pub mod placement;
 pub mod store;
+pub mod watchers;
 pub mod worker_service;
 
 #[cfg(test)]
 mod tests;
 
 use crate::cluster::Cluster;
+use crate::metrics::ApiCalls;
 use crate::store::{Store, StoreError};
 
 /// Default state directory of `rik-scheduler`.
@@ -87,12 +92,13 @@ pub enum SchedulerError {
 }
 
 /// Serves `worker.Worker` and `rik.v1.Rik` on `listener` until `shutdown`
-/// resolves. At shutdown every register stream, status stream and followed
-/// log stream is ended (riklets see the scheduler go away) and the store is
-/// saved.
+/// resolves, counting the `rik.v1` calls in `calls`. At shutdown every
+/// register stream, status stream, watch and followed log stream is ended
+/// (riklets and clients see the scheduler go away) and the store is saved.
 pub async fn run(
     config: SchedulerConfig,
     listener: TcpListener,
+    calls: ApiCalls,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
     let mut store = Store::open(&config.state_dir)?;
@@ -124,6 +130,7 @@ pub async fn run(
         .add_service(RikServer::new(api::RikService::new(
             Arc::clone(&cluster),
             stop_rx.clone(),
+            calls,
         )))
         .serve_with_incoming_shutdown(
             // tonic's own TCP_NODELAY setting does not apply to a listener
@@ -151,7 +158,7 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     stop_tasks(tasks).await;
-    cluster.lock().await.flush();
+    cluster.lock().await.close();
     served.map_err(SchedulerError::Serve)?;
     info!("scheduler stopped");
     Ok(())

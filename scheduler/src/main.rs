@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use scheduler::metrics::ApiCalls;
 use scheduler::{DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -24,6 +25,10 @@ struct Args {
     /// re-placed (e.g. "20s", "1m").
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     heartbeat_timeout: Duration,
+    /// Serve Prometheus metrics (`GET /metrics`: the rik.v1 calls served,
+    /// per method) on this address; off when not given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -42,6 +47,23 @@ async fn main() -> anyhow::Result<()> {
         state_dir: args.state_dir,
         heartbeat_timeout: args.heartbeat_timeout,
     };
+    let calls = ApiCalls::new();
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        calls.register(&mut registry);
+        // Ends with the process.
+        tokio::spawn(async move {
+            if let Err(e) =
+                scheduler::metrics::serve(listener, registry, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+        tracing::info!(listen = %addr, "metrics endpoint");
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     let shutdown = async move {
@@ -50,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
             _ = sigterm.recv() => tracing::info!("terminated"),
         }
     };
-    scheduler::run(config, listener, shutdown)
+    scheduler::run(config, listener, calls, shutdown)
         .await
         .context("scheduler failed")
 }

@@ -6,8 +6,26 @@
 //! fsynced), so a crash leaves either the old or the new state, never a torn
 //! one. Loading at start means a scheduler restart loses no app, and every
 //! instance keeps its node assignment, last status and last metrics.
+//!
+//! # Revisions
+//!
+//! The store counts its changes: [`Data::revision`] is bumped for every
+//! change of an app or of an instance's status or node (see
+//! `cluster::revisions`), each app remembers the revision of its last
+//! change, and the last [`MAX_TOMBSTONES`] deletes are kept as tombstones,
+//! so that a watch can be resumed from any revision since
+//! [`Data::compacted`].
+//!
+//! The counter never goes backwards, even across a crash: every save also
+//! writes a *reservation* ([`RESERVE_BLOCK`] revisions ahead), and no
+//! revision beyond the reservation on disk is handed out before a save
+//! moved it. A clean stop ([`Store::close`]) writes the reservation equal to
+//! the revision; a state whose reservation is ahead was left by a crash,
+//! and the revisions in between may have been seen by watchers but lost:
+//! the store then starts after the reservation and resuming from before it
+//! is refused ([`Data::compacted`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -15,11 +33,17 @@ use std::path::{Path, PathBuf};
 use proto::common::ResourceStatus;
 use proto::manifest::AppManifest;
 use serde::{Deserialize, Serialize};
+use tracing::{error, warn};
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
-/// Version of the file format, checked at load.
+/// Version of the file format, checked at load. Version 1 files without
+/// revisions load as well (every app gets one at load).
 const FORMAT_VERSION: u32 = 1;
+/// How many deleted apps are remembered for watches that resume.
+pub const MAX_TOMBSTONES: usize = 1000;
+/// How far ahead of the current revision each save reserves.
+pub const RESERVE_BLOCK: u64 = 10_000;
 
 /// A failure to load or persist the store.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +81,21 @@ pub struct AppRecord {
     pub created_at: i64,
     /// Unix seconds of the last apply that changed something.
     pub updated_at: i64,
+    /// Revision of the last change of the app or of one of its instances.
+    #[serde(default)]
+    pub revision: u64,
+    /// Revision of its creation.
+    #[serde(default)]
+    pub created_revision: u64,
+}
+
+/// A deleted app, remembered so that a watch resuming from before the
+/// delete hears of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub name: String,
+    /// Revision of the delete.
+    pub revision: u64,
 }
 
 /// One instance (replica) of an app.
@@ -83,6 +122,17 @@ pub struct Data {
     pub apps: BTreeMap<String, AppRecord>,
     /// Instances by id.
     pub instances: BTreeMap<String, InstanceRecord>,
+    /// The last revision handed out.
+    #[serde(default)]
+    pub revision: u64,
+    /// A watch can resume from a revision `R >= compacted` only: the
+    /// changes up to this one may no longer be replayable (a tombstone
+    /// dropped, or revisions lost in a crash).
+    #[serde(default)]
+    pub compacted: u64,
+    /// The last deletes, oldest first, at most [`MAX_TOMBSTONES`].
+    #[serde(default)]
+    pub tombstones: VecDeque<Tombstone>,
 }
 
 impl Data {
@@ -101,11 +151,34 @@ impl Data {
             .filter(|i| i.node.as_deref() == Some(node))
             .count()
     }
+
+    /// Remembers the delete of `name` at `revision`; the oldest tombstone
+    /// beyond [`MAX_TOMBSTONES`] is dropped, and resuming from before it
+    /// becomes impossible.
+    pub fn bury(&mut self, name: &str, revision: u64) {
+        self.tombstones.push_back(Tombstone {
+            name: name.to_string(),
+            revision,
+        });
+        while self.tombstones.len() > MAX_TOMBSTONES {
+            if let Some(dropped) = self.tombstones.pop_front() {
+                self.compacted = self.compacted.max(dropped.revision);
+            }
+        }
+    }
+
+    /// Whether a watch can replay every change after `since` exactly.
+    pub fn can_replay_from(&self, since: u64) -> bool {
+        since >= self.compacted && since <= self.revision
+    }
 }
 
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
     version: u32,
+    /// No revision above this was handed out (see the module doc).
+    #[serde(default)]
+    revision_reserved: u64,
     #[serde(flatten)]
     data: Data,
 }
@@ -117,6 +190,8 @@ pub struct Store {
     data: Data,
     /// Changed in memory since the last successful save.
     dirty: bool,
+    /// The reservation last written: revisions up to it may be handed out.
+    reserved: u64,
 }
 
 impl Store {
@@ -148,9 +223,14 @@ impl Store {
                 // edit by hand; it must not be scheduled.
                 let apps = &data.apps;
                 data.instances.retain(|_, i| apps.contains_key(&i.app));
+                recover_revisions(&mut data, disk.revision_reserved);
                 data
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Data::default(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut data = Data::default();
+                recover_revisions(&mut data, 0);
+                data
+            }
             Err(source) => {
                 return Err(StoreError::Io {
                     action: "read",
@@ -161,9 +241,25 @@ impl Store {
         };
         Ok(Self {
             dir: dir.to_path_buf(),
+            reserved: data.revision,
             data,
             dirty: false,
         })
+    }
+
+    /// Hands out the next revision. Past the reservation on disk, the
+    /// store is saved first (once every [`RESERVE_BLOCK`] revisions at
+    /// worst; the periodic flushes usually move it earlier).
+    pub fn next_revision(&mut self) -> u64 {
+        if self.data.revision >= self.reserved
+            && let Err(e) = self.save()
+        {
+            error!(error = %proto::error_chain(&e),
+                "cannot save the revision reservation: a crash now could hand out revisions twice");
+        }
+        self.dirty = true;
+        self.data.revision += 1;
+        self.data.revision
     }
 
     /// The state file's path.
@@ -202,8 +298,18 @@ impl Store {
     }
 
     /// Writes the data atomically: temporary file, fsync, rename, fsync of
-    /// the directory.
+    /// the directory; reserves the next [`RESERVE_BLOCK`] revisions.
     pub fn save(&mut self) -> Result<()> {
+        self.write(self.data.revision + RESERVE_BLOCK)
+    }
+
+    /// The last save, at a clean stop: no revision is reserved beyond the
+    /// current one, so the next start knows none was lost.
+    pub fn close(&mut self) -> Result<()> {
+        self.write(self.data.revision)
+    }
+
+    fn write(&mut self, reserve: u64) -> Result<()> {
         let path = self.path();
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let io_err = |action, path: &Path| {
@@ -216,6 +322,7 @@ impl Store {
         };
         let disk = OnDisk {
             version: FORMAT_VERSION,
+            revision_reserved: reserve,
             data: self.data.clone(),
         };
         let mut bytes = serde_json::to_vec_pretty(&disk).expect("store data serializes");
@@ -234,8 +341,33 @@ impl Store {
             .and_then(|d| d.sync_all())
             .map_err(io_err("fsync directory", &self.dir))?;
         self.dirty = false;
+        self.reserved = reserve;
         Ok(())
     }
+}
+
+/// Brings the revisions of a loaded state in order. After a crash (the
+/// reservation ahead of the revision), the revisions in between may have
+/// reached watchers with changes that were never saved: the store starts
+/// after the reservation, and resuming from before that is refused. Apps
+/// of a file written before revisions existed get one each.
+fn recover_revisions(data: &mut Data, reserved: u64) {
+    if reserved > data.revision {
+        warn!(
+            saved = data.revision,
+            reserved,
+            "the scheduler did not stop cleanly: watches started before now must list again"
+        );
+        data.revision = reserved + 1;
+        data.compacted = data.compacted.max(data.revision);
+    }
+    for record in data.apps.values_mut().filter(|r| r.revision == 0) {
+        data.revision += 1;
+        record.revision = data.revision;
+        record.created_revision = data.revision;
+    }
+    // Revision 0 means "no revision" in a watch request.
+    data.revision = data.revision.max(1);
 }
 
 /// `ResourceStatus` stored by name (`"RUNNING"`), readable in the file.
@@ -278,6 +410,8 @@ mod tests {
                 manifest: manifest("web", 2),
                 created_at: 10,
                 updated_at: 11,
+                revision: 0,
+                created_revision: 0,
             },
         );
         data.instances.insert(
@@ -308,8 +442,63 @@ mod tests {
         let text = fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
         assert!(text.contains("\"RUNNING\""), "{text}");
 
-        let reopened = Store::open(dir.path()).unwrap();
-        assert_eq!(reopened.data(), store.data());
+        // An app of a file without revisions gets one at load.
+        store.close().unwrap();
+        let mut reopened = Store::open(dir.path()).unwrap();
+        let web = &reopened.data().apps["web"];
+        assert_eq!((web.revision, web.created_revision), (2, 2));
+        assert_eq!(reopened.data().instances, store.data().instances);
+        reopened.close().unwrap();
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.data(), reopened.data());
+    }
+
+    #[test]
+    fn revisions_never_go_backwards_across_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.data().revision, 1, "revision 0 means none");
+        store.save().unwrap();
+        let seen = (0..5).map(|_| store.next_revision()).last().unwrap();
+        assert_eq!(seen, 6);
+        // Crash: revisions 2 to 6 were handed out but never saved.
+        drop(store);
+        let mut store = Store::open(dir.path()).unwrap();
+        let first = store.data().revision;
+        assert_eq!(first, 1 + RESERVE_BLOCK + 1);
+        assert_eq!(store.data().compacted, first);
+        assert!(!store.data().can_replay_from(seen), "lost revisions");
+        assert!(store.data().can_replay_from(first));
+        assert!(!store.data().can_replay_from(first + 1), "not yet");
+
+        // Clean stop: nothing lost, everything resumable.
+        store.save().unwrap();
+        let last = store.next_revision();
+        store.close().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.data().revision, last);
+        assert!(store.data().can_replay_from(first));
+
+        // Past the reservation, the store saves before handing out more.
+        let mut store = store;
+        store.data_mut_volatile().revision = store.reserved;
+        let beyond = store.next_revision();
+        assert!(store.reserved >= beyond + RESERVE_BLOCK - 1);
+    }
+
+    #[test]
+    fn tombstones_are_bounded_and_compact_the_history() {
+        let mut data = Data::default();
+        for i in 0..MAX_TOMBSTONES as u64 + 2 {
+            data.bury(&format!("app-{i}"), 10 + i);
+        }
+        data.revision = 10_000;
+        assert_eq!(data.tombstones.len(), MAX_TOMBSTONES);
+        assert_eq!(data.tombstones[0].name, "app-2");
+        assert_eq!(data.compacted, 11);
+        assert!(!data.can_replay_from(10));
+        assert!(data.can_replay_from(11));
+        assert!(!data.can_replay_from(10_001));
     }
 
     #[test]

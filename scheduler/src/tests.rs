@@ -1,5 +1,8 @@
 //! In-process test: [`run`](crate::run) on `127.0.0.1:0`, a fake riklet
-//! driven through the generated tonic clients, and the `rik` API.
+//! driven through the generated tonic clients, and the `rik` API. `watch`:
+//! the `Watch` RPC the same way.
+
+mod watch;
 
 use std::path::Path;
 use std::pin::Pin;
@@ -26,6 +29,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::metrics::ApiCalls;
 use crate::{SchedulerConfig, SchedulerError, run};
 
 /// Generous bound for anything that should happen "soon".
@@ -35,6 +39,8 @@ const WEB: &str = "kind: Pod\nname: web\nspec:\n  containers:\n    - {name: c, e
 
 struct Scheduler {
     url: String,
+    /// The calls it served.
+    calls: ApiCalls,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), SchedulerError>>,
 }
@@ -48,10 +54,16 @@ impl Scheduler {
             state_dir: state_dir.to_path_buf(),
             heartbeat_timeout: Duration::from_secs(60),
         };
-        let task = tokio::spawn(run(config, listener, async {
+        let calls = ApiCalls::new();
+        let task = tokio::spawn(run(config, listener, calls.clone(), async {
             let _ = stopped.await;
         }));
-        Self { url, stop, task }
+        Self {
+            url,
+            calls,
+            stop,
+            task,
+        }
     }
 
     async fn stop(self) {

@@ -17,12 +17,14 @@ pub mod containerd;
 pub mod external;
 pub mod registry;
 
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -143,6 +145,8 @@ pub struct Cluster {
     pub cgroup_root: String,
     pub pin_dir: PathBuf,
     pub scheduler_port: u16,
+    /// The separate scheduler's metrics endpoint (`--metrics-listen`).
+    pub scheduler_metrics_port: u16,
     /// The pod network of this cluster's riklet.
     pub net: NetSlot,
     /// containerd namespace of this cluster's images and containers.
@@ -184,6 +188,7 @@ impl Cluster {
             cgroup_root: format!("riklet-{name}"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/riklet-{name}")),
             scheduler_port,
+            scheduler_metrics_port: free_port(),
             containerd_namespace: format!("rik-{name}"),
             containerd_socket,
             net,
@@ -359,12 +364,87 @@ impl Cluster {
             .arg(format!("127.0.0.1:{}", self.scheduler_port))
             .arg("--state-dir")
             .arg(self.dir.path().join("scheduler"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", self.scheduler_metrics_port))
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .expect("start rik-scheduler");
         self.scheduler = Some(child);
+    }
+
+    /// Stops the separate scheduler cleanly (SIGTERM) and waits for it.
+    pub fn stop_scheduler(&mut self) {
+        if let Some(mut c) = self.scheduler.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let status = c.wait().expect("wait for the scheduler");
+            assert!(
+                status.success(),
+                "rik-scheduler exited with {status} after SIGTERM"
+            );
+        }
+    }
+
+    /// The `rik.v1` calls the scheduler served so far, by method, from
+    /// `rik_scheduler_api_calls_total` (the riklet's `/metrics` in
+    /// standalone mode, the scheduler's own otherwise).
+    pub fn api_calls(&self) -> BTreeMap<String, u64> {
+        let port = match self.mode {
+            Mode::Separate => self.scheduler_metrics_port,
+            Mode::Standalone => {
+                let status = self.local_status();
+                let addr = status["metricsAddress"].as_str().expect("metricsAddress");
+                addr.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .expect("a metrics port")
+            }
+        };
+        let (status, body) = http_get(port, "/metrics").expect("GET /metrics");
+        assert!(status.contains("200"), "GET /metrics: {status}");
+        let calls: BTreeMap<String, u64> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("rik_scheduler_api_calls_total{method=\""))
+            .filter_map(|l| {
+                let (method, rest) = l.split_once("\"} ")?;
+                Some((method.to_string(), rest.trim().parse().ok()?))
+            })
+            .collect();
+        assert!(
+            calls.contains_key("Apply"),
+            "no rik_scheduler_api_calls_total in /metrics:\n{body}"
+        );
+        calls
+    }
+
+    /// Starts `rik ARGS` (a command that runs until stopped, e.g. `get
+    /// apps -w`) and follows its output line by line.
+    pub fn rik_follow(&self, args: &[&str]) -> Follow {
+        let stderr = self.dir.path().join(format!("{}.stderr", unique("rik")));
+        let mut child = Command::new(bin_dir().join("rik"))
+            .arg("--scheduler")
+            .arg(format!("http://127.0.0.1:{}", self.scheduler_port))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("run rik");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follow {
+            child,
+            lines,
+            stderr,
+        }
     }
 
     /// Stops the separate scheduler (SIGKILL).
@@ -521,6 +601,71 @@ impl Drop for Cluster {
         self.net.cleanup(&self.state_dir());
         self.cleanup_cgroups();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// A `rik` command that runs until stopped, its stdout read line by line;
+/// killed when dropped.
+pub struct Follow {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+}
+
+impl Follow {
+    /// The next line it prints, or a panic naming `what` after `timeout`.
+    pub fn line(&self, timeout: Duration, what: &str) -> String {
+        self.lines.recv_timeout(timeout).unwrap_or_else(|e| {
+            panic!(
+                "no line for {what} within {timeout:?} ({e}); stderr: {}",
+                self.stderr_text()
+            )
+        })
+    }
+
+    /// Lines until one satisfies `pred`, which is returned (with those
+    /// before it).
+    pub fn lines_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = pred(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line for {what} within {timeout:?} ({e}); got {seen:#?}; stderr: {}",
+                    self.stderr_text()
+                ),
+            }
+        }
+    }
+
+    /// What it wrote on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -4,22 +4,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use backon::{BackoffBuilder, ExponentialBuilder};
+use proto::rik::v1::watch_event::Type;
 use proto::rik::v1::{App, Instance};
 use tokio::time::Instant;
 
+use super::app_watch::{AppWatch, Update};
 use super::{Scheduler, read_manifest};
 use crate::views::{failure_reason, instance_label};
-
-/// `--wait` asks the scheduler after this long first, then twice as long
-/// each time up to [`POLL_MAX`]: a bare process is usually RUNNING within
-/// tens of milliseconds, an image pull takes seconds.
-const POLL_FIRST: Duration = Duration::from_millis(5);
-const POLL_MAX: Duration = Duration::from_millis(200);
-const POLL: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(POLL_FIRST)
-    .with_max_delay(POLL_MAX)
-    .without_max_times();
 
 /// Creates or updates an app from a manifest (RIK workload v1 or a seed 004
 /// deployment file, YAML or JSON).
@@ -33,7 +24,8 @@ pub struct Args {
         value_name = "FILE"
     )]
     file: String,
-    /// Wait until every instance of the app is RUNNING.
+    /// Wait until every instance of the app is RUNNING (told by the
+    /// scheduler's watch the moment it is).
     #[arg(long)]
     wait: bool,
     /// How long `--wait` waits (e.g. `90s`, `5m`).
@@ -106,28 +98,42 @@ fn status_or_unknown(status: &str) -> &str {
     if status.is_empty() { "UNKNOWN" } else { status }
 }
 
+/// Waits for the app to run, from the scheduler's watch of it: its state
+/// right after the apply is the first check, each change the next one. A
+/// broken stream is resumed from the last revision read (see
+/// [`AppWatch`]), so a scheduler restart does not end the wait.
 async fn wait_running(
     scheduler: &mut Scheduler,
     name: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut pauses = POLL.build();
+    let mut watch = AppWatch::new(scheduler, Some(name));
+    let mut missing = "no answer from the scheduler yet".to_string();
     loop {
-        let app = scheduler.get_app(name).await?;
+        let Ok(update) = tokio::time::timeout_at(deadline, watch.next()).await else {
+            let unreachable = watch
+                .unreachable()
+                .map(|why| format!(" ({why})"))
+                .unwrap_or_default();
+            return Err(anyhow!(
+                "app/{name} not running after {}: {missing}{unreachable}",
+                humantime::format_duration(timeout)
+            ));
+        };
+        let app = match update? {
+            Update::Listed { apps, .. } => apps.into_iter().find(|a| a.name == name),
+            Update::Changed(e) if e.r#type() == Type::Deleted => None,
+            Update::Changed(e) => e.app,
+        };
+        let Some(app) = app else {
+            bail!("app/{name} was deleted while waiting for it to run");
+        };
         match progress(&app) {
             Progress::Running => return Ok(()),
             Progress::Failed(why) => bail!("app/{name}: {why}"),
-            Progress::Waiting(missing) => {
-                if Instant::now() >= deadline {
-                    return Err(anyhow!(
-                        "app/{name} not running after {}: {missing}",
-                        humantime::format_duration(timeout)
-                    ));
-                }
-            }
+            Progress::Waiting(now) => missing = now,
         }
-        tokio::time::sleep(pauses.next().unwrap_or(POLL_MAX)).await;
     }
 }
 

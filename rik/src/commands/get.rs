@@ -1,4 +1,5 @@
-//! `rik get apps|app [NAME] [-o wide|json]`, `rik get nodes [NAME] [-o json]`.
+//! `rik get apps|app [NAME] [-o wide|json] [-w]`, `rik get nodes [NAME] [-o json]`.
+//! `watch`: `-w`, the listing then every change.
 
 use std::io::Write;
 use std::str::FromStr;
@@ -8,6 +9,8 @@ use anyhow::{anyhow, bail};
 use super::Scheduler;
 use crate::output::{Json, Table, now_unix};
 use crate::views;
+
+mod watch;
 
 /// Lists apps or nodes, kubectl style: `rik get apps`, `rik get app NAME`
 /// (or `app/NAME`), `rik get nodes`.
@@ -22,6 +25,11 @@ pub struct Args {
     /// Output format: `wide` (more columns) or `json`.
     #[arg(short, long, value_enum, value_name = "FORMAT")]
     output: Option<Format>,
+    /// After the listing, print each change as it happens (apps only),
+    /// until interrupted: one table row, or with `-o json` one JSON object
+    /// per line.
+    #[arg(short, long)]
+    watch: bool,
 }
 
 /// Output formats of `rik get`.
@@ -70,6 +78,12 @@ pub async fn run(args: Args, scheduler: &mut Scheduler, out: &mut dyn Write) -> 
         (Some(_), Some(_)) => bail!("give the name either as RESOURCE/NAME or as NAME, not both"),
         (a, b) => a.or(b),
     };
+    if args.watch {
+        if args.resource.kind != Kind::Apps {
+            bail!("--watch is for apps only");
+        }
+        return watch::run(scheduler, name.as_deref(), args.output, out).await;
+    }
     let text = match args.resource.kind {
         Kind::Apps => apps(scheduler, name.as_deref(), args.output).await?,
         Kind::Nodes => nodes(scheduler, name.as_deref(), args.output).await?,

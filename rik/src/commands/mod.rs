@@ -1,6 +1,7 @@
 //! One module per verb. Each takes its parsed arguments, a connected
 //! [`Scheduler`] and the writer that stands for stdout.
 
+pub mod app_watch;
 pub mod apply;
 pub mod delete;
 pub mod get;
@@ -13,7 +14,7 @@ use anyhow::{Context, anyhow};
 use proto::rik::v1::rik_client::RikClient;
 use proto::rik::v1::{
     App, ApplyRequest, ApplyResponse, DeleteAppRequest, DeleteAppResponse, GetAppRequest,
-    ListAppsRequest, ListNodesRequest, LogChunk, LogsRequest, Node,
+    ListAppsRequest, ListNodesRequest, LogChunk, LogsRequest, Node, WatchEvent, WatchRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
@@ -22,6 +23,13 @@ use tonic::{Status, Streaming};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of a unary call (not of a log stream).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on an idle connection notice a scheduler that vanished
+/// under a long watch or log stream.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest answer accepted: an app of 1,000 replicas, each with its
+/// riklet's full status JSON, passes tonic's default of 4 MiB.
+const MAX_MESSAGE: usize = 64 << 20;
 
 /// A connection to the scheduler's `rik.v1.Rik` API whose calls fail with
 /// a one-line, user-facing error.
@@ -40,13 +48,16 @@ impl Scheduler {
         };
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| anyhow!("invalid scheduler URL {url:?}: {}", root_cause(&e)))?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| anyhow!("cannot reach scheduler at {url}: {}", root_cause(&e)))?;
         Ok(Self {
-            client: RikClient::new(channel),
+            client: RikClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
             url,
         })
     }
@@ -78,6 +89,33 @@ impl Scheduler {
     pub async fn list_nodes(&mut self) -> anyhow::Result<Vec<Node>> {
         let r = call(&self.url, self.client.list_nodes(ListNodesRequest {})).await?;
         Ok(r.nodes)
+    }
+
+    /// `Watch`: the stream of changes of app `name` (every app if `None`)
+    /// after revision `since` (no deadline: it runs until stopped). The
+    /// status is returned as is: [`app_watch`] decides what to do with it.
+    pub async fn watch(
+        &mut self,
+        name: Option<&str>,
+        since: u64,
+    ) -> Result<Streaming<WatchEvent>, Status> {
+        let request = WatchRequest {
+            name: name.unwrap_or_default().to_string(),
+            since_revision: since,
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, self.client.watch(request)).await {
+            Ok(answer) => answer.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "scheduler at {} did not answer within {}s",
+                self.url,
+                CALL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// The scheduler's URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// `Logs`: the stream of log chunks (no deadline: `-f` runs forever).

@@ -1,12 +1,17 @@
 //! The commands against an in-process fake scheduler on `127.0.0.1:0`.
+//! `watch`: `apply --wait` and `get -w` against scripted watches.
+
+mod watch;
 
 use std::collections::VecDeque;
 use std::io::Write as _;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use proto::rik::v1::rik_server::{Rik, RikServer};
 use proto::rik::v1::*;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
@@ -21,6 +26,20 @@ struct State {
     /// `GetApp` answers in turn; the last one repeats.
     script: VecDeque<App>,
     logs: Vec<LogChunk>,
+    /// `Watch` answers in turn; without one, a stream that stays open.
+    watches: VecDeque<WatchScript>,
+    /// Every `Watch` request: (name, since_revision).
+    watch_requests: Vec<(String, u64)>,
+    /// The methods called, in order.
+    calls: Vec<&'static str>,
+}
+
+/// One scripted answer to `Watch`.
+enum WatchScript {
+    /// The call fails.
+    Refused(Status),
+    /// These events, then the stream ends (`true`) or stays open.
+    Events(Vec<Result<WatchEvent, Status>>, bool),
 }
 
 #[derive(Clone, Default)]
@@ -29,6 +48,7 @@ struct Fake(Arc<Mutex<State>>);
 #[tonic::async_trait]
 impl Rik for Fake {
     async fn apply(&self, r: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        self.0.lock().unwrap().calls.push("Apply");
         let text = r.into_inner().manifest;
         let m =
             proto::manifest::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -37,6 +57,7 @@ impl Rik for Fake {
             name: m.name,
             result: "created".into(),
             instance_ids: vec![],
+            revision: 1,
         }))
     }
 
@@ -44,6 +65,7 @@ impl Rik for Fake {
         &self,
         _: Request<ListAppsRequest>,
     ) -> Result<Response<ListAppsResponse>, Status> {
+        self.0.lock().unwrap().calls.push("ListApps");
         let apps = self.0.lock().unwrap().apps.clone();
         Ok(Response::new(ListAppsResponse { apps }))
     }
@@ -51,6 +73,7 @@ impl Rik for Fake {
     async fn get_app(&self, r: Request<GetAppRequest>) -> Result<Response<App>, Status> {
         let name = r.into_inner().name;
         let mut state = self.0.lock().unwrap();
+        state.calls.push("GetApp");
         if state.script.len() > 1 {
             return Ok(Response::new(state.script.pop_front().unwrap()));
         }
@@ -106,6 +129,26 @@ impl Rik for Fake {
             .map(Ok)
             .collect();
         Ok(Response::new(tokio_stream::iter(chunks)))
+    }
+
+    type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+    async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let req = r.into_inner();
+        let mut state = self.0.lock().unwrap();
+        state.calls.push("Watch");
+        state.watch_requests.push((req.name, req.since_revision));
+        let (events, end) = match state.watches.pop_front() {
+            Some(WatchScript::Refused(status)) => return Err(status),
+            Some(WatchScript::Events(events, end)) => (events, end),
+            None => (Vec::new(), false),
+        };
+        let events = tokio_stream::iter(events);
+        Ok(Response::new(if end {
+            Box::pin(events)
+        } else {
+            Box::pin(events.chain(tokio_stream::pending()))
+        }))
     }
 }
 
@@ -203,44 +246,6 @@ async fn apply_validates_locally_then_sends_the_text() {
     let good = manifest_file(MANIFEST);
     assert_eq!(apply(&url, &good, &[]).await.unwrap(), "app/web created\n");
     assert_eq!(fake.0.lock().unwrap().applied, [MANIFEST]);
-}
-
-#[tokio::test]
-async fn apply_wait_until_running_or_failed_or_timeout() {
-    let fake = Fake::default();
-    fake.0.lock().unwrap().script = VecDeque::from([
-        web(vec![]),
-        web(vec![inst("web-1", "node-a", "CREATING", "")]),
-        web(vec![inst("web-1", "node-a", "RUNNING", "")]),
-    ]);
-    let url = serve(fake.clone()).await;
-    let file = manifest_file(MANIFEST);
-    assert_eq!(
-        apply(&url, &file, &["--wait"]).await.unwrap(),
-        "app/web created\napp/web running\n"
-    );
-
-    fake.0.lock().unwrap().script = VecDeque::from([web(vec![inst(
-        "web-1",
-        "node-a",
-        "FAILED",
-        r#"{"reason":"exec format error"}"#,
-    )])]);
-    let err = apply(&url, &file, &["--wait"]).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "app/web: instance web-1 on node-a failed: exec format error"
-    );
-
-    fake.0.lock().unwrap().script =
-        VecDeque::from([web(vec![inst("web-1", "node-a", "CREATING", "")])]);
-    let err = apply(&url, &file, &["--wait", "--timeout", "300ms"])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "app/web not running after 300ms: web-1 on node-a is CREATING"
-    );
 }
 
 #[tokio::test]

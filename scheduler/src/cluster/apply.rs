@@ -32,6 +32,8 @@ pub struct ApplyOutcome {
     pub result: ApplyResult,
     /// Every instance of the app after the apply, sorted.
     pub instance_ids: Vec<String>,
+    /// The store's revision right after the apply.
+    pub revision: u64,
 }
 
 impl State {
@@ -58,8 +60,11 @@ impl State {
             }
         };
         if result != ApplyResult::Unchanged {
+            self.mark_changed(&name);
             out.extend(self.place());
+            let staged = self.stage_changes();
             self.save_or_roll_back(before, &name, "apply")?;
+            self.publish(staged);
             self.deliver(out);
         }
         let instance_ids = self
@@ -72,6 +77,7 @@ impl State {
             name,
             result,
             instance_ids,
+            revision: self.store.data().revision,
         })
     }
 
@@ -124,6 +130,9 @@ impl State {
                 manifest,
                 created_at: now,
                 updated_at: now,
+                // Given at the end of the apply (`revisions`).
+                revision: 0,
+                created_revision: 0,
             },
         );
         self.add_instances(&name, replicas, now);
