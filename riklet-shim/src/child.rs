@@ -72,7 +72,13 @@ pub struct Ended {
 }
 
 /// Starts the container's process; returns once it has called `exec`.
-pub fn spawn(spec: &ShimSpec) -> Result<Child, SpawnError> {
+///
+/// # Safety
+///
+/// The calling process must have a single thread: the child runs Rust
+/// code (allocations included) between the fork and `exec`, which would
+/// deadlock on a lock another thread held at the fork.
+pub unsafe fn spawn(spec: &ShimSpec) -> Result<Child, SpawnError> {
     let netns = match &spec.netns {
         None => None,
         Some(path) => Some(File::open(path).map_err(|e| {
@@ -100,7 +106,8 @@ pub fn spawn(spec: &ShimSpec) -> Result<Child, SpawnError> {
         Ok(Some(pid)) => pid,
         Ok(None) => exec_child(cmd, &report_w, None),
         Err(e) if clone_into_unsupported(&e) => {
-            // SAFETY: the shim has a single thread (see the module doc).
+            // SAFETY: the caller has a single thread (this function's
+            // contract).
             match unsafe { nix::unistd::fork() } {
                 Ok(nix::unistd::ForkResult::Parent { child }) => child,
                 Ok(nix::unistd::ForkResult::Child) => {

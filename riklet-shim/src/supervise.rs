@@ -146,7 +146,9 @@ fn supervise(run_dir: &Path, mut steps: ShimSteps) -> Result<(), ShimError> {
         source,
     })?;
     steps.prepared = monotonic_us();
-    let child = match child::spawn(&spec) {
+    // SAFETY: the shim has a single thread until the copiers start, after
+    // the child has exec'ed.
+    let child = match unsafe { child::spawn(&spec) } {
         Ok(child) => child,
         Err(e) => return record_start_failure(run_dir, &writer, e),
     };

@@ -1,6 +1,10 @@
 //! The container's process as the shim starts it, against the real kernel
 //! (root): created in its v2 cgroup, its output on the pipes, the user it
 //! runs as, its exit status; and the exit code of a missing executable.
+//!
+//! `child::spawn` needs a process with a single thread, so this test has
+//! no libtest harness: `main` runs the checks one after the other, and a
+//! failed check panics (exit status 101).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -68,7 +72,14 @@ fn spec(cgroup: &TestCgroup, exec: &str, args: &[&str]) -> ShimSpec {
     }
 }
 
-#[test]
+fn main() {
+    the_child_is_created_in_its_cgroup_and_runs_as_the_user();
+    println!("test the_child_is_created_in_its_cgroup_and_runs_as_the_user ... ok");
+    a_missing_executable_is_exit_code_127_naming_it();
+    println!("test a_missing_executable_is_exit_code_127_naming_it ... ok");
+    println!("2 passed, 0 failed");
+}
+
 fn the_child_is_created_in_its_cgroup_and_runs_as_the_user() {
     assert!(
         Path::new("/bin/busybox").exists(),
@@ -76,8 +87,10 @@ fn the_child_is_created_in_its_cgroup_and_runs_as_the_user() {
     );
     let cgroup = TestCgroup::new("in-cgroup");
     let script = "echo $GREETING; id -u; cat /proc/self/cgroup; echo oops >&2; exit 3";
-    let mut started = child::spawn(&spec(&cgroup, "/bin/busybox", &["sh", "-c", script]))
-        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    // SAFETY: this test process has a single thread (no harness).
+    let mut started =
+        unsafe { child::spawn(&spec(&cgroup, "/bin/busybox", &["sh", "-c", script])) }
+            .unwrap_or_else(|e| panic!("spawn: {e}"));
     let mut out = String::new();
     started.stdout.read_to_string(&mut out).expect("stdout");
     let mut err = String::new();
@@ -97,10 +110,11 @@ fn the_child_is_created_in_its_cgroup_and_runs_as_the_user() {
     assert_eq!(ended.signal, None);
 }
 
-#[test]
 fn a_missing_executable_is_exit_code_127_naming_it() {
     let cgroup = TestCgroup::new("missing");
-    let e = child::spawn(&spec(&cgroup, "/no/such/binary", &[])).expect_err("no such file");
+    // SAFETY: this test process has a single thread (no harness).
+    let e =
+        unsafe { child::spawn(&spec(&cgroup, "/no/such/binary", &[])) }.expect_err("no such file");
     assert_eq!(e.code, 127);
     assert!(e.message.contains("/no/such/binary"), "{}", e.message);
     // Nothing was left in the cgroup (the failed child was reaped).

@@ -63,6 +63,8 @@ impl Phase {
     }
 }
 
+/// Process identities and exit records: shared with the shim, which
+/// writes them in `started.json` and `exit.json`.
 pub use riklet_shim::record::{ExitRecord, ProcId};
 
 /// The current run of a container: a bare process behind its shim
