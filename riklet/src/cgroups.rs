@@ -7,9 +7,11 @@
 //! because eBPF cgroup programs and `bpf_get_current_cgroup_id` only see the
 //! v2 hierarchy and `cgroups-rs` does not place tasks there.
 //!
-//! Processes join their cgroups from inside the child before `exec` (see
-//! [`ContainerCgroup::procs_files`]), so no instruction of the workload ever
-//! runs outside its limits.
+//! A bare process is created in its v2 cgroup ([`ContainerCgroup::v2_dir`],
+//! `clone3` with `CLONE_INTO_CGROUP`) and joins its v1 cgroups
+//! ([`ContainerCgroup::v1_procs_files`]) before `exec` (see the
+//! `riklet-shim` crate), so no instruction of the workload ever runs outside
+//! its limits.
 
 use std::fs;
 use std::io;
@@ -262,15 +264,20 @@ impl ContainerCgroup {
         }
     }
 
-    /// `cgroup.procs` files a new process writes `0` into to join every
-    /// hierarchy (v1 controllers first, then v2).
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = self
-            .v1_dirs()
+    /// `cgroup.procs` files of the v1 hierarchies (none on pure v2 hosts),
+    /// which a new process writes `0` into to join them.
+    pub fn v1_procs_files(&self) -> Vec<PathBuf> {
+        self.v1_dirs()
             .into_iter()
             .map(|d| d.join("cgroup.procs"))
             .filter(|f| f.exists())
-            .collect();
+            .collect()
+    }
+
+    /// `cgroup.procs` files of every hierarchy (v1 controllers first, then
+    /// v2), to move a process that runs already.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        let mut files = self.v1_procs_files();
         files.push(self.v2_dir().join("cgroup.procs"));
         files
     }

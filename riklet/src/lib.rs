@@ -20,7 +20,8 @@
 //! - [`metrics`]: eBPF network counters and node figures.
 //! - [`logs`]: CRI log files, writing and tailing.
 //! - [`api`]: control socket (`riklet status|pods`) and node logs service.
-//! - [`observability`]: tracing setup.
+//! - [`observability`]: tracing setup; [`steps`]: the timed steps of a
+//!   container start.
 
 pub mod agent;
 pub mod api;
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod scheduler_client;
 pub mod state;
+pub mod steps;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -84,7 +86,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot find the riklet executable (re-run as the shim of bare processes)")]
+    #[error(
+        "cannot find the riklet executable (the shim of bare processes, riklet-shim, is next to it)"
+    )]
     Executable(#[source] std::io::Error),
     #[error("embedded scheduler")]
     Scheduler(#[from] scheduler::SchedulerError),
@@ -304,7 +308,7 @@ fn backends(
     network: Arc<network::PodNetwork>,
     tasks: &Tasks,
 ) -> Result<agent::Backends, Error> {
-    let shim_exe = std::env::current_exe().map_err(Error::Executable)?;
+    let shim_exe = runtime::process::shim_next_to_riklet().map_err(Error::Executable)?;
     let containerd = runtime::link::ContainerdLink::spawn(
         &config.containerd.socket,
         &config.containerd.namespace,

@@ -48,12 +48,6 @@ enum Command {
     /// Show the Node Proxy: each service, its datapath, backends and
     /// counters (JSON).
     Proxy,
-    /// Internal: supervise one container (started by the riklet).
-    #[command(hide = true)]
-    Shim {
-        #[arg(long)]
-        run_dir: PathBuf,
-    },
     /// Internal: containerd's logging binary for one container (started by
     /// the containerd shim; output on fds 3 and 4).
     #[command(hide = true)]
@@ -98,10 +92,6 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Shim { run_dir }) = &cli.command {
-        // Before any thread exists: the shim forks.
-        riklet::runtime::shim::main(run_dir);
-    }
     if let Some(Command::Logger { log_path }) = &cli.command {
         // Before any thread exists: the logger blocks SIGTERM for all.
         riklet::runtime::logger::main(log_path);
@@ -112,7 +102,6 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Status) => print_query(&runtime, &config, "status"),
         Some(Command::Pods) => print_query(&runtime, &config, "pods"),
         Some(Command::Proxy) => print_query(&runtime, &config, "proxy"),
-        Some(Command::Shim { .. }) => unreachable!("handled above"),
         Some(Command::Logger { .. }) => unreachable!("handled above"),
         None => {
             riklet::observability::init(cli.log_json);

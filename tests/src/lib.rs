@@ -130,6 +130,11 @@ pub struct Options {
     pub no_ebpf: bool,
     /// The Node Proxy's datapath (`proxy =`; default the riklet's, ebpf).
     pub proxy: Option<&'static str>,
+    /// The riklet's `RUST_LOG` (default: unset, i.e. `info`).
+    pub log_filter: Option<&'static str>,
+    /// Run the riklet from a directory of its own that has no
+    /// `riklet-shim` next to it (a hard link of the binary under test).
+    pub without_shim: bool,
 }
 
 /// A one-node cluster and everything it created.
@@ -150,6 +155,9 @@ pub struct Cluster {
     pub containerd_socket: PathBuf,
     riklet: Option<Child>,
     scheduler: Option<Child>,
+    /// The riklet binary this cluster runs.
+    riklet_exe: PathBuf,
+    log_filter: Option<&'static str>,
 }
 
 impl Cluster {
@@ -184,6 +192,8 @@ impl Cluster {
             containerd_namespace: format!("rik-{name}"),
             containerd_socket,
             net,
+            riklet_exe: bin_dir().join("riklet"),
+            log_filter: options.log_filter,
             dir,
             riklet: None,
             scheduler: None,
@@ -225,6 +235,14 @@ impl Cluster {
         }
         std::fs::write(cluster.dir.path().join("riklet.toml"), config).expect("write config");
         let mut cluster = cluster;
+        if options.without_shim {
+            let dir = cluster.dir.path().join("bin");
+            std::fs::create_dir_all(&dir).expect("bin dir");
+            let exe = dir.join("riklet");
+            std::fs::hard_link(bin_dir().join("riklet"), &exe)
+                .unwrap_or_else(|e| panic!("hard link of the riklet at {}: {e}", exe.display()));
+            cluster.riklet_exe = exe;
+        }
         if mode == Mode::Separate {
             cluster.start_scheduler();
         }
@@ -284,7 +302,10 @@ impl Cluster {
 
     /// Starts (or restarts) the riklet process.
     pub fn start_riklet(&mut self) {
-        let mut cmd = Command::new(bin_dir().join("riklet"));
+        let mut cmd = Command::new(&self.riklet_exe);
+        if let Some(filter) = self.log_filter {
+            cmd.env("RUST_LOG", filter);
+        }
         cmd.arg("--config").arg(self.dir.path().join("riklet.toml"));
         cmd.arg("--state-dir").arg(self.state_dir());
         if self.mode == Mode::Standalone {

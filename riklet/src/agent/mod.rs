@@ -344,10 +344,13 @@ impl<H: PodHost> Agent<H> {
         info!(pod = %instance_id, app = %pod.manifest.name, "creating pod");
         let names: Vec<String> = pod.containers.iter().map(|c| c.name.clone()).collect();
         self.pods.insert(instance_id.clone(), pod);
-        self.commit(&instance_id);
         for name in names {
             self.spawn_start(&instance_id, &name);
         }
+        // Saved while the containers start (their result is handled after
+        // this): a riklet that dies before the record is on disk leaves no
+        // record, and recovery removes what the starts made as orphans.
+        self.commit(&instance_id);
     }
 
     /// Marks a container as starting, saves it, and starts it in the
@@ -438,7 +441,9 @@ impl<H: PodHost> Agent<H> {
                 c.run = Some(run.clone());
                 c.restart_at = None;
                 c.oom_kills_at_start = oom_kills;
+                let t = std::time::Instant::now();
                 self.settle_phase(instance_id);
+                crate::steps::record_for(instance_id, "commit", t.elapsed());
                 self.watch(instance_id, name, run);
             }
             Err(exit) => {

@@ -1,7 +1,8 @@
-//! Starting one container on the node: attach the pod to its network,
-//! then run a bare process behind its shim, or pull and run an image under
-//! containerd. Runs off the agent task; the outcome goes back to it as a
-//! [`StartResult`].
+//! Starting one container on the node: attach the pod to its network
+//! (and, for a bare process, create its cgroup meanwhile), then run a bare
+//! process behind its shim, or pull and run an image under containerd.
+//! Runs off the agent task; the outcome goes back to it as a
+//! [`StartResult`]. Each step is timed in the log ([`crate::steps`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,10 @@ use proto::manifest::Container;
 use super::host::{StartRequest, StartResult};
 use super::node::NodeHost;
 use super::phase::{CONTAINERD_UNAVAILABLE, ERR_IMAGE_PULL, NETWORK_ERROR};
-use crate::cgroups::{ContainerCgroup, Limits};
+use crate::cgroups::{CgroupError, ContainerCgroup, Limits};
 use crate::runtime::containerd::{self, ContainerSpec, ContainerdError};
 use crate::runtime::image::ImageError;
+use crate::runtime::process::ProcessError;
 use crate::runtime::shim::ShimSpec;
 use crate::runtime::spec::ImageConfig;
 use crate::state::{ExitRecord, ProcId, RunRecord};
@@ -21,37 +23,34 @@ use crate::state::{ExitRecord, ProcId, RunRecord};
 impl NodeHost {
     #[tracing::instrument(name = "start", skip_all, fields(pod = %request.instance_id, container = %request.container.name))]
     pub(super) async fn start_container(&self, request: StartRequest) -> StartResult {
-        let netns = if request.host_network {
-            None
-        } else {
-            match self.network.attach(&request.instance_id).await {
-                Ok(address) => Some(address.netns),
-                Err(e) => {
-                    return Err(ExitRecord::without_status(
-                        NETWORK_ERROR,
-                        format!("pod network: {}", crate::error_chain(&e)),
-                    ));
-                }
+        crate::steps::timed("total", self.start_steps(request)).await
+    }
+
+    async fn start_steps(&self, request: StartRequest) -> StartResult {
+        let c = &request.container;
+        let cgroup = self.cgroups.container(&request.instance_id, &c.name);
+        // A bare process's cgroup does not depend on the pod network: both
+        // are made at the same time.
+        let bare = c.image.is_none() && c.exec.is_some();
+        let prepare = async {
+            if bare {
+                self.prepare_cgroup(&cgroup, limits(c)).await
+            } else {
+                Ok(None)
             }
         };
-        let cgroup = self
-            .cgroups
-            .container(&request.instance_id, &request.container.name);
-        let log_path = crate::logs::container_file(
-            &self.log_dir,
-            &request.app,
-            &request.instance_id,
-            &request.container.name,
-        );
+        let (netns, cgroup_ready) = tokio::join!(self.attach(&request), prepare);
+        let log_path =
+            crate::logs::container_file(&self.log_dir, &request.app, &request.instance_id, &c.name);
         let job = Job {
             request: &request,
             cgroup,
             log_path,
-            netns,
+            netns: netns?,
         };
-        match (&request.container.image, &request.container.exec) {
+        match (&c.image, &c.exec) {
             (Some(image), _) => self.start_image(job, image).await,
-            (None, Some(exec)) => self.start_process(job, exec).await,
+            (None, Some(exec)) => self.start_process(job, exec, cgroup_ready).await,
             (None, None) => Err(ExitRecord::without_status(
                 "StartError",
                 "the container has neither an image nor an exec",
@@ -59,43 +58,86 @@ impl NodeHost {
         }
     }
 
-    /// A bare process: creates its cgroup, starts its shim, which joins
-    /// the cgroup and the pod's network namespace before `exec`.
-    async fn start_process(&self, job: Job<'_>, exec: &str) -> StartResult {
-        let c = &job.request.container;
-        let instance_id = &job.request.instance_id;
-        let cgroup = job.cgroup.clone();
-        let limits = limits(c);
-        let started = match tokio::task::spawn_blocking(move || cgroup.create(limits)).await {
+    /// Attaches the pod to its network (unless `hostNetwork`); its network
+    /// namespace.
+    async fn attach(&self, request: &StartRequest) -> Result<Option<PathBuf>, ExitRecord> {
+        if request.host_network {
+            return Ok(None);
+        }
+        crate::steps::timed("network", self.network.attach(&request.instance_id))
+            .await
+            .map(|address| Some(address.netns))
+            .map_err(|e| {
+                ExitRecord::without_status(
+                    NETWORK_ERROR,
+                    format!("pod network: {}", crate::error_chain(&e)),
+                )
+            })
+    }
+
+    /// Creates a bare process's cgroup with its limits; the cgroup's OOM
+    /// kill count before the process runs, so that one killed at once (a
+    /// 64 MiB buffer under a 16 MiB limit) counts as a new OOM kill.
+    async fn prepare_cgroup(
+        &self,
+        cgroup: &ContainerCgroup,
+        limits: Limits,
+    ) -> Result<Option<u64>, String> {
+        let cgroup = cgroup.clone();
+        let span = tracing::Span::current();
+        let created = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                crate::steps::timed_sync("cgroup", || {
+                    cgroup.create(limits)?;
+                    Ok::<_, CgroupError>(crate::metrics::cgroup_stats::read(&cgroup).oom_kills)
+                })
+            })
+        })
+        .await;
+        match created {
             Err(e) => Err(format!("cgroup: {e}")),
             Ok(Err(e)) => Err(format!("cgroup: {}", crate::error_chain(&e))),
-            Ok(Ok(())) => {
-                // Before the process runs: one killed at once (a 64 MiB
-                // buffer under a 16 MiB limit) must count as a new OOM kill.
-                let oom_kills = crate::metrics::cgroup_stats::read(&job.cgroup).oom_kills;
-                let spec = ShimSpec {
-                    exec: exec.into(),
-                    args: c.args.clone(),
-                    env: env(c),
-                    uid: self.uid,
-                    gid: self.gid,
-                    procs_files: job.cgroup.procs_files(),
-                    log_path: job.log_path.clone(),
-                    netns: job.netns.clone(),
-                };
-                self.process
-                    .start(instance_id, &c.name, &spec)
-                    .await
-                    .map(|run| (run, oom_kills))
-                    .map_err(|e| crate::error_chain(&e))
-            }
+            Ok(Ok(oom_kills)) => Ok(oom_kills),
+        }
+    }
+
+    /// A bare process, its cgroup ready (or not: `cgroup_ready` says why):
+    /// starts its shim, which creates the process in the cgroup and joins
+    /// the pod's network namespace before `exec`.
+    async fn start_process(
+        &self,
+        job: Job<'_>,
+        exec: &str,
+        cgroup_ready: Result<Option<u64>, String>,
+    ) -> StartResult {
+        let c = &job.request.container;
+        let instance_id = &job.request.instance_id;
+        let oom_kills = cgroup_ready.map_err(|e| ExitRecord::without_status("StartError", e))?;
+        let spec = ShimSpec {
+            exec: exec.into(),
+            args: c.args.clone(),
+            env: env(c),
+            uid: self.uid,
+            gid: self.gid,
+            cgroup_v2: job.cgroup.v2_dir(),
+            v1_procs_files: job.cgroup.v1_procs_files(),
+            log_path: job.log_path.clone(),
+            netns: job.netns.clone(),
         };
-        // The shim records why exec failed (exit code 126/127).
-        started.map_err(|reason| {
-            self.process
+        match self.process.start(instance_id, &c.name, &spec).await {
+            Ok(run) => Ok((run, oom_kills)),
+            // The shim recorded why exec failed (exit code 126/127).
+            Err(e @ ProcessError::StartFailed(_)) => Err(self
+                .process
                 .read_exit(instance_id, &c.name)
-                .unwrap_or(ExitRecord::without_status("StartError", reason))
-        })
+                .unwrap_or_else(|| {
+                    ExitRecord::without_status("StartError", crate::error_chain(&e))
+                })),
+            Err(e) => Err(ExitRecord::without_status(
+                "StartError",
+                crate::error_chain(&e),
+            )),
+        }
     }
 
     /// An image container: pull (per the pull policy), remove what an

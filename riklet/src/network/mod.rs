@@ -323,7 +323,8 @@ impl PodNetwork {
     pub async fn attach(&self, instance_id: &str) -> Result<PodAddress> {
         proto::manifest::validate_instance_id(instance_id)?;
         let _op = self.ops.lock().await;
-        let (ip, new) = self.lock_ipam().allocate(instance_id)?;
+        let (ip, new) =
+            crate::steps::timed_sync("ipam", || self.lock_ipam().allocate(instance_id))?;
         match self.attach_locked(instance_id, ip).await {
             Ok(address) => {
                 if new {
@@ -432,9 +433,10 @@ impl PodNetwork {
             self.cidr.prefix_len(),
         )
         .await?;
-        netns::create(&address.netns).await?;
+        crate::steps::timed("netns", netns::create(&address.netns)).await?;
         let pod = Netlink::from_socket(netns::netlink_socket(&address.netns).await?);
-        let result = self.wire(id, &address, bridge, &pod.handle).await;
+        let result =
+            crate::steps::timed("veth", self.wire(id, &address, bridge, &pod.handle)).await;
         pod.close().await;
         result.map(|()| address)
     }

@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
-use super::shim::{self, Ready, ShimSpec};
+use super::shim::{self, Ready, ShimSpec, ShimSteps};
 use crate::cgroups::ContainerCgroup;
+use crate::clock::monotonic_us;
 use crate::state::{ExitRecord, ProcId, RunRecord};
 
 /// Longest time a shim may take to report that its child runs.
@@ -31,6 +32,9 @@ pub enum ProcessError {
         #[source]
         source: io::Error,
     },
+    /// The shim's binary is not installed next to the riklet's.
+    #[error("the shim binary {exe} is missing: install riklet-shim next to riklet")]
+    ShimMissing { exe: PathBuf },
     #[error("cannot start shim {exe}")]
     SpawnShim {
         exe: PathBuf,
@@ -57,17 +61,39 @@ pub enum ProcessError {
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, ProcessError>;
 
+/// The shim's executable: `riklet-shim` in the directory of the running
+/// riklet's (installed together, so that a riklet always starts the shim
+/// of its own version). The directory is right even when the riklet's file
+/// was replaced by an upgrade (`/proc/self/exe` then ends in ` (deleted)`).
+pub fn shim_next_to_riklet() -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no directory", exe.display())))?;
+    Ok(dir.join(shim::BINARY))
+}
+
 /// Starts and stops bare processes through shims.
 #[derive(Debug, Clone)]
 pub struct ProcessRuntime {
-    /// The riklet executable, re-run as `riklet shim`.
+    /// The shim's executable, `riklet-shim`.
     shim_exe: PathBuf,
     /// `<state-dir>/run`: one directory per container run.
     run_root: PathBuf,
 }
 
 impl ProcessRuntime {
+    /// Bare processes started through `shim_exe`, with their run
+    /// directories under `state_dir`. A missing shim is logged at once (and
+    /// fails each bare-process start, naming it); image containers do not
+    /// need it.
     pub fn new(shim_exe: PathBuf, state_dir: &Path) -> Self {
+        if !shim_exe.is_file() {
+            tracing::error!(
+                path = %shim_exe.display(),
+                "the shim binary is missing: bare-process pods cannot start (install riklet-shim next to riklet)"
+            );
+        }
         ProcessRuntime {
             shim_exe,
             run_root: state_dir.join("run"),
@@ -96,7 +122,8 @@ impl ProcessRuntime {
     }
 
     /// Starts a container: writes its spec, runs the shim, and returns once
-    /// the process runs inside its cgroup.
+    /// the process runs inside its cgroups (its steps logged, see
+    /// [`crate::steps`]).
     pub async fn start(
         &self,
         instance: &str,
@@ -104,33 +131,30 @@ impl ProcessRuntime {
         spec: &ShimSpec,
     ) -> Result<RunRecord> {
         let dir = self.run_dir(instance, container);
-        let io_err = |source| ProcessError::Io {
-            path: dir.clone(),
-            source,
-        };
-        fs::create_dir_all(&dir).map_err(io_err)?;
-        for stale in [shim::STARTED_FILE, shim::EXIT_FILE] {
-            match fs::remove_file(dir.join(stale)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(e)),
+        crate::steps::timed_sync("run dir", || prepare_run_dir(&dir, spec)).map_err(|source| {
+            ProcessError::Io {
+                path: dir.clone(),
+                source,
             }
-        }
-        let json = serde_json::to_vec(spec).expect("spec serializes");
-        crate::fsutil::write_atomic(&dir.join(shim::SPEC_FILE), &json).map_err(io_err)?;
-
+        })?;
+        let spawn_at = monotonic_us();
         let mut child = tokio::process::Command::new(&self.shim_exe)
-            .arg("shim")
             .arg("--run-dir")
             .arg(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|source| ProcessError::SpawnShim {
-                exe: self.shim_exe.clone(),
-                source,
+            .map_err(|source| {
+                let exe = self.shim_exe.clone();
+                if source.kind() == io::ErrorKind::NotFound {
+                    ProcessError::ShimMissing { exe }
+                } else {
+                    ProcessError::SpawnShim { exe, source }
+                }
             })?;
+        let spawned_at = monotonic_us();
+        crate::steps::record_us("shim spawn", spawned_at.saturating_sub(spawn_at));
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         let read = tokio::time::timeout(
@@ -138,8 +162,9 @@ impl ProcessRuntime {
             tokio::io::BufReader::new(stdout).read_line(&mut line),
         )
         .await;
+        let read_at = monotonic_us();
         // The intermediate process exits right after forking: reap it.
-        let _ = child.wait().await;
+        crate::steps::timed("shim reap", child.wait()).await.ok();
         match read {
             Ok(Ok(n)) if n > 0 => {}
             Ok(Ok(_)) => return Err(ProcessError::ShimSilent("no output")),
@@ -147,7 +172,12 @@ impl ProcessRuntime {
             Err(_) => return Err(ProcessError::ShimSilent("timed out")),
         }
         match serde_json::from_str::<Ready>(line.trim()) {
-            Ok(Ready::Started(s)) => Ok(RunRecord::process(s.shim, s.process, s.started_at)),
+            Ok(Ready::Started(s)) => {
+                if let Some(steps) = &s.steps {
+                    record_shim_steps(spawned_at, steps, read_at);
+                }
+                Ok(RunRecord::process(s.shim, s.process, s.started_at))
+            }
             Ok(Ready::Failed(msg)) => Err(ProcessError::StartFailed(msg)),
             Err(source) => Err(ProcessError::ShimGarbled { line, source }),
         }
@@ -155,8 +185,7 @@ impl ProcessRuntime {
 
     /// The `started.json` of a container's current run, if any.
     pub fn read_started(&self, instance: &str, container: &str) -> Option<shim::Started> {
-        let path = self.run_dir(instance, container).join(shim::STARTED_FILE);
-        serde_json::from_slice(&fs::read(path).ok()?).ok()
+        shim::read_started(&self.run_dir(instance, container))
     }
 
     /// The exit record of a container's last run, if the shim wrote one.
@@ -196,6 +225,42 @@ impl ProcessRuntime {
         if let Some(shim) = run.and_then(|r| r.shim) {
             let _ = tokio::time::timeout(Duration::from_secs(5), wait_process(shim)).await;
         }
+    }
+}
+
+/// Makes the run directory ready for a new run: the last run's
+/// `started.json` and `exit.json` removed, the new `spec.json` written.
+///
+/// `spec.json` is complete (renamed into place) but not made durable: the
+/// shim reads it at once, and after a reboot nothing reads it (a start
+/// begins by writing it again), so an fsync would only cost time.
+fn prepare_run_dir(dir: &Path, spec: &ShimSpec) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    for stale in [shim::STARTED_FILE, shim::EXIT_FILE] {
+        match fs::remove_file(dir.join(stale)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let json = serde_json::to_vec(spec).expect("spec serializes");
+    crate::fsutil::write_volatile(&dir.join(shim::SPEC_FILE), &json)
+}
+
+/// Logs the shim's steps, from the riklet's spawn returning (`spawned_at`)
+/// to its report read (`read_at`), all on the monotonic clock.
+fn record_shim_steps(spawned_at: u64, s: &ShimSteps, read_at: u64) {
+    let mut last = spawned_at;
+    for (step, at) in [
+        ("shim exec", s.main),
+        ("shim detach", s.detached),
+        ("shim prepare", s.prepared),
+        ("child spawn", s.spawned),
+        ("started record", s.recorded),
+        ("shim report", read_at),
+    ] {
+        crate::steps::record_us(step, at.saturating_sub(last));
+        last = at;
     }
 }
 

@@ -27,7 +27,7 @@ use crate::cgroups::Limits;
 pub const OCI_VERSION: &str = "1.0.2";
 /// `PATH` of a process whose image, manifest or spec sets none (Docker's):
 /// containers and bare processes alike.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use riklet_shim::protocol::DEFAULT_PATH;
 /// CFS period of CPU limits, µs (kubelet's).
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// Highest `RLIMIT_NOFILE` given to container processes: what containerd's

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use super::breakdown::LOG_FILTER;
+
 use crate::setup::sh;
 
 /// The program every bench pod runs.
@@ -138,6 +140,12 @@ impl Cluster {
                 .arg("--state-dir")
                 .arg(self.state_dir())
                 .args(riklet_args)
+                // The start steps, for `bench start`'s breakdown (a few
+                // lines per start), unless the caller chose a filter.
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| LOG_FILTER.into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -456,7 +464,9 @@ pub(crate) fn kill9(pids: &[u32]) {
         .status();
 }
 
-/// Pids of the shims (`riklet shim --run-dir DIR`) with DIR under `state`.
+/// Pids of the shims with `--run-dir DIR`, DIR under `state`: `riklet-shim
+/// --run-dir DIR`, or `riklet shim --run-dir DIR` as riklets before the
+/// dedicated shim binary started them.
 pub(crate) fn shims(state: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -469,11 +479,12 @@ pub(crate) fn shims(state: &Path) -> Vec<u32> {
                 return false;
             };
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.iter().any(|a| *a == b"shim")
-                && args.windows(2).any(|w| {
-                    w[0] == b"--run-dir"
-                        && Path::new(&*String::from_utf8_lossy(w[1])).starts_with(state)
-                })
+            let shim = args.first().is_some_and(|a| a.ends_with(b"riklet-shim"))
+                || args.iter().any(|a| *a == b"shim");
+            shim && args.windows(2).any(|w| {
+                w[0] == b"--run-dir"
+                    && Path::new(&*String::from_utf8_lossy(w[1])).starts_with(state)
+            })
         })
         .collect();
     pids.sort_unstable();

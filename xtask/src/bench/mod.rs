@@ -9,8 +9,10 @@
 //! - `proxy`: the Node Proxy against direct connections and userspace
 //!   proxies;
 //! - `cluster`, `process`, `stats`: the one-node cluster the benches run,
-//!   what a process costs, and sample summaries.
+//!   what a process costs, and sample summaries; `breakdown`: the steps
+//!   of a start, from the riklet's log.
 
+pub(crate) mod breakdown;
 pub(crate) mod cluster;
 pub(crate) mod containers;
 pub(crate) mod metrics;

@@ -18,7 +18,11 @@
 //!    idle again once they are deleted; the RSS/PSS of the pods' shims;
 //! 4. cleans everything up (apps, riklet, temp dir, cgroups, pins), also
 //!    when it fails;
-//! 5. writes the raw results to `target/bench/start.json` and prints a table.
+//! 5. reads the steps of each `apply --wait` start from the riklet's log
+//!    (run with `riklet::steps=debug`, see [`super::breakdown`]) and gives
+//!    each step's median;
+//! 6. writes the raw results to `target/bench/start.json` and prints the
+//!    tables.
 //!
 //! Nothing here asserts on time: the figures are reported, not judged.
 
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{Value, json};
 
+use super::breakdown;
 use super::cluster::{BUSYBOX, Cluster, SchedulerProcess, release_binaries, shims};
 use super::process::{clock_ticks, footprint, footprint_line, machine, pss_kib, status_kib, step};
 use super::stats::{median, ms, series, unix_ms};
@@ -38,6 +43,9 @@ use super::stats::{median, ms, series, unix_ms};
 const ITERATIONS: usize = 20;
 /// Pods of the footprint measurement.
 const PODS: usize = 50;
+/// Name prefix of the apps of the `apply --wait` series, whose starts the
+/// step breakdown summarises.
+const WAIT_PREFIX: &str = "bench-wait-";
 /// Window of each footprint measurement.
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -62,7 +70,12 @@ pub fn start(root: &Path) -> anyhow::Result<()> {
         out_dir.join("start-riklet.log"),
     );
     let results = match result {
-        Ok(r) => r,
+        Ok(mut r) => {
+            // The steps of the `apply --wait` series' starts.
+            let log = std::fs::read_to_string(out_dir.join("start-riklet.log")).unwrap_or_default();
+            r["start_steps"] = breakdown::summary(&log, WAIT_PREFIX);
+            r
+        }
         Err(e) => {
             eprintln!(
                 "bench failed; riklet log: {}",
@@ -80,6 +93,8 @@ pub fn start(root: &Path) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
     println!();
     print!("{}", table(&results));
+    println!("\nsteps of a bare-process start in the riklet ({WAIT_PREFIX}* pods; ms)");
+    print!("{}", breakdown::table(&results["start_steps"]));
     println!("\nraw results: {}", path.display());
     Ok(())
 }
@@ -142,7 +157,7 @@ fn latency(cluster: &Cluster) -> anyhow::Result<Value> {
         get_rtt.push(ms(t.elapsed()));
 
         // rik apply --wait: spawn → exit.
-        let name = format!("bench-wait-{i}");
+        let name = format!("{WAIT_PREFIX}{i}");
         let file = cluster.manifest(&name, 1)?;
         let wall = unix_ms();
         let t = Instant::now();
