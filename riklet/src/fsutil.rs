@@ -14,16 +14,21 @@ use std::path::Path;
 /// the old one, fsync the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
+    write_synced(&tmp, data)?;
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Creates (or truncates) `path`, writes `data` and fsyncs it: the first
+/// half of [`write_atomic`], for callers that rename many files and then
+/// sync their directory once.
+pub fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 /// Makes the creations, renames and removals of entries in `dir` durable.

@@ -8,7 +8,10 @@
 //! event: attaching the pod to its network, pulling an image, starting a
 //! container (a shim for a bare process, a containerd task for an image),
 //! waiting for it to end, stopping it, a back-off. Every change is written
-//! to the runtime memory before it is reported.
+//! to the runtime memory before it is reported: the agent handles the
+//! events that are waiting, saves the records they changed together, then
+//! reports (`commit`). At most `start_parallelism` container starts run at
+//! once; the others wait their turn, in order.
 //!
 //! A pod is a set of containers sharing one network namespace (unless
 //! `hostNetwork`): image containers run under containerd, `exec`
@@ -21,6 +24,7 @@
 //!
 //! # Layout
 //! - this file: the event loop, creating pods and starting containers;
+//! - `commit`: saving changed records together, then reporting them;
 //! - `handle`: the events, the handle other tasks send them with, reports;
 //! - `restart`: exits, restart policy, crash-loop back-off;
 //! - `delete`: stopping and forgetting a pod;
@@ -31,6 +35,7 @@
 //!   `node` is the real node, `start` how one container is started;
 //! - `view`: the status object reported for a pod.
 
+mod commit;
 mod delete;
 mod handle;
 mod host;
@@ -53,7 +58,7 @@ use std::time::Duration;
 use proto::common::ResourceStatus;
 use proto::manifest;
 use proto::status::{AppStatus, ShortStatus};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{error, info, warn};
 
 pub use handle::{AgentHandle, InstanceReport};
@@ -65,6 +70,7 @@ use crate::metrics::collector::PodUsage;
 use crate::proxy::model::Endpoint;
 use crate::runtime::containerd;
 use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store};
+use commit::{BATCH, Pending};
 use handle::Event;
 use host::{PodHost, StartRequest, StartResult};
 use phase::pod_phase;
@@ -83,6 +89,9 @@ pub struct AgentSettings {
     pub keep_logs_on_delete: bool,
     /// Ports of the riklet's own listeners, which no app may take.
     pub reserved_ports: Vec<ReservedPort>,
+    /// How many container starts (network, image pull, shim or task) run
+    /// at once; at least 1.
+    pub start_parallelism: usize,
 }
 
 /// The Node Manager task's state.
@@ -99,6 +108,11 @@ pub struct Agent<H: PodHost = NodeHost> {
     /// [`Event::Started`]. A record marked `starting` that is not here was
     /// being started by a riklet that died.
     jobs: HashSet<(String, String)>,
+    /// One permit per start running ([`AgentSettings::start_parallelism`]);
+    /// the others wait in order (the semaphore is fair).
+    start_slots: Arc<Semaphore>,
+    /// Records changed and reports due since the last save.
+    pending: Pending,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     reports: mpsc::UnboundedSender<InstanceReport>,
@@ -132,6 +146,7 @@ impl<H: PodHost> Agent<H> {
         reports: mpsc::UnboundedSender<InstanceReport>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let start_slots = Arc::new(Semaphore::new(settings.start_parallelism.max(1)));
         Agent {
             settings,
             store,
@@ -140,6 +155,8 @@ impl<H: PodHost> Agent<H> {
             usage,
             pods: HashMap::new(),
             jobs: HashSet::new(),
+            start_slots,
+            pending: Pending::default(),
             tx,
             rx,
             reports,
@@ -161,21 +178,31 @@ impl<H: PodHost> Agent<H> {
         if let Err(e) = self.recover().await {
             error!(error = %crate::error_chain(&e), "cannot read the runtime memory");
         }
+        self.flush().await;
+        self.publish_endpoints();
         let host = self.host.clone();
         loop {
-            self.publish_endpoints();
             let waiting = self.containerd == ContainerdSync::Waiting;
             tokio::select! {
                 _ = shutdown.recv() => break,
-                Some(ev) = self.rx.recv() => self.on_event(ev).await,
+                Some(ev) = self.rx.recv() => {
+                    self.on_event(ev).await;
+                    // Whatever else is waiting joins the same save.
+                    for _ in 1..BATCH {
+                        let Ok(ev) = self.rx.try_recv() else { break };
+                        self.on_event(ev).await;
+                    }
+                }
                 () = host.containerd_connected(), if waiting => self.recover_containerd().await,
             }
+            self.flush().await;
         }
+        self.flush().await;
     }
 
     /// Tells the Node Proxy which pods serve which ports, if that changed.
-    /// Called before waiting for each event, so a pod that turns RUNNING
-    /// (or stops) reaches the proxy as soon as its event is handled.
+    /// Called after each save that changed a pod, so a pod that turns
+    /// RUNNING (or stops) reaches the proxy as soon as it is reported.
     fn publish_endpoints(&self) {
         let now = ports::endpoints(self.host.as_ref(), &self.pods);
         self.endpoints.send_if_modified(|published| {
@@ -224,14 +251,7 @@ impl<H: PodHost> Agent<H> {
                     self.containerd = ContainerdSync::Waiting;
                 }
             }
-            Event::Reports(tx) => {
-                let reports = self
-                    .sorted_ids()
-                    .iter()
-                    .map(|id| self.report_of(&self.pods[id]))
-                    .collect();
-                let _ = tx.send(reports);
-            }
+            Event::Reports(tx) => self.query_reports(tx),
             Event::Targets(tx) => {
                 let live = self
                     .pods
@@ -254,10 +274,9 @@ impl<H: PodHost> Agent<H> {
     // ---- create --------------------------------------------------------
 
     fn create(&mut self, instance_id: String, definition: &str) {
-        if let Some(pod) = self.pods.get(&instance_id) {
+        if self.pods.contains_key(&instance_id) {
             // A scheduler that lost track re-sends CREATE: answer with what is.
-            let report = self.report_of(pod);
-            let _ = self.reports.send(report);
+            self.report_pod(&instance_id);
             return;
         }
         let refuse = |reason: String| InstanceReport {
@@ -267,16 +286,14 @@ impl<H: PodHost> Agent<H> {
         };
         if let Err(e) = manifest::validate_instance_id(&instance_id) {
             warn!(pod = %instance_id, error = %e, "refused instance");
-            let _ = self.reports.send(refuse(e.to_string()));
+            self.report(refuse(e.to_string()));
             return;
         }
         let manifest = match manifest::parse_definition(definition) {
             Ok(m) => m,
             Err(e) => {
                 warn!(pod = %instance_id, error = %e, "refused definition");
-                let _ = self
-                    .reports
-                    .send(refuse(format!("invalid definition: {e}")));
+                self.report(refuse(format!("invalid definition: {e}")));
                 return;
             }
         };
@@ -289,15 +306,13 @@ impl<H: PodHost> Agent<H> {
         {
             if let Err(e) = containerd::container_id(&instance_id, &c.name) {
                 warn!(pod = %instance_id, error = %e, "refused instance");
-                let _ = self
-                    .reports
-                    .send(refuse(format!("container {:?}: {e}", c.name)));
+                self.report(refuse(format!("container {:?}: {e}", c.name)));
                 return;
             }
         }
         if let Some(reason) = ports::clash(&manifest, &self.pods, &self.settings.reserved_ports) {
             warn!(pod = %instance_id, app = %manifest.name, reason = %reason, "refused instance");
-            let _ = self.reports.send(refuse(reason));
+            self.report(refuse(reason));
             return;
         }
         let now = now_ms();
@@ -348,7 +363,7 @@ impl<H: PodHost> Agent<H> {
     /// Starts a container (marked `starting`) in a task of its own, which
     /// reports back with [`Event::Started`]: attach the pod to its network,
     /// then pull and run the image under containerd, or run the shim of a
-    /// bare process.
+    /// bare process. The task first waits for one of the start slots.
     pub(super) fn spawn_start(&mut self, instance_id: &str, name: &str) {
         if self
             .jobs
@@ -375,9 +390,11 @@ impl<H: PodHost> Agent<H> {
         };
         self.jobs
             .insert((instance_id.to_string(), name.to_string()));
-        let (host, tx) = (self.host.clone(), self.tx.clone());
+        let (host, tx, slots) = (self.host.clone(), self.tx.clone(), self.start_slots.clone());
         let (instance_id, container) = (instance_id.to_string(), name.to_string());
         tokio::spawn(async move {
+            // Never closed: the agent owns the semaphore for its lifetime.
+            let _slot = slots.acquire_owned().await;
             let result = host.start(request).await;
             let _ = tx.send(Event::Started {
                 instance_id,
@@ -486,19 +503,6 @@ impl<H: PodHost> Agent<H> {
         pod.phase = phase;
         pod.reason = reason;
         self.commit(instance_id);
-    }
-
-    /// Saves a pod record and reports its status.
-    pub(super) fn commit(&mut self, instance_id: &str) {
-        let Some(pod) = self.pods.get_mut(instance_id) else {
-            return;
-        };
-        pod.updated_at = now_ms();
-        if let Err(e) = self.store.save(pod) {
-            error!(pod = instance_id, error = %crate::error_chain(&e), "cannot save pod record");
-        }
-        let report = self.report_of(&self.pods[instance_id]);
-        let _ = self.reports.send(report);
     }
 
     /// The pod's status view ([`view::app_status`]).

@@ -17,12 +17,14 @@
 //!
 //! # Layout
 //! - [`ipam`]: the pod CIDR and its leases (`<state-dir>/ipam.json`).
+//! - `locks`: one lock per instance, so that pods attach in parallel.
 //! - [`netns`]: named network namespaces and sockets inside them.
 //! - `link`: netlink operations (bridge, veth, addresses, routes).
 //! - [`nat`]: the nftables masquerade rule.
 
 pub mod ipam;
 mod link;
+mod locks;
 pub mod nat;
 pub mod netns;
 
@@ -31,14 +33,14 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
-use ipam::{Ipam, Ipv4Cidr};
+use ipam::{Ipam, Ipv4Cidr, SharedIpam};
 use link::Netlink;
+use locks::InstanceLocks;
 
 /// Name of the pod's interface inside its namespace.
 pub const POD_IFNAME: &str = "eth0";
@@ -250,9 +252,12 @@ pub struct PodNetwork {
     config: NetworkConfig,
     cidr: Ipv4Cidr,
     host: Netlink,
-    ipam: Mutex<Ipam>,
-    /// Serialises the operations that change the kernel.
-    ops: tokio::sync::Mutex<()>,
+    ipam: SharedIpam,
+    /// Taken shared by attach and detach, which also hold their instance's
+    /// lock (pods attach in parallel, one pod's operations one at a time);
+    /// taken exclusively by what goes over every pod (reconcile, uninstall).
+    ops: tokio::sync::RwLock<()>,
+    instances: InstanceLocks,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -304,8 +309,9 @@ impl PodNetwork {
             config,
             cidr,
             host,
-            ipam: Mutex::new(ipam),
-            ops: tokio::sync::Mutex::new(()),
+            ipam: SharedIpam::new(ipam),
+            ops: tokio::sync::RwLock::new(()),
+            instances: InstanceLocks::default(),
         })
     }
 
@@ -319,11 +325,13 @@ impl PodNetwork {
     /// holding a leased address and a default route via the bridge.
     /// Idempotent: returns the existing address of an attached instance,
     /// and finishes a half-done attachment. A failed first attachment
-    /// leaves nothing behind.
+    /// leaves nothing behind. Attaches of different instances run in
+    /// parallel.
     pub async fn attach(&self, instance_id: &str) -> Result<PodAddress> {
         proto::manifest::validate_instance_id(instance_id)?;
-        let _op = self.ops.lock().await;
-        let (ip, new) = self.lock_ipam().allocate(instance_id)?;
+        let _all = self.ops.read().await;
+        let _pod = self.instances.lock(instance_id).await;
+        let (ip, new) = self.ipam.allocate(instance_id).await?;
         match self.attach_locked(instance_id, ip).await {
             Ok(address) => {
                 if new {
@@ -348,7 +356,8 @@ impl PodNetwork {
     /// Idempotent.
     pub async fn detach(&self, instance_id: &str) -> Result<()> {
         proto::manifest::validate_instance_id(instance_id)?;
-        let _op = self.ops.lock().await;
+        let _all = self.ops.read().await;
+        let _pod = self.instances.lock(instance_id).await;
         self.detach_locked(instance_id).await
     }
 
@@ -357,7 +366,7 @@ impl PodNetwork {
     /// (clean-up after a crash). Continues past failures; returns the
     /// first one.
     pub async fn reconcile(&self, live: &[String]) -> Result<()> {
-        let _op = self.ops.lock().await;
+        let _all = self.ops.write().await;
         let live: HashSet<&str> = live.iter().map(String::as_str).collect();
         let mut first_error = None;
         let leased = self.lock_ipam().ids();
@@ -396,7 +405,7 @@ impl PodNetwork {
     /// `net.ipv4.ip_forward` is left as it is: other software may rely on
     /// it.
     pub async fn remove_all(&self) -> Result<()> {
-        let _op = self.ops.lock().await;
+        let _all = self.ops.write().await;
         let leased = self.lock_ipam().ids();
         for id in &leased {
             self.detach_locked(id).await?;
@@ -410,7 +419,7 @@ impl PodNetwork {
     }
 
     fn lock_ipam(&self) -> std::sync::MutexGuard<'_, Ipam> {
-        self.ipam.lock().unwrap_or_else(PoisonError::into_inner)
+        self.ipam.lock()
     }
 
     fn pod_address(&self, instance_id: &str, ip: Ipv4Addr) -> PodAddress {
@@ -500,7 +509,7 @@ impl PodNetwork {
             if let Some(bridge) = link::by_name(host, &self.config.bridge).await? {
                 link::forget_neighbour(host, bridge.header.index, ip).await?;
             }
-            self.lock_ipam().release(id)?;
+            self.ipam.release(id).await?;
             info!(instance = id, ip = %ip, "pod detached from the network");
         }
         Ok(())
