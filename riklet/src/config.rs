@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(c.stop_grace_period, Duration::from_secs(2));
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.start_parallelism, default_start_parallelism());
-        assert!(c.start_parallelism >= 4 && c.start_parallelism % 4 == 0);
+        assert!(c.start_parallelism >= 4 && c.start_parallelism.is_multiple_of(4));
         c.validate().unwrap();
         let c: Config = toml::from_str("start_parallelism = 1").unwrap();
         assert_eq!(c.start_parallelism, 1);

@@ -75,6 +75,9 @@ enum BenchKind {
         /// How many replicas.
         #[arg(long, default_value_t = 100)]
         replicas: usize,
+        /// The riklet's `start_parallelism` [default: the riklet's].
+        #[arg(long)]
+        start_parallelism: Option<usize>,
     },
     /// One metrics collection cycle (eBPF and cgroup reads, whole cycle)
     /// at 10, 100 and 500 pods, and the riklet's CPU at a 1 s interval:
@@ -107,7 +110,10 @@ fn main() -> anyhow::Result<()> {
         Command::Ci => ci::run(&ebpf::workspace_root()),
         Command::Bench { which } => match which {
             BenchKind::Start => bench::start::start(&ebpf::workspace_root()),
-            BenchKind::Burst { replicas } => bench::burst::run(&ebpf::workspace_root(), replicas),
+            BenchKind::Burst {
+                replicas,
+                start_parallelism,
+            } => bench::burst::run(&ebpf::workspace_root(), replicas, start_parallelism),
             BenchKind::Metrics => bench::metrics::metrics(&ebpf::workspace_root()),
             BenchKind::Containers => bench::containers::containers(&ebpf::workspace_root()),
             BenchKind::Proxy {

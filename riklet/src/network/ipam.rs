@@ -407,13 +407,14 @@ mod tests {
         for id in ["d", "e", "f"] {
             again.allocate(id).await.unwrap();
         }
-        let leases = again.lock();
-        let all: HashSet<_> = leases
-            .ids()
-            .iter()
-            .map(|i| leases.get(i).unwrap())
-            .collect();
-        drop(leases);
+        let all: HashSet<_> = {
+            let leases = again.lock();
+            leases
+                .ids()
+                .iter()
+                .map(|i| leases.get(i).unwrap())
+                .collect()
+        };
         assert_eq!(all.len(), 5, "addresses are unique");
         let err = again.allocate("g").await.unwrap_err();
         assert!(

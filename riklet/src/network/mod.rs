@@ -258,6 +258,10 @@ pub struct PodNetwork {
     /// taken exclusively by what goes over every pod (reconcile, uninstall).
     ops: tokio::sync::RwLock<()>,
     instances: InstanceLocks,
+    /// Serialises the bridge check of concurrent attaches: it lists the
+    /// bridge's addresses, and the kernel allows one dump at a time on the
+    /// host's netlink socket (another one fails with EBUSY).
+    bridge: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -312,6 +316,7 @@ impl PodNetwork {
             ipam: SharedIpam::new(ipam),
             ops: tokio::sync::RwLock::new(()),
             instances: InstanceLocks::default(),
+            bridge: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -434,13 +439,16 @@ impl PodNetwork {
     async fn attach_locked(&self, id: &str, ip: Ipv4Addr) -> Result<PodAddress> {
         let host = &self.host.handle;
         let address = self.pod_address(id, ip);
-        let bridge = link::ensure_bridge(
-            host,
-            &self.config.bridge,
-            self.cidr.gateway(),
-            self.cidr.prefix_len(),
-        )
-        .await?;
+        let bridge = {
+            let _dump = self.bridge.lock().await;
+            link::ensure_bridge(
+                host,
+                &self.config.bridge,
+                self.cidr.gateway(),
+                self.cidr.prefix_len(),
+            )
+            .await?
+        };
         netns::create(&address.netns).await?;
         let pod = Netlink::from_socket(netns::netlink_socket(&address.netns).await?);
         let result = self.wire(id, &address, bridge, &pod.handle).await;

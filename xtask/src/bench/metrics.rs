@@ -89,7 +89,7 @@ pub fn metrics(root: &Path) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
     println!(
         "\none collection cycle (ms; median and p99 of the window's samples); all RUNNING: \
-         seen by `rik get app` after `rik apply` (no --wait)"
+         the scheduler logged every replica RUNNING, ms after `rik apply` (no --wait)"
     );
     println!(
         "{:>6} {:>16} {:>14} {:>14} {:>14} {:>12} {:>14} {:>14}",
@@ -120,7 +120,7 @@ pub fn metrics(root: &Path) -> anyhow::Result<()> {
             cell("cycle_ms"),
             pct("cpu_percent_of_one_core"),
             pct("cpu_percent_with_1s_scrapes"),
-            r["burst"]["running_seen_ms"].as_f64().unwrap_or(f64::NAN)
+            r["burst"]["running_logged_ms"].as_f64().unwrap_or(f64::NAN)
         );
     }
     println!("\nraw results: {}", path.display());
