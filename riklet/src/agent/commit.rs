@@ -14,6 +14,8 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
+use proto::status::AppStatus;
+
 use super::host::PodHost;
 use super::{Agent, InstanceReport};
 use crate::clock::now_ms;
@@ -32,8 +34,18 @@ pub(super) struct Pending {
     changed: HashSet<String>,
     /// Reports to send once the records are saved, in order.
     reports: Vec<Outgoing>,
-    /// `Reports` queries, answered after the save too.
-    queries: Vec<oneshot::Sender<Vec<InstanceReport>>>,
+    /// Queries answered after the save too, so that what they tell is on
+    /// disk.
+    queries: Vec<Query>,
+}
+
+/// A query about every pod, answered after the save.
+#[derive(Debug)]
+pub(super) enum Query {
+    /// The scheduler client's full state.
+    Reports(oneshot::Sender<Vec<InstanceReport>>),
+    /// `riklet pods`.
+    Pods(oneshot::Sender<Vec<AppStatus>>),
 }
 
 /// One report to send after the save.
@@ -81,10 +93,10 @@ impl<H: PodHost> Agent<H> {
         self.pending.reports.push(Outgoing::Fixed(report));
     }
 
-    /// Answers a `Reports` query after the next save: what it reports is
-    /// then on disk.
-    pub(super) fn query_reports(&mut self, tx: oneshot::Sender<Vec<InstanceReport>>) {
-        self.pending.queries.push(tx);
+    /// Answers a query after the next save: what it tells is then on
+    /// disk (a pod `riklet pods` no longer lists has no record either).
+    pub(super) fn query(&mut self, query: Query) {
+        self.pending.queries.push(query);
     }
 
     fn touch(&mut self, instance_id: &str) {
@@ -146,13 +158,19 @@ impl<H: PodHost> Agent<H> {
             let _ = self.reports.send(report);
         }
         if !pending.queries.is_empty() {
-            let all: Vec<InstanceReport> = self
-                .sorted_ids()
-                .iter()
-                .map(|id| self.report_of(&self.pods[id]))
-                .collect();
-            for tx in pending.queries {
-                let _ = tx.send(all.clone());
+            let ids = self.sorted_ids();
+            for query in pending.queries {
+                // An asker that is gone is not an error.
+                match query {
+                    Query::Reports(tx) => {
+                        let all = ids.iter().map(|id| self.report_of(&self.pods[id]));
+                        let _ = tx.send(all.collect());
+                    }
+                    Query::Pods(tx) => {
+                        let all = ids.iter().map(|id| self.view(&self.pods[id]));
+                        let _ = tx.send(all.collect());
+                    }
+                }
             }
         }
         if !pending.records.is_empty() {

@@ -70,7 +70,7 @@ use crate::metrics::collector::PodUsage;
 use crate::proxy::model::Endpoint;
 use crate::runtime::containerd;
 use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store};
-use commit::{BATCH, Pending};
+use commit::{BATCH, Pending, Query};
 use handle::Event;
 use host::{PodHost, StartRequest, StartResult};
 use phase::pod_phase;
@@ -251,7 +251,7 @@ impl<H: PodHost> Agent<H> {
                     self.containerd = ContainerdSync::Waiting;
                 }
             }
-            Event::Reports(tx) => self.query_reports(tx),
+            Event::Reports(tx) => self.query(Query::Reports(tx)),
             Event::Targets(tx) => {
                 let live = self
                     .pods
@@ -260,14 +260,7 @@ impl<H: PodHost> Agent<H> {
                     .collect();
                 let _ = tx.send(self.host.targets(live));
             }
-            Event::Pods(tx) => {
-                let views = self
-                    .sorted_ids()
-                    .iter()
-                    .map(|id| self.view(&self.pods[id]))
-                    .collect();
-                let _ = tx.send(views);
-            }
+            Event::Pods(tx) => self.query(Query::Pods(tx)),
         }
     }
 
