@@ -32,7 +32,9 @@ impl<H: PodHost> Agent<H> {
         pod.phase = Phase::Destroying;
         pod.reason = None;
         self.commit(instance_id);
-        // A start in flight reports back first (`started` then stops).
+        // A start in flight reports back first (`started` then stops); one
+        // still waiting for its slot does not start at all.
+        self.cancel_jobs(instance_id);
         if !self.has_jobs(instance_id) {
             self.spawn_stop(instance_id);
         }

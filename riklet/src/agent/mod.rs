@@ -50,9 +50,10 @@ mod view;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proto::common::ResourceStatus;
@@ -69,12 +70,16 @@ use crate::clock::now_ms;
 use crate::metrics::collector::PodUsage;
 use crate::proxy::model::Endpoint;
 use crate::runtime::containerd;
-use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store};
+use crate::state::{ContainerRecord, ExitRecord, Phase, PodRecord, RunRecord, Store};
 use commit::{BATCH, Pending, Query};
 use handle::Event;
 use host::{PodHost, StartRequest, StartResult};
 use phase::pod_phase;
 use recover::ContainerdSync;
+
+/// Why a start did not run: its pod was deleted while it waited for a
+/// slot (never recorded, the pod is going away).
+const CANCELLED: &str = "Cancelled";
 
 /// Settings of the Node Manager.
 #[derive(Debug, Clone)]
@@ -106,8 +111,9 @@ pub struct Agent<H: PodHost = NodeHost> {
     pods: HashMap<String, PodRecord>,
     /// Starts in flight (instance, container): they report back with
     /// [`Event::Started`]. A record marked `starting` that is not here was
-    /// being started by a riklet that died.
-    jobs: HashSet<(String, String)>,
+    /// being started by a riklet that died. The flag is raised by a delete:
+    /// a start still waiting for its slot then gives up.
+    jobs: HashMap<(String, String), Arc<AtomicBool>>,
     /// One permit per start running ([`AgentSettings::start_parallelism`]);
     /// the others wait in order (the semaphore is fair).
     start_slots: Arc<Semaphore>,
@@ -154,7 +160,7 @@ impl<H: PodHost> Agent<H> {
             containerd: ContainerdSync::Waiting,
             usage,
             pods: HashMap::new(),
-            jobs: HashSet::new(),
+            jobs: HashMap::new(),
             start_slots,
             pending: Pending::default(),
             tx,
@@ -360,7 +366,7 @@ impl<H: PodHost> Agent<H> {
     pub(super) fn spawn_start(&mut self, instance_id: &str, name: &str) {
         if self
             .jobs
-            .contains(&(instance_id.to_string(), name.to_string()))
+            .contains_key(&(instance_id.to_string(), name.to_string()))
         {
             return; // already being started
         }
@@ -381,14 +387,24 @@ impl<H: PodHost> Agent<H> {
             host_network: pod.manifest.spec.host_network,
             container: container.clone(),
         };
-        self.jobs
-            .insert((instance_id.to_string(), name.to_string()));
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.jobs.insert(
+            (instance_id.to_string(), name.to_string()),
+            cancelled.clone(),
+        );
         let (host, tx, slots) = (self.host.clone(), self.tx.clone(), self.start_slots.clone());
         let (instance_id, container) = (instance_id.to_string(), name.to_string());
         tokio::spawn(async move {
             // Never closed: the agent owns the semaphore for its lifetime.
             let _slot = slots.acquire_owned().await;
-            let result = host.start(request).await;
+            let result = if cancelled.load(Ordering::Relaxed) {
+                Err(ExitRecord::without_status(
+                    CANCELLED,
+                    "the pod was deleted before its start",
+                ))
+            } else {
+                host.start(request).await
+            };
             let _ = tx.send(Event::Started {
                 instance_id,
                 container,
@@ -466,7 +482,16 @@ impl<H: PodHost> Agent<H> {
 
     /// Whether a start of one of the pod's containers is in flight.
     pub(super) fn has_jobs(&self, instance_id: &str) -> bool {
-        self.jobs.iter().any(|(i, _)| i == instance_id)
+        self.jobs.keys().any(|(i, _)| i == instance_id)
+    }
+
+    /// Tells the pod's starts that still wait for a slot not to start.
+    pub(super) fn cancel_jobs(&self, instance_id: &str) {
+        for ((i, _), cancelled) in &self.jobs {
+            if i == instance_id {
+                cancelled.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     pub(super) fn container_mut(

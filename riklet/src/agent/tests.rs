@@ -397,6 +397,28 @@ async fn starts_beyond_the_parallelism_wait_their_turn_in_order() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pod_deleted_while_its_start_waits_for_a_slot_is_never_started() {
+    let settings = AgentSettings {
+        start_parallelism: 1,
+        ..settings()
+    };
+    let mut h = Harness::with_settings(FakeHost::default(), tempfile::tempdir().unwrap(), settings);
+    h.host.state().start_delay = Some(Duration::from_millis(100));
+    h.create("first", ONE_PROCESS, "Always").await;
+    h.create("queued", ONE_PROCESS, "Always").await;
+    h.agent.destroy("queued");
+    h.agent.flush().await;
+    assert_eq!(h.pod("queued").phase, Phase::Destroying);
+    h.step_until("stopped").await;
+    assert!(!h.agent.pods.contains_key("queued"));
+    assert!(h.saved("queued").is_none());
+    assert_eq!(h.pod("first").phase, Phase::Running);
+    let started: Vec<String> = h.host.state().starts.iter().map(|s| s.0.clone()).collect();
+    assert_eq!(started, ["first"], "the queued start never ran");
+    assert_eq!(h.host.state().stops, ["queued"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn events_waiting_together_are_saved_together_then_reported() {
     let mut h = Harness::new();
     h.create("app-1", ONE_PROCESS, "Always").await;
