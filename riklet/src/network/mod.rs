@@ -33,6 +33,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -52,6 +53,16 @@ pub const VETH_PREFIX: &str = "rikv";
 pub const IPAM_FILE: &str = "ipam.json";
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Pod attachments and detachments doing kernel work at once. Each keeps
+/// one request in flight on the host's netlink socket, whose receive
+/// buffer must hold every reply (a full buffer drops replies, and their
+/// requests never end); the kernel serialises the work under its RTNL
+/// lock anyway. Bursts of deletes are not bounded otherwise.
+const KERNEL_OPS: usize = 16;
+
+/// Longest kernel work of one attachment or detachment.
+const KERNEL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A pod network operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +142,10 @@ pub enum NetworkError {
     },
     #[error("{what}: the helper thread died")]
     ThreadPanicked { what: &'static str },
+    /// Kernel work that did not finish in time (a netlink reply lost to a
+    /// socket overrun must not hang a pod forever).
+    #[error("{what}: no answer within {after:?}")]
+    Timeout { what: String, after: Duration },
 }
 
 /// What is wrong with the IPAM state file.
@@ -262,6 +277,8 @@ pub struct PodNetwork {
     /// bridge's addresses, and the kernel allows one dump at a time on the
     /// host's netlink socket (another one fails with EBUSY).
     bridge: tokio::sync::Mutex<()>,
+    /// [`KERNEL_OPS`] permits.
+    kernel: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -317,6 +334,7 @@ impl PodNetwork {
             ops: tokio::sync::RwLock::new(()),
             instances: InstanceLocks::default(),
             bridge: tokio::sync::Mutex::new(()),
+            kernel: tokio::sync::Semaphore::new(KERNEL_OPS),
         })
     }
 
@@ -337,7 +355,14 @@ impl PodNetwork {
         let _all = self.ops.read().await;
         let _pod = self.instances.lock(instance_id).await;
         let (ip, new) = self.ipam.allocate(instance_id).await?;
-        match self.attach_locked(instance_id, ip).await {
+        let attached = self
+            .kernel_work(
+                "attaching",
+                instance_id,
+                self.attach_locked(instance_id, ip),
+            )
+            .await;
+        match attached {
             Ok(address) => {
                 if new {
                     info!(instance = instance_id, ip = %ip, "pod attached to the network");
@@ -345,7 +370,11 @@ impl PodNetwork {
                 Ok(address)
             }
             Err(e) => {
-                if new && let Err(undo) = self.detach_locked(instance_id).await {
+                if new
+                    && let Err(undo) = self
+                        .kernel_work("detaching", instance_id, self.detach_locked(instance_id))
+                        .await
+                {
                     warn!(
                         instance = instance_id,
                         error = %crate::error_chain(&undo),
@@ -363,7 +392,26 @@ impl PodNetwork {
         proto::manifest::validate_instance_id(instance_id)?;
         let _all = self.ops.read().await;
         let _pod = self.instances.lock(instance_id).await;
-        self.detach_locked(instance_id).await
+        self.kernel_work("detaching", instance_id, self.detach_locked(instance_id))
+            .await
+    }
+
+    /// Runs one pod's kernel work: at most [`KERNEL_OPS`] at once, at most
+    /// [`KERNEL_TIMEOUT`] long.
+    async fn kernel_work<T>(
+        &self,
+        what: &str,
+        instance_id: &str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        // Never closed: the semaphore lives as long as `self`.
+        let _slot = self.kernel.acquire().await;
+        tokio::time::timeout(KERNEL_TIMEOUT, work)
+            .await
+            .map_err(|_| NetworkError::Timeout {
+                what: format!("{what} {instance_id}"),
+                after: KERNEL_TIMEOUT,
+            })?
     }
 
     /// Detaches every instance that holds a lease but is not in `live`,
