@@ -47,6 +47,15 @@ fn write_complete(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates (or truncates) `path`, writes `data` and fsyncs it: the first
+/// half of [`write_atomic`], for callers that rename many files and then
+/// sync their directory once (the agent's group commit).
+pub fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
 /// Makes the creations, renames and removals of entries in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

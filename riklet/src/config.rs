@@ -82,6 +82,10 @@ pub struct Config {
     pub restart_backoff_max: Duration,
     /// Keep a pod's log directory when it is deleted.
     pub keep_logs_on_delete: bool,
+    /// How many container starts (pod network, image pull, shim or
+    /// containerd task) run at once; the others wait their turn, in order.
+    /// Defaults to the CPU count × 4; at least 1.
+    pub start_parallelism: usize,
     /// Prometheus endpoint (`GET /metrics`); loopback by default; port 0
     /// picks a free one (shown by `riklet status`).
     pub metrics_addr: SocketAddr,
@@ -198,6 +202,7 @@ impl Default for Config {
             restart_backoff_initial: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
             keep_logs_on_delete: false,
+            start_parallelism: default_start_parallelism(),
             metrics_addr: "127.0.0.1:9102".parse().expect("valid"),
             metrics_interval: Duration::from_secs(5),
             network: crate::network::NetworkConfig::default(),
@@ -207,6 +212,13 @@ impl Default for Config {
             proxy_addresses: Vec::new(),
         }
     }
+}
+
+/// The CPU count × 4 (4 if it cannot be known): starts wait mostly on the
+/// kernel and on disks, so a few per CPU keep the CPUs busy without
+/// overrunning the node.
+pub fn default_start_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from) * 4
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -246,6 +258,12 @@ impl Config {
             });
         }
         self.validate_durations()?;
+        if self.start_parallelism == 0 {
+            return Err(ConfigError::Invalid {
+                field: "start_parallelism",
+                reason: "must be at least 1".into(),
+            });
+        }
         self.network.validate().map_err(ConfigError::Network)?;
         containerd::check_identifier(&self.containerd.namespace).map_err(|why| {
             ConfigError::Invalid {
@@ -337,6 +355,11 @@ mod tests {
             toml::from_str("stop_grace_period = \"2s\"\ncgroup_root = \"riklet-test\"\n").unwrap();
         assert_eq!(c.stop_grace_period, Duration::from_secs(2));
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.start_parallelism, default_start_parallelism());
+        assert!(c.start_parallelism >= 4 && c.start_parallelism.is_multiple_of(4));
+        c.validate().unwrap();
+        let c: Config = toml::from_str("start_parallelism = 1").unwrap();
+        assert_eq!(c.start_parallelism, 1);
         c.validate().unwrap();
     }
 
@@ -355,6 +378,9 @@ mod tests {
         );
         let c: Config = toml::from_str("state_dir = \"rel\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("state_dir"));
+        let c: Config = toml::from_str("start_parallelism = 0").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("start_parallelism"), "{err}");
         for (toml, field) in [
             ("[containerd]\nnamespace = \"a b\"", "containerd.namespace"),
             ("[containerd]\nsocket = \"c.sock\"", "containerd.socket"),

@@ -4,4 +4,4 @@
 //! included; [`write_volatile`] for files that describe live processes
 //! only. Shared with the shim (`riklet-shim`), which writes such files too.
 
-pub use riklet_shim::fsutil::{sync_dir, write_atomic, write_volatile};
+pub use riklet_shim::fsutil::{sync_dir, write_atomic, write_synced, write_volatile};

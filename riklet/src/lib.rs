@@ -335,6 +335,7 @@ fn agent_settings(config: &Config, node: &str, user: &nix::unistd::User) -> agen
         backoff_max: config.restart_backoff_max,
         keep_logs_on_delete: config.keep_logs_on_delete,
         reserved_ports: reserved_ports(config),
+        start_parallelism: config.start_parallelism,
     }
 }
 

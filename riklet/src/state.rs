@@ -1,9 +1,10 @@
 //! Runtime memory: what the riklet knows of every pod, on disk.
 //!
-//! One JSON file per pod under `<state-dir>/pods/`, replaced atomically
-//! ([`crate::fsutil::write_atomic`]) on every change, so that a riklet killed at any instant comes
-//! back with a consistent view: the pod's spec, state, process identities
-//! (pid + start time, never the pid alone), restart count and timestamps.
+//! One JSON file per pod under `<state-dir>/pods/`, replaced atomically on
+//! every change, so that a riklet killed at any instant comes back with a
+//! consistent view: the pod's spec, state, process identities (pid + start
+//! time, never the pid alone), restart count and timestamps. The agent
+//! saves the records its events changed together ([`Store::apply`]).
 
 use std::fs;
 use std::io;
@@ -13,7 +14,7 @@ use proto::common::ResourceStatus;
 use proto::manifest::AppManifest;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{sync_dir, write_atomic};
+use crate::fsutil::{sync_dir, write_synced};
 
 /// A runtime-memory operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -208,36 +209,107 @@ impl Store {
         Ok(pods)
     }
 
-    /// Writes a pod record atomically and durably.
-    ///
-    /// The agent saves from its event loop, and the two fsyncs block for
-    /// a millisecond or more. On a multi-threaded runtime the worker's other
-    /// tasks move to another thread meanwhile ([`tokio::task::block_in_place`]):
-    /// the starts the agent spawned just before run during the save instead
-    /// of waiting in this worker's queue for the loop to yield.
-    pub fn save(&self, pod: &PodRecord) -> Result<()> {
-        let path = self.path(&pod.instance_id);
-        let json = serde_json::to_vec_pretty(pod).expect("pod record serializes");
-        let write = || write_atomic(&path, &json);
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let written = if multi_thread {
-            tokio::task::block_in_place(write)
-        } else {
-            write()
-        };
-        written.map_err(|source| StateError::Io { path, source })
+    /// A record as it is written to disk.
+    pub fn encode(pod: &PodRecord) -> Vec<u8> {
+        serde_json::to_vec_pretty(pod).expect("pod record serializes")
     }
 
-    /// Forgets a pod.
-    pub fn remove(&self, instance_id: &str) -> Result<()> {
-        let path = self.path(instance_id);
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir).map_err(|source| StateError::Io { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io { path, source }),
+    /// Saves and removes many records with one round of fsyncs (group
+    /// commit): each new content goes to a temporary file that is fsynced
+    /// (by up to [`WRITERS`] threads, so that the filesystem's journal
+    /// commits them together), then renamed over its record; removed
+    /// records are unlinked; then the directory is fsynced once. As with
+    /// [`crate::fsutil::write_atomic`], a crash leaves each record with its
+    /// old or its new content. Returns what failed.
+    pub fn apply(&self, changes: Vec<Change>) -> Vec<StateError> {
+        let (writes, removals): (Vec<Change>, Vec<Change>) =
+            changes.into_iter().partition(|c| c.record.is_some());
+        let mut errors = Vec::new();
+        let mut renamed = false;
+        for (change, written) in writes.iter().zip(self.write_all(&writes)) {
+            let path = self.path(&change.instance_id);
+            match written.and_then(|tmp| {
+                fs::rename(&tmp, &path).map_err(|source| StateError::Io {
+                    path: path.clone(),
+                    source,
+                })
+            }) {
+                Ok(()) => renamed = true,
+                Err(e) => errors.push(e),
+            }
         }
+        for change in &removals {
+            let path = self.path(&change.instance_id);
+            match fs::remove_file(&path) {
+                Ok(()) => renamed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => errors.push(StateError::Io { path, source }),
+            }
+        }
+        if renamed && let Err(source) = sync_dir(&self.dir) {
+            errors.push(StateError::Io {
+                path: self.dir.clone(),
+                source,
+            });
+        }
+        errors
     }
+
+    /// Writes and fsyncs the temporary file of each change, in parallel;
+    /// the temporary paths, in order.
+    fn write_all(&self, writes: &[Change]) -> Vec<Result<PathBuf>> {
+        let write = |c: &Change| {
+            let tmp = self.path(&c.instance_id).with_extension("tmp");
+            let data = c.record.as_deref().unwrap_or_default();
+            write_synced(&tmp, data)
+                .map(|()| tmp.clone())
+                .map_err(|source| StateError::Io { path: tmp, source })
+        };
+        let write_part = |part: &[Change]| part.iter().map(write).collect::<Vec<_>>();
+        if writes.len() <= 1 {
+            return write_part(writes);
+        }
+        let part_len = writes.len().div_ceil(WRITERS);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = writes
+                .chunks(part_len)
+                .map(|part| {
+                    let thread = std::thread::Builder::new()
+                        .name("riklet-store".into())
+                        .spawn_scoped(scope, move || write_part(part));
+                    (part, thread)
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|(part, thread)| match thread {
+                    // No thread to be had: write this part here.
+                    Err(_) => write_part(part),
+                    Ok(t) => t.join().unwrap_or_else(|_| {
+                        let panicked = || io::Error::other("store writer thread panicked");
+                        part.iter()
+                            .map(|c| {
+                                Err(StateError::Io {
+                                    path: self.path(&c.instance_id),
+                                    source: panicked(),
+                                })
+                            })
+                            .collect()
+                    }),
+                })
+                .collect()
+        })
+    }
+}
+
+/// How many threads write the records of one [`Store::apply`].
+pub const WRITERS: usize = 8;
+
+/// One record to save ([`Store::encode`]) or, with `None`, to remove.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub instance_id: String,
+    pub record: Option<Vec<u8>>,
 }
 
 #[cfg(test)]
@@ -279,21 +351,64 @@ mod tests {
         }
     }
 
+    fn save(id: &str) -> Change {
+        Change {
+            instance_id: id.into(),
+            record: Some(Store::encode(&pod(id))),
+        }
+    }
+
+    fn remove(id: &str) -> Change {
+        Change {
+            instance_id: id.into(),
+            record: None,
+        }
+    }
+
     #[test]
     fn save_load_remove_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.save(&pod("b-1")).unwrap();
-        store.save(&pod("a-1")).unwrap();
+        assert!(store.apply(vec![save("b-1"), save("a-1")]).is_empty());
         fs::write(dir.path().join("pods/x.tmp"), b"half").unwrap();
         let pods = store.load_all().unwrap();
         assert_eq!(pods.len(), 2);
         assert_eq!(pods[0], pod("a-1"));
         assert_eq!(pods[0].restart_count(), 3);
         assert!(!dir.path().join("pods/x.tmp").exists());
-        store.remove("a-1").unwrap();
-        store.remove("a-1").unwrap();
+        assert!(store.apply(vec![remove("a-1")]).is_empty());
+        assert!(store.apply(vec![remove("a-1")]).is_empty());
         assert_eq!(store.load_all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_group_of_changes_saves_each_and_names_what_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ids: Vec<String> = (0..3 * WRITERS).map(|i| format!("p-{i}")).collect();
+        let changes = ids.iter().map(|id| save(id)).collect();
+        assert!(store.apply(changes).is_empty());
+        assert_eq!(store.load_all().unwrap().len(), ids.len());
+        // A record whose temporary file cannot be written: a directory is
+        // in its way. The others of the group are saved or removed.
+        fs::create_dir(dir.path().join("pods/p-1.tmp")).unwrap();
+        let mut changed = pod("p-1");
+        changed.containers[0].restart_count = 9;
+        let errors = store.apply(vec![
+            remove("p-0"),
+            Change {
+                instance_id: "p-1".into(),
+                record: Some(Store::encode(&changed)),
+            },
+            save("q-1"),
+        ]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("p-1.tmp"), "{}", errors[0]);
+        let pods = store.load_all().unwrap();
+        assert!(!pods.iter().any(|p| p.instance_id == "p-0"));
+        assert!(pods.iter().any(|p| p.instance_id == "q-1"));
+        let kept = pods.iter().find(|p| p.instance_id == "p-1").unwrap();
+        assert_eq!(kept, &pod("p-1"), "the old content stays");
     }
 
     #[test]
@@ -327,7 +442,7 @@ mod tests {
     fn corrupt_record_is_set_aside_and_others_load() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.save(&pod("good-1")).unwrap();
+        assert!(store.apply(vec![save("good-1")]).is_empty());
         fs::write(dir.path().join("pods/bad.json"), b"{").unwrap();
         let pods = store.load_all().unwrap();
         assert_eq!(pods.len(), 1);

@@ -392,6 +392,97 @@ async fn a_hundred_attach_detach_cycles_leak_nothing() {
     remove_all(&net).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_pods_attach_at_once_and_detach_at_once_leaving_nothing() {
+    // A burst: more at once than the kernel work runs in parallel.
+    const PODS: usize = 200;
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new(8);
+    let net = std::sync::Arc::new(fx.network().await);
+    let ids: Vec<String> = (0..PODS).map(|i| fx.id(&format!("p{i}"))).collect();
+    // Each pod twice at once, as its two containers would: one attachment.
+    let attaches: Vec<_> = ids
+        .iter()
+        .flat_map(|id| [id.clone(), id.clone()])
+        .map(|id| {
+            let net = net.clone();
+            tokio::spawn(async move {
+                let pod = net.attach(&id).await;
+                (id, pod)
+            })
+        })
+        .collect();
+    let mut addresses = std::collections::HashMap::new();
+    for task in attaches {
+        let (id, pod) = task.await.expect("attach task");
+        let pod = pod.unwrap_or_else(|e| panic!("attach {id}: {}", riklet::error_chain(&e)));
+        if let Some(other) = addresses.insert(id.clone(), pod.clone()) {
+            assert_eq!(other, pod, "the two attaches of {id} disagree");
+        }
+    }
+    let ips: HashSet<Ipv4Addr> = addresses.values().map(|p| p.ip).collect();
+    assert_eq!(ips.len(), PODS, "an address given twice");
+    assert_eq!(bridge_ports(&fx.bridge).len(), PODS, "one veth per pod");
+    // Every lease is on disk.
+    let leases: Value =
+        serde_json::from_slice(&std::fs::read(fx.state.path().join(IPAM_FILE)).expect("ipam.json"))
+            .expect("ipam.json is JSON");
+    for (id, pod) in &addresses {
+        assert!(pod.netns.exists(), "{} missing", pod.netns.display());
+        assert_eq!(
+            leases["leases"][id],
+            pod.ip.to_string(),
+            "lease of {id} on disk: {leases}"
+        );
+        let addrs = ip_json(&[
+            "-n",
+            &format!("rik-{id}"),
+            "-4",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ]);
+        assert_eq!(
+            addrs[0]["addr_info"][0]["local"],
+            pod.ip.to_string(),
+            "{id}: {addrs}"
+        );
+    }
+
+    let detaches: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (net, id) = (net.clone(), id.clone());
+            tokio::spawn(async move { (net.detach(&id).await, id) })
+        })
+        .collect();
+    for task in detaches {
+        let (done, id) = task.await.expect("detach task");
+        done.unwrap_or_else(|e| panic!("detach {id}: {}", riklet::error_chain(&e)));
+    }
+    assert_eq!(bridge_ports(&fx.bridge), HashSet::new(), "veths leaked");
+    for id in &ids {
+        assert!(!netns::path_of(id).exists(), "netns of {id} leaked");
+        assert_eq!(link_index(&host_veth_name(id)), None, "veth of {id} leaked");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&fx.id("")),
+        "netns mounts leaked: {mounts}"
+    );
+    assert!(net.instances().is_empty());
+    let leases: Value =
+        serde_json::from_slice(&std::fs::read(fx.state.path().join(IPAM_FILE)).expect("ipam.json"))
+            .expect("ipam.json is JSON");
+    assert_eq!(
+        leases["leases"],
+        serde_json::json!({}),
+        "leases left on disk"
+    );
+    remove_all(&net).await;
+}
+
 // --- fixture -------------------------------------------------------------
 
 /// One test's bridge, CIDR, table, ids and state dir; cleaned up (with

@@ -64,9 +64,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchKind {
-    /// Pod start latency (rik apply --wait vs fork+exec) and the riklet's
-    /// RSS/CPU idle and with 50 pods, in one run: target/bench/start.json.
+    /// Pod start latency (rik apply --wait vs fork+exec), a burst of 100
+    /// replicas, and the riklet's RSS/CPU idle and with the 100 pods, in
+    /// one run: target/bench/start.json.
     Start,
+    /// One burst: `rik apply` of an app with N replicas until all are
+    /// RUNNING, then its delete (own bridge, /22 pod CIDR):
+    /// target/bench/burst.json.
+    Burst {
+        /// How many replicas.
+        #[arg(long, default_value_t = 100)]
+        replicas: usize,
+        /// The riklet's `start_parallelism` [default: the riklet's].
+        #[arg(long)]
+        start_parallelism: Option<usize>,
+    },
     /// One metrics collection cycle (eBPF and cgroup reads, whole cycle)
     /// at 10, 100 and 500 pods, and the riklet's CPU at a 1 s interval:
     /// target/bench/metrics.json.
@@ -98,6 +110,10 @@ fn main() -> anyhow::Result<()> {
         Command::Ci => ci::run(&ebpf::workspace_root()),
         Command::Bench { which } => match which {
             BenchKind::Start => bench::start::start(&ebpf::workspace_root()),
+            BenchKind::Burst {
+                replicas,
+                start_parallelism,
+            } => bench::burst::run(&ebpf::workspace_root(), replicas, start_parallelism),
             BenchKind::Metrics => bench::metrics::metrics(&ebpf::workspace_root()),
             BenchKind::Containers => bench::containers::containers(&ebpf::workspace_root()),
             BenchKind::Proxy {

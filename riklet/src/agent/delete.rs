@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use proto::common::ResourceStatus;
 use proto::status::ShortStatus;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::host::{PodHost, StopTarget};
 use super::{Agent, Event, InstanceReport};
@@ -18,7 +18,7 @@ impl<H: PodHost> Agent<H> {
     pub(super) fn destroy(&mut self, instance_id: &str) {
         let Some(pod) = self.pods.get_mut(instance_id) else {
             // RIK's scheduler may destroy what we do not run: that is done.
-            let _ = self.reports.send(InstanceReport {
+            self.report(InstanceReport {
                 instance_id: instance_id.to_string(),
                 status: ResourceStatus::Terminated,
                 metrics: ShortStatus::not_running(instance_id).to_json(),
@@ -32,7 +32,9 @@ impl<H: PodHost> Agent<H> {
         pod.phase = Phase::Destroying;
         pod.reason = None;
         self.commit(instance_id);
-        // A start in flight reports back first (`started` then stops).
+        // A start in flight reports back first (`started` then stops); one
+        // still waiting for its slot does not start at all.
+        self.cancel_jobs(instance_id);
         if !self.has_jobs(instance_id) {
             self.spawn_stop(instance_id);
         }
@@ -86,15 +88,13 @@ impl<H: PodHost> Agent<H> {
             });
             return;
         }
-        if let Err(e) = self.store.remove(instance_id) {
-            error!(pod = instance_id, error = %crate::error_chain(&e), "cannot forget pod");
-        }
-        self.pods.remove(instance_id);
         info!(pod = instance_id, "pod destroyed");
-        let _ = self.reports.send(InstanceReport {
+        let report = InstanceReport {
             instance_id: instance_id.to_string(),
             status: ResourceStatus::Terminated,
             metrics: ShortStatus::destroyed(instance_id, &self.settings.node).to_json(),
-        });
+        };
+        // The record is removed before TERMINATED is reported.
+        self.forget(instance_id, report);
     }
 }

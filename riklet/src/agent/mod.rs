@@ -8,7 +8,10 @@
 //! event: attaching the pod to its network, pulling an image, starting a
 //! container (a shim for a bare process, a containerd task for an image),
 //! waiting for it to end, stopping it, a back-off. Every change is written
-//! to the runtime memory before it is reported.
+//! to the runtime memory before it is reported: the agent handles the
+//! events that are waiting, saves the records they changed together, then
+//! reports (`commit`). At most `start_parallelism` container starts run at
+//! once; the others wait their turn, in order.
 //!
 //! A pod is a set of containers sharing one network namespace (unless
 //! `hostNetwork`): image containers run under containerd, `exec`
@@ -21,6 +24,7 @@
 //!
 //! # Layout
 //! - this file: the event loop, creating pods and starting containers;
+//! - `commit`: saving changed records together, then reporting them;
 //! - `handle`: the events, the handle other tasks send them with, reports;
 //! - `restart`: exits, restart policy, crash-loop back-off;
 //! - `delete`: stopping and forgetting a pod;
@@ -31,6 +35,7 @@
 //!   `node` is the real node, `start` how one container is started;
 //! - `view`: the status object reported for a pod.
 
+mod commit;
 mod delete;
 mod handle;
 mod host;
@@ -45,15 +50,16 @@ mod view;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proto::common::ResourceStatus;
 use proto::manifest;
 use proto::status::{AppStatus, ShortStatus};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{error, info, warn};
 
 pub use handle::{AgentHandle, InstanceReport};
@@ -65,11 +71,16 @@ use crate::metrics::collector::PodUsage;
 use crate::metrics::targets::PodsGeneration;
 use crate::proxy::model::Endpoint;
 use crate::runtime::containerd;
-use crate::state::{ContainerRecord, Phase, PodRecord, RunRecord, Store};
+use crate::state::{ContainerRecord, ExitRecord, Phase, PodRecord, RunRecord, Store};
+use commit::{BATCH, Pending, Query};
 use handle::Event;
 use host::{PodHost, StartRequest, StartResult};
 use phase::pod_phase;
 use recover::ContainerdSync;
+
+/// Why a start did not run: its pod was deleted while it waited for a
+/// slot (never recorded, the pod is going away).
+const CANCELLED: &str = "Cancelled";
 
 /// Settings of the Node Manager.
 #[derive(Debug, Clone)]
@@ -84,6 +95,9 @@ pub struct AgentSettings {
     pub keep_logs_on_delete: bool,
     /// Ports of the riklet's own listeners, which no app may take.
     pub reserved_ports: Vec<ReservedPort>,
+    /// How many container starts (network, image pull, shim or task) run
+    /// at once; at least 1.
+    pub start_parallelism: usize,
 }
 
 /// The Node Manager task's state.
@@ -98,8 +112,14 @@ pub struct Agent<H: PodHost = NodeHost> {
     pods: HashMap<String, PodRecord>,
     /// Starts in flight (instance, container): they report back with
     /// [`Event::Started`]. A record marked `starting` that is not here was
-    /// being started by a riklet that died.
-    jobs: HashSet<(String, String)>,
+    /// being started by a riklet that died. The flag is raised by a delete:
+    /// a start still waiting for its slot then gives up.
+    jobs: HashMap<(String, String), Arc<AtomicBool>>,
+    /// One permit per start running ([`AgentSettings::start_parallelism`]);
+    /// the others wait in order (the semaphore is fair).
+    start_slots: Arc<Semaphore>,
+    /// Records changed and reports due since the last save.
+    pending: Pending,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     reports: mpsc::UnboundedSender<InstanceReport>,
@@ -135,6 +155,7 @@ impl<H: PodHost> Agent<H> {
         reports: mpsc::UnboundedSender<InstanceReport>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let start_slots = Arc::new(Semaphore::new(settings.start_parallelism.max(1)));
         Agent {
             settings,
             store,
@@ -142,7 +163,9 @@ impl<H: PodHost> Agent<H> {
             containerd: ContainerdSync::Waiting,
             usage,
             pods: HashMap::new(),
-            jobs: HashSet::new(),
+            jobs: HashMap::new(),
+            start_slots,
+            pending: Pending::default(),
             tx,
             rx,
             reports,
@@ -166,25 +189,35 @@ impl<H: PodHost> Agent<H> {
         if let Err(e) = self.recover().await {
             error!(error = %crate::error_chain(&e), "cannot read the runtime memory");
         }
+        self.flush().await;
+        self.publish_endpoints();
         self.generation.bump();
         let host = self.host.clone();
         loop {
-            self.publish_endpoints();
             let waiting = self.containerd == ContainerdSync::Waiting;
             tokio::select! {
                 _ = shutdown.recv() => break,
-                Some(ev) = self.rx.recv() => self.on_event(ev).await,
+                Some(ev) = self.rx.recv() => {
+                    self.on_event(ev).await;
+                    // Whatever else is waiting joins the same save.
+                    for _ in 1..BATCH {
+                        let Ok(ev) = self.rx.try_recv() else { break };
+                        self.on_event(ev).await;
+                    }
+                }
                 () = host.containerd_connected(), if waiting => {
                     self.recover_containerd().await;
                     self.generation.bump();
                 }
             }
+            self.flush().await;
         }
+        self.flush().await;
     }
 
     /// Tells the Node Proxy which pods serve which ports, if that changed.
-    /// Called before waiting for each event, so a pod that turns RUNNING
-    /// (or stops) reaches the proxy as soon as its event is handled.
+    /// Called after each save that changed a pod, so a pod that turns
+    /// RUNNING (or stops) reaches the proxy as soon as it is reported.
     fn publish_endpoints(&self) {
         let now = ports::endpoints(self.host.as_ref(), &self.pods);
         self.endpoints.send_if_modified(|published| {
@@ -241,14 +274,7 @@ impl<H: PodHost> Agent<H> {
                     self.containerd = ContainerdSync::Waiting;
                 }
             }
-            Event::Reports(tx) => {
-                let reports = self
-                    .sorted_ids()
-                    .iter()
-                    .map(|id| self.report_of(&self.pods[id]))
-                    .collect();
-                let _ = tx.send(reports);
-            }
+            Event::Reports(tx) => self.query(Query::Reports(tx)),
             Event::Targets(tx) => {
                 let live = self
                     .pods
@@ -257,24 +283,16 @@ impl<H: PodHost> Agent<H> {
                     .collect();
                 let _ = tx.send(self.host.targets(live));
             }
-            Event::Pods(tx) => {
-                let views = self
-                    .sorted_ids()
-                    .iter()
-                    .map(|id| self.view(&self.pods[id]))
-                    .collect();
-                let _ = tx.send(views);
-            }
+            Event::Pods(tx) => self.query(Query::Pods(tx)),
         }
     }
 
     // ---- create --------------------------------------------------------
 
     fn create(&mut self, instance_id: String, definition: &str) {
-        if let Some(pod) = self.pods.get(&instance_id) {
+        if self.pods.contains_key(&instance_id) {
             // A scheduler that lost track re-sends CREATE: answer with what is.
-            let report = self.report_of(pod);
-            let _ = self.reports.send(report);
+            self.report_pod(&instance_id);
             return;
         }
         let refuse = |reason: String| InstanceReport {
@@ -284,16 +302,14 @@ impl<H: PodHost> Agent<H> {
         };
         if let Err(e) = manifest::validate_instance_id(&instance_id) {
             warn!(pod = %instance_id, error = %e, "refused instance");
-            let _ = self.reports.send(refuse(e.to_string()));
+            self.report(refuse(e.to_string()));
             return;
         }
         let manifest = match manifest::parse_definition(definition) {
             Ok(m) => m,
             Err(e) => {
                 warn!(pod = %instance_id, error = %e, "refused definition");
-                let _ = self
-                    .reports
-                    .send(refuse(format!("invalid definition: {e}")));
+                self.report(refuse(format!("invalid definition: {e}")));
                 return;
             }
         };
@@ -306,15 +322,13 @@ impl<H: PodHost> Agent<H> {
         {
             if let Err(e) = containerd::container_id(&instance_id, &c.name) {
                 warn!(pod = %instance_id, error = %e, "refused instance");
-                let _ = self
-                    .reports
-                    .send(refuse(format!("container {:?}: {e}", c.name)));
+                self.report(refuse(format!("container {:?}: {e}", c.name)));
                 return;
             }
         }
         if let Some(reason) = ports::clash(&manifest, &self.pods, &self.settings.reserved_ports) {
             warn!(pod = %instance_id, app = %manifest.name, reason = %reason, "refused instance");
-            let _ = self.reports.send(refuse(reason));
+            self.report(refuse(reason));
             return;
         }
         let now = now_ms();
@@ -368,11 +382,11 @@ impl<H: PodHost> Agent<H> {
     /// Starts a container (marked `starting`) in a task of its own, which
     /// reports back with [`Event::Started`]: attach the pod to its network,
     /// then pull and run the image under containerd, or run the shim of a
-    /// bare process.
+    /// bare process. The task first waits for one of the start slots.
     pub(super) fn spawn_start(&mut self, instance_id: &str, name: &str) {
         if self
             .jobs
-            .contains(&(instance_id.to_string(), name.to_string()))
+            .contains_key(&(instance_id.to_string(), name.to_string()))
         {
             return; // already being started
         }
@@ -393,12 +407,24 @@ impl<H: PodHost> Agent<H> {
             host_network: pod.manifest.spec.host_network,
             container: container.clone(),
         };
-        self.jobs
-            .insert((instance_id.to_string(), name.to_string()));
-        let (host, tx) = (self.host.clone(), self.tx.clone());
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.jobs.insert(
+            (instance_id.to_string(), name.to_string()),
+            cancelled.clone(),
+        );
+        let (host, tx, slots) = (self.host.clone(), self.tx.clone(), self.start_slots.clone());
         let (instance_id, container) = (instance_id.to_string(), name.to_string());
         tokio::spawn(async move {
-            let result = host.start(request).await;
+            // Never closed: the agent owns the semaphore for its lifetime.
+            let _slot = slots.acquire_owned().await;
+            let result = if cancelled.load(Ordering::Relaxed) {
+                Err(ExitRecord::without_status(
+                    CANCELLED,
+                    "the pod was deleted before its start",
+                ))
+            } else {
+                host.start(request).await
+            };
             let _ = tx.send(Event::Started {
                 instance_id,
                 container,
@@ -478,7 +504,16 @@ impl<H: PodHost> Agent<H> {
 
     /// Whether a start of one of the pod's containers is in flight.
     pub(super) fn has_jobs(&self, instance_id: &str) -> bool {
-        self.jobs.iter().any(|(i, _)| i == instance_id)
+        self.jobs.keys().any(|(i, _)| i == instance_id)
+    }
+
+    /// Tells the pod's starts that still wait for a slot not to start.
+    pub(super) fn cancel_jobs(&self, instance_id: &str) {
+        for ((i, _), cancelled) in &self.jobs {
+            if i == instance_id {
+                cancelled.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     pub(super) fn container_mut(
@@ -508,19 +543,6 @@ impl<H: PodHost> Agent<H> {
         pod.phase = phase;
         pod.reason = reason;
         self.commit(instance_id);
-    }
-
-    /// Saves a pod record and reports its status.
-    pub(super) fn commit(&mut self, instance_id: &str) {
-        let Some(pod) = self.pods.get_mut(instance_id) else {
-            return;
-        };
-        pod.updated_at = now_ms();
-        if let Err(e) = self.store.save(pod) {
-            error!(pod = instance_id, error = %crate::error_chain(&e), "cannot save pod record");
-        }
-        let report = self.report_of(&self.pods[instance_id]);
-        let _ = self.reports.send(report);
     }
 
     /// The pod's status view ([`view::app_status`]).

@@ -221,7 +221,7 @@ impl<H: PodHost> Agent<H> {
     }
 
     fn recover_image(&mut self, id: &str, name: &str, cid: &str, info: Option<&ContainerInfo>) {
-        if self.jobs.contains(&(id.to_string(), name.to_string())) {
+        if self.jobs.contains_key(&(id.to_string(), name.to_string())) {
             return; // being started now: it reports back
         }
         let Some(c) = self.container_mut(id, name) else {

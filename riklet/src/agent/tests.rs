@@ -45,6 +45,10 @@ struct FakeState {
     next_pid: i32,
     /// Pod addresses, by instance.
     ips: HashMap<String, std::net::Ipv4Addr>,
+    /// How long each start takes, and how many ran at once.
+    start_delay: Option<Duration>,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -92,7 +96,17 @@ impl FakeHost {
 
 impl PodHost for FakeHost {
     async fn start(&self, request: StartRequest) -> StartResult {
+        let delay = {
+            let mut s = self.state();
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+            s.start_delay
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut s = self.state();
+        s.in_flight -= 1;
         let name = request.container.name.clone();
         s.starts.push((request.instance_id.clone(), name.clone()));
         if let Some(exit) = s.start_failures.get_mut(&name).and_then(|q| q.pop_front()) {
@@ -218,6 +232,7 @@ fn settings() -> AgentSettings {
         backoff_max: Duration::from_secs(BACKOFF_MAX),
         keep_logs_on_delete: false,
         reserved_ports: vec![],
+        start_parallelism: 16,
     }
 }
 
@@ -228,9 +243,13 @@ impl Harness {
 
     /// An agent over an existing state dir (as after a riklet restart).
     fn with(host: FakeHost, dir: tempfile::TempDir) -> Self {
+        Self::with_settings(host, dir, settings())
+    }
+
+    fn with_settings(host: FakeHost, dir: tempfile::TempDir, settings: AgentSettings) -> Self {
         let store = Store::open(dir.path()).unwrap();
         let (tx, reports) = mpsc::unbounded_channel();
-        let agent = Agent::with_host(settings(), store, host.clone(), PodUsage::default(), tx);
+        let agent = Agent::with_host(settings, store, host.clone(), PodUsage::default(), tx);
         Harness {
             agent,
             host,
@@ -239,8 +258,8 @@ impl Harness {
         }
     }
 
-    /// Handles the next event (waiting for it, time advancing as needed)
-    /// and says which it was.
+    /// Handles the next event (waiting for it, time advancing as needed),
+    /// saves and reports what it changed, and says which it was.
     async fn step(&mut self) -> &'static str {
         let ev = tokio::time::timeout(Duration::from_secs(3600), self.agent.rx.recv())
             .await
@@ -258,6 +277,7 @@ impl Harness {
             Event::Reports(_) | Event::Pods(_) | Event::Targets(_) => "query",
         };
         self.agent.on_event(ev).await;
+        self.agent.flush().await;
         kind
     }
 
@@ -271,12 +291,14 @@ impl Harness {
         panic!("no {kind} event in 100 steps");
     }
 
-    fn create(&mut self, id: &str, containers: &str, policy: &str) {
+    /// A CREATE, saved and reported.
+    async fn create(&mut self, id: &str, containers: &str, policy: &str) {
         let definition = format!(
             r#"{{"apiVersion":"v1","kind":"Pod","name":"app","replicas":1,
                 "spec":{{"restartPolicy":"{policy}","containers":{containers}}}}}"#
         );
         self.agent.create(id.to_string(), &definition);
+        self.agent.flush().await;
     }
 
     /// Makes the current run of a container end.
@@ -335,7 +357,7 @@ fn exit_code(code: i32) -> ExitRecord {
 #[tokio::test(start_paused = true)]
 async fn a_created_pod_runs_once_every_container_started_and_is_saved_first() {
     let mut h = Harness::new();
-    h.create("app-1", TWO_PROCESSES, "Always");
+    h.create("app-1", TWO_PROCESSES, "Always").await;
     assert_eq!(h.pod("app-1").phase, Phase::Creating);
     h.step_until("started").await;
     assert_eq!(h.pod("app-1").phase, Phase::Creating, "one of two started");
@@ -352,9 +374,74 @@ async fn a_created_pod_runs_once_every_container_started_and_is_saved_first() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn starts_beyond_the_parallelism_wait_their_turn_in_order() {
+    let settings = AgentSettings {
+        start_parallelism: 2,
+        ..settings()
+    };
+    let mut h = Harness::with_settings(FakeHost::default(), tempfile::tempdir().unwrap(), settings);
+    h.host.state().start_delay = Some(Duration::from_millis(100));
+    let ids: Vec<String> = (0..5).map(|i| format!("app-{i}")).collect();
+    for id in &ids {
+        h.create(id, ONE_PROCESS, "Always").await;
+    }
+    for _ in &ids {
+        h.step_until("started").await;
+    }
+    assert_eq!(h.host.state().max_in_flight, 2, "two at once, never more");
+    for id in &ids {
+        assert_eq!(h.pod(id).phase, Phase::Running, "{id}");
+    }
+    let order: Vec<String> = h.host.state().starts.iter().map(|s| s.0.clone()).collect();
+    assert_eq!(order, ids, "in the order they were asked for");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_deleted_while_its_start_waits_for_a_slot_is_never_started() {
+    let settings = AgentSettings {
+        start_parallelism: 1,
+        ..settings()
+    };
+    let mut h = Harness::with_settings(FakeHost::default(), tempfile::tempdir().unwrap(), settings);
+    h.host.state().start_delay = Some(Duration::from_millis(100));
+    h.create("first", ONE_PROCESS, "Always").await;
+    h.create("queued", ONE_PROCESS, "Always").await;
+    h.agent.destroy("queued");
+    h.agent.flush().await;
+    assert_eq!(h.pod("queued").phase, Phase::Destroying);
+    h.step_until("stopped").await;
+    assert!(!h.agent.pods.contains_key("queued"));
+    assert!(h.saved("queued").is_none());
+    assert_eq!(h.pod("first").phase, Phase::Running);
+    let started: Vec<String> = h.host.state().starts.iter().map(|s| s.0.clone()).collect();
+    assert_eq!(started, ["first"], "the queued start never ran");
+    assert_eq!(h.host.state().stops, ["queued"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_waiting_together_are_saved_together_then_reported() {
+    let mut h = Harness::new();
+    h.create("app-1", ONE_PROCESS, "Always").await;
+    h.step_until("started").await;
+    let _ = h.statuses();
+    // Two changes before the save: nothing is reported, the record on
+    // disk is the old one.
+    h.exit("app-1", "main", exit_code(1));
+    let ev = h.agent.rx.recv().await.unwrap();
+    h.agent.on_event(ev).await;
+    h.agent.destroy("app-1");
+    assert_eq!(h.statuses(), []);
+    assert_eq!(h.saved("app-1").unwrap().phase, Phase::Running);
+    h.agent.flush().await;
+    assert_eq!(h.saved("app-1").unwrap().phase, Phase::Destroying);
+    // One report of the pod as saved.
+    assert_eq!(h.statuses(), [ResourceStatus::Destroying]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_crash_loop_backs_off_doubling_up_to_the_maximum() {
     let mut h = Harness::new();
-    h.create("app-1", ONE_PROCESS, "Always");
+    h.create("app-1", ONE_PROCESS, "Always").await;
     h.step_until("started").await;
     let mut expected = BACKOFF_INITIAL;
     for restart in 1..=7u32 {
@@ -388,7 +475,7 @@ async fn a_crash_loop_backs_off_doubling_up_to_the_maximum() {
 #[tokio::test(start_paused = true)]
 async fn a_long_run_resets_the_back_off() {
     let mut h = Harness::new();
-    h.create("app-1", ONE_PROCESS, "Always");
+    h.create("app-1", ONE_PROCESS, "Always").await;
     h.step_until("started").await;
     for _ in 0..3 {
         h.exit("app-1", "main", exit_code(1));
@@ -414,9 +501,9 @@ async fn a_long_run_resets_the_back_off() {
 #[tokio::test(start_paused = true)]
 async fn restart_policies_decide_which_exits_restart() {
     let mut h = Harness::new();
-    h.create("never", ONE_PROCESS, "Never");
-    h.create("onfail-ok", ONE_PROCESS, "OnFailure");
-    h.create("onfail-err", ONE_PROCESS, "OnFailure");
+    h.create("never", ONE_PROCESS, "Never").await;
+    h.create("onfail-ok", ONE_PROCESS, "OnFailure").await;
+    h.create("onfail-err", ONE_PROCESS, "OnFailure").await;
     for _ in 0..3 {
         h.step_until("started").await;
     }
@@ -455,7 +542,7 @@ async fn a_container_that_cannot_be_set_up_is_retried_without_counting_a_restart
         "web",
         ExitRecord::without_status(phase::ERR_IMAGE_PULL, "registry says 404"),
     );
-    h.create("app-1", ONE_IMAGE, "Never");
+    h.create("app-1", ONE_IMAGE, "Never").await;
     h.step_until("started").await;
     assert_eq!(h.pod("app-1").phase, Phase::Failed);
     assert_eq!(
@@ -482,7 +569,7 @@ async fn containerd_being_away_is_retried_at_the_initial_back_off() {
             ExitRecord::without_status(phase::CONTAINERD_UNAVAILABLE, "no socket"),
         );
     }
-    h.create("app-1", ONE_IMAGE, "Always");
+    h.create("app-1", ONE_IMAGE, "Always").await;
     for _ in 0..3 {
         h.step_until("started").await;
         assert_eq!(h.container("app-1", "web").backoff_secs, BACKOFF_INITIAL);
@@ -495,7 +582,7 @@ async fn containerd_being_away_is_retried_at_the_initial_back_off() {
 #[tokio::test(start_paused = true)]
 async fn an_oom_kill_is_told_by_the_cgroup_count() {
     let mut h = Harness::new();
-    h.create("app-1", ONE_PROCESS, "Never");
+    h.create("app-1", ONE_PROCESS, "Never").await;
     h.step_until("started").await;
     assert_eq!(h.container("app-1", "main").oom_kills_at_start, None);
     h.host.state().oom_kills.insert("main".into(), 1);
@@ -511,7 +598,7 @@ async fn an_oom_kill_is_told_by_the_cgroup_count() {
 #[tokio::test(start_paused = true)]
 async fn an_exit_of_an_older_run_is_ignored() {
     let mut h = Harness::new();
-    h.create("app-1", ONE_PROCESS, "Always");
+    h.create("app-1", ONE_PROCESS, "Always").await;
     h.step_until("started").await;
     let old = h.container("app-1", "main").run.clone().unwrap();
     h.exit("app-1", "main", exit_code(1));
@@ -526,11 +613,13 @@ async fn an_exit_of_an_older_run_is_ignored() {
 #[tokio::test(start_paused = true)]
 async fn a_delete_stops_releases_and_forgets_the_pod() {
     let mut h = Harness::new();
-    h.create("app-1", ONE_PROCESS, "Always");
+    h.create("app-1", ONE_PROCESS, "Always").await;
     h.step_until("started").await;
     h.statuses();
     h.agent.destroy("app-1");
     assert_eq!(h.pod("app-1").phase, Phase::Destroying);
+    assert_eq!(h.statuses(), [], "nothing reported before it is saved");
+    h.agent.flush().await;
     assert_eq!(h.saved("app-1").unwrap().phase, Phase::Destroying);
     h.step_until("stopped").await;
     assert!(!h.agent.pods.contains_key("app-1"));
@@ -545,7 +634,7 @@ async fn a_delete_stops_releases_and_forgets_the_pod() {
 #[tokio::test(start_paused = true)]
 async fn a_delete_waits_for_a_start_in_flight() {
     let mut h = Harness::new();
-    h.create("app-1", ONE_PROCESS, "Always");
+    h.create("app-1", ONE_PROCESS, "Always").await;
     h.agent.destroy("app-1");
     assert!(h.host.state().stops.is_empty(), "no stop while starting");
     h.step_until("started").await;
@@ -561,7 +650,7 @@ async fn a_delete_waits_for_a_start_in_flight() {
 #[tokio::test(start_paused = true)]
 async fn an_incomplete_delete_is_retried_and_the_record_kept() {
     let mut h = Harness::new();
-    h.create("app-1", ONE_PROCESS, "Always");
+    h.create("app-1", ONE_PROCESS, "Always").await;
     h.step_until("started").await;
     h.host.state().release_fails = 2;
     h.agent.destroy("app-1");
@@ -580,6 +669,7 @@ async fn an_incomplete_delete_is_retried_and_the_record_kept() {
 async fn a_delete_of_an_unknown_pod_answers_terminated() {
     let mut h = Harness::new();
     h.agent.destroy("never-seen");
+    h.agent.flush().await;
     assert_eq!(h.statuses(), [ResourceStatus::Terminated]);
     assert!(h.host.state().stops.is_empty());
 }
@@ -589,6 +679,7 @@ async fn a_bad_definition_is_refused_and_nothing_runs() {
     let mut h = Harness::new();
     h.agent.create("app-1".into(), r#"{"kind":"Pod"}"#);
     h.agent.create("Bad_Id".into(), r#"{"kind":"Pod"}"#);
+    h.agent.flush().await;
     assert_eq!(h.statuses(), [ResourceStatus::Failed]);
     assert!(h.agent.pods.is_empty());
     assert_eq!(h.host.starts(), 0);
@@ -604,9 +695,9 @@ fn restart(h: Harness) -> Harness {
 #[tokio::test(start_paused = true)]
 async fn after_a_crash_live_processes_are_adopted_and_ended_ones_recorded() {
     let mut h = Harness::new();
-    h.create("live", ONE_PROCESS, "Always");
-    h.create("ended", ONE_PROCESS, "Always");
-    h.create("lost", ONE_PROCESS, "Always");
+    h.create("live", ONE_PROCESS, "Always").await;
+    h.create("ended", ONE_PROCESS, "Always").await;
+    h.create("lost", ONE_PROCESS, "Always").await;
     for _ in 0..3 {
         h.step_until("started").await;
     }
@@ -670,16 +761,26 @@ async fn after_a_crash_live_processes_are_adopted_and_ended_ones_recorded() {
 #[tokio::test(start_paused = true)]
 async fn after_a_crash_unfinished_starts_and_deletes_are_resumed() {
     let mut h = Harness::new();
-    h.create("starting", ONE_PROCESS, "Always");
-    h.create("deleting", ONE_PROCESS, "Always");
+    h.create("starting", ONE_PROCESS, "Always").await;
+    h.create("deleting", ONE_PROCESS, "Always").await;
     h.step_until("started").await;
     h.step_until("started").await;
     h.agent.destroy("deleting");
+    h.agent.flush().await;
     // A riklet that died between saving `starting` and starting a shim.
     let mut record = h.pod("starting").clone();
     record.containers[0].run = None;
     record.containers[0].starting = true;
-    Store::open(h.dir.path()).unwrap().save(&record).unwrap();
+    let change = crate::state::Change {
+        instance_id: "starting".into(),
+        record: Some(Store::encode(&record)),
+    };
+    assert!(
+        Store::open(h.dir.path())
+            .unwrap()
+            .apply(vec![change])
+            .is_empty()
+    );
     let mut h = restart(h);
     h.agent.recover().await.unwrap();
     assert!(h.container("starting", "main").starting);
@@ -707,8 +808,8 @@ fn task(instance: &str, container: &str, status: TaskStatus) -> ContainerInfo {
 #[tokio::test(start_paused = true)]
 async fn once_containerd_answers_tasks_are_adopted_lost_or_removed() {
     let mut h = Harness::new();
-    h.create("alive", ONE_IMAGE, "Always");
-    h.create("gone", ONE_IMAGE, "Always");
+    h.create("alive", ONE_IMAGE, "Always").await;
+    h.create("gone", ONE_IMAGE, "Always").await;
     h.step_until("started").await;
     h.step_until("started").await;
     let alive = h.container("alive", "web").run.clone().unwrap();
@@ -752,7 +853,7 @@ async fn once_containerd_answers_tasks_are_adopted_lost_or_removed() {
 async fn the_event_loop_recovers_image_containers_when_containerd_comes() {
     let mut h = Harness::new();
     // A riklet that died while starting an image container.
-    h.create("app-1", ONE_IMAGE, "Always");
+    h.create("app-1", ONE_IMAGE, "Always").await;
     let h = Harness::with(FakeHost::default(), h.dir);
     assert!(h.saved("app-1").unwrap().containers[0].starting);
     let host = h.host.clone();
@@ -793,6 +894,7 @@ async fn a_port_another_app_holds_is_refused_naming_the_field_and_the_app() {
         h.agent.pods.contains_key("web-2"),
         "replicas share their ports"
     );
+    h.agent.flush().await;
     let _ = h.statuses();
 
     h.agent.create(
@@ -800,6 +902,7 @@ async fn a_port_another_app_holds_is_refused_naming_the_field_and_the_app() {
         &with_ports("other", r#"[{"port":1,"protocol":"UDP"},{"port":18580}]"#),
     );
     assert!(!h.agent.pods.contains_key("other-1"));
+    h.agent.flush().await;
     let refused = h.reports.try_recv().unwrap();
     assert_eq!(refused.status, ResourceStatus::Failed);
     assert!(
@@ -815,12 +918,14 @@ async fn a_port_another_app_holds_is_refused_naming_the_field_and_the_app() {
         &with_ports("other", r#"[{"port":18580,"protocol":"UDP"}]"#),
     );
     assert!(h.agent.pods.contains_key("other-2"));
+    h.agent.flush().await;
     let _ = h.statuses();
 
     h.agent.create(
         "metrics-1".into(),
         &with_ports("thief", r#"[{"port":9102}]"#),
     );
+    h.agent.flush().await;
     let refused = h.reports.try_recv().unwrap();
     assert!(
         refused

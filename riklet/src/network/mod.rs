@@ -17,12 +17,14 @@
 //!
 //! # Layout
 //! - [`ipam`]: the pod CIDR and its leases (`<state-dir>/ipam.json`).
+//! - `locks`: one lock per instance, so that pods attach in parallel.
 //! - [`netns`]: named network namespaces and sockets inside them.
 //! - `link`: netlink operations (bridge, veth, addresses, routes).
 //! - [`nat`]: the nftables masquerade rule.
 
 pub mod ipam;
 mod link;
+mod locks;
 pub mod nat;
 pub mod netns;
 
@@ -31,14 +33,15 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
-use ipam::{Ipam, Ipv4Cidr};
+use ipam::{Ipam, Ipv4Cidr, SharedIpam};
 use link::Netlink;
+use locks::InstanceLocks;
 
 /// Name of the pod's interface inside its namespace.
 pub const POD_IFNAME: &str = "eth0";
@@ -50,6 +53,16 @@ pub const VETH_PREFIX: &str = "rikv";
 pub const IPAM_FILE: &str = "ipam.json";
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Pod attachments and detachments doing kernel work at once. Each keeps
+/// one request in flight on the host's netlink socket, whose receive
+/// buffer must hold every reply (a full buffer drops replies, and their
+/// requests never end); the kernel serialises the work under its RTNL
+/// lock anyway. Bursts of deletes are not bounded otherwise.
+const KERNEL_OPS: usize = 16;
+
+/// Longest kernel work of one attachment or detachment.
+const KERNEL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A pod network operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +142,10 @@ pub enum NetworkError {
     },
     #[error("{what}: the helper thread died")]
     ThreadPanicked { what: &'static str },
+    /// Kernel work that did not finish in time (a netlink reply lost to a
+    /// socket overrun must not hang a pod forever).
+    #[error("{what}: no answer within {after:?}")]
+    Timeout { what: String, after: Duration },
 }
 
 /// What is wrong with the IPAM state file.
@@ -250,9 +267,18 @@ pub struct PodNetwork {
     config: NetworkConfig,
     cidr: Ipv4Cidr,
     host: Netlink,
-    ipam: Mutex<Ipam>,
-    /// Serialises the operations that change the kernel.
-    ops: tokio::sync::Mutex<()>,
+    ipam: SharedIpam,
+    /// Taken shared by attach and detach, which also hold their instance's
+    /// lock (pods attach in parallel, one pod's operations one at a time);
+    /// taken exclusively by what goes over every pod (reconcile, uninstall).
+    ops: tokio::sync::RwLock<()>,
+    instances: InstanceLocks,
+    /// Serialises the bridge check of concurrent attaches: it lists the
+    /// bridge's addresses, and the kernel allows one dump at a time on the
+    /// host's netlink socket (another one fails with EBUSY).
+    bridge: tokio::sync::Mutex<()>,
+    /// [`KERNEL_OPS`] permits.
+    kernel: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -304,8 +330,11 @@ impl PodNetwork {
             config,
             cidr,
             host,
-            ipam: Mutex::new(ipam),
-            ops: tokio::sync::Mutex::new(()),
+            ipam: SharedIpam::new(ipam),
+            ops: tokio::sync::RwLock::new(()),
+            instances: InstanceLocks::default(),
+            bridge: tokio::sync::Mutex::new(()),
+            kernel: tokio::sync::Semaphore::new(KERNEL_OPS),
         })
     }
 
@@ -319,13 +348,21 @@ impl PodNetwork {
     /// holding a leased address and a default route via the bridge.
     /// Idempotent: returns the existing address of an attached instance,
     /// and finishes a half-done attachment. A failed first attachment
-    /// leaves nothing behind.
+    /// leaves nothing behind. Attaches of different instances run in
+    /// parallel.
     pub async fn attach(&self, instance_id: &str) -> Result<PodAddress> {
         proto::manifest::validate_instance_id(instance_id)?;
-        let _op = self.ops.lock().await;
-        let (ip, new) =
-            crate::steps::timed_sync("ipam", || self.lock_ipam().allocate(instance_id))?;
-        match self.attach_locked(instance_id, ip).await {
+        let _all = self.ops.read().await;
+        let _pod = self.instances.lock(instance_id).await;
+        let (ip, new) = crate::steps::timed("ipam", self.ipam.allocate(instance_id)).await?;
+        let attached = self
+            .kernel_work(
+                "attaching",
+                instance_id,
+                self.attach_locked(instance_id, ip),
+            )
+            .await;
+        match attached {
             Ok(address) => {
                 if new {
                     info!(instance = instance_id, ip = %ip, "pod attached to the network");
@@ -333,7 +370,11 @@ impl PodNetwork {
                 Ok(address)
             }
             Err(e) => {
-                if new && let Err(undo) = self.detach_locked(instance_id).await {
+                if new
+                    && let Err(undo) = self
+                        .kernel_work("detaching", instance_id, self.detach_locked(instance_id))
+                        .await
+                {
                     warn!(
                         instance = instance_id,
                         error = %crate::error_chain(&undo),
@@ -349,8 +390,28 @@ impl PodNetwork {
     /// Idempotent.
     pub async fn detach(&self, instance_id: &str) -> Result<()> {
         proto::manifest::validate_instance_id(instance_id)?;
-        let _op = self.ops.lock().await;
-        self.detach_locked(instance_id).await
+        let _all = self.ops.read().await;
+        let _pod = self.instances.lock(instance_id).await;
+        self.kernel_work("detaching", instance_id, self.detach_locked(instance_id))
+            .await
+    }
+
+    /// Runs one pod's kernel work: at most [`KERNEL_OPS`] at once, at most
+    /// [`KERNEL_TIMEOUT`] long.
+    async fn kernel_work<T>(
+        &self,
+        what: &str,
+        instance_id: &str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        // Never closed: the semaphore lives as long as `self`.
+        let _slot = self.kernel.acquire().await;
+        tokio::time::timeout(KERNEL_TIMEOUT, work)
+            .await
+            .map_err(|_| NetworkError::Timeout {
+                what: format!("{what} {instance_id}"),
+                after: KERNEL_TIMEOUT,
+            })?
     }
 
     /// Detaches every instance that holds a lease but is not in `live`,
@@ -358,7 +419,7 @@ impl PodNetwork {
     /// (clean-up after a crash). Continues past failures; returns the
     /// first one.
     pub async fn reconcile(&self, live: &[String]) -> Result<()> {
-        let _op = self.ops.lock().await;
+        let _all = self.ops.write().await;
         let live: HashSet<&str> = live.iter().map(String::as_str).collect();
         let mut first_error = None;
         let leased = self.lock_ipam().ids();
@@ -397,7 +458,7 @@ impl PodNetwork {
     /// `net.ipv4.ip_forward` is left as it is: other software may rely on
     /// it.
     pub async fn remove_all(&self) -> Result<()> {
-        let _op = self.ops.lock().await;
+        let _all = self.ops.write().await;
         let leased = self.lock_ipam().ids();
         for id in &leased {
             self.detach_locked(id).await?;
@@ -411,7 +472,7 @@ impl PodNetwork {
     }
 
     fn lock_ipam(&self) -> std::sync::MutexGuard<'_, Ipam> {
-        self.ipam.lock().unwrap_or_else(PoisonError::into_inner)
+        self.ipam.lock()
     }
 
     fn pod_address(&self, instance_id: &str, ip: Ipv4Addr) -> PodAddress {
@@ -426,13 +487,16 @@ impl PodNetwork {
     async fn attach_locked(&self, id: &str, ip: Ipv4Addr) -> Result<PodAddress> {
         let host = &self.host.handle;
         let address = self.pod_address(id, ip);
-        let bridge = link::ensure_bridge(
-            host,
-            &self.config.bridge,
-            self.cidr.gateway(),
-            self.cidr.prefix_len(),
-        )
-        .await?;
+        let bridge = {
+            let _dump = self.bridge.lock().await;
+            link::ensure_bridge(
+                host,
+                &self.config.bridge,
+                self.cidr.gateway(),
+                self.cidr.prefix_len(),
+            )
+            .await?
+        };
         crate::steps::timed("netns", netns::create(&address.netns)).await?;
         let pod = Netlink::from_socket(netns::netlink_socket(&address.netns).await?);
         let result =
@@ -502,7 +566,7 @@ impl PodNetwork {
             if let Some(bridge) = link::by_name(host, &self.config.bridge).await? {
                 link::forget_neighbour(host, bridge.header.index, ip).await?;
             }
-            self.lock_ipam().release(id)?;
+            self.ipam.release(id).await?;
             info!(instance = id, ip = %ip, "pod detached from the network");
         }
         Ok(())

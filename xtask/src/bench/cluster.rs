@@ -201,6 +201,16 @@ impl Cluster {
         }
     }
 
+    /// The log the scheduler writes: the riklet's with `--standalone`.
+    pub(crate) fn scheduler_log(&self) -> PathBuf {
+        let name = if self.scheduler_embedded {
+            "riklet.log"
+        } else {
+            "scheduler.log"
+        };
+        self.dir.join(name)
+    }
+
     pub(crate) fn dir_path(&self) -> &Path {
         &self.dir
     }

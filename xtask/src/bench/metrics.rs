@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use super::burst::{BenchNetwork, burst};
 use super::cluster::{Cluster, SchedulerProcess, release_binaries};
 use super::process::{clock_ticks, cpu_ticks, machine, status_kib, step};
 use super::stats::{median, p99, series};
@@ -66,14 +67,13 @@ pub fn metrics(root: &Path) -> anyhow::Result<()> {
     let (target, out_dir) = release_binaries(root)?;
 
     // Own bridge, CIDR (/22: 500 pods) and nft table, removed at the end.
-    let n = std::process::id() % 10_000;
-    let (bridge, table) = (format!("rkb{n}"), format!("riklet_bench_{n}"));
-    let extra = format!(
-        "metrics_addr = \"127.0.0.1:0\"\nmetrics_interval = \"1s\"\n\n[network]\nbridge = \"{bridge}\"\n\
-         pod_cidr = \"10.218.0.0/22\"\nnft_table = \"{table}\"\n"
-    );
+    let net = BenchNetwork::new();
     step("start a one-node cluster: rik-scheduler + riklet, 1 s collection interval");
-    let mut cluster = Cluster::start(&target.join("release"), &extra, SchedulerProcess::Separate)?;
+    let mut cluster = Cluster::start(
+        &target.join("release"),
+        &net.config(),
+        SchedulerProcess::Separate,
+    )?;
     let result = measure(&mut cluster);
     let _ = std::fs::copy(
         cluster.dir_path().join("riklet.log"),
@@ -81,25 +81,26 @@ pub fn metrics(root: &Path) -> anyhow::Result<()> {
     );
     let shutdown = cluster.shutdown();
     drop(cluster);
-    let _ = Command::new("ip").args(["link", "del", &bridge]).status();
-    let _ = Command::new("nft")
-        .args(["delete", "table", "ip", &table])
-        .status();
+    net.remove();
     let results = result?;
     shutdown?;
 
     let path = out_dir.join("metrics.json");
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
-    println!("\none collection cycle (ms; median and p99 of the window's samples)");
     println!(
-        "{:>6} {:>16} {:>14} {:>14} {:>14} {:>12} {:>14}",
+        "\none collection cycle (ms; median and p99 of the window's samples); all RUNNING: \
+         the scheduler logged every replica RUNNING, ms after `rik apply` (no --wait)"
+    );
+    println!(
+        "{:>6} {:>16} {:>14} {:>14} {:>14} {:>12} {:>14} {:>14}",
         "pods",
         "workload",
         "eBPF read",
         "cgroup reads",
         "whole cycle",
         "riklet CPU",
-        "+1 s scrapes"
+        "+1 s scrapes",
+        "all RUNNING"
     );
     for r in results["runs"].as_array().into_iter().flatten() {
         let cell = |k: &str| {
@@ -111,14 +112,15 @@ pub fn metrics(root: &Path) -> anyhow::Result<()> {
         };
         let pct = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "{:>6} {:>16} {:>14} {:>14} {:>14} {:>11.2}% {:>13.2}%",
+            "{:>6} {:>16} {:>14} {:>14} {:>14} {:>11.2}% {:>13.2}% {:>11.0} ms",
             r["pods"],
             r["workload"].as_str().unwrap_or(""),
             cell("ebpf_ms"),
             cell("cgroups_ms"),
             cell("cycle_ms"),
             pct("cpu_percent_of_one_core"),
-            pct("cpu_percent_with_1s_scrapes")
+            pct("cpu_percent_with_1s_scrapes"),
+            r["burst"]["running_logged_ms"].as_f64().unwrap_or(f64::NAN)
         );
     }
     println!("\nraw results: {}", path.display());
@@ -140,19 +142,13 @@ fn measure(cluster: &mut Cluster) -> anyhow::Result<Value> {
                 workload.container()
             ),
         )?;
-        let t0 = Instant::now();
-        cluster.rik_ok(&[
-            "apply",
-            "-f",
+        let burst = burst(
+            cluster,
+            &app,
             manifest.to_str().context("utf-8 path")?,
-            "--wait",
-            "--timeout",
-            "600s",
-        ])?;
-        println!(
-            "  {pods} pods RUNNING after {:.1} s",
-            t0.elapsed().as_secs_f64()
-        );
+            pods,
+            Duration::from_secs(600),
+        )?;
         std::thread::sleep(Duration::from_secs(3));
         let (mut ebpf, mut cgroups, mut cycle) = (Vec::new(), Vec::new(), Vec::new());
         let cpu0 = cpu_ticks(cluster.pid()).context("riklet /proc stat")?;
@@ -198,6 +194,7 @@ fn measure(cluster: &mut Cluster) -> anyhow::Result<Value> {
             "cpu_percent_of_one_core": cpu,
             "cpu_percent_with_1s_scrapes": scraped_cpu,
             "riklet_rss_kib": status_kib(cluster.pid(), "VmRSS:"),
+            "burst": burst,
         }));
         cluster.delete_and_wait(&app)?;
     }

@@ -3,7 +3,9 @@
 //! results in `target/bench/` and a summary in docs/benchmarks.md. Nothing
 //! here asserts on time: the figures are reported, not judged.
 //!
-//! - `start`: pod start latency and the riklet's footprint;
+//! - `start`: pod start latency, a 100-replica burst and the riklet's
+//!   footprint;
+//! - `burst`: one burst of N replicas (`rik apply` → all RUNNING);
 //! - `containers`: image containers against `ctr run`;
 //! - `metrics`: the Node Monitor's cost up to 500 pods;
 //! - `proxy`: the Node Proxy against direct connections and userspace
@@ -13,6 +15,7 @@
 //!   of a start, from the riklet's log.
 
 pub(crate) mod breakdown;
+pub(crate) mod burst;
 pub(crate) mod cluster;
 pub(crate) mod containers;
 pub(crate) mod metrics;

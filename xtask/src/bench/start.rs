@@ -13,15 +13,18 @@
 //!    CLI's poll interval costs); one `rik get apps` (the CLI's own round
 //!    trip); and, as the floor, a plain fork+exec of the same program
 //!    (`busybox true`: spawn + wait) and a spawn of `busybox sleep 3600`;
-//! 3. the riklet's footprint: RSS (VmRSS) and CPU (utime+stime over a
-//!    [`WINDOW`]) idle, with [`PODS`] pods (one app, `replicas: 50`), and
-//!    idle again once they are deleted; the RSS/PSS of the pods' shims;
-//! 4. cleans everything up (apps, riklet, temp dir, cgroups, pins), also
+//! 3. a burst: `rik apply` (no `--wait`) of one app with [`PODS`]
+//!    replicas, timed until every replica is RUNNING ([`super::burst`]);
+//! 4. the riklet's footprint: RSS (VmRSS) and CPU (utime+stime over a
+//!    [`WINDOW`]) idle, with the [`PODS`] pods of the burst, and idle again
+//!    once they are deleted (the delete timed too); the RSS/PSS of the
+//!    pods' shims;
+//! 5. cleans everything up (apps, riklet, temp dir, cgroups, pins), also
 //!    when it fails;
-//! 5. reads the steps of each `apply --wait` start from the riklet's log
+//! 6. reads the steps of each `apply --wait` start from the riklet's log
 //!    (run with `riklet::steps=debug`, see [`super::breakdown`]) and gives
 //!    each step's median;
-//! 6. writes the raw results to `target/bench/start.json` and prints the
+//! 7. writes the raw results to `target/bench/start.json` and prints the
 //!    tables.
 //!
 //! Nothing here asserts on time: the figures are reported, not judged.
@@ -35,14 +38,15 @@ use anyhow::bail;
 use serde_json::{Value, json};
 
 use super::breakdown;
+use super::burst::burst;
 use super::cluster::{BUSYBOX, Cluster, SchedulerProcess, release_binaries, shims};
 use super::process::{clock_ticks, footprint, footprint_line, machine, pss_kib, status_kib, step};
 use super::stats::{median, ms, series, unix_ms};
 
 /// Samples per latency series.
 const ITERATIONS: usize = 20;
-/// Pods of the footprint measurement.
-const PODS: usize = 50;
+/// Pods of the burst and of the footprint measurement.
+const PODS: usize = 100;
 /// Name prefix of the apps of the `apply --wait` series, whose starts the
 /// step breakdown summarises.
 const WAIT_PREFIX: &str = "bench-wait-";
@@ -115,8 +119,10 @@ fn measure(cluster: &mut Cluster) -> anyhow::Result<Value> {
     ));
     let latency = latency(cluster)?;
 
-    step(&format!("{PODS} pods: one app with replicas: {PODS}"));
-    let mut report = pods_footprint(cluster, clk_tck)?;
+    step(&format!(
+        "burst: rik apply of one app with replicas: {PODS}, then its footprint"
+    ));
+    let (mut report, burst) = pods_footprint(cluster, clk_tck)?;
 
     step(&format!(
         "riklet idle again, pods deleted: {}s window",
@@ -133,6 +139,7 @@ fn measure(cluster: &mut Cluster) -> anyhow::Result<Value> {
         "iterations": ITERATIONS,
         "note": "times in ms; p99 of 20 samples is the maximum (nearest rank)",
         "latency": latency,
+        "burst": burst,
         "footprint": report,
     }))
 }
@@ -216,20 +223,14 @@ fn poll_until_running(cluster: &Cluster, name: &str) -> anyhow::Result<u32> {
     }
 }
 
-/// [`PODS`] pods of one app: how long `rik apply --wait` takes, then the
-/// riklet's and the shims' footprint; the `footprint` object of the
-/// results (without the idle windows).
-fn pods_footprint(cluster: &Cluster, clk_tck: f64) -> anyhow::Result<Value> {
+/// A burst of [`PODS`] pods of one app (`rik apply`, then polls until all
+/// are RUNNING), then the riklet's and the shims' footprint with them, and
+/// how long deleting them takes; the `footprint` object of the results
+/// (without the idle windows) and the `burst` object.
+fn pods_footprint(cluster: &Cluster, clk_tck: f64) -> anyhow::Result<(Value, Value)> {
     let name = "bench-pods";
     let file = cluster.manifest(name, PODS)?;
-    let t = Instant::now();
-    cluster.rik_ok(&["apply", "-f", &file, "--wait", "--timeout", "180s"])?;
-    let pods_ready_ms = ms(t.elapsed());
-    let running = cluster.running(name)?;
-    if running != PODS {
-        bail!("{running} of {PODS} pods RUNNING after `rik apply --wait`");
-    }
-    println!("  all {PODS} RUNNING after {pods_ready_ms:.0} ms");
+    let mut burst = burst(cluster, name, &file, PODS, Duration::from_secs(180))?;
     let loaded = footprint(cluster.pid(), clk_tck, WINDOW)?;
     println!("{}", footprint_line(&loaded));
     let shims = shims(&cluster.state_dir());
@@ -247,12 +248,15 @@ fn pods_footprint(cluster: &Cluster, clk_tck: f64) -> anyhow::Result<Value> {
     if shims.len() != PODS {
         eprintln!("  note: {} shims found for {PODS} pods", shims.len());
     }
+    let t = Instant::now();
     cluster.delete_and_wait(name)?;
-    Ok(json!({
+    let deleted = ms(t.elapsed());
+    println!("  {PODS} pods deleted and forgotten by the riklet after {deleted:.0} ms");
+    burst["delete_and_forget_ms"] = json!(deleted);
+    let footprint = json!({
         "window_s": WINDOW.as_secs(),
         "clk_tck": clk_tck,
         "pods": PODS,
-        "pods_apply_wait_ms": pods_ready_ms,
         "with_pods": loaded,
         "shims": {
             "count": shims.len(),
@@ -261,7 +265,8 @@ fn pods_footprint(cluster: &Cluster, clk_tck: f64) -> anyhow::Result<Value> {
             "rss_kib_total": shim_rss.iter().sum::<f64>(),
             "pss_kib_total": shim_pss.iter().sum::<f64>(),
         },
-    }))
+    });
+    Ok((footprint, burst))
 }
 
 /// fork+exec+exit: `busybox true`, spawn + wait.
@@ -381,11 +386,14 @@ fn table(r: &Value) -> String {
         sh["rss_kib_total"].as_f64().unwrap_or(f64::NAN) / 1024.0,
         sh["pss_kib_total"].as_f64().unwrap_or(f64::NAN) / 1024.0
     );
+    let _ = writeln!(out, "\nburst (ms from the spawn of rik apply)");
+    let _ = writeln!(out, "{}", super::burst::line(&r["burst"]));
     let _ = writeln!(
         out,
-        "{} pods: rik apply --wait took {:.0} ms",
-        f["pods"],
-        f["pods_apply_wait_ms"].as_f64().unwrap_or(f64::NAN)
+        "  delete, until the riklet forgot every pod: {:.0} ms",
+        r["burst"]["delete_and_forget_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
     );
     out
 }
