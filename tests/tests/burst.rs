@@ -42,7 +42,7 @@ fn procs(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// Pids of the shims (`riklet shim --run-dir DIR`) with DIR under `state`.
+/// Pids of the shims (`riklet-shim --run-dir DIR`) with DIR under `state`.
 fn shims(state: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -53,7 +53,11 @@ fn shims(state: &Path) -> Vec<i32> {
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.iter().any(|a| *a == b"shim")
+            // `riklet-shim --run-dir DIR`, or `riklet shim --run-dir DIR` of
+            // a riklet before the dedicated binary.
+            let is_shim = args.first().is_some_and(|a| a.ends_with(b"riklet-shim"))
+                || args.iter().any(|a| *a == b"shim");
+            is_shim
                 && args.windows(2).any(|w| {
                     w[0] == b"--run-dir"
                         && Path::new(&*String::from_utf8_lossy(w[1])).starts_with(state)
