@@ -121,7 +121,7 @@ fn field(line: &str, key: &str) -> Option<String> {
 }
 
 /// `line` without ANSI colour sequences (`ESC [ … letter`).
-fn strip_ansi(line: &str) -> String {
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

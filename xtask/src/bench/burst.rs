@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use super::breakdown::strip_ansi;
 use super::cluster::{Cluster, SchedulerProcess, release_binaries};
 use super::process::{machine, step};
 use super::stats::{ms, unix_ms};
@@ -191,24 +192,6 @@ fn process_starts(state: &Path, ids: &[&str]) -> anyhow::Result<Vec<i64>> {
     }
     starts.sort_unstable();
     Ok(starts)
-}
-
-/// The line without its terminal colour sequences (`ESC [ … m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// `2026-12-02T14:21:42.311706Z` as Unix ms (UTC only, as the riklet logs).
