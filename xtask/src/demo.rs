@@ -248,20 +248,23 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The node port of the example app `app` (its manifest's `port`).
+/// The node port of the example app `app`: the first `port` of its
+/// manifest's containers. Read as plain YAML, so that xtask builds before
+/// `setup` has installed protoc (the `proto` crate needs it).
 fn node_port(app: &str, root: &Path) -> anyhow::Result<u16> {
     let path = root.join(format!("assets/examples/{app}.yaml"));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let manifest =
-        proto::manifest::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
-    manifest
-        .spec
-        .containers
-        .iter()
-        .flat_map(|c| &c.ports)
-        .map(|p| p.port)
-        .next()
+    let manifest: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    manifest["spec"]["containers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["ports"].as_sequence())
+        .flatten()
+        .filter_map(|p| p["port"].as_u64())
+        .find_map(|p| u16::try_from(p).ok())
         .with_context(|| format!("{} exposes no port", path.display()))
 }
 
