@@ -16,10 +16,12 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use cgroups_rs::fs::cgroup_builder::CgroupBuilder;
-use cgroups_rs::fs::{Cgroup, hierarchies};
+use cgroups_rs::fs::hierarchies::{self, V1};
+use cgroups_rs::fs::{Cgroup, Hierarchy};
 
 /// v1 controllers a pod cgroup is created in (others are left alone).
 const V1_CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
@@ -234,7 +236,7 @@ impl ContainerCgroup {
             builder = builder.memory().memory_hard_limit(bytes as i64).done();
         }
         builder
-            .build(hierarchies::auto())
+            .build(hierarchy())
             .map_err(|source| CgroupError::Controller {
                 path: self.rel.clone(),
                 source,
@@ -327,7 +329,7 @@ impl ContainerCgroup {
     /// Kills what is left and removes the cgroup from every hierarchy.
     pub fn remove(&self) -> Result<()> {
         self.kill_all()?;
-        let cg = Cgroup::load(hierarchies::auto(), &self.rel);
+        let cg = Cgroup::load(hierarchy(), &self.rel);
         if cg.exists() {
             cg.delete().map_err(|source| CgroupError::Controller {
                 path: self.rel.clone(),
@@ -345,6 +347,19 @@ impl ContainerCgroup {
             }
         }
         Ok(())
+    }
+}
+
+/// The hierarchy cgroups-rs works in. On hybrid hosts `hierarchies::auto()`
+/// parses the whole of `/proc/self/mountinfo`, which holds a line per pod
+/// network namespace: read on every call, it made each pod start and
+/// delete cost O(pods). It is read once here: the cgroup mounts it keeps do
+/// not change while the riklet runs.
+fn hierarchy() -> Box<dyn Hierarchy> {
+    static V1_MOUNTS: OnceLock<Option<V1>> = OnceLock::new();
+    match V1_MOUNTS.get_or_init(|| (!hierarchies::is_cgroup2_unified_mode()).then(V1::new)) {
+        Some(v1) => Box::new(v1.clone()),
+        None => hierarchies::auto(),
     }
 }
 

@@ -26,7 +26,7 @@ use nix::sched::CloneFlags;
 use riklet::network::{
     IPAM_FILE, NetworkConfig, NetworkError, PodAddress, PodNetwork, host_veth_name, netns,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const SOCAT: &str = "/usr/bin/socat";
 const PORT: u16 = 8080;
@@ -108,6 +108,18 @@ async fn two_pods_talk_to_the_host_and_each_other_then_detach_cleanly() {
         let routes = ip_json(&["-n", &ns, "-4", "route", "show", "default"]);
         assert_eq!(routes[0]["gateway"], gateway.to_string(), "{ns}: {routes}");
         assert_eq!(routes[0]["dev"], "eth0", "{ns}: {routes}");
+        // IPv4 only: no IPv6 on either end of the veth (nothing flooded to
+        // the bridge's other ports), `::1` kept on lo.
+        let v6 = |dev: &str| ip_json(&["-n", &ns, "-6", "addr", "show", "dev", dev]);
+        assert_eq!(v6("eth0"), json!([]), "IPv6 on eth0 in {ns}");
+        assert!(
+            v6("lo").to_string().contains("\"::1\""),
+            "no ::1 on lo in {ns}: {}",
+            v6("lo")
+        );
+        let host_end = host_veth_name(id);
+        let v6_host = ip_json(&["-6", "addr", "show", "dev", &host_end]);
+        assert_eq!(v6_host, json!([]), "IPv6 on {host_end}");
     }
 
     // A TCP server inside A…

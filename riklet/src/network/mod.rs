@@ -5,6 +5,7 @@
 //!  ┌──────────────── bridge rik0 10.88.0.1/24 ┐
 //!  │  rikv<hash> ◀──────── veth ────────▶ eth0 10.88.0.N/24, lo up
 //!  └──────────────────────────────────────────┘    default via 10.88.0.1
+//!  (IPv4 only: IPv6 is off on both ends of the veth; lo keeps ::1)
 //!  nft: table ip riklet, chain pod_masquerade (postrouting):
 //!       ip saddr 10.88.0.0/24 ip daddr != 10.88.0.0/24 masquerade
 //! ```
@@ -33,7 +34,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -63,6 +64,10 @@ const KERNEL_OPS: usize = 16;
 
 /// Longest kernel work of one attachment or detachment.
 const KERNEL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an attach trusts the last full check of the bridge (see
+/// `PodNetwork::bridge`).
+const BRIDGE_RECHECK: Duration = Duration::from_secs(10);
 
 /// A pod network operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -273,10 +278,13 @@ pub struct PodNetwork {
     /// taken exclusively by what goes over every pod (reconcile, uninstall).
     ops: tokio::sync::RwLock<()>,
     instances: InstanceLocks,
-    /// Serialises the bridge check of concurrent attaches: it lists the
-    /// bridge's addresses, and the kernel allows one dump at a time on the
-    /// host's netlink socket (another one fails with EBUSY).
-    bridge: tokio::sync::Mutex<()>,
+    /// The index of the bridge when it was last checked in full (address,
+    /// up), and when. The full check lists every address of the host (an
+    /// IPv6 one per pod veth), so a burst of attaches makes it at most once
+    /// per [`BRIDGE_RECHECK`]. The lock serialises it: the kernel allows one
+    /// dump at a time on the host's netlink socket (another fails with
+    /// EBUSY).
+    bridge: tokio::sync::Mutex<Option<(u32, Instant)>>,
     /// [`KERNEL_OPS`] permits.
     kernel: tokio::sync::Semaphore,
 }
@@ -304,7 +312,7 @@ impl PodNetwork {
         let ipam = Ipam::load(&state_dir.join(IPAM_FILE), cidr)?;
         netns::prepare_dir()?;
         let host = Netlink::host()?;
-        link::ensure_bridge(
+        let bridge = link::ensure_bridge(
             &host.handle,
             &config.bridge,
             cidr.gateway(),
@@ -333,7 +341,7 @@ impl PodNetwork {
             ipam: SharedIpam::new(ipam),
             ops: tokio::sync::RwLock::new(()),
             instances: InstanceLocks::default(),
-            bridge: tokio::sync::Mutex::new(()),
+            bridge: tokio::sync::Mutex::new(Some((bridge, Instant::now()))),
             kernel: tokio::sync::Semaphore::new(KERNEL_OPS),
         })
     }
@@ -485,24 +493,41 @@ impl PodNetwork {
     }
 
     async fn attach_locked(&self, id: &str, ip: Ipv4Addr) -> Result<PodAddress> {
-        let host = &self.host.handle;
         let address = self.pod_address(id, ip);
-        let bridge = {
-            let _dump = self.bridge.lock().await;
-            link::ensure_bridge(
-                host,
-                &self.config.bridge,
-                self.cidr.gateway(),
-                self.cidr.prefix_len(),
-            )
-            .await?
-        };
+        let bridge = crate::steps::timed("bridge", self.bridge_index()).await?;
         crate::steps::timed("netns", netns::create(&address.netns)).await?;
         let pod = Netlink::from_socket(netns::netlink_socket(&address.netns).await?);
         let result =
             crate::steps::timed("veth", self.wire(id, &address, bridge, &pod.handle)).await;
         pod.close().await;
         result.map(|()| address)
+    }
+
+    /// The bridge's index: one lookup when it is the bridge checked in
+    /// full less than [`BRIDGE_RECHECK`] ago and up, else the full check
+    /// (created, addressed, up), which also repairs a bridge someone
+    /// deleted, downed or stripped of its address.
+    async fn bridge_index(&self) -> Result<u32> {
+        let host = &self.host.handle;
+        let checked = *self.bridge.lock().await;
+        if let Some((index, at)) = checked
+            && at.elapsed() < BRIDGE_RECHECK
+            && let Some(link) = link::by_name(host, &self.config.bridge).await?
+            && link.header.index == index
+            && link::is_up(&link)
+        {
+            return Ok(index);
+        }
+        let mut checked = self.bridge.lock().await;
+        let index = link::ensure_bridge(
+            host,
+            &self.config.bridge,
+            self.cidr.gateway(),
+            self.cidr.prefix_len(),
+        )
+        .await?;
+        *checked = Some((index, Instant::now()));
+        Ok(index)
     }
 
     /// Creates (or repairs) the veth pair and configures both ends.
@@ -539,6 +564,7 @@ impl PodNetwork {
         let host_end = link::by_name(host, &veth)
             .await?
             .ok_or_else(|| missing(&veth))?;
+        link::disable_ipv6(&veth)?;
         link::set_up(host, host_end.header.index, Some(bridge), &veth).await?;
         link::set_hairpin(host, host_end.header.index, &veth).await?;
 

@@ -25,6 +25,10 @@ use super::{NetworkError, Result};
 /// Where named network namespaces live.
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// IPv6 settings of the links a namespace creates from now on, as seen by
+/// a thread inside it (`/proc/sys/net` shows the opener's namespace).
+const IPV6_DEFAULT: &str = "default";
+
 /// Prefix of the riklet's namespace names.
 pub const NETNS_PREFIX: &str = "rik-";
 
@@ -102,6 +106,9 @@ pub(crate) async fn create(path: &Path) -> Result<()> {
             what: "unshare(CLONE_NEWNET)".into(),
             source,
         })?;
+        // The pod's eth0, created later in this namespace, gets no IPv6
+        // (`lo`, already there, keeps `::1`): see `super::link::disable_ipv6`.
+        super::link::disable_ipv6(IPV6_DEFAULT)?;
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,

@@ -19,10 +19,11 @@ pub(crate) const LOG_FILTER: &str = "info,riklet::steps=debug";
 /// The steps in the order a start goes through them, with a label; `network`
 /// and `cgroup` run at the same time, `total` spans the start task and
 /// `commit` follows it.
-const STEPS: [(&str, &str); 16] = [
+const STEPS: [(&str, &str); 17] = [
     ("total", "start task: network to shim report"),
     ("network", "  pod network (with cgroup)"),
     ("ipam", "    address lease (ipam.json)"),
+    ("bridge", "    bridge check"),
     ("netns", "    network namespace"),
     ("veth", "    veth, addresses, route"),
     ("cgroup", "  cgroups, OOM baseline (with network)"),
