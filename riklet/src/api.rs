@@ -1,8 +1,9 @@
 //! Node-local APIs.
 //!
 //! - A unix socket (mode 0600, root only) answering one request per
-//!   connection, `status` or `pods`, with a JSON document: what `riklet
-//!   status` and `riklet pods` print.
+//!   connection, `status`, `pods` or `proxy`, with a JSON document: what
+//!   `riklet status -o json` and `riklet pods -o json` print (the tables
+//!   for people are drawn from it, see [`crate::admin`]).
 //! - The `rik.v1.NodeLogs` gRPC service on TCP, through which the scheduler
 //!   serves `rik logs` (tail and follow of the CRI log files).
 

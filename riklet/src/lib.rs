@@ -19,7 +19,8 @@
 //! - [`cgroups`]: pod cgroups on hybrid and pure v2 hosts.
 //! - [`metrics`]: eBPF network counters and node figures.
 //! - [`logs`]: CRI log files, writing and tailing.
-//! - [`api`]: control socket (`riklet status|pods`) and node logs service.
+//! - [`api`]: control socket (`riklet status|pods`) and node logs service;
+//!   [`admin`]: the status document and the tables those commands print.
 //! - [`observability`]: tracing setup; [`steps`]: the timed steps of a
 //!   container start.
 
