@@ -50,9 +50,8 @@ struct RawContainer {
     /// one port is named as the first of a list.
     ports: Option<serde_yaml::Value>,
     resources: Option<Resources>,
-    /// Parsed by hand: serde's error for an unknown variant names no field.
     #[serde(rename = "imagePullPolicy")]
-    image_pull_policy: Option<String>,
+    image_pull_policy: Option<ImagePullPolicy>,
 }
 
 #[derive(Deserialize)]
@@ -124,7 +123,7 @@ impl RawContainer {
             env: self.env.unwrap_or_default(),
             ports,
             resources: self.resources,
-            image_pull_policy: pull_policy(self.image_pull_policy.as_deref(), &at)?,
+            image_pull_policy: self.image_pull_policy,
         })
     }
 }
@@ -144,22 +143,6 @@ fn ports(
         Some(_) => Err(field_err(
             at("ports"),
             "expected a port ({port: 80}) or a list of them",
-        )),
-    }
-}
-
-fn pull_policy(
-    value: Option<&str>,
-    at: &dyn Fn(&str) -> String,
-) -> Result<Option<ImagePullPolicy>, ManifestError> {
-    match value {
-        None => Ok(None),
-        Some("Always") => Ok(Some(ImagePullPolicy::Always)),
-        Some("IfNotPresent") => Ok(Some(ImagePullPolicy::IfNotPresent)),
-        Some("Never") => Ok(Some(ImagePullPolicy::Never)),
-        Some(other) => Err(field_err(
-            at("imagePullPolicy"),
-            format!("{other:?} is not Always, IfNotPresent or Never"),
         )),
     }
 }
