@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - `commands/<verb>.rs`: one file per verb (`apply`, `get`, `delete`,
-//!   `logs`); `commands/mod.rs` holds the scheduler connection.
+//!   `logs`, `top`, `completion`); `commands/mod.rs` holds the scheduler
+//!   connection.
 //! - `views.rs`: table rows and seed 004's JSON objects built from the
 //!   scheduler's messages (pure, unit-tested).
 //! - `output.rs`: tables, kubectl-style ages, ordered JSON.
@@ -17,7 +18,7 @@ mod views;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::Scheduler;
 
@@ -47,6 +48,7 @@ enum Command {
     Logs(commands::logs::Args),
     /// Show running pods by CPU and memory use.
     Top(commands::top::Args),
+    Completion(commands::completion::Args),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
             commands::top::run(args, &mut scheduler, &mut out).await
         }
+        Command::Completion(args) => commands::completion::run(args, Cli::command(), &mut out),
     };
     out.flush()?;
     result
@@ -141,13 +144,60 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `rik completion bash` is a script bash accepts, completing every
+    /// subcommand.
+    #[test]
+    fn bash_completion_parses() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+
+        let mut script = Vec::new();
+        let super::Command::Completion(args) =
+            Cli::parse_from(["rik", "completion", "bash"]).command
+        else {
+            panic!("`rik completion bash` is not the completion command");
+        };
+        commands::completion::run(args, Cli::command(), &mut script).unwrap();
+        let text = String::from_utf8(script.clone()).unwrap();
+        for sub in ["apply", "get", "delete", "logs", "top", "completion"] {
+            assert!(text.contains(sub), "{sub} not in the bash script");
+        }
+        let mut bash = Command::new("bash")
+            .arg("-n")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bash, to check the completion script");
+        bash.stdin.take().unwrap().write_all(&script).unwrap();
+        let out = bash.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "bash -n: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Each subcommand's `--help` ends with real examples of it.
+    #[test]
+    fn every_subcommand_has_examples() {
+        for sub in Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let name = sub.get_name();
+            assert!(
+                help.starts_with("Examples:") && help.contains(&format!("rik {name}")),
+                "rik {name} --help has no examples: {help:?}"
+            );
+        }
     }
 
     #[test]

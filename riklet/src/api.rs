@@ -1,14 +1,18 @@
 //! Node-local APIs.
 //!
 //! - A unix socket (mode 0600, root only) answering one request per
-//!   connection, `status` or `pods`, with a JSON document: what `riklet
-//!   status` and `riklet pods` print.
+//!   connection, `status`, `pods` or `proxy`, with a JSON document: what
+//!   `riklet status -o json` and `riklet pods -o json` print (the tables
+//!   for people are drawn from it, see [`crate::admin`]).
 //! - The `rik.v1.NodeLogs` gRPC service on TCP, through which the scheduler
 //!   serves `rik logs` (tail and follow of the CRI log files).
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proto::common::ResourceStatus;
@@ -21,6 +25,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::admin::{AgentStatus, ContainerdStatus};
 use crate::agent::AgentHandle;
 use crate::logs;
 
@@ -47,9 +52,13 @@ pub enum ApiError {
 pub struct NodeFacts {
     pub node: String,
     pub scheduler: String,
+    /// Set while a session with the scheduler is open.
+    pub scheduler_connected: Arc<AtomicBool>,
     pub api_address: String,
     pub metrics_address: String,
     pub ebpf: bool,
+    /// The eBPF probes' attached programs.
+    pub ebpf_programs: Vec<&'static str>,
     pub containerd: crate::runtime::link::ContainerdLink,
     /// The Node Proxy, unless it could not start.
     pub proxy: Option<crate::proxy::ProxyHandle>,
@@ -87,68 +96,48 @@ pub async fn serve_socket(listener: UnixListener, agent: AgentHandle, facts: Nod
     }
 }
 
-/// The answer to `status` (`riklet status`): who this riklet is, where
-/// it listens, what it runs. Keys in alphabetical order, as JSON maps print.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AgentStatus<'a> {
-    api_address: &'a str,
-    containerd: ContainerdStatus,
-    ebpf: bool,
-    metrics_address: &'a str,
-    node: &'a str,
-    pods: usize,
-    /// The proxy datapath in use (`off` when it could not start).
-    proxy: &'static str,
-    running: usize,
-    scheduler: &'a str,
-}
-
-/// Whether containerd answers, and where; or why not.
-#[derive(Serialize)]
-struct ContainerdStatus {
-    connected: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    socket: Option<String>,
-}
-
-impl<'a> AgentStatus<'a> {
-    fn new(facts: &'a NodeFacts, pods: &[AppStatus]) -> Self {
-        let containerd = match facts.containerd.get() {
-            Some(c) => ContainerdStatus {
-                connected: true,
-                error: None,
-                namespace: Some(c.runtime.namespace().to_string()),
-                socket: Some(c.runtime.socket().display().to_string()),
-            },
-            None => ContainerdStatus {
-                connected: false,
-                error: Some(facts.containerd.why_unavailable()),
-                namespace: None,
-                socket: None,
-            },
-        };
-        AgentStatus {
-            api_address: &facts.api_address,
-            containerd,
-            ebpf: facts.ebpf,
-            metrics_address: &facts.metrics_address,
-            node: &facts.node,
-            pods: pods.len(),
-            proxy: facts
-                .proxy
-                .as_ref()
-                .map_or("off", |p| p.latest().mode.as_str()),
-            running: pods
-                .iter()
-                .filter(|p| p.realtime.state == ResourceStatus::Running)
-                .count(),
-            scheduler: &facts.scheduler,
-        }
+/// The answer to `status` (`riklet status`).
+fn agent_status(facts: &NodeFacts, pods: &[AppStatus]) -> AgentStatus {
+    let containerd = match facts.containerd.get() {
+        Some(c) => ContainerdStatus {
+            connected: true,
+            error: None,
+            namespace: Some(c.runtime.namespace().to_string()),
+            socket: Some(c.runtime.socket().display().to_string()),
+        },
+        None => ContainerdStatus {
+            connected: false,
+            error: Some(facts.containerd.why_unavailable()),
+            namespace: None,
+            socket: None,
+        },
+    };
+    let mut phases = BTreeMap::new();
+    for p in pods {
+        *phases
+            .entry(proto::status::name(p.realtime.state).to_string())
+            .or_default() += 1;
+    }
+    AgentStatus {
+        api_address: facts.api_address.clone(),
+        containerd,
+        ebpf: facts.ebpf,
+        ebpf_programs: facts.ebpf_programs.iter().map(|p| p.to_string()).collect(),
+        metrics_address: facts.metrics_address.clone(),
+        node: facts.node.clone(),
+        pods: pods.len(),
+        phases,
+        proxy: facts
+            .proxy
+            .as_ref()
+            .map_or("off", |p| p.latest().mode.as_str())
+            .to_string(),
+        running: pods
+            .iter()
+            .filter(|p| p.realtime.state == ResourceStatus::Running)
+            .count(),
+        scheduler: facts.scheduler.clone(),
+        scheduler_connected: facts.scheduler_connected.load(Ordering::Relaxed),
     }
 }
 
@@ -165,7 +154,7 @@ async fn answer(stream: UnixStream, agent: AgentHandle, facts: NodeFacts) -> std
     let pods = agent.pods().await;
     let body = match line.trim() {
         "pods" => serde_json::Value::Array(pods.iter().map(AppStatus::to_value).collect()),
-        "status" => serde_json::to_value(AgentStatus::new(&facts, &pods))?,
+        "status" => serde_json::to_value(agent_status(&facts, &pods))?,
         "proxy" => match &facts.proxy {
             Some(proxy) => serde_json::to_value(proxy.status().await)?,
             None => serde_json::to_value(Refusal {

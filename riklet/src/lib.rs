@@ -19,10 +19,12 @@
 //! - [`cgroups`]: pod cgroups on hybrid and pure v2 hosts.
 //! - [`metrics`]: eBPF network counters and node figures.
 //! - [`logs`]: CRI log files, writing and tailing.
-//! - [`api`]: control socket (`riklet status|pods`) and node logs service.
+//! - [`api`]: control socket (`riklet status|pods`) and node logs service;
+//!   [`admin`]: the status document and the tables those commands print.
 //! - [`observability`]: tracing setup; [`steps`]: the timed steps of a
 //!   container start.
 
+pub mod admin;
 pub mod agent;
 pub mod api;
 pub mod cgroups;
@@ -44,6 +46,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
@@ -116,6 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let probes = load_probes(&cgroups, &config);
     let cgroup_v2_root = cgroups.layout().v2_mount().to_path_buf();
     let ebpf = probes.is_some();
+    let ebpf_programs = probes.as_ref().map_or_else(Vec::new, |p| p.programs());
 
     let mut tasks = Tasks::new();
     // The embedded scheduler's counters are served on the riklet's /metrics.
@@ -143,12 +147,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (metrics_address, collector_task) =
         start_metrics(&config, &node, probes, usage, &handle, extra, &mut tasks).await?;
 
+    let scheduler_connected = Arc::new(AtomicBool::new(false));
     let facts = api::NodeFacts {
         node: node.clone(),
         scheduler: config.scheduler.clone(),
+        scheduler_connected: scheduler_connected.clone(),
         api_address: api_address.clone(),
         metrics_address,
         ebpf,
+        ebpf_programs,
         containerd,
         proxy,
     };
@@ -158,7 +165,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "node API",
         api::serve_logs(api_listener, config.log_dir.clone(), stopped),
     );
-    start_scheduler_client(&config, &node, api_address, handle, reports_rx, &mut tasks);
+    let link = SchedulerLink {
+        host_address: api_address,
+        connected: scheduler_connected,
+    };
+    start_scheduler_client(&config, &node, link, handle, reports_rx, &mut tasks);
 
     shutdown.await;
     info!(node = %node, "riklet stopping; pods keep running");
@@ -176,11 +187,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
+/// This riklet's side of the link with the scheduler.
+struct SchedulerLink {
+    /// `host:port` of the node API, sent with every status.
+    host_address: String,
+    /// Set while a session is open, for `riklet status`.
+    connected: Arc<AtomicBool>,
+}
+
 /// Registers with the scheduler and keeps it informed, until the stop.
 fn start_scheduler_client(
     config: &Config,
     node: &str,
-    host_address: String,
+    link: SchedulerLink,
     agent: agent::AgentHandle,
     reports: mpsc::UnboundedReceiver<agent::InstanceReport>,
     tasks: &mut Tasks,
@@ -188,8 +207,9 @@ fn start_scheduler_client(
     let settings = scheduler_client::ClientSettings {
         scheduler: config.scheduler.clone(),
         node: node.to_string(),
-        host_address,
+        host_address: link.host_address,
         heartbeat_interval: config.heartbeat_interval,
+        connected: link.connected,
     };
     let stop = tasks.stop.subscribe();
     tasks

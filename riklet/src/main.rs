@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use riklet::Config;
 use riklet::config::paths;
 
@@ -41,10 +41,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the running riklet's state (node, scheduler, pod counts).
-    Status,
-    /// List the running riklet's pods (JSON).
-    Pods,
+    /// Show the running riklet's state: node, scheduler, containerd, eBPF,
+    /// proxy, addresses, pod counts by state.
+    Status {
+        /// `table` for people, `json` for scripts (the whole document).
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// List the running riklet's pods.
+    Pods {
+        /// `table` for people, `json` for scripts (each pod's full status).
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Show the Node Proxy: each service, its datapath, backends and
     /// counters (JSON).
     Proxy,
@@ -55,6 +64,13 @@ enum Command {
         /// CRI log file to append to.
         log_path: PathBuf,
     },
+}
+
+/// How `status` and `pods` print.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -99,9 +115,9 @@ fn main() -> anyhow::Result<()> {
     let config = load_config(&cli)?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Some(Command::Status) => print_query(&runtime, &config, "status"),
-        Some(Command::Pods) => print_query(&runtime, &config, "pods"),
-        Some(Command::Proxy) => print_query(&runtime, &config, "proxy"),
+        Some(Command::Status { output }) => print_answer(&runtime, &config, "status", output),
+        Some(Command::Pods { output }) => print_answer(&runtime, &config, "pods", output),
+        Some(Command::Proxy) => print_answer(&runtime, &config, "proxy", Output::Json),
         Some(Command::Logger { .. }) => unreachable!("handled above"),
         None => {
             riklet::observability::init(cli.log_json);
@@ -113,17 +129,35 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn print_query(
+/// Prints the running riklet's answer to `what` on its control socket:
+/// the JSON document, or the table of `status` and `pods`.
+fn print_answer(
     runtime: &tokio::runtime::Runtime,
     config: &Config,
     what: &str,
+    output: Output,
 ) -> anyhow::Result<()> {
     let path = config.socket_path();
     let answer = runtime
         .block_on(riklet::api::query_socket(&path, what))
         .with_context(|| format!("is the riklet running? (socket {})", path.display()))?;
-    println!("{answer:#}");
+    let text = match (output, what) {
+        (Output::Table, "status") => riklet::admin::status_table(&serde_json::from_value(answer)?),
+        (Output::Table, "pods") => {
+            let pods: Vec<proto::status::AppStatus> = serde_json::from_value(answer)?;
+            riklet::admin::pods_table(&pods, now_secs())
+        }
+        _ => format!("{answer:#}\n"),
+    };
+    print!("{text}");
     Ok(())
+}
+
+/// Seconds since the epoch, for the pods' ages.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 async fn shutdown_signal() {

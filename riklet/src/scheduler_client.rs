@@ -7,6 +7,8 @@
 //! When the scheduler goes away the client reconnects with exponential
 //! back-off and jitter, and resends the full state once back.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -56,6 +58,8 @@ pub struct ClientSettings {
     /// `host:port` of this riklet's node API, sent with every status.
     pub host_address: String,
     pub heartbeat_interval: Duration,
+    /// Set while a session is open (registered), for `riklet status`.
+    pub connected: Arc<AtomicBool>,
 }
 
 /// Runs sessions with the scheduler until `shutdown`.
@@ -73,6 +77,7 @@ pub async fn run(
             _ = shutdown.recv() => return,
             r = session(&settings, &agent, &mut reports, &mut monitor) => r,
         };
+        settings.connected.store(false, Ordering::Relaxed);
         if let Err(e) = result {
             warn!(node = %settings.node, scheduler = %settings.scheduler, error = %crate::error_chain(&e), "scheduler session ended");
         }
@@ -141,6 +146,7 @@ async fn session(
         send(instance_status(node, addr, r)).await?;
     }
     info!(node, scheduler = %settings.scheduler, "registered with scheduler");
+    settings.connected.store(true, Ordering::Relaxed);
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
     heartbeat.tick().await;
     loop {

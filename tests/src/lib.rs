@@ -268,7 +268,7 @@ impl Cluster {
         let out = Command::new(bin_dir().join("riklet"))
             .arg("--state-dir")
             .arg(self.state_dir())
-            .arg("status")
+            .args(["status", "-o", "json"])
             .output()
             .expect("riklet status");
         assert!(
@@ -277,6 +277,23 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// `riklet status` or `riklet pods` of this node, as the table printed
+    /// for people.
+    pub fn local_table(&self, what: &str) -> String {
+        let out = Command::new(bin_dir().join("riklet"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg(what)
+            .output()
+            .expect("riklet");
+        assert!(
+            out.status.success(),
+            "riklet {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("a UTF-8 table")
     }
 
     /// Pid of the running riklet.
@@ -505,7 +522,7 @@ impl Cluster {
         let out = Command::new(bin_dir().join("riklet"))
             .arg("--state-dir")
             .arg(self.state_dir())
-            .arg("pods")
+            .args(["pods", "-o", "json"])
             .output()
             .expect("riklet pods");
         assert!(

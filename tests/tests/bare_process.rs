@@ -312,6 +312,10 @@ fn bad_manifests_are_refused_naming_the_field_and_touch_nothing() {
         ("kind: Deployment\nname: steady\nspec: {containers: [{name: c, exec: /bin/true}]}\n".into(), "kind"),
         (container("      exec: /bin/true\n      ports: {port: 0}\n"), "ports[0].port"),
         (container("      exec: /bin/true\n      ports: {port: 70000}\n"), "ports[0].port"),
+        // Issue 13: a type mismatch, an unknown variant, a NUL in a value.
+        (container("      exec: /bin/true\n      ports: {port: \"80\"}\n"), "spec.containers[0].ports[0].port: invalid type: string \"80\", expected a port number (1-65535)"),
+        ("kind: Pod\nname: steady\nspec: {restartPolicy: Sometimes, containers: [{name: c, exec: /bin/true}]}\n".into(), "spec.restartPolicy: unknown variant `Sometimes`"),
+        (container("      exec: /bin/true\n      env: [{name: A, value: \"b\\0\"}]\n"), "spec.containers[0].env[0].value: contains a NUL byte"),
         (format!("# {}\n", "x".repeat(1024 * 1024 + 1)), "1048576"),
         ("kind: Pod\nname: [unclosed\n".into(), "YAML"),
     ];
@@ -331,4 +335,50 @@ fn bad_manifests_are_refused_naming_the_field_and_touch_nothing() {
     assert_eq!(pid_of(&app), pid);
     assert_eq!(app["restartCount"], 0);
     assert!(http_get_at(ip, port, "/copyright").is_ok());
+    local_tables_name_their_rows(&cluster);
+}
+
+/// `riklet status` and `riklet pods` print tables for people, which say
+/// what `-o json` says.
+fn local_tables_name_their_rows(cluster: &Cluster) {
+    let json = cluster.local_status();
+    let table = cluster.local_table("status");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find_map(|l| l.strip_prefix(name).filter(|v| v.starts_with("  ")))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} row in riklet status:\n{table}"))
+            .to_string()
+    };
+    assert_eq!(row("NODE"), cluster.node);
+    assert_eq!(
+        row("SCHEDULER"),
+        format!("{} (connected)", json["scheduler"].as_str().unwrap())
+    );
+    assert!(
+        row("CONTAINERD").starts_with("connected")
+            || row("CONTAINERD").starts_with("not connected: "),
+        "{table}"
+    );
+    let programs = json["ebpfPrograms"].as_array().expect("ebpfPrograms").len();
+    match json["ebpf"].as_bool() {
+        Some(true) => assert!(
+            row("EBPF").starts_with(&format!("{programs} programs loaded: ")),
+            "{table}"
+        ),
+        _ => assert!(row("EBPF").starts_with("not loaded"), "{table}"),
+    }
+    assert_eq!(row("PODS"), "1 (1 RUNNING)");
+    let pods = cluster.local_table("pods");
+    let lines: Vec<&str> = pods.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME ") && lines[0].contains("STATE"),
+        "{pods}"
+    );
+    assert_eq!(lines.len(), 2, "{pods}");
+    assert!(
+        lines[1].starts_with("steady-") && lines[1].contains(" RUNNING "),
+        "{pods}"
+    );
 }

@@ -63,7 +63,7 @@ fn metrics_port(cluster: &Cluster) -> u16 {
     let out = Command::new(bin_dir().join("riklet"))
         .arg("--state-dir")
         .arg(cluster.state_dir())
-        .arg("status")
+        .args(["status", "-o", "json"])
         .output()
         .expect("riklet status");
     let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
@@ -618,7 +618,7 @@ fn without_ebpf_the_riklet_says_so_once_and_keeps_cgroup_figures() {
     let out = Command::new(bin_dir().join("riklet"))
         .arg("--state-dir")
         .arg(cluster.state_dir())
-        .arg("status")
+        .args(["status", "-o", "json"])
         .output()
         .expect("riklet status");
     let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");

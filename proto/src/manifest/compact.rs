@@ -18,7 +18,7 @@ pub(super) struct Compact {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "metadata ({name: app})")]
 struct Metadata {
     name: Option<String>,
 }

@@ -10,12 +10,15 @@
 //! - this module: the normalized form ([`AppManifest`]) and [`parse`];
 //! - `workload`: the RIK workload form as written (nulls, one-or-many);
 //! - `compact`: seed 004's deployment file;
+//! - `de`: serde's errors as field errors (path and what was expected),
+//!   and the deserializers of one-or-many fields and numbers;
 //! - `validate`: the checks on the normalized form, names and ids;
 //! - `reference`: the image-reference grammar, shared with the riklet's
 //!   image store;
 //! - `quantity`: CPU and memory quantities.
 
 mod compact;
+mod de;
 mod quantity;
 mod reference;
 mod validate;
@@ -136,7 +139,7 @@ pub struct Port {
 
 /// An environment variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a variable ({name: A, value: b})")]
 pub struct EnvVar {
     pub name: String,
     pub value: String,
@@ -144,7 +147,10 @@ pub struct EnvVar {
 
 /// Resource limits, as written and as parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "resource limits ({cpu: 500m, memory: 64Mi})"
+)]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
@@ -201,6 +207,7 @@ impl Container {
 
 /// Where an app came from, for seed 004's `deployment` object.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(expecting = "a deployment ({app, repository, version})")]
 pub struct Deployment {
     pub app: String,
     pub repository: String,
@@ -282,10 +289,10 @@ pub fn parse(text: &str) -> Result<AppManifest, ManifestError> {
         .ok_or_else(|| field_err("(document)", "must be a mapping/object"))?;
     let has = |k: &str| map.contains_key(serde_yaml::Value::String(k.to_string()));
     let manifest = if has("kind") || has("spec") || has("apiVersion") {
-        let raw: workload::Workload = from_value(value)?;
+        let raw: workload::Workload = de::from_value(value)?;
         raw.into_manifest()?
     } else if has("repo") {
-        let raw: compact::Compact = from_value(value)?;
+        let raw: compact::Compact = de::from_value(value)?;
         raw.into_manifest()?
     } else {
         return Err(field_err(
@@ -300,26 +307,6 @@ pub fn parse(text: &str) -> Result<AppManifest, ManifestError> {
 /// Parses a `definition` received on the wire (JSON, either form).
 pub fn parse_definition(json: &str) -> Result<AppManifest, ManifestError> {
     parse(json)
-}
-
-fn from_value<T: serde::de::DeserializeOwned>(
-    value: serde_yaml::Value,
-) -> Result<T, ManifestError> {
-    serde_yaml::from_value(value).map_err(|e| {
-        // serde_yaml puts the field path first ("spec.containers[0]: ...").
-        let msg = e.to_string();
-        match msg.split_once(": ") {
-            Some((path, reason)) if !path.contains(' ') => field_err(path, reason),
-            // A top-level unknown field comes without a path.
-            _ => match msg
-                .strip_prefix("unknown field `")
-                .and_then(|r| r.split_once('`'))
-            {
-                Some((field, _)) => field_err(field, msg.clone()),
-                None => ManifestError::Syntax(msg),
-            },
-        }
-    })
 }
 
 #[cfg(test)]

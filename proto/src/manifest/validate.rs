@@ -166,45 +166,43 @@ fn validate_source(c: &Container, at: &dyn Fn(&str) -> String) -> Result<(), Man
 
 /// Arguments and environment reach `execve`: no NUL, no `=` in a name.
 fn validate_strings(c: &Container, at: &dyn Fn(&str) -> String) -> Result<(), ManifestError> {
-    for (j, a) in c.args.iter().chain(c.command.iter().flatten()).enumerate() {
-        if a.contains('\0') {
-            return Err(field_err(at(&format!("args[{j}]")), "contains a NUL byte"));
+    let lists = [
+        ("args", &c.args[..]),
+        ("command", c.command.as_deref().unwrap_or_default()),
+    ];
+    for (list, items) in lists {
+        if let Some(j) = items.iter().position(|a| a.contains('\0')) {
+            return Err(field_err(
+                at(&format!("{list}[{j}]")),
+                "contains a NUL byte",
+            ));
         }
     }
     for (j, e) in c.env.iter().enumerate() {
-        let valid = !e.name.is_empty()
-            && !e.name.contains('=')
-            && !e.name.contains('\0')
-            && !e.value.contains('\0');
-        if !valid {
+        if e.name.is_empty() || e.name.contains(['=', '\0']) {
             return Err(field_err(
                 at(&format!("env[{j}].name")),
                 format!("{:?} is not a valid variable name", e.name),
+            ));
+        }
+        if e.value.contains('\0') {
+            return Err(field_err(
+                at(&format!("env[{j}].value")),
+                "contains a NUL byte",
             ));
         }
     }
     Ok(())
 }
 
-/// Non-zero ports, each (port, protocol) exposed once in the pod.
+/// Each (port, protocol) exposed once in the pod (each number is 1-65535
+/// from the parser on).
 fn validate_ports(
     c: &Container,
     at: &dyn Fn(&str) -> String,
     host_ports: &mut BTreeSet<(u16, u8)>,
 ) -> Result<(), ManifestError> {
     for (j, p) in c.ports.iter().enumerate() {
-        if p.port == 0 {
-            return Err(field_err(
-                at(&format!("ports[{j}].port")),
-                "must be 1-65535",
-            ));
-        }
-        if p.target_port == 0 {
-            return Err(field_err(
-                at(&format!("ports[{j}].target_port")),
-                "must be 1-65535",
-            ));
-        }
         if !host_ports.insert((p.port, p.protocol as u8)) {
             return Err(field_err(
                 at(&format!("ports[{j}].port")),

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::de::{PortNumber, Replicas, from_value_at};
 use super::{
     AppManifest, Container, Deployment, EnvVar, ImagePullPolicy, ManifestError, PodSpec, Port,
     Protocol, Resources, RestartPolicy, field_err,
@@ -15,13 +16,13 @@ pub(super) struct Workload {
     api_version: Option<String>,
     kind: Option<String>,
     name: Option<String>,
-    replicas: Option<i64>,
+    replicas: Option<Replicas>,
     spec: Option<Spec>,
     deployment: Option<Deployment>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a pod spec ({containers: [...]})")]
 struct Spec {
     containers: Option<Vec<RawContainer>>,
     #[serde(rename = "restartPolicy")]
@@ -34,7 +35,10 @@ struct Spec {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a container ({name: web, image: nginx} or {name: web, exec: /bin/app})"
+)]
 struct RawContainer {
     name: Option<String>,
     image: Option<String>,
@@ -42,25 +46,19 @@ struct RawContainer {
     command: Option<Vec<String>>,
     args: Option<Vec<String>>,
     env: Option<Vec<EnvVar>>,
-    ports: Option<OneOrMany<RawPort>>,
+    /// One port or a list of them; deserialized in [`ports`], where the
+    /// one port is named as the first of a list.
+    ports: Option<serde_yaml::Value>,
     resources: Option<Resources>,
-    /// Parsed by hand: serde's error for an unknown variant names no field.
     #[serde(rename = "imagePullPolicy")]
-    image_pull_policy: Option<String>,
+    image_pull_policy: Option<ImagePullPolicy>,
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a port ({port: 80})")]
 struct RawPort {
-    port: i64,
-    target_port: Option<i64>,
+    port: PortNumber,
+    target_port: Option<PortNumber>,
     protocol: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -82,9 +80,7 @@ impl Workload {
             .enumerate()
             .map(|(i, c)| c.into_container(i))
             .collect::<Result<Vec<_>, _>>()?;
-        let replicas = self.replicas.unwrap_or(1);
-        let replicas = u32::try_from(replicas)
-            .map_err(|_| field_err("replicas", format!("{replicas} is not a valid count")))?;
+        let replicas = self.replicas.map_or(1, |r| r.0);
         Ok(AppManifest {
             api_version: self.api_version.unwrap_or_else(|| "v1".into()),
             kind: self.kind.ok_or_else(|| field_err("kind", "missing"))?,
@@ -113,12 +109,7 @@ impl RawContainer {
     /// The container at `spec.containers[i]`.
     fn into_container(self, i: usize) -> Result<Container, ManifestError> {
         let at = |f: &str| format!("spec.containers[{i}].{f}");
-        let ports = match self.ports {
-            None => vec![],
-            Some(OneOrMany::One(p)) => vec![p],
-            Some(OneOrMany::Many(v)) => v,
-        };
-        let ports = ports
+        let ports = ports(self.ports, &at)?
             .into_iter()
             .enumerate()
             .map(|(j, p)| p.into_port(&|f| at(&format!("ports[{j}].{f}"))))
@@ -132,23 +123,26 @@ impl RawContainer {
             env: self.env.unwrap_or_default(),
             ports,
             resources: self.resources,
-            image_pull_policy: pull_policy(self.image_pull_policy.as_deref(), &at)?,
+            image_pull_policy: self.image_pull_policy,
         })
     }
 }
 
-fn pull_policy(
-    value: Option<&str>,
+/// `ports` as RIK writes it: one port, a list of them, or `null`. The one
+/// port is the first of a list, so that its errors name `ports[0]` as the
+/// scheduler's and the riklet's port checks do (they see the list).
+fn ports(
+    value: Option<serde_yaml::Value>,
     at: &dyn Fn(&str) -> String,
-) -> Result<Option<ImagePullPolicy>, ManifestError> {
+) -> Result<Vec<RawPort>, ManifestError> {
+    use serde_yaml::Value;
     match value {
-        None => Ok(None),
-        Some("Always") => Ok(Some(ImagePullPolicy::Always)),
-        Some("IfNotPresent") => Ok(Some(ImagePullPolicy::IfNotPresent)),
-        Some("Never") => Ok(Some(ImagePullPolicy::Never)),
-        Some(other) => Err(field_err(
-            at("imagePullPolicy"),
-            format!("{other:?} is not Always, IfNotPresent or Never"),
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(one @ Value::Mapping(_)) => from_value_at(&at("ports"), Value::Sequence(vec![one])),
+        Some(list @ Value::Sequence(_)) => from_value_at(&at("ports"), list),
+        Some(_) => Err(field_err(
+            at("ports"),
+            "expected a port ({port: 80}) or a list of them",
         )),
     }
 }
@@ -157,11 +151,8 @@ impl RawPort {
     /// The port whose fields are named `at(field)`; the target port
     /// defaults to the port, the protocol to TCP.
     fn into_port(self, at: &dyn Fn(&str) -> String) -> Result<Port, ManifestError> {
-        let port = port_number(at("port"), self.port)?;
-        let target_port = match self.target_port {
-            Some(t) => port_number(at("target_port"), t)?,
-            None => port,
-        };
+        let port = self.port.0;
+        let target_port = self.target_port.map_or(port, |t| t.0);
         let protocol = match self
             .protocol
             .as_deref()
@@ -184,15 +175,5 @@ impl RawPort {
             protocol,
             kind: self.kind,
         })
-    }
-}
-
-fn port_number(field: String, n: i64) -> Result<u16, ManifestError> {
-    match u16::try_from(n) {
-        Ok(p) if p != 0 => Ok(p),
-        _ => Err(field_err(
-            field,
-            format!("{n} is not a port number (1-65535)"),
-        )),
     }
 }

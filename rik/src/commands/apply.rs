@@ -15,6 +15,11 @@ use crate::views::{failure_reason, instance_label};
 /// Creates or updates an app from a manifest (RIK workload v1 or a seed 004
 /// deployment file, YAML or JSON).
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  rik apply -f assets/examples/hello-http.yaml --wait
+  rik apply -f app.json --wait --timeout 5m
+  cat app.yaml | rik apply -f -")]
 pub struct Args {
     /// Manifest file, `-` for stdin. Validated here before anything is sent.
     #[arg(

@@ -8,6 +8,10 @@ use super::Scheduler;
 
 /// Deletes an app and every instance of it.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  rik delete web
+  rik delete app/web")]
 pub struct Args {
     /// The app: `NAME`, `app/NAME` or `app NAME`.
     #[arg(required = true, num_args = 1..=2, value_name = "NAME")]

@@ -15,6 +15,12 @@ mod watch;
 /// Lists apps or nodes, kubectl style: `rik get apps`, `rik get app NAME`
 /// (or `app/NAME`), `rik get nodes`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  rik get apps -o wide
+  rik get app web -o json
+  rik get nodes
+  rik get apps -w")]
 pub struct Args {
     /// What to show: `apps` (or `app`) or `nodes` (or `node`, `no`),
     /// optionally as `app/NAME`.

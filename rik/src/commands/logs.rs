@@ -9,6 +9,11 @@ use super::Scheduler;
 /// Prints the logs of an app's instances: the containers' output, like
 /// `kubectl logs` (`--raw` for the CRI lines as the riklets store them).
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  rik logs web --tail 10
+  rik logs web -f --container httpd --prefix
+  rik logs web --raw")]
 pub struct Args {
     /// The app (`NAME` or `app/NAME`).
     name: String,

@@ -3,6 +3,7 @@
 
 pub mod app_watch;
 pub mod apply;
+pub mod completion;
 pub mod delete;
 pub mod get;
 pub mod logs;

@@ -10,6 +10,10 @@ use crate::output::Table;
 
 /// Shows every running pod with its CPU and memory use, heaviest first.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  rik top
+  rik top --sort memory")]
 pub struct Args {
     /// Order by `cpu` (default) or `memory`.
     #[arg(long, value_enum, default_value = "cpu")]

@@ -364,7 +364,7 @@ impl Cluster {
         let out = Command::new(self.bin.join("riklet"))
             .arg("--state-dir")
             .arg(self.state_dir())
-            .arg("pods")
+            .args(["pods", "-o", "json"])
             .output()
             .context("riklet pods")?;
         if !out.status.success() {

@@ -212,7 +212,7 @@ pub(crate) fn metrics_port(cluster: &Cluster) -> anyhow::Result<u16> {
     let out = Command::new(cluster.bin_path().join("riklet"))
         .arg("--state-dir")
         .arg(cluster.state_dir())
-        .arg("status")
+        .args(["status", "-o", "json"])
         .output()?;
     let status: Value = serde_json::from_slice(&out.stdout).context("riklet status JSON")?;
     status["metricsAddress"]

@@ -195,6 +195,11 @@ impl Probes {
         })
     }
 
+    /// The names of the attached programs, for `riklet status`.
+    pub fn programs(&self) -> Vec<&'static str> {
+        self.links.programs()
+    }
+
     /// Detaches the programs and removes every pin it created (the map pins,
     /// and the pin directory if it is left empty). Also done on drop.
     pub fn close(mut self) -> Result<()> {
