@@ -559,10 +559,12 @@ fn os_release() -> (String, String) {
     )
 }
 
-/// First IPv4 address of an interface that is up and not loopback, looked
-/// up at most every [`INTERNAL_IP_TTL`]: the lookup dumps every link and
-/// address of the node (hundreds with pod veths), and every heartbeat asks
-/// for it, once per host-network pod.
+/// The node's address: the IPv4 source address of its default route (as
+/// kubelet picks a node IP), else the first IPv4 address of an interface
+/// that is up and not loopback. Looked up at most every
+/// [`INTERNAL_IP_TTL`]: every heartbeat asks for it, once per host-network
+/// pod, and the fallback dumps every link and address of the node
+/// (hundreds with pod veths).
 pub fn internal_ip() -> Option<IpAddr> {
     static LAST: std::sync::Mutex<Option<(Instant, Option<IpAddr>)>> = std::sync::Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
@@ -580,6 +582,22 @@ pub fn internal_ip() -> Option<IpAddr> {
 const INTERNAL_IP_TTL: Duration = Duration::from_secs(30);
 
 fn lookup_internal_ip() -> Option<IpAddr> {
+    default_route_source().or_else(first_interface_ipv4)
+}
+
+/// The source address the kernel picks for a packet to the outside world
+/// (TEST-NET-1, which only a default route leads to). Connecting a UDP
+/// socket sends nothing; it costs one route lookup.
+fn default_route_source() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket
+        .connect((std::net::Ipv4Addr::new(192, 0, 2, 1), 9))
+        .ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+fn first_interface_ipv4() -> Option<IpAddr> {
     let addrs = nix::ifaddrs::getifaddrs().ok()?;
     for ifa in addrs {
         let flags = ifa.flags;
@@ -598,6 +616,25 @@ fn lookup_internal_ip() -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_ip_is_where_the_default_route_leaves_from() {
+        // What the kernel answers for the same destination (no output, so
+        // `None`, on a node without a route there).
+        let out = std::process::Command::new("ip")
+            .args(["-j", "-4", "route", "get", "192.0.2.1"])
+            .output()
+            .expect("running ip (iproute2)");
+        let routes: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let expected = routes[0]["prefsrc"]
+            .as_str()
+            .map(|s| s.parse::<IpAddr>().unwrap());
+        assert_eq!(default_route_source(), expected, "{routes}");
+        if expected.is_some() {
+            assert_eq!(internal_ip(), expected);
+        }
+    }
 
     #[tokio::test]
     async fn heartbeat_has_rik_and_seed_fields() {

@@ -124,9 +124,16 @@ impl FamilyWriter<'_> {
     }
 
     /// A histogram: `_sum`, `_count`, then a cumulative `_bucket` per
-    /// `(upper bound, count in that bucket alone)`, `le` first among the
-    /// labels.
-    pub(super) fn histogram(&mut self, labels: &str, sum: f64, count: u64, buckets: &[(f64, u64)]) {
+    /// `(le label, count in that bucket alone)`; the label (`le="…",`,
+    /// first among the labels) comes formatted, as the bounds are the same
+    /// for every series.
+    pub(super) fn histogram<'b>(
+        &mut self,
+        labels: &str,
+        sum: f64,
+        count: u64,
+        buckets: impl Iterator<Item = (&'b str, u64)>,
+    ) {
         self.sample("_sum", "", labels, |out| {
             out.push_str(dtoa::Buffer::new().format(sum));
         });
@@ -134,24 +141,14 @@ impl FamilyWriter<'_> {
             out.push_str(itoa::Buffer::new().format(count));
         });
         let mut cumulative = 0;
-        let mut le = String::with_capacity(24);
-        for (upper_bound, count) in buckets {
+        for (le, count) in buckets {
             cumulative += count;
-            le.clear();
-            le.push_str("le=\"");
-            if *upper_bound == f64::INFINITY {
-                le.push_str("+Inf");
-            } else {
-                le.push_str(dtoa::Buffer::new().format(*upper_bound));
-            }
-            le.push_str("\",");
-            self.sample("_bucket", &le, labels, |out| {
+            self.sample("_bucket", le, labels, |out| {
                 out.push_str(itoa::Buffer::new().format(cumulative));
             });
         }
     }
 
-    /// `full suffix {first labels} value\n`.
     fn sample(&mut self, suffix: &str, first: &str, labels: &str, value: impl FnOnce(&mut String)) {
         let out = &mut *self.out;
         out.push_str(&self.full);
