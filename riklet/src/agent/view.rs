@@ -5,7 +5,13 @@
 
 use std::net::IpAddr;
 
-use proto::status::{AppStatus, ContainerState, ContainerStatus, LastExit, PodUsage, RealtimeApp};
+use proto::status::lifecycle::{
+    COMPLETED, CONTAINER_CREATING, CRASH_LOOP_BACK_OFF, ERR_IMAGE_PULL, ERROR,
+    IMAGE_PULL_BACK_OFF, OOM_KILLED, RUN_CONTAINER_ERROR,
+};
+use proto::status::{
+    AppStatus, ContainerState, ContainerStatus, LastExit, LifecycleEvent, PodUsage, RealtimeApp,
+};
 
 use crate::state::{ContainerRecord, PodRecord};
 
@@ -17,6 +23,8 @@ pub struct ViewInputs<'a> {
     pub ip: Option<IpAddr>,
     /// The last usage measured by the collector, if any.
     pub usage: Option<PodUsage>,
+    /// The pod's recent events, oldest first.
+    pub history: Vec<LifecycleEvent>,
     /// Each container's cgroup path, relative to the cgroup root.
     pub cgroup: &'a dyn Fn(&str) -> String,
 }
@@ -41,6 +49,7 @@ pub fn app_status(pod: &PodRecord, inputs: &ViewInputs<'_>) -> AppStatus {
             .iter()
             .map(|c| container_status(pod, c, inputs))
             .collect(),
+        history: inputs.history.clone(),
         ..AppStatus::default()
     };
     match &inputs.usage {
@@ -61,18 +70,12 @@ fn container_status(
         .containers
         .iter()
         .find(|s| s.name == c.name);
-    let state = if c.run.is_some() {
-        ContainerState::Running
-    } else if c.starting {
-        ContainerState::Creating
-    } else if c.restart_at.is_some() {
-        ContainerState::Waiting
-    } else {
-        ContainerState::Terminated
-    };
+    let (state, reason, message) = container_state(c);
     ContainerStatus {
         name: c.name.clone(),
         state,
+        reason: reason.map(String::from),
+        message,
         image: spec.and_then(|s| s.image.clone()),
         container_id: c.run.as_ref().and_then(|r| r.container_id.clone()),
         image_digest: c.run.as_ref().and_then(|r| r.image_digest.clone()),
@@ -88,6 +91,59 @@ fn container_status(
         }),
         cgroup: (inputs.cgroup)(&c.name),
         usage: None,
+    }
+}
+
+/// kubelet's state of a container, its reason and message: running;
+/// waiting while being started, or in a back-off (`CrashLoopBackOff`,
+/// `ImagePullBackOff`) once it was noticed ([`ContainerRecord::backing_off`]);
+/// before that, how it ended: terminated (`Completed`, `Error`,
+/// `OOMKilled`), or waiting after a failed start (`RunContainerError`) or
+/// pull (`ErrImagePull`). A container still without its pod network or
+/// containerd waits as `ContainerCreating`.
+fn container_state(c: &ContainerRecord) -> (ContainerState, Option<&'static str>, Option<String>) {
+    use ContainerState::{Creating, Running, Terminated, Waiting};
+    let exit = match (&c.run, c.starting, &c.last_exit) {
+        (Some(_), _, _) => return (Running, None, None),
+        // Being started, or not started yet (after a recovery).
+        (None, true, _) | (None, false, None) => return (Creating, Some(CONTAINER_CREATING), None),
+        (None, false, Some(exit)) => exit,
+    };
+    let ended = match exit.reason.as_str() {
+        "Completed" => Some(COMPLETED),
+        "OOMKilled" => Some(OOM_KILLED),
+        "Error" | "Killed" | "Lost" => Some(ERROR),
+        _ => None,
+    };
+    let failed = match exit.reason.as_str() {
+        ERR_IMAGE_PULL => ERR_IMAGE_PULL,
+        "StartError" => RUN_CONTAINER_ERROR,
+        _ => CONTAINER_CREATING,
+    };
+    let waits = c.restart_at.is_some();
+    if !c.backing_off || !waits {
+        return match ended {
+            Some(reason) => (Terminated, Some(reason), None),
+            None if waits => (Waiting, Some(failed), Some(exit.describe())),
+            None => (Terminated, Some(failed), Some(exit.describe())),
+        };
+    }
+    let seconds = c.backoff_secs;
+    match (ended, failed) {
+        (_, ERR_IMAGE_PULL) => (
+            Waiting,
+            Some(IMAGE_PULL_BACK_OFF),
+            Some(format!("back-off {seconds}s pulling the image")),
+        ),
+        (None, CONTAINER_CREATING) => (Waiting, Some(CONTAINER_CREATING), Some(exit.describe())),
+        _ => (
+            Waiting,
+            Some(CRASH_LOOP_BACK_OFF),
+            Some(format!(
+                "back-off {seconds}s restarting failed container {}",
+                c.name
+            )),
+        ),
     }
 }
 
@@ -132,6 +188,7 @@ mod tests {
             restart_at: None,
             backoff_secs: 0,
             oom_kills_at_start: None,
+            backing_off: false,
             starting: false,
         };
         PodRecord {

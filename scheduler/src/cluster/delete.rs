@@ -1,0 +1,112 @@
+//! Deleting an app, the way Kubernetes deletes a pod: the app stays,
+//! *Terminating*, while its pods stop on their nodes (their grace
+//! period), and goes when the last one reports TERMINATED. An instance
+//! that is not placed, or whose node is not connected, goes at once (a
+//! node that comes back with it is told to destroy it).
+
+use tracing::info;
+
+use super::{ClusterError, Outbox, State, destroy_msg, unix_now};
+
+impl State {
+    /// Deletes an app: `DESTROY` to the nodes of its instances, which it
+    /// waits for (Terminating); returns the names of those nodes. Deleting
+    /// an app that is already being deleted sends nothing again.
+    pub fn delete(&mut self, name: &str) -> Result<Vec<String>, ClusterError> {
+        let Some(app) = self.store.data().apps.get(name) else {
+            return Err(ClusterError::AppNotFound(name.to_string()));
+        };
+        let definition = app.manifest.to_definition();
+        if app.deleting_since.is_some() {
+            return Ok(self.nodes_of(name));
+        }
+        let before = self.store.data().clone();
+        let mut out = Outbox::new();
+        let ids: Vec<(String, Option<String>)> = self
+            .store
+            .data()
+            .instances_of(name)
+            .map(|(id, i)| (id.clone(), i.node.clone()))
+            .collect();
+        for (id, node) in ids {
+            match node {
+                Some(node) if self.nodes.is_connected(&node) => {
+                    out.push((node, destroy_msg(&id, definition.clone())));
+                }
+                _ => self.remove_instance(&id, &definition, &mut out),
+            }
+        }
+        if let Some(app) = self.store.data_mut().apps.get_mut(name) {
+            app.deleting_since = Some(unix_now());
+        }
+        self.mark_changed(name);
+        self.finish_delete_if_done(name);
+        let staged = self.stage_changes();
+        self.save_or_roll_back(before, name, "delete")?;
+        self.publish(staged);
+        let mut nodes: Vec<String> = out.iter().map(|(n, _)| n.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        info!(app = %name, nodes = ?nodes, "app deleted, its pods stopping");
+        self.deliver(out);
+        Ok(nodes)
+    }
+
+    /// The definition of `app` if it is being deleted.
+    pub(super) fn deleting_definition(&self, app: &str) -> Option<String> {
+        let record = self.store.data().apps.get(app)?;
+        record
+            .deleting_since
+            .map(|_| record.manifest.to_definition())
+    }
+
+    /// Forgets the instances of apps being deleted that run on `nodes`
+    /// (lost: a node that comes back with one is told to destroy it).
+    pub(super) fn drop_deleting_on(&mut self, nodes: &[String]) {
+        let lost: Vec<(String, String)> = self
+            .store
+            .data()
+            .instances
+            .iter()
+            .filter(|(_, i)| i.node.as_ref().is_some_and(|n| nodes.contains(n)))
+            .filter(|(_, i)| self.deleting_definition(&i.app).is_some())
+            .map(|(id, i)| (id.clone(), i.app.clone()))
+            .collect();
+        for (id, app) in lost {
+            self.store.data_mut().instances.remove(&id);
+            self.mark_changed(&app);
+            self.finish_delete_if_done(&app);
+        }
+    }
+
+    /// Removes an app being deleted once it has no instance left.
+    pub(super) fn finish_delete_if_done(&mut self, app: &str) {
+        let data = self.store.data();
+        let deleting = data
+            .apps
+            .get(app)
+            .is_some_and(|a| a.deleting_since.is_some());
+        if !deleting || data.instances_of(app).next().is_some() {
+            return;
+        }
+        self.keep_last_state(app);
+        let data = self.store.data_mut();
+        data.apps.remove(app);
+        data.events.remove(app);
+        self.mark_changed(app);
+        info!(app = %app, "app gone");
+    }
+
+    /// The nodes the instances of `app` are on.
+    fn nodes_of(&self, app: &str) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .store
+            .data()
+            .instances_of(app)
+            .filter_map(|(_, i)| i.node.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+}
