@@ -154,10 +154,10 @@ mod tests {
     use crate::state::{ContainerRecord, ExitRecord, Phase, ProcId, RunRecord};
 
     /// Today's status of [`pod`] with no usage measured (the wire contract).
-    const WITHOUT_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"name":"main","pid":11,"restartCount":1,"startedAt":1700000000,"state":"running","usage":null},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"name":"side","pid":null,"restartCount":2,"startedAt":null,"state":"waiting","usage":null}],"cpu":null,"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[],"hostNetwork":false,"internalIp":null,"memory":null,"network":null,"reason":"CrashLoopBackOff","restartCount":3,"runqueue":null,"runsOn":"node-a","state":"CREATING"}"#;
+    const WITHOUT_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"message":null,"name":"main","pid":11,"reason":null,"restartCount":1,"startedAt":1700000000,"state":"running","usage":null},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"message":"back-off 10s restarting failed container side","name":"side","pid":null,"reason":"CrashLoopBackOff","restartCount":2,"startedAt":null,"state":"waiting","usage":null}],"cpu":null,"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[],"history":[],"hostNetwork":false,"internalIp":null,"memory":null,"network":null,"reason":"CrashLoopBackOff","restartCount":3,"runqueue":null,"runsOn":"node-a","state":"CREATING"}"#;
 
     /// Today's status of [`pod`] running on the host network with [`USAGE`].
-    const WITH_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"name":"main","pid":11,"restartCount":1,"startedAt":1700000000,"state":"running","usage":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4}},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"name":"side","pid":null,"restartCount":2,"startedAt":null,"state":"creating","usage":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}}],"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"hostNetwork":true,"internalIp":"10.1.0.2","memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"reason":null,"restartCount":3,"runqueue":{"count":3,"meanSeconds":1e-6},"runsOn":"node-a","state":"RUNNING"}"#;
+    const WITH_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"message":null,"name":"main","pid":11,"reason":null,"restartCount":1,"startedAt":1700000000,"state":"running","usage":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4}},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"message":null,"name":"side","pid":null,"reason":"ContainerCreating","restartCount":2,"startedAt":null,"state":"creating","usage":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}}],"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"history":[],"hostNetwork":true,"internalIp":"10.1.0.2","memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"reason":null,"restartCount":3,"runqueue":{"count":3,"meanSeconds":1e-6},"runsOn":"node-a","state":"RUNNING"}"#;
 
     fn pod() -> PodRecord {
         let manifest = proto::manifest::parse(
@@ -213,6 +213,7 @@ mod tests {
                     }),
                     restart_at: Some(1_700_000_002_000),
                     backoff_secs: 10,
+                    backing_off: true,
                     ..container("side", 2)
                 },
             ],
@@ -230,6 +231,7 @@ mod tests {
             node: "node-a",
             ip: None,
             usage: None,
+            history: Vec::new(),
             cgroup: &cgroup,
         };
         let status = app_status(&pod(), &inputs);
@@ -248,6 +250,7 @@ mod tests {
             node: "node-a",
             ip: Some("10.1.0.2".parse().unwrap()),
             usage: Some(serde_json::from_str(USAGE).unwrap()),
+            history: Vec::new(),
             cgroup: &cgroup,
         };
         let mut pod = pod();
