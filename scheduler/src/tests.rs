@@ -447,7 +447,8 @@ async fn fake_riklet_end_to_end() {
     assert_eq!(app.status, "TERMINATING");
     let err = rik
         .apply(ApplyRequest {
-            manifest: "kind: Pod\nname: web\nspec: {containers: [{name: c, exec: /bin/true}]}".into(),
+            manifest: "kind: Pod\nname: web\nspec: {containers: [{name: c, exec: /bin/true}]}"
+                .into(),
         })
         .await
         .unwrap_err();

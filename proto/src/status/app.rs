@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::LifecycleEvent;
 use super::usage::{
     ContainerUsage, MemoryUsage, NetworkUsage, PodCpu, PodEvent, PodUsage, RunQueue,
 };
-use super::lifecycle::LifecycleEvent;
 use super::{deserialize_state, lenient, serialize_state};
 use crate::common::ResourceStatus;
 use crate::manifest::Deployment;
@@ -250,7 +250,10 @@ mod tests {
             r#"{"appId":"x-1","state":"TERMINATED"}"#
         );
         let destroyed = r#"{"appId":"x-1","runsOn":"node-1","state":"TERMINATED"}"#;
-        assert_eq!(ShortStatus::destroyed("x-1", "node-1", Vec::new()).to_json(), destroyed);
+        assert_eq!(
+            ShortStatus::destroyed("x-1", "node-1", Vec::new()).to_json(),
+            destroyed
+        );
         for fixture in [destroyed, &refused.to_json()] {
             let (got, want) = round_trip::<ShortStatus>(fixture);
             assert_eq!(got, want);

@@ -96,7 +96,9 @@ impl<H: PodHost> Agent<H> {
                 Some(name),
                 EventType::Warning,
                 "Killed",
-                format!("Container {name} did not stop within the grace period of {grace}s: killed"),
+                format!(
+                    "Container {name} did not stop within the grace period of {grace}s: killed"
+                ),
             );
         }
         let Some(pod) = self.pods.get(instance_id) else {

@@ -80,7 +80,13 @@ impl<H: PodHost> Agent<H> {
 
     /// An event a start task told of (pulling, pulled): recorded and
     /// reported, the record unchanged.
-    pub(super) fn noted(&mut self, instance_id: &str, container: &str, reason: &str, message: String) {
+    pub(super) fn noted(
+        &mut self,
+        instance_id: &str,
+        container: &str,
+        reason: &str,
+        message: String,
+    ) {
         self.record(
             instance_id,
             Some(container),

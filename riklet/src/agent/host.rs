@@ -12,9 +12,9 @@ use std::net::IpAddr;
 
 use proto::manifest::Container;
 
+use super::handle::Notes;
 use crate::metrics::collector::Target;
 use crate::runtime::containerd::{ContainerInfo, ContainerdError};
-use super::handle::Notes;
 use crate::runtime::shim;
 use crate::state::{ExitRecord, PodRecord, ProcId, RunRecord};
 

@@ -10,9 +10,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use tracing::{error, warn};
 
-use super::host::{
-    PodHost, ProcessTrace, StartRequest, StartResult, StopOutcome, StopTarget,
-};
+use super::host::{PodHost, ProcessTrace, StartRequest, StartResult, StopOutcome, StopTarget};
 use crate::cgroups::CgroupManager;
 use crate::metrics::collector::Target;
 use crate::network::PodNetwork;
@@ -171,7 +169,11 @@ impl PodHost for NodeHost {
                     images.push((c.name, id));
                 }
             } else {
-                processes.push((c.name.clone(), self.cgroups.container(instance_id, &c.name), c.run));
+                processes.push((
+                    c.name.clone(),
+                    self.cgroups.container(instance_id, &c.name),
+                    c.run,
+                ));
             }
         }
         let grace = self.stop_grace_period;

@@ -145,7 +145,10 @@ impl<H: PodHost> Agent<H> {
 /// signal (a warning unless it succeeded).
 fn exit_event(name: &str, exit: &ExitRecord) -> (EventType, &'static str, String) {
     if exit.reason == "OOMKilled" {
-        let how = exit.message.as_deref().unwrap_or("killed by the OOM killer");
+        let how = exit
+            .message
+            .as_deref()
+            .unwrap_or("killed by the OOM killer");
         return (
             EventType::Warning,
             "OOMKilled",

@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 
 use proto::status::lifecycle::{
-    COMPLETED, CONTAINER_CREATING, CRASH_LOOP_BACK_OFF, ERR_IMAGE_PULL, ERROR,
-    IMAGE_PULL_BACK_OFF, OOM_KILLED, RUN_CONTAINER_ERROR,
+    COMPLETED, CONTAINER_CREATING, CRASH_LOOP_BACK_OFF, ERR_IMAGE_PULL, ERROR, IMAGE_PULL_BACK_OFF,
+    OOM_KILLED, RUN_CONTAINER_ERROR,
 };
 use proto::status::{
     AppStatus, ContainerState, ContainerStatus, LastExit, LifecycleEvent, PodUsage, RealtimeApp,

@@ -173,7 +173,11 @@ async fn watch_lists_pushes_changes_and_resumes_after_a_restart() {
         .await
         .unwrap();
     let deleted = record(event(&mut all).await, &mut state);
-    assert_eq!(deleted, t(Type::Deleted, "web", "TERMINATING"), "last state");
+    assert_eq!(
+        deleted,
+        t(Type::Deleted, "web", "TERMINATING"),
+        "last state"
+    );
     apply(&mut rik, API).await;
     let api = record(event(&mut all).await, &mut state);
     assert_eq!(api, t(Type::Added, "api", "PENDING"));
