@@ -1031,3 +1031,5 @@ async fn the_pods_generation_moves_with_the_pods_and_not_with_queries() {
     h.step_until("stopped").await;
     assert!(moved(), "a pod forgotten");
 }
+
+mod events;
