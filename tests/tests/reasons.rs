@@ -147,7 +147,10 @@ fn an_oom_killed_container_shows_oom_killed_and_the_event() {
             .then_some(text)
     });
     assert!(describe.contains("Reason:         OOMKilled"), "{describe}");
-    assert!(describe.contains("Limits:         memory 16Mi"), "{describe}");
+    assert!(
+        describe.contains("Limits:         memory 16Mi"),
+        "{describe}"
+    );
     cluster.rik_ok(&["delete", "oomer"]);
 }
 
@@ -174,14 +177,20 @@ fn a_deleted_app_is_terminating_during_its_grace_period_and_its_events_go_with_i
     let describe = cluster.rik_ok(&["describe", "app", "stubborn"]);
     assert!(describe.contains("Killing"), "{describe}");
     let events = cluster.rik_ok(&["get", "events"]);
-    assert!(events.contains(&instance), "listed while it terminates: {events}");
+    assert!(
+        events.contains(&instance),
+        "listed while it terminates: {events}"
+    );
     wait_for(SOON, "the app to be gone", || {
         let out = cluster.rik(&["get", "app", "stubborn"]);
         (!out.status.success()).then_some(())
     });
     let events = cluster.rik(&["get", "events"]);
     let listed = String::from_utf8_lossy(&events.stdout);
-    assert!(!listed.contains(&instance), "events outlived the app: {listed}");
+    assert!(
+        !listed.contains(&instance),
+        "events outlived the app: {listed}"
+    );
     let one = cluster.rik(&["get", "events", "--app", "stubborn"]);
     assert!(!one.status.success(), "{one:?}");
 }
@@ -224,10 +233,7 @@ fn describe_lists_started_exited_and_back_off_in_order_with_their_ages() {
     for l in &lines {
         // AGE first: `0s`, `12s`, `2m`...
         let age = l.split_whitespace().next().unwrap_or_default();
-        assert!(
-            age.ends_with('s') || age.ends_with('m'),
-            "an age in {l:?}"
-        );
+        assert!(age.ends_with('s') || age.ends_with('m'), "an age in {l:?}");
     }
     let streamed = follow.lines_until(SOON, "the BackOff event streamed", |l| {
         l.contains("BackOff")

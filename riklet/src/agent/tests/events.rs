@@ -42,7 +42,10 @@ async fn a_failed_start_shows_run_container_error_then_crash_loop_back_off() {
         Some(CRASH_LOOP_BACK_OFF)
     );
     assert_eq!(reasons(&looping), ["Created", "Failed", "BackOff"]);
-    assert!(h.container("app-1", "main").backing_off, "saved with the record");
+    assert!(
+        h.container("app-1", "main").backing_off,
+        "saved with the record"
+    );
     // The restart clears it.
     h.step_until("started").await;
     assert_eq!(status(&h, "app-1").containers[0].reason, None);
