@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use proto::manifest::AppManifest;
 use proto::rik::v1::{App, Event, Instance};
 use proto::status::{self, AppStatus, ContainerState, ContainerStatus, LastExit};
 
@@ -38,10 +39,6 @@ pub fn describe_app(app: &App, now_ms: i64) -> String {
     let now = now_ms / 1000;
     let manifest = views::manifest_of(app);
     let mut out = String::new();
-    let field = |out: &mut String, indent: usize, name: &str, value: &str| {
-        let label = format!("{name}:");
-        let _ = writeln!(out, "{:indent$}{label:<16}{value}", "");
-    };
     field(&mut out, 0, "Name", &app.name);
     field(&mut out, 0, "Status", &app_status(app));
     field(&mut out, 0, "Replicas", &app.replicas.to_string());
@@ -73,18 +70,7 @@ pub fn describe_app(app: &App, now_ms: i64) -> String {
         for c in &report.containers {
             let limits = manifest
                 .as_ref()
-                .and_then(|m| m.spec.containers.iter().find(|s| s.name == c.name))
-                .and_then(|s| s.resources.as_ref())
-                .map(|r| {
-                    let mut parts = Vec::new();
-                    if let Some(cpu) = &r.cpu {
-                        parts.push(format!("cpu {cpu}"));
-                    }
-                    if let Some(memory) = &r.memory {
-                        parts.push(format!("memory {memory}"));
-                    }
-                    parts.join(", ")
-                })
+                .map(|m| limits_of(m, &c.name))
                 .unwrap_or_default();
             describe_container(&mut out, c, &limits, now);
         }
@@ -100,12 +86,34 @@ pub fn describe_app(app: &App, now_ms: i64) -> String {
     out
 }
 
+/// One `Name:   value` line of `describe`, indented.
+fn field(out: &mut String, indent: usize, name: &str, value: &str) {
+    let label = format!("{name}:");
+    let _ = writeln!(out, "{:indent$}{label:<16}{value}", "");
+}
+
+/// A container's limits from the manifest: `cpu 250m, memory 32Mi`.
+fn limits_of(manifest: &AppManifest, container: &str) -> String {
+    let Some(r) = manifest
+        .spec
+        .containers
+        .iter()
+        .find(|s| s.name == container)
+        .and_then(|s| s.resources.as_ref())
+    else {
+        return String::new();
+    };
+    let cpu = r.cpu.as_ref().map(|c| format!("cpu {c}"));
+    let memory = r.memory.as_ref().map(|m| format!("memory {m}"));
+    [cpu, memory]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One container of `describe`, at an indent of 6.
 fn describe_container(out: &mut String, c: &ContainerStatus, limits: &str, now: i64) {
-    let field = |out: &mut String, indent: usize, name: &str, value: &str| {
-        let label = format!("{name}:");
-        let _ = writeln!(out, "{:indent$}{label:<16}{value}", "");
-    };
     let _ = writeln!(out, "      {}:", c.name);
     if let Some(image) = &c.image {
         field(out, 8, "Image", image);

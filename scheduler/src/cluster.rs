@@ -458,9 +458,14 @@ impl State {
     }
 
     fn remove_instance(&mut self, id: &str, definition: &str, out: &mut Outbox) {
-        if let Some(inst) = self.store.data_mut().instances.remove(id)
-            && let Some(node) = inst.node
-        {
+        let data = self.store.data_mut();
+        let Some(inst) = data.instances.remove(id) else {
+            return;
+        };
+        if let Some(events) = data.events.get_mut(&inst.app) {
+            events.forget_instance(id);
+        }
+        if let Some(node) = inst.node {
             out.push((node, destroy_msg(id, definition.to_string())));
         }
     }

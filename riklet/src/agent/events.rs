@@ -16,6 +16,7 @@ use super::host::PodHost;
 use super::phase::ERR_IMAGE_PULL;
 use super::{Agent, Event};
 use crate::clock::now_ms;
+use crate::state::ExitRecord;
 
 /// Most events kept per pod: a crash loop of a thousand restarts keeps
 /// the last ones.
@@ -76,6 +77,36 @@ impl<H: PodHost> Agent<H> {
                 container: container.map(String::from),
                 message,
             });
+    }
+
+    /// `Created`: the pod was accepted on this node.
+    pub(super) fn record_created(&mut self, instance_id: &str) {
+        let message = format!("Pod created on node {}", self.settings.node);
+        self.record(instance_id, None, EventType::Normal, "Created", message);
+    }
+
+    /// `Started`: a run of a container began.
+    pub(super) fn record_started(&mut self, instance_id: &str, name: &str, pid: i32) {
+        let message = format!("Started container {name} (pid {pid})");
+        self.record(
+            instance_id,
+            Some(name),
+            EventType::Normal,
+            "Started",
+            message,
+        );
+    }
+
+    /// `Failed`: a container could not be started (or its image pulled).
+    pub(super) fn record_failed_start(&mut self, instance_id: &str, name: &str, exit: &ExitRecord) {
+        let message = format!("Error: {}", exit.describe());
+        self.record(
+            instance_id,
+            Some(name),
+            EventType::Warning,
+            "Failed",
+            message,
+        );
     }
 
     /// An event a start task told of (pulling, pulled): recorded and

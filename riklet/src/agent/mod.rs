@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use proto::common::ResourceStatus;
 use proto::manifest;
-use proto::status::{AppStatus, EventType, ShortStatus};
+use proto::status::{AppStatus, ShortStatus};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -375,14 +375,7 @@ impl<H: PodHost> Agent<H> {
         info!(pod = %instance_id, app = %pod.manifest.name, "creating pod");
         let names: Vec<String> = pod.containers.iter().map(|c| c.name.clone()).collect();
         self.pods.insert(instance_id.clone(), pod);
-        let node = self.settings.node.clone();
-        self.record(
-            &instance_id,
-            None,
-            EventType::Normal,
-            "Created",
-            format!("Pod created on node {node}"),
-        );
+        self.record_created(&instance_id);
         for name in names {
             self.spawn_start(&instance_id, &name);
         }
@@ -499,13 +492,7 @@ impl<H: PodHost> Agent<H> {
                 c.restart_at = None;
                 c.oom_kills_at_start = oom_kills;
                 let pid = run.process.pid;
-                self.record(
-                    instance_id,
-                    Some(name),
-                    EventType::Normal,
-                    "Started",
-                    format!("Started container {name} (pid {pid})"),
-                );
+                self.record_started(instance_id, name, pid);
                 let t = std::time::Instant::now();
                 self.settle_phase(instance_id);
                 crate::steps::record_for(instance_id, "commit", t.elapsed());
@@ -520,14 +507,7 @@ impl<H: PodHost> Agent<H> {
                     "container failed to start"
                 );
                 if exit.reason != CANCELLED {
-                    let message = format!("Error: {}", exit.describe());
-                    self.record(
-                        instance_id,
-                        Some(name),
-                        EventType::Warning,
-                        "Failed",
-                        message,
-                    );
+                    self.record_failed_start(instance_id, name, &exit);
                 }
                 self.after_exit(instance_id, name, exit);
             }
