@@ -110,3 +110,65 @@ impl State {
         nodes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proto::common::{ResourceStatus, WorkloadRequestKind};
+
+    use super::*;
+    use crate::store::Store;
+
+    const APP: &str = "kind: Pod\nname: web\nreplicas: 2\nspec:\n  containers:\n    - {name: c, exec: /bin/true}\n";
+
+    fn actions(rx: &mut crate::nodes::Receiver) -> Vec<WorkloadRequestKind> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|m| WorkloadRequestKind::try_from(m.action).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_app_terminates_until_its_pods_are_gone_or_their_node_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::new(Store::open(dir.path()).unwrap());
+        let stale = Duration::from_secs(20);
+        let (_s1, mut rx1) = state.register("n1", stale).unwrap();
+        state.worker_status("n1", "", ResourceStatus::Running, "{}".into());
+        let (s2, mut rx2) = state.register("n2", stale).unwrap();
+        state.worker_status("n2", "", ResourceStatus::Running, "{}".into());
+        let ids = state.apply(APP).unwrap().instance_ids;
+        actions(&mut rx1);
+        actions(&mut rx2);
+
+        let mut nodes = state.delete("web").unwrap();
+        nodes.sort();
+        assert_eq!(nodes, ["n1", "n2"]);
+        assert_eq!(actions(&mut rx1), [WorkloadRequestKind::Destroy]);
+        assert_eq!(actions(&mut rx2), [WorkloadRequestKind::Destroy]);
+        assert!(state.store().data().apps["web"].deleting_since.is_some());
+        assert!(matches!(
+            state.apply(APP),
+            Err(ClusterError::AppDeleting(_))
+        ));
+        // Deleting again sends nothing more.
+        state.delete("web").unwrap();
+        assert!(actions(&mut rx1).is_empty());
+
+        // n1's pod is gone; n2 is lost with its pod: the app goes.
+        let on = |node: &str| {
+            ids.iter()
+                .find(|id| state.store().data().instances[*id].node.as_deref() == Some(node))
+                .unwrap()
+                .clone()
+        };
+        let (first, second) = (on("n1"), on("n2"));
+        state.instance_status("n1", "", &first, ResourceStatus::Terminated, "{}".into());
+        assert!(state.store().data().apps.contains_key("web"));
+        assert!(!state.store().data().instances.contains_key(&first));
+        state.disconnected("n2", s2);
+        assert!(!state.store().data().apps.contains_key("web"));
+        assert!(!state.store().data().instances.contains_key(&second));
+        assert!(state.store().data().events.is_empty());
+    }
+}
