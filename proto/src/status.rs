@@ -8,6 +8,8 @@
 //!   ([`AppStatus`]), and the short forms sent without a pod record
 //!   ([`ShortStatus`]).
 //! - [`usage`]: what the riklet measured of a pod and its containers.
+//! - [`lifecycle`]: container state reasons, the pod's events, and the
+//!   STATUS kubectl would print for a pod.
 //! - [`node`]: a node's heartbeat (`WorkerMetric.metrics`): RIK's keys and
 //!   seed 004's node resources and realtime node objects.
 //! - here: `ResourceStatus` names, and the rules shared by every object.
@@ -53,11 +55,13 @@ macro_rules! metrics_object {
 }
 
 pub mod app;
+pub mod lifecycle;
 pub mod node;
 mod sorted;
 pub mod usage;
 
 pub use app::{AppStatus, ContainerState, ContainerStatus, LastExit, RealtimeApp, ShortStatus};
+pub use lifecycle::{EventType, LifecycleEvent, display_status, most_telling};
 pub use node::{
     Disk, NodeCpu, NodeMemory, NodeMetrics, NodeNetwork, NodeNetworking, NodeResources, OsVersion,
     RealtimeNode, RikCpu, RikMemory,

@@ -5,13 +5,15 @@
 //!
 //! # Layout
 //! - `commands/<verb>.rs`: one file per verb (`apply`, `get`, `delete`,
-//!   `logs`, `top`, `completion`); `commands/mod.rs` holds the scheduler
-//!   connection.
+//!   `logs`, `top`, `describe`, `completion`); `commands/mod.rs` holds
+//!   the scheduler connection.
+//! - `describe.rs`: `rik describe app` and the events table (pure).
 //! - `views.rs`: table rows and seed 004's JSON objects built from the
 //!   scheduler's messages (pure, unit-tested).
 //! - `output.rs`: tables, kubectl-style ages, ordered JSON.
 
 mod commands;
+mod describe;
 mod output;
 mod views;
 
@@ -45,6 +47,8 @@ enum Command {
     Apply(commands::apply::Args),
     Get(commands::get::Args),
     Delete(commands::delete::Args),
+    /// Show an app in detail: its instances, containers and events.
+    Describe(commands::describe::Args),
     Logs(commands::logs::Args),
     /// Show running pods by CPU and memory use.
     Top(commands::top::Args),
@@ -98,6 +102,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => {
             let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
             commands::delete::run(args, &mut scheduler, &mut out).await
+        }
+        Command::Describe(args) => {
+            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            commands::describe::run(args, &mut scheduler, &mut out).await
         }
         Command::Logs(args) => {
             let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
@@ -221,6 +229,8 @@ mod tests {
             &["rik", "get", "app/web", "-o", "wide"],
             &["rik", "get", "nodes", "-o", "json"],
             &["rik", "get", "apps", "-w"],
+            &["rik", "get", "events", "--app", "web", "-w"],
+            &["rik", "describe", "app", "web"],
             &["rik", "get", "app", "web", "--watch", "-o", "json"],
             &["rik", "--scheduler", "http://h:1", "delete", "web"],
             &["rik", "delete", "app", "web", "--scheduler", "http://h:1"],

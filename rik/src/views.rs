@@ -180,7 +180,7 @@ pub fn app_headers(wide: bool) -> &'static [&'static str] {
 pub fn app_row(app: &App, wide: bool, now: i64) -> Vec<String> {
     let mut row = vec![
         app.name.clone(),
-        app_status(app).to_string(),
+        crate::describe::app_status(app),
         age(app.created_at, now),
     ];
     if wide {
@@ -395,6 +395,8 @@ mod tests {
             created_at: 1_000,
             instances,
             status: "RUNNING".into(),
+            events: Vec::new(),
+            deleting: false,
         }
     }
 
@@ -513,12 +515,13 @@ mod tests {
             ),
             inst("web-3", "node-a", "PENDING", ""),
         ]);
-        assert_eq!(app_row(&a, false, 1_045), ["web", "RUNNING", "45s"]);
+        // The most telling instance STATUS (kubectl's): one runs.
+        assert_eq!(app_row(&a, false, 1_045), ["web", "Running", "45s"]);
         assert_eq!(
             app_row(&a, true, 1_045),
             [
                 "web",
-                "RUNNING",
+                "Running",
                 "45s",
                 "node-a,node-b",
                 "10.0.0.2,10.0.0.3",

@@ -127,6 +127,11 @@ pub struct ContainerRecord {
     /// that dies meanwhile starts it again unless it finds it running.
     #[serde(default)]
     pub starting: bool,
+    /// Its back-off was noticed (a second after the exit or failed start
+    /// that began it, as kubelet's next sync would): it shows
+    /// `CrashLoopBackOff` or `ImagePullBackOff` rather than how it ended.
+    #[serde(default)]
+    pub backing_off: bool,
 }
 
 /// What the riklet remembers of one pod (one app instance).
@@ -346,6 +351,7 @@ mod tests {
                 restart_at: None,
                 backoff_secs: 0,
                 oom_kills_at_start: None,
+                backing_off: false,
                 starting: false,
             }],
         }

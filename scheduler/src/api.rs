@@ -60,6 +60,7 @@ impl From<ClusterError> for Status {
                 Status::invalid_argument(proto::error_chain(&e))
             }
             ClusterError::AppNotFound(_) => Status::not_found(proto::error_chain(&e)),
+            ClusterError::AppDeleting(_) => Status::failed_precondition(e.to_string()),
             ClusterError::Store(_) => Status::internal(proto::error_chain(&e)),
             ClusterError::RevisionCompacted { .. } | ClusterError::RevisionAhead { .. } => {
                 Status::out_of_range(e.to_string())
@@ -101,13 +102,25 @@ pub(crate) fn app_to_wire(name: &str, record: &AppRecord, data: &Data) -> App {
         })
         .collect();
     let statuses: Vec<ResourceStatus> = data.instances_of(name).map(|(_, i)| i.status).collect();
+    let deleting = record.deleting_since.is_some();
     App {
         name: name.to_string(),
         replicas: record.manifest.replicas,
         definition: record.manifest.to_definition(),
         created_at: record.created_at,
         instances,
-        status: app_status(&statuses).to_string(),
+        status: if deleting {
+            "TERMINATING"
+        } else {
+            app_status(&statuses)
+        }
+        .to_string(),
+        events: data
+            .events
+            .get(name)
+            .map(|e| e.to_wire())
+            .unwrap_or_default(),
+        deleting,
     }
 }
 

@@ -6,6 +6,7 @@
 //! the nodes' `Register` streams (unbounded channels, so nothing awaits while
 //! the lock is held). The gRPC services only translate wire types.
 //! The `apply` submodule holds `Apply`, which creates and changes apps;
+//! `delete` deletes them (Terminating until their pods are gone);
 //! `revisions` gives each change its revision and serves watches.
 //!
 //! Persistence: an apply or a delete is saved before it is acknowledged (and
@@ -33,6 +34,8 @@ use crate::store::{Data, InstanceRecord, Store, StoreError};
 use crate::watchers::Watchers;
 
 mod apply;
+mod delete;
+mod reports;
 mod revisions;
 
 /// Length of the random suffix of instance ids (`<app>-xxxxx`).
@@ -58,6 +61,9 @@ pub enum ClusterError {
     /// No app has this name.
     #[error("app {0} not found")]
     AppNotFound(String),
+    /// `Apply` of an app that is being deleted.
+    #[error("app {0} is being deleted (Terminating); apply it again once it is gone")]
+    AppDeleting(String),
     /// The change could not be saved, so it was not made.
     #[error("cannot save the scheduler state, nothing was changed")]
     Store(#[from] StoreError),
@@ -194,30 +200,6 @@ impl State {
         Ok(())
     }
 
-    /// Deletes an app and its instances at once, sends `DESTROY` to their
-    /// nodes and returns the names of those nodes.
-    pub fn delete(&mut self, name: &str) -> Result<Vec<String>, ClusterError> {
-        let Some(app) = self.store.data().apps.get(name) else {
-            return Err(ClusterError::AppNotFound(name.to_string()));
-        };
-        let definition = app.manifest.to_definition();
-        let before = self.store.data().clone();
-        self.keep_last_state(name);
-        let mut out = Outbox::new();
-        let removed = self.remove_instances_of(name, &definition, &mut out);
-        self.store.data_mut().apps.remove(name);
-        self.mark_changed(name);
-        let staged = self.stage_changes();
-        self.save_or_roll_back(before, name, "delete")?;
-        self.publish(staged);
-        let mut nodes: Vec<String> = out.iter().map(|(n, _)| n.clone()).collect();
-        nodes.sort();
-        nodes.dedup();
-        info!(app = %name, instances = removed, nodes = ?nodes, "app deleted");
-        self.deliver(out);
-        Ok(nodes)
-    }
-
     // ---- node events -----------------------------------------------------
 
     /// A riklet calls `Register`. Returns the session id and the receiver
@@ -287,13 +269,18 @@ impl State {
         let out = if running && !node.ready {
             node.ready = true;
             info!(node = %hostname, "node ready");
+            // Instances of an app being deleted are destroyed again: the
+            // node may have missed the DESTROY.
             let mut out: Outbox = self
                 .store
                 .data()
                 .instances
                 .iter()
                 .filter(|(_, i)| i.node.as_deref() == Some(hostname))
-                .filter_map(|(id, _)| self.create_msg(id))
+                .filter_map(|(id, i)| match self.deleting_definition(&i.app) {
+                    Some(definition) => Some(destroy_msg(id, definition)),
+                    None => self.create_msg(id),
+                })
                 .map(|msg| (hostname.to_string(), msg))
                 .collect();
             out.extend(self.place());
@@ -328,26 +315,7 @@ impl State {
         match known {
             Some(i) if i.node.as_deref() == Some(hostname) => {
                 let app = i.app.clone();
-                let previous = i.status;
-                let data = if previous == status {
-                    self.store.data_mut_volatile()
-                } else {
-                    self.store.data_mut()
-                };
-                let inst = data
-                    .instances
-                    .get_mut(instance_id)
-                    .expect("instance exists");
-                inst.status = status;
-                inst.metrics = metrics;
-                inst.updated_at = now;
-                if previous != status {
-                    info!(node = %hostname, app = %app, instance = %instance_id,
-                        from = proto::status::name(previous), to = proto::status::name(status),
-                        "instance status");
-                    self.mark_changed(&app);
-                    self.commit_changes();
-                }
+                self.store_report(hostname, &app, instance_id, status, metrics, now);
             }
             _ if status == ResourceStatus::Terminated => {
                 debug!(node = %hostname, instance = %instance_id, "terminated instance that is not assigned here, ignored");
@@ -439,6 +407,7 @@ impl State {
                     status: ResourceStatus::Pending,
                     metrics: String::new(),
                     updated_at: now,
+                    shown: String::new(),
                 },
             );
         }
@@ -489,9 +458,14 @@ impl State {
     }
 
     fn remove_instance(&mut self, id: &str, definition: &str, out: &mut Outbox) {
-        if let Some(inst) = self.store.data_mut().instances.remove(id)
-            && let Some(node) = inst.node
-        {
+        let data = self.store.data_mut();
+        let Some(inst) = data.instances.remove(id) else {
+            return;
+        };
+        if let Some(events) = data.events.get_mut(&inst.app) {
+            events.forget_instance(id);
+        }
+        if let Some(node) = inst.node {
             out.push((node, destroy_msg(id, definition.to_string())));
         }
     }
@@ -499,6 +473,7 @@ impl State {
     /// `names` are no longer ready: their instances are PENDING until their
     /// node is back or placement moves them.
     fn nodes_lost(&mut self, names: &[String]) -> Outbox {
+        self.drop_deleting_on(names);
         let now = unix_now();
         let mut changed = BTreeSet::new();
         for inst in self.store.data_mut().instances.values_mut() {
@@ -524,6 +499,8 @@ impl State {
                 .data()
                 .instances
                 .iter()
+                // An app being deleted waits for its pods where they are.
+                .filter(|(_, i)| self.deleting_definition(&i.app).is_none())
                 .map(|(id, i)| Slot {
                     instance: id,
                     app: &i.app,

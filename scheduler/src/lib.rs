@@ -12,6 +12,7 @@
 //! - [`nodes`]: the node registry (connected, ready, register streams).
 //! - [`placement`]: which ready node gets an instance (pure function).
 //! - [`cluster`]: the shared state and every operation on it.
+//! - [`events`]: each app's recent events, from its pods' reports.
 //! - [`watchers`]: the open watches and what each still has to be sent.
 //! - [`worker_service`]: `worker.Worker` for riklets.
 //! - [`api`]: `rik.v1.Rik` for the CLI.
@@ -35,6 +36,7 @@ use tracing::{info, warn};
 
 pub mod api;
 pub mod cluster;
+pub mod events;
 pub mod metrics;
 pub mod nodes;
 pub mod placement;

@@ -35,6 +35,8 @@ use proto::manifest::AppManifest;
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
+use crate::events::AppEvents;
+
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
 /// Version of the file format, checked at load. Version 1 files without
@@ -87,6 +89,10 @@ pub struct AppRecord {
     /// Revision of its creation.
     #[serde(default)]
     pub created_revision: u64,
+    /// Unix seconds of its delete, while its pods stop (Terminating); the
+    /// app goes when they are all gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleting_since: Option<i64>,
 }
 
 /// A deleted app, remembered so that a watch resuming from before the
@@ -113,6 +119,11 @@ pub struct InstanceRecord {
     pub metrics: String,
     /// Unix seconds of the last status change or report.
     pub updated_at: i64,
+    /// The STATUS `rik` shows for it, as of the last report that counted
+    /// as a change (memory only: a reason that changes, `RunContainerError`
+    /// then `CrashLoopBackOff`, is a change though the RIK status is not).
+    #[serde(skip)]
+    pub shown: String,
 }
 
 /// Everything the store holds, as written to disk.
@@ -133,6 +144,9 @@ pub struct Data {
     /// The last deletes, oldest first, at most [`MAX_TOMBSTONES`].
     #[serde(default)]
     pub tombstones: VecDeque<Tombstone>,
+    /// Each app's recent events (memory only, see [`crate::events`]).
+    #[serde(skip)]
+    pub events: BTreeMap<String, AppEvents>,
 }
 
 impl Data {
@@ -412,6 +426,7 @@ mod tests {
                 updated_at: 11,
                 revision: 0,
                 created_revision: 0,
+                deleting_since: None,
             },
         );
         data.instances.insert(
@@ -422,6 +437,7 @@ mod tests {
                 status: ResourceStatus::Running,
                 metrics: r#"{"appId":"web-abcde"}"#.into(),
                 updated_at: 12,
+                shown: String::new(),
             },
         );
         data.instances.insert(
@@ -432,6 +448,7 @@ mod tests {
                 status: ResourceStatus::Pending,
                 metrics: String::new(),
                 updated_at: 13,
+                shown: String::new(),
             },
         );
         assert!(store.is_dirty());

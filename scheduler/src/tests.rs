@@ -429,7 +429,8 @@ async fn fake_riklet_end_to_end() {
         (id.as_str(), WorkloadRequestKind::Create)
     );
 
-    // Delete: DESTROY to the node, and the app is gone at once.
+    // Delete: DESTROY to the node; the app is Terminating until the node
+    // reports its pod gone, then it is gone.
     let deleted = rik
         .delete_app(DeleteAppRequest { name: "web".into() })
         .await
@@ -441,6 +442,31 @@ async fn fake_riklet_end_to_end() {
         (got.as_str(), action),
         (id.as_str(), WorkloadRequestKind::Destroy)
     );
+    let app = web(&mut rik).await;
+    assert!(app.deleting);
+    assert_eq!(app.status, "TERMINATING");
+    let err = rik
+        .apply(ApplyRequest {
+            manifest: "kind: Pod\nname: web\nspec: {containers: [{name: c, exec: /bin/true}]}"
+                .into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    statuses
+        .send(instance_status(&id, ResourceStatus::Terminated))
+        .await
+        .unwrap();
+    eventually("web gone", || {
+        let mut rik = rik.clone();
+        async move {
+            rik.get_app(GetAppRequest { name: "web".into() })
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
     let err = rik
         .get_app(GetAppRequest { name: "web".into() })
         .await

@@ -234,7 +234,10 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
     )
     .expect("ipam JSON");
     assert_eq!(ipam["leases"], serde_json::json!({}), "address lease left");
-    assert!(!cluster.rik_ok(&["get", "apps"]).contains("web"));
+    // The app goes once its node reported the pod gone.
+    wait_for(Duration::from_secs(5), "the app to go", || {
+        (!cluster.rik_ok(&["get", "apps"]).contains("web")).then_some(())
+    });
     assert_eq!(cluster.local_pods(), Value::Array(vec![]));
 }
 

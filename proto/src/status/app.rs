@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::LifecycleEvent;
 use super::usage::{
     ContainerUsage, MemoryUsage, NetworkUsage, PodCpu, PodEvent, PodUsage, RunQueue,
 };
@@ -72,6 +73,10 @@ pub struct AppStatus {
     /// The last pod events (OOM kills).
     #[serde(deserialize_with = "lenient")]
     pub events: Vec<PodEvent>,
+    /// The pod's last events (created, pulled, started, exited, back-off,
+    /// …), oldest first; bounded by the riklet.
+    #[serde(deserialize_with = "lenient")]
+    pub history: Vec<LifecycleEvent>,
 }
 
 impl AppStatus {
@@ -98,6 +103,16 @@ metrics_object!(AppStatus);
 pub struct ContainerStatus {
     pub name: String,
     pub state: ContainerState,
+    /// kubelet's reason for the state: `ContainerCreating`,
+    /// `CrashLoopBackOff`, `RunContainerError`, `ErrImagePull`,
+    /// `ImagePullBackOff` while waiting; `Completed`, `Error`, `OOMKilled`
+    /// once ended (and until its back-off is noticed); `null` while
+    /// running. See [`super::lifecycle`].
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// More on the reason (`back-off 20s restarting failed container`).
+    #[serde(default)]
+    pub message: Option<String>,
     /// The image of an image container (`null` for a bare process).
     pub image: Option<String>,
     /// The containerd container of the current run.
@@ -155,6 +170,9 @@ pub struct ShortStatus {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_on: Option<String>,
+    /// The pod's last events, with its end (a pod deleted from its node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<LifecycleEvent>,
 }
 
 impl ShortStatus {
@@ -166,6 +184,7 @@ impl ShortStatus {
             state: ResourceStatus::Failed,
             reason: Some(reason),
             runs_on: None,
+            history: Vec::new(),
         }
     }
 
@@ -177,13 +196,16 @@ impl ShortStatus {
             state: ResourceStatus::Terminated,
             reason: None,
             runs_on: None,
+            history: Vec::new(),
         }
     }
 
-    /// A pod deleted from `node`: TERMINATED, its record gone.
-    pub fn destroyed(instance_id: &str, node: &str) -> Self {
+    /// A pod deleted from `node`: TERMINATED, its record gone; its last
+    /// events.
+    pub fn destroyed(instance_id: &str, node: &str, history: Vec<LifecycleEvent>) -> Self {
         ShortStatus {
             runs_on: Some(node.to_string()),
+            history,
             ..ShortStatus::not_running(instance_id)
         }
     }
@@ -201,10 +223,10 @@ mod tests {
 
     /// A full status as the riklet sends it: a measured pod with two
     /// containers, one running, one in a restart back-off.
-    const APP_STATUS: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"name":"main","pid":11,"restartCount":1,"startedAt":1700000000,"state":"running","usage":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4}},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"name":"side","pid":null,"restartCount":2,"startedAt":null,"state":"waiting","usage":null}],"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"hostNetwork":true,"internalIp":"10.1.0.2","memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"reason":null,"restartCount":3,"runqueue":{"count":3,"meanSeconds":1e-6},"runsOn":"node-a","state":"RUNNING"}"#;
+    const APP_STATUS: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"message":null,"name":"main","pid":11,"reason":null,"restartCount":1,"startedAt":1700000000,"state":"running","usage":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4}},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"message":"back-off 10s restarting failed container","name":"side","pid":null,"reason":"CrashLoopBackOff","restartCount":2,"startedAt":null,"state":"waiting","usage":null}],"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"history":[{"at":1700000000123,"container":"main","message":"Started container main","reason":"Started","seq":1,"type":"Normal"}],"hostNetwork":true,"internalIp":"10.1.0.2","memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"reason":null,"restartCount":3,"runqueue":{"count":3,"meanSeconds":1e-6},"runsOn":"node-a","state":"RUNNING"}"#;
 
     /// A pod not measured yet.
-    const UNMEASURED: &str = r#"{"app":"web","appId":"web-2","containers":[{"cgroup":"riklet/web-2_main","containerId":null,"image":null,"imageDigest":null,"lastExit":null,"name":"main","pid":null,"restartCount":0,"startedAt":null,"state":"creating","usage":null}],"cpu":null,"createdAt":1699999999,"deployment":{"app":"web","repository":"/bin/sleep","version":""},"events":[],"hostNetwork":false,"internalIp":null,"memory":null,"network":null,"reason":"CrashLoopBackOff","restartCount":0,"runqueue":null,"runsOn":"node-a","state":"CREATING"}"#;
+    const UNMEASURED: &str = r#"{"app":"web","appId":"web-2","containers":[{"cgroup":"riklet/web-2_main","containerId":null,"image":null,"imageDigest":null,"lastExit":null,"message":null,"name":"main","pid":null,"reason":"ContainerCreating","restartCount":0,"startedAt":null,"state":"creating","usage":null}],"cpu":null,"createdAt":1699999999,"deployment":{"app":"web","repository":"/bin/sleep","version":""},"events":[],"history":[],"hostNetwork":false,"internalIp":null,"memory":null,"network":null,"reason":"CrashLoopBackOff","restartCount":0,"runqueue":null,"runsOn":"node-a","state":"CREATING"}"#;
 
     #[test]
     fn app_status_round_trips() {
@@ -228,7 +250,10 @@ mod tests {
             r#"{"appId":"x-1","state":"TERMINATED"}"#
         );
         let destroyed = r#"{"appId":"x-1","runsOn":"node-1","state":"TERMINATED"}"#;
-        assert_eq!(ShortStatus::destroyed("x-1", "node-1").to_json(), destroyed);
+        assert_eq!(
+            ShortStatus::destroyed("x-1", "node-1", Vec::new()).to_json(),
+            destroyed
+        );
         for fixture in [destroyed, &refused.to_json()] {
             let (got, want) = round_trip::<ShortStatus>(fixture);
             assert_eq!(got, want);

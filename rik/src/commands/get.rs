@@ -1,5 +1,6 @@
-//! `rik get apps|app [NAME] [-o wide|json] [-w]`, `rik get nodes [NAME] [-o json]`.
-//! `watch`: `-w`, the listing then every change.
+//! `rik get apps|app [NAME] [-o wide|json] [-w]`, `rik get nodes [NAME] [-o json]`,
+//! `rik get events [--app NAME] [-w]`.
+//! `watch`: `-w`, the listing then every change; `events`: the events.
 
 use std::io::Write;
 use std::str::FromStr;
@@ -10,6 +11,7 @@ use super::Scheduler;
 use crate::output::{Json, Table, now_unix};
 use crate::views;
 
+mod events;
 mod watch;
 
 /// Lists apps or nodes, kubectl style: `rik get apps`, `rik get app NAME`
@@ -20,10 +22,11 @@ Examples:
   rik get apps -o wide
   rik get app web -o json
   rik get nodes
-  rik get apps -w")]
+  rik get apps -w
+  rik get events --app web -w")]
 pub struct Args {
-    /// What to show: `apps` (or `app`) or `nodes` (or `node`, `no`),
-    /// optionally as `app/NAME`.
+    /// What to show: `apps` (or `app`), `nodes` (or `node`, `no`) or
+    /// `events` (or `ev`), optionally as `app/NAME`.
     #[arg(value_name = "RESOURCE")]
     resource: Resource,
     /// Show only this app or node.
@@ -36,6 +39,9 @@ pub struct Args {
     /// per line.
     #[arg(short, long)]
     watch: bool,
+    /// With `events`: only the events of this app.
+    #[arg(long, value_name = "NAME")]
+    app: Option<String>,
 }
 
 /// Output formats of `rik get`.
@@ -58,6 +64,7 @@ struct Resource {
 enum Kind {
     Apps,
     Nodes,
+    Events,
 }
 
 impl FromStr for Resource {
@@ -72,7 +79,12 @@ impl FromStr for Resource {
         let kind = match kind.to_ascii_lowercase().as_str() {
             "apps" | "app" | "pods" | "pod" | "po" => Kind::Apps,
             "nodes" | "node" | "no" => Kind::Nodes,
-            _ => return Err(format!("unknown resource {kind:?}, expected apps or nodes")),
+            "events" | "event" | "ev" => Kind::Events,
+            _ => {
+                return Err(format!(
+                    "unknown resource {kind:?}, expected apps, nodes or events"
+                ));
+            }
         };
         Ok(Resource { kind, name })
     }
@@ -84,15 +96,24 @@ pub async fn run(args: Args, scheduler: &mut Scheduler, out: &mut dyn Write) -> 
         (Some(_), Some(_)) => bail!("give the name either as RESOURCE/NAME or as NAME, not both"),
         (a, b) => a.or(b),
     };
-    if args.watch {
-        if args.resource.kind != Kind::Apps {
-            bail!("--watch is for apps only");
-        }
-        return watch::run(scheduler, name.as_deref(), args.output, out).await;
+    let kind = args.resource.kind;
+    if kind == Kind::Events && (name.is_some() || args.output.is_some()) {
+        bail!("events take --app NAME and -w, no name or -o");
     }
-    let text = match args.resource.kind {
+    if kind != Kind::Events && args.app.is_some() {
+        bail!("--app is for events only");
+    }
+    if args.watch {
+        return match kind {
+            Kind::Apps => watch::run(scheduler, name.as_deref(), args.output, out).await,
+            Kind::Events => events::watch(scheduler, args.app.as_deref(), out).await,
+            Kind::Nodes => bail!("--watch is for apps and events only"),
+        };
+    }
+    let text = match kind {
         Kind::Apps => apps(scheduler, name.as_deref(), args.output).await?,
         Kind::Nodes => nodes(scheduler, name.as_deref(), args.output).await?,
+        Kind::Events => events::list(scheduler, args.app.as_deref()).await?,
     };
     if text.is_empty() {
         // kubectl's habit: stdout stays empty for scripts, people get a hint.
@@ -170,6 +191,7 @@ mod tests {
         assert_eq!(r("app").unwrap().kind, Kind::Apps);
         assert_eq!(r("nodes").unwrap().kind, Kind::Nodes);
         assert_eq!(r("no").unwrap().kind, Kind::Nodes);
+        assert_eq!(r("events").unwrap().kind, Kind::Events);
         assert_eq!(r("app/web").unwrap().name.as_deref(), Some("web"));
         assert!(r("app/").is_err());
         assert!(r("services").is_err());

@@ -5,6 +5,7 @@ pub mod app_watch;
 pub mod apply;
 pub mod completion;
 pub mod delete;
+pub mod describe;
 pub mod get;
 pub mod logs;
 pub mod top;

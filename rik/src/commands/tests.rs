@@ -183,6 +183,8 @@ fn web(instances: Vec<Instance>) -> App {
         created_at: output::now_unix() - (3 * 3600 + 5 * 60 + 30),
         instances,
         status: "RUNNING".into(),
+        events: Vec::new(),
+        deleting: false,
     }
 }
 
@@ -260,7 +262,7 @@ async fn get_apps_tables_and_json() {
     let url = serve(fake).await;
     assert_eq!(
         get(&url, &["apps"]).await.unwrap(),
-        "NAME   STATUS    AGE\nweb    RUNNING   3h5m\n"
+        "NAME   STATUS    AGE\nweb    Running   3h5m\n"
     );
     let wide = get(&url, &["app", "-o", "wide"]).await.unwrap();
     assert!(

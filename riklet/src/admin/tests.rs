@@ -124,6 +124,8 @@ fn pod(id: &str, state: ResourceStatus, containers: &[ContainerState]) -> AppSta
                 started_at: None,
                 restart_count: 0,
                 last_exit: None,
+                reason: None,
+                message: None,
                 cgroup: String::new(),
                 usage: None,
             })

@@ -76,6 +76,7 @@ impl<H: PodHost> Agent<H> {
     /// `report` is sent.
     pub(super) fn forget(&mut self, instance_id: &str, report: InstanceReport) {
         self.pods.remove(instance_id);
+        self.events.remove(instance_id);
         self.touch(instance_id);
         self.report(report);
     }

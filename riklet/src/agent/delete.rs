@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use proto::common::ResourceStatus;
-use proto::status::ShortStatus;
+use proto::status::{EventType, ShortStatus};
 use tracing::{info, warn};
 
-use super::host::{PodHost, StopTarget};
+use super::host::{PodHost, StopOutcome, StopTarget};
 use super::{Agent, Event, InstanceReport};
 use crate::state::Phase;
 
@@ -31,6 +31,22 @@ impl<H: PodHost> Agent<H> {
         info!(pod = instance_id, "destroying pod");
         pod.phase = Phase::Destroying;
         pod.reason = None;
+        let running: Vec<String> = pod
+            .containers
+            .iter()
+            .filter(|c| c.run.is_some())
+            .map(|c| c.name.clone())
+            .collect();
+        let grace = self.settings.stop_grace_period.as_secs();
+        for name in running {
+            self.record(
+                instance_id,
+                Some(&name),
+                EventType::Normal,
+                "Killing",
+                format!("Stopping container {name} (grace period {grace}s)"),
+            );
+        }
         self.commit(instance_id);
         // A start in flight reports back first (`started` then stops); one
         // still waiting for its slot does not start at all.
@@ -65,18 +81,30 @@ impl<H: PodHost> Agent<H> {
         let (host, tx) = (self.host.clone(), self.tx.clone());
         let instance_id = instance_id.to_string();
         tokio::spawn(async move {
-            let clean = host.stop(&instance_id, containers).await;
-            let _ = tx.send(Event::Stopped { instance_id, clean });
+            let stop = host.stop(&instance_id, containers).await;
+            let _ = tx.send(Event::Stopped { instance_id, stop });
         });
     }
 
     /// Final clean-up of a destroyed pod: cgroups, run and log directories,
     /// runtime memory.
-    pub(super) fn stopped(&mut self, instance_id: &str, clean: bool) {
+    pub(super) fn stopped(&mut self, instance_id: &str, stop: StopOutcome) {
+        let grace = self.settings.stop_grace_period.as_secs();
+        for name in &stop.killed {
+            self.record(
+                instance_id,
+                Some(name),
+                EventType::Warning,
+                "Killed",
+                format!(
+                    "Container {name} did not stop within the grace period of {grace}s: killed"
+                ),
+            );
+        }
         let Some(pod) = self.pods.get(instance_id) else {
             return;
         };
-        let clean = clean && self.host.release(pod);
+        let clean = stop.clean && self.host.release(pod);
         if !clean {
             // Keep the record (a riklet restart resumes the delete too).
             warn!(pod = instance_id, retry_in = ?STOP_RETRY, "delete incomplete; retrying");
@@ -89,10 +117,19 @@ impl<H: PodHost> Agent<H> {
             return;
         }
         info!(pod = instance_id, "pod destroyed");
+        let node = self.settings.node.clone();
+        self.record(
+            instance_id,
+            None,
+            EventType::Normal,
+            "Deleted",
+            format!("Pod deleted from node {node}"),
+        );
+        let history = self.history(instance_id);
         let report = InstanceReport {
             instance_id: instance_id.to_string(),
             status: ResourceStatus::Terminated,
-            metrics: ShortStatus::destroyed(instance_id, &self.settings.node).to_json(),
+            metrics: ShortStatus::destroyed(instance_id, &node, history).to_json(),
         };
         // The record is removed before TERMINATED is reported.
         self.forget(instance_id, report);

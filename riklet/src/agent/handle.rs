@@ -5,7 +5,7 @@ use proto::common::ResourceStatus;
 use proto::status::AppStatus;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::host::StartResult;
+use super::host::{StartResult, StopOutcome};
 use crate::metrics::collector::Target;
 use crate::metrics::targets::PodsGeneration;
 use crate::proxy::model::Endpoint;
@@ -45,10 +45,23 @@ pub(super) enum Event {
         instance_id: String,
         container: String,
     },
+    /// A back-off that began a moment ago becomes visible.
+    BackOffNoticed {
+        instance_id: String,
+        container: String,
+        /// The restart the back-off leads to, Unix ms.
+        restart_at: i64,
+    },
+    /// A start task tells of a step (pulling an image, pulled).
+    Note {
+        instance_id: String,
+        container: String,
+        reason: &'static str,
+        message: String,
+    },
     Stopped {
         instance_id: String,
-        /// Everything was removed; otherwise the stop is tried again.
-        clean: bool,
+        stop: StopOutcome,
     },
     RetryStop {
         instance_id: String,
@@ -64,6 +77,26 @@ impl Event {
     /// collector's targets): all but the queries.
     pub(super) fn may_change_pods(&self) -> bool {
         !matches!(self, Event::Reports(_) | Event::Pods(_) | Event::Targets(_))
+    }
+}
+
+/// How a start task tells the agent of its steps ([`Event::Note`]).
+#[derive(Debug, Clone)]
+pub struct Notes {
+    pub(super) tx: mpsc::UnboundedSender<Event>,
+    pub(super) instance_id: String,
+    pub(super) container: String,
+}
+
+impl Notes {
+    /// Records an event of the container being started.
+    pub fn note(&self, reason: &'static str, message: String) {
+        let _ = self.tx.send(Event::Note {
+            instance_id: self.instance_id.clone(),
+            container: self.container.clone(),
+            reason,
+            message,
+        });
     }
 }
 

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use proto::manifest::Container;
 
+use super::handle::Notes;
 use crate::metrics::collector::Target;
 use crate::runtime::containerd::{ContainerInfo, ContainerdError};
 use crate::runtime::shim;
@@ -28,6 +29,17 @@ pub struct StartRequest {
     pub app: String,
     pub host_network: bool,
     pub container: Container,
+    /// Where the start tells of its steps (pulling, pulled).
+    pub notes: Notes,
+}
+
+/// How a pod's stop went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// Everything was removed; otherwise the stop is tried again.
+    pub clean: bool,
+    /// The containers that outlived the grace period and were killed.
+    pub killed: Vec<String>,
 }
 
 /// One container of a pod being deleted.
@@ -69,12 +81,12 @@ pub trait PodHost: Send + Sync + 'static {
     fn oom_kills(&self, instance_id: &str, container: &str) -> Option<u64>;
 
     /// Stops every container of a pod and removes its containerd
-    /// containers and its network; `true` when everything was removed.
+    /// containers and its network.
     fn stop(
         &self,
         instance_id: &str,
         containers: Vec<StopTarget>,
-    ) -> impl Future<Output = bool> + Send;
+    ) -> impl Future<Output = StopOutcome> + Send;
 
     /// Removes what a stopped pod keeps on the node (cgroups, run
     /// directory, logs unless they are kept); `true` when it is all gone,

@@ -28,6 +28,7 @@
 //! - `handle`: the events, the handle other tasks send them with, reports;
 //! - `restart`: exits, restart policy, crash-loop back-off;
 //! - `delete`: stopping and forgetting a pod;
+//! - `events`: each pod's recent events, and when a back-off shows;
 //! - `phase`: the pod phase derived from its containers;
 //! - `ports`: the endpoints the Node Proxy forwards to, one app per port;
 //! - `recover`: crash recovery of bare processes and image containers;
@@ -37,6 +38,7 @@
 
 mod commit;
 mod delete;
+mod events;
 mod handle;
 mod host;
 mod node;
@@ -110,6 +112,8 @@ pub struct Agent<H: PodHost = NodeHost> {
     containerd: ContainerdSync,
     usage: PodUsage,
     pods: HashMap<String, PodRecord>,
+    /// Each pod's recent events (memory only).
+    events: HashMap<String, events::EventLog>,
     /// Starts in flight (instance, container): they report back with
     /// [`Event::Started`]. A record marked `starting` that is not here was
     /// being started by a riklet that died. The flag is raised by a delete:
@@ -163,6 +167,7 @@ impl<H: PodHost> Agent<H> {
             containerd: ContainerdSync::Waiting,
             usage,
             pods: HashMap::new(),
+            events: HashMap::new(),
             jobs: HashMap::new(),
             start_slots,
             pending: Pending::default(),
@@ -259,7 +264,18 @@ impl<H: PodHost> Agent<H> {
                 instance_id,
                 container,
             } => self.restart_due(&instance_id, &container),
-            Event::Stopped { instance_id, clean } => self.stopped(&instance_id, clean),
+            Event::BackOffNoticed {
+                instance_id,
+                container,
+                restart_at,
+            } => self.backoff_noticed(&instance_id, &container, restart_at),
+            Event::Note {
+                instance_id,
+                container,
+                reason,
+                message,
+            } => self.noted(&instance_id, &container, reason, message),
+            Event::Stopped { instance_id, stop } => self.stopped(&instance_id, stop),
             Event::RetryStop { instance_id } => {
                 if self
                     .pods
@@ -346,6 +362,7 @@ impl<H: PodHost> Agent<H> {
                     restart_at: None,
                     backoff_secs: 0,
                     oom_kills_at_start: None,
+                    backing_off: false,
                     starting: true,
                 })
                 .collect(),
@@ -358,6 +375,7 @@ impl<H: PodHost> Agent<H> {
         info!(pod = %instance_id, app = %pod.manifest.name, "creating pod");
         let names: Vec<String> = pod.containers.iter().map(|c| c.name.clone()).collect();
         self.pods.insert(instance_id.clone(), pod);
+        self.record_created(&instance_id);
         for name in names {
             self.spawn_start(&instance_id, &name);
         }
@@ -375,6 +393,7 @@ impl<H: PodHost> Agent<H> {
         };
         c.starting = true;
         c.restart_at = None;
+        c.backing_off = false;
         self.settle_phase(instance_id);
         self.spawn_start(instance_id, name);
     }
@@ -406,6 +425,11 @@ impl<H: PodHost> Agent<H> {
             app: pod.manifest.name.clone(),
             host_network: pod.manifest.spec.host_network,
             container: container.clone(),
+            notes: handle::Notes {
+                tx: self.tx.clone(),
+                instance_id: instance_id.to_string(),
+                container: name.to_string(),
+            },
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         self.jobs.insert(
@@ -467,6 +491,8 @@ impl<H: PodHost> Agent<H> {
                 c.run = Some(run.clone());
                 c.restart_at = None;
                 c.oom_kills_at_start = oom_kills;
+                let pid = run.process.pid;
+                self.record_started(instance_id, name, pid);
                 let t = std::time::Instant::now();
                 self.settle_phase(instance_id);
                 crate::steps::record_for(instance_id, "commit", t.elapsed());
@@ -480,6 +506,9 @@ impl<H: PodHost> Agent<H> {
                     message = exit.message.as_deref().unwrap_or(""),
                     "container failed to start"
                 );
+                if exit.reason != CANCELLED {
+                    self.record_failed_start(instance_id, name, &exit);
+                }
                 self.after_exit(instance_id, name, exit);
             }
         }
@@ -554,6 +583,7 @@ impl<H: PodHost> Agent<H> {
                 node: &self.settings.node,
                 ip: self.host.pod_ip(pod),
                 usage: self.usage.get(&pod.instance_id),
+                history: self.history(&pod.instance_id),
                 cgroup: &cgroup,
             },
         )

@@ -10,7 +10,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use tracing::{error, warn};
 
-use super::host::{PodHost, ProcessTrace, StartRequest, StartResult, StopTarget};
+use super::host::{PodHost, ProcessTrace, StartRequest, StartResult, StopOutcome, StopTarget};
 use crate::cgroups::CgroupManager;
 use crate::metrics::collector::Target;
 use crate::network::PodNetwork;
@@ -69,10 +69,14 @@ impl NodeHost {
     }
 
     /// Stops and removes image containers through containerd, waiting for
-    /// it if it is down; `true` when all were removed.
-    async fn stop_images(&self, instance_id: &str, ids: Vec<String>) -> bool {
+    /// it if it is down: whether all were removed, and the names of those
+    /// killed after the grace period.
+    async fn stop_images(&self, instance_id: &str, ids: Vec<(String, String)>) -> StopOutcome {
         if ids.is_empty() {
-            return true;
+            return StopOutcome {
+                clean: true,
+                killed: Vec::new(),
+            };
         }
         let cd = match self.containerd.get() {
             Some(cd) => cd,
@@ -82,23 +86,35 @@ impl NodeHost {
             }
         };
         let grace = self.stop_grace_period;
-        let removed = futures::future::join_all(ids.iter().map(|id| {
+        let stopped = futures::future::join_all(ids.iter().map(|(name, id)| {
             let cd = cd.clone();
             async move {
-                if let Err(e) = cd.runtime.stop(id, grace).await {
-                    warn!(container = %id, error = %crate::error_chain(&e), "cannot stop container");
-                }
-                match cd.runtime.remove(id).await {
+                let killed = match cd.runtime.stop(id, grace).await {
+                    Ok(killed) => killed,
+                    Err(e) => {
+                        warn!(container = %id, error = %crate::error_chain(&e), "cannot stop container");
+                        false
+                    }
+                };
+                let removed = match cd.runtime.remove(id).await {
                     Ok(()) => true,
                     Err(e) => {
                         error!(container = %id, error = %crate::error_chain(&e), "cannot remove container");
                         false
                     }
-                }
+                };
+                (name.clone(), killed, removed)
             }
         }))
         .await;
-        removed.into_iter().all(|ok| ok)
+        StopOutcome {
+            clean: stopped.iter().all(|(_, _, removed)| *removed),
+            killed: stopped
+                .into_iter()
+                .filter(|(_, killed, _)| *killed)
+                .map(|(name, _, _)| name)
+                .collect(),
+        }
     }
 
     /// Removes cgroups and run directories that belong to no pod.
@@ -144,31 +160,39 @@ impl PodHost for NodeHost {
             .oom_kills
     }
 
-    async fn stop(&self, instance_id: &str, containers: Vec<StopTarget>) -> bool {
+    async fn stop(&self, instance_id: &str, containers: Vec<StopTarget>) -> StopOutcome {
         let mut processes = Vec::new();
         let mut images = Vec::new();
         for c in containers {
             if c.image {
                 if let Ok(id) = containerd::container_id(instance_id, &c.name) {
-                    images.push(id);
+                    images.push((c.name, id));
                 }
             } else {
-                processes.push((self.cgroups.container(instance_id, &c.name), c.run));
+                processes.push((
+                    c.name.clone(),
+                    self.cgroups.container(instance_id, &c.name),
+                    c.run,
+                ));
             }
         }
         let grace = self.stop_grace_period;
         let bare = futures::future::join_all(
             processes
                 .iter()
-                .map(|(cg, run)| self.process.stop(run.as_ref(), cg, grace)),
+                .map(|(_, cg, run)| self.process.stop(run.as_ref(), cg, grace)),
         );
-        let (_, mut clean) =
+        let (killed, mut outcome) =
             futures::future::join(bare, self.stop_images(instance_id, images)).await;
+        let killed = processes.iter().zip(killed).filter(|(_, k)| *k);
+        outcome
+            .killed
+            .extend(killed.map(|((name, _, _), _)| name.clone()));
         if let Err(e) = self.network.detach(instance_id).await {
             error!(pod = %instance_id, error = %crate::error_chain(&e), "cannot remove the pod network");
-            clean = false;
+            outcome.clean = false;
         }
-        clean
+        outcome
     }
 
     fn release(&self, pod: &PodRecord) -> bool {

@@ -4,8 +4,9 @@
 
 use crate::state::{ContainerRecord, Phase};
 
-/// Exit reason: the image could not be pulled or unpacked.
-pub const ERR_IMAGE_PULL: &str = "ErrImagePull";
+/// Exit reason: the image could not be pulled or unpacked (kubelet's
+/// waiting reason too).
+pub use proto::status::lifecycle::ERR_IMAGE_PULL;
 /// Exit reason: the pod could not be attached to the pod network.
 pub const NETWORK_ERROR: &str = "NetworkError";
 /// Exit reason: containerd could not be reached.
@@ -113,6 +114,7 @@ mod tests {
             restart_at: None,
             backoff_secs: 0,
             oom_kills_at_start: None,
+            backing_off: false,
             starting: false,
         }
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use proto::manifest::RestartPolicy;
+use proto::status::EventType;
 use tracing::info;
 
 use super::host::PodHost;
@@ -44,6 +45,8 @@ impl<H: PodHost> Agent<H> {
                 Some("killed by the OOM killer: the container reached its memory limit".into());
         }
         info!(pod = instance_id, container = name, code = ?exit.exit_code, signal = ?exit.signal, reason = %exit.reason, "container exited");
+        let (kind, reason, message) = exit_event(name, &exit);
+        self.record(instance_id, Some(name), kind, reason, message);
         self.after_exit(instance_id, name, exit);
     }
 
@@ -71,6 +74,7 @@ impl<H: PodHost> Agent<H> {
             .unwrap_or(0);
         c.run = None;
         c.starting = false;
+        c.backing_off = false;
         let setup = is_setup_failure(&exit.reason);
         let restart = setup
             || match policy {
@@ -91,6 +95,7 @@ impl<H: PodHost> Agent<H> {
             c.restart_at = Some(now_ms() + delay.as_millis() as i64);
             info!(pod = instance_id, container = name, backoff = ?delay, "restart scheduled");
             self.schedule_restart(instance_id, name, delay);
+            self.schedule_backoff_notice(instance_id, name, delay);
         }
         self.settle_phase(instance_id);
     }
@@ -134,4 +139,31 @@ impl<H: PodHost> Agent<H> {
         }
         pod.containers.iter().find(|c| c.name == name)
     }
+}
+
+/// The event of a run's end: `OOMKilled`, or `Exited` with its code or
+/// signal (a warning unless it succeeded).
+fn exit_event(name: &str, exit: &ExitRecord) -> (EventType, &'static str, String) {
+    if exit.reason == "OOMKilled" {
+        let how = exit
+            .message
+            .as_deref()
+            .unwrap_or("killed by the OOM killer");
+        return (
+            EventType::Warning,
+            "OOMKilled",
+            format!("Container {name} was OOM killed: {how}"),
+        );
+    }
+    let how = match (exit.exit_code, exit.signal) {
+        (Some(code), _) => format!("code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => exit.describe(),
+    };
+    let kind = if exit.success() {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    (kind, "Exited", format!("Container {name} exited ({how})"))
 }

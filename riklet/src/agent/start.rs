@@ -152,9 +152,15 @@ impl NodeHost {
             ));
         };
         let c = &job.request.container;
+        let notes = &job.request.notes;
+        let pulled = std::sync::atomic::AtomicBool::new(false);
+        let asked = std::time::Instant::now();
         let info = cd
             .images
-            .ensure(image, c.pull_policy())
+            .ensure_observed(image, c.pull_policy(), || {
+                pulled.store(true, std::sync::atomic::Ordering::Relaxed);
+                notes.note("Pulling", format!("Pulling image \"{image}\""));
+            })
             .await
             .map_err(|e| {
                 let reason = if image_error_unavailable(&e) {
@@ -164,6 +170,17 @@ impl NodeHost {
                 };
                 ExitRecord::without_status(reason, crate::error_chain(&e))
             })?;
+        notes.note(
+            "Pulled",
+            if pulled.into_inner() {
+                format!(
+                    "Successfully pulled image \"{image}\" in {:.1}s",
+                    asked.elapsed().as_secs_f64()
+                )
+            } else {
+                format!("Container image \"{image}\" already present on the node")
+            },
+        );
         let id =
             containerd::container_id(&job.request.instance_id, &c.name).map_err(start_error)?;
         // An earlier run's task, container and snapshot.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::delete::STOP_RETRY;
-use super::host::{ProcessTrace, StopTarget};
+use super::host::{ProcessTrace, StopOutcome, StopTarget};
 use super::restart::BACKOFF_RESET_MS;
 use super::*;
 use crate::metrics::collector::Target;
@@ -135,9 +135,12 @@ impl PodHost for FakeHost {
         self.state().oom_kills.get(container).copied()
     }
 
-    async fn stop(&self, instance_id: &str, _containers: Vec<StopTarget>) -> bool {
+    async fn stop(&self, instance_id: &str, _containers: Vec<StopTarget>) -> StopOutcome {
         self.state().stops.push(instance_id.to_string());
-        true
+        StopOutcome {
+            clean: true,
+            killed: Vec::new(),
+        }
     }
 
     fn release(&self, pod: &PodRecord) -> bool {
@@ -271,6 +274,8 @@ impl Harness {
             Event::Started { .. } => "started",
             Event::Exited { .. } => "exited",
             Event::RestartDue { .. } => "restart-due",
+            Event::BackOffNoticed { .. } => "backoff-noticed",
+            Event::Note { .. } => "note",
             Event::Stopped { .. } => "stopped",
             Event::RetryStop { .. } => "retry-stop",
             Event::RetryContainerd => "retry-containerd",
@@ -1026,3 +1031,5 @@ async fn the_pods_generation_moves_with_the_pods_and_not_with_queries() {
     h.step_until("stopped").await;
     assert!(moved(), "a pod forgotten");
 }
+
+mod events;

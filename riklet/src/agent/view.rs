@@ -5,7 +5,13 @@
 
 use std::net::IpAddr;
 
-use proto::status::{AppStatus, ContainerState, ContainerStatus, LastExit, PodUsage, RealtimeApp};
+use proto::status::lifecycle::{
+    COMPLETED, CONTAINER_CREATING, CRASH_LOOP_BACK_OFF, ERR_IMAGE_PULL, ERROR, IMAGE_PULL_BACK_OFF,
+    OOM_KILLED, RUN_CONTAINER_ERROR,
+};
+use proto::status::{
+    AppStatus, ContainerState, ContainerStatus, LastExit, LifecycleEvent, PodUsage, RealtimeApp,
+};
 
 use crate::state::{ContainerRecord, PodRecord};
 
@@ -17,6 +23,8 @@ pub struct ViewInputs<'a> {
     pub ip: Option<IpAddr>,
     /// The last usage measured by the collector, if any.
     pub usage: Option<PodUsage>,
+    /// The pod's recent events, oldest first.
+    pub history: Vec<LifecycleEvent>,
     /// Each container's cgroup path, relative to the cgroup root.
     pub cgroup: &'a dyn Fn(&str) -> String,
 }
@@ -41,6 +49,7 @@ pub fn app_status(pod: &PodRecord, inputs: &ViewInputs<'_>) -> AppStatus {
             .iter()
             .map(|c| container_status(pod, c, inputs))
             .collect(),
+        history: inputs.history.clone(),
         ..AppStatus::default()
     };
     match &inputs.usage {
@@ -61,18 +70,12 @@ fn container_status(
         .containers
         .iter()
         .find(|s| s.name == c.name);
-    let state = if c.run.is_some() {
-        ContainerState::Running
-    } else if c.starting {
-        ContainerState::Creating
-    } else if c.restart_at.is_some() {
-        ContainerState::Waiting
-    } else {
-        ContainerState::Terminated
-    };
+    let (state, reason, message) = container_state(c);
     ContainerStatus {
         name: c.name.clone(),
         state,
+        reason: reason.map(String::from),
+        message,
         image: spec.and_then(|s| s.image.clone()),
         container_id: c.run.as_ref().and_then(|r| r.container_id.clone()),
         image_digest: c.run.as_ref().and_then(|r| r.image_digest.clone()),
@@ -91,6 +94,59 @@ fn container_status(
     }
 }
 
+/// kubelet's state of a container, its reason and message: running;
+/// waiting while being started, or in a back-off (`CrashLoopBackOff`,
+/// `ImagePullBackOff`) once it was noticed ([`ContainerRecord::backing_off`]);
+/// before that, how it ended: terminated (`Completed`, `Error`,
+/// `OOMKilled`), or waiting after a failed start (`RunContainerError`) or
+/// pull (`ErrImagePull`). A container still without its pod network or
+/// containerd waits as `ContainerCreating`.
+fn container_state(c: &ContainerRecord) -> (ContainerState, Option<&'static str>, Option<String>) {
+    use ContainerState::{Creating, Running, Terminated, Waiting};
+    let exit = match (&c.run, c.starting, &c.last_exit) {
+        (Some(_), _, _) => return (Running, None, None),
+        // Being started, or not started yet (after a recovery).
+        (None, true, _) | (None, false, None) => return (Creating, Some(CONTAINER_CREATING), None),
+        (None, false, Some(exit)) => exit,
+    };
+    let ended = match exit.reason.as_str() {
+        "Completed" => Some(COMPLETED),
+        "OOMKilled" => Some(OOM_KILLED),
+        "Error" | "Killed" | "Lost" => Some(ERROR),
+        _ => None,
+    };
+    let failed = match exit.reason.as_str() {
+        ERR_IMAGE_PULL => ERR_IMAGE_PULL,
+        "StartError" => RUN_CONTAINER_ERROR,
+        _ => CONTAINER_CREATING,
+    };
+    let waits = c.restart_at.is_some();
+    if !c.backing_off || !waits {
+        return match ended {
+            Some(reason) => (Terminated, Some(reason), None),
+            None if waits => (Waiting, Some(failed), Some(exit.describe())),
+            None => (Terminated, Some(failed), Some(exit.describe())),
+        };
+    }
+    let seconds = c.backoff_secs;
+    match (ended, failed) {
+        (_, ERR_IMAGE_PULL) => (
+            Waiting,
+            Some(IMAGE_PULL_BACK_OFF),
+            Some(format!("back-off {seconds}s pulling the image")),
+        ),
+        (None, CONTAINER_CREATING) => (Waiting, Some(CONTAINER_CREATING), Some(exit.describe())),
+        _ => (
+            Waiting,
+            Some(CRASH_LOOP_BACK_OFF),
+            Some(format!(
+                "back-off {seconds}s restarting failed container {}",
+                c.name
+            )),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,10 +154,10 @@ mod tests {
     use crate::state::{ContainerRecord, ExitRecord, Phase, ProcId, RunRecord};
 
     /// Today's status of [`pod`] with no usage measured (the wire contract).
-    const WITHOUT_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"name":"main","pid":11,"restartCount":1,"startedAt":1700000000,"state":"running","usage":null},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"name":"side","pid":null,"restartCount":2,"startedAt":null,"state":"waiting","usage":null}],"cpu":null,"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[],"hostNetwork":false,"internalIp":null,"memory":null,"network":null,"reason":"CrashLoopBackOff","restartCount":3,"runqueue":null,"runsOn":"node-a","state":"CREATING"}"#;
+    const WITHOUT_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"message":null,"name":"main","pid":11,"reason":null,"restartCount":1,"startedAt":1700000000,"state":"running","usage":null},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"message":"back-off 10s restarting failed container side","name":"side","pid":null,"reason":"CrashLoopBackOff","restartCount":2,"startedAt":null,"state":"waiting","usage":null}],"cpu":null,"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[],"history":[],"hostNetwork":false,"internalIp":null,"memory":null,"network":null,"reason":"CrashLoopBackOff","restartCount":3,"runqueue":null,"runsOn":"node-a","state":"CREATING"}"#;
 
     /// Today's status of [`pod`] running on the host network with [`USAGE`].
-    const WITH_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"name":"main","pid":11,"restartCount":1,"startedAt":1700000000,"state":"running","usage":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4}},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"name":"side","pid":null,"restartCount":2,"startedAt":null,"state":"creating","usage":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}}],"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"hostNetwork":true,"internalIp":"10.1.0.2","memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"reason":null,"restartCount":3,"runqueue":{"count":3,"meanSeconds":1e-6},"runsOn":"node-a","state":"RUNNING"}"#;
+    const WITH_USAGE: &str = r#"{"app":"web","appId":"web-1","containers":[{"cgroup":"riklet/web-1_main","containerId":"web-1_main","image":"docker.io/library/nginx:1.25","imageDigest":"sha256:ab","lastExit":null,"message":null,"name":"main","pid":11,"reason":null,"restartCount":1,"startedAt":1700000000,"state":"running","usage":{"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageSeconds":2.5},"memory":{"failcnt":3,"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"txBytes":200,"txPackets":2},"pids":4}},{"cgroup":"riklet/web-1_side","containerId":null,"image":null,"imageDigest":null,"lastExit":{"exitCode":1,"finishedAt":1700000001,"message":"boom","reason":"Error","signal":null},"message":null,"name":"side","pid":null,"reason":"ContainerCreating","restartCount":2,"startedAt":null,"state":"creating","usage":{"cpu":{"oncpuSeconds":null,"throttledSeconds":null,"usageSeconds":null},"memory":{"failcnt":null,"limitBytes":null,"oomKills":null,"usageBytes":null,"workingSetBytes":null},"network":{"rxBytes":null,"rxPackets":null,"txBytes":null,"txPackets":null},"pids":null}}],"cpu":{"oncpuSeconds":2.0,"throttledSeconds":0.25,"usageCores":0.5,"usageSeconds":2.5},"createdAt":1699999999,"deployment":{"app":"web","repository":"docker.io/library/nginx","version":"1.25"},"events":[{"at":1700000000,"container":"main","pid":42,"type":"OOMKill"}],"history":[],"hostNetwork":true,"internalIp":"10.1.0.2","memory":{"limitBytes":1048576,"oomKills":1,"usageBytes":4096,"workingSetBytes":2048},"network":{"rxBytes":100,"rxPackets":1,"tcpRetransmits":7,"txBytes":200,"txPackets":2},"reason":null,"restartCount":3,"runqueue":{"count":3,"meanSeconds":1e-6},"runsOn":"node-a","state":"RUNNING"}"#;
 
     fn pod() -> PodRecord {
         let manifest = proto::manifest::parse(
@@ -132,6 +188,7 @@ mod tests {
             restart_at: None,
             backoff_secs: 0,
             oom_kills_at_start: None,
+            backing_off: false,
             starting: false,
         };
         PodRecord {
@@ -156,6 +213,7 @@ mod tests {
                     }),
                     restart_at: Some(1_700_000_002_000),
                     backoff_secs: 10,
+                    backing_off: true,
                     ..container("side", 2)
                 },
             ],
@@ -173,6 +231,7 @@ mod tests {
             node: "node-a",
             ip: None,
             usage: None,
+            history: Vec::new(),
             cgroup: &cgroup,
         };
         let status = app_status(&pod(), &inputs);
@@ -191,6 +250,7 @@ mod tests {
             node: "node-a",
             ip: Some("10.1.0.2".parse().unwrap()),
             usage: Some(serde_json::from_str(USAGE).unwrap()),
+            history: Vec::new(),
             cgroup: &cgroup,
         };
         let mut pod = pod();

@@ -211,11 +211,19 @@ impl ProcessRuntime {
 
     /// Stops a run: SIGTERM to every process of the cgroup, up to `grace`
     /// for them to end, then SIGKILL; returns once the shim is gone too.
-    pub async fn stop(&self, run: Option<&RunRecord>, cgroup: &ContainerCgroup, grace: Duration) {
+    /// `true` when processes outlived the grace period (they were killed).
+    pub async fn stop(
+        &self,
+        run: Option<&RunRecord>,
+        cgroup: &ContainerCgroup,
+        grace: Duration,
+    ) -> bool {
         cgroup.signal_all(nix::sys::signal::Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
-        while !cgroup.pids().is_empty() && tokio::time::Instant::now() < deadline {
+        let mut outlived = !cgroup.pids().is_empty();
+        while outlived && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            outlived = !cgroup.pids().is_empty();
         }
         let cg = cgroup.clone();
         let killed = tokio::task::spawn_blocking(move || cg.kill_all()).await;
@@ -225,6 +233,7 @@ impl ProcessRuntime {
         if let Some(shim) = run.and_then(|r| r.shim) {
             let _ = tokio::time::timeout(Duration::from_secs(5), wait_process(shim)).await;
         }
+        outlived
     }
 }
 

@@ -43,6 +43,9 @@ impl State {
     /// is replaced by a new one.
     pub fn apply(&mut self, text: &str) -> Result<ApplyOutcome, ClusterError> {
         let manifest = proto::manifest::parse(text)?;
+        if self.deleting_definition(&manifest.name).is_some() {
+            return Err(ClusterError::AppDeleting(manifest.name));
+        }
         self.check_ports(&manifest)?;
         let name = manifest.name.clone();
         let now = unix_now();
@@ -92,8 +95,11 @@ impl State {
                     port: format!("{}/{}", p.port, p.protocol),
                     holder,
                 };
+                // An app being deleted no longer holds its ports (its
+                // pods are stopping; riklets do the same).
                 let other = self.store.data().apps.values().find(|a| {
                     a.manifest.name != manifest.name
+                        && a.deleting_since.is_none()
                         && a.manifest
                             .spec
                             .containers
@@ -133,6 +139,7 @@ impl State {
                 // Given at the end of the apply (`revisions`).
                 revision: 0,
                 created_revision: 0,
+                deleting_since: None,
             },
         );
         self.add_instances(&name, replicas, now);

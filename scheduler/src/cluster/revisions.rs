@@ -313,18 +313,21 @@ mod tests {
         report(&mut state, ResourceStatus::Running, "{}");
         state.apply(DB).unwrap();
         state.delete("web").unwrap();
+        // Terminating until its node reports the pod gone.
+        assert_eq!(state.store().data().revision, r0 + 5);
+        report(&mut state, ResourceStatus::Terminated, "{}");
         let events = drain(&mut state, start.id);
-        // Nothing was read in between: web's status changes and its delete
-        // coalesced into the delete, after db's creation.
+        // Nothing was read in between: web's status changes, its delete
+        // and its end coalesced into the delete, after db's creation.
         assert_eq!(
             summary(&events),
             [
                 (Type::Added, r0 + 4, "db".into()),
-                (Type::Deleted, r0 + 5, "web".into())
+                (Type::Deleted, r0 + 6, "web".into())
             ]
         );
         let last = events[1].app.as_ref().unwrap();
-        assert_eq!(last.instances[0].status, "RUNNING", "last state of web");
+        assert_eq!(last.status, "TERMINATING", "last state of web");
 
         // Replay from each point a client may have stopped at.
         let replay_from = |state: &mut State, since| {
@@ -336,17 +339,17 @@ mod tests {
             replay_from(&mut state, r0 + 2),
             [
                 (Type::Added, r0 + 4, "db".into()),
-                (Type::Deleted, r0 + 5, "web".into())
+                (Type::Deleted, r0 + 6, "web".into())
             ]
         );
-        assert_eq!(replay_from(&mut state, r0 + 5), []);
+        assert_eq!(replay_from(&mut state, r0 + 6), []);
         let listing = state.watch(None, 0).unwrap();
         state.unwatch(listing.id);
         assert_eq!(
             summary(&listing.initial),
             [
                 (Type::Added, r0 + 4, "db".into()),
-                (Type::Synced, r0 + 5, String::new())
+                (Type::Synced, r0 + 6, String::new())
             ],
             "a listing has no tombstones"
         );
@@ -354,12 +357,12 @@ mod tests {
         assert_eq!(
             replay_from(&mut state, r0 + 4),
             [
-                (Type::Deleted, r0 + 5, "web".into()),
-                (Type::Added, r0 + 6, "web".into())
+                (Type::Deleted, r0 + 6, "web".into()),
+                (Type::Added, r0 + 7, "web".into())
             ]
         );
         assert!(matches!(
-            state.watch(None, r0 + 7),
+            state.watch(None, r0 + 8),
             Err(ClusterError::RevisionAhead { .. })
         ));
         assert_eq!(state.watch_count(), 1);

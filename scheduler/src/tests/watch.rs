@@ -165,9 +165,20 @@ async fn watch_lists_pushes_changes_and_resumes_after_a_restart() {
     rik.delete_app(DeleteAppRequest { name: "web".into() })
         .await
         .unwrap();
-    apply(&mut rik, API).await;
+    // Terminating until its node reports the pod gone.
+    let terminating = record(event(&mut all).await, &mut state);
+    assert_eq!(terminating, t(Type::Modified, "web", "TERMINATING"));
+    statuses
+        .send(instance_status(&id, ResourceStatus::Terminated))
+        .await
+        .unwrap();
     let deleted = record(event(&mut all).await, &mut state);
-    assert_eq!(deleted, t(Type::Deleted, "web", "FAILED"), "last state");
+    assert_eq!(
+        deleted,
+        t(Type::Deleted, "web", "TERMINATING"),
+        "last state"
+    );
+    apply(&mut rik, API).await;
     let api = record(event(&mut all).await, &mut state);
     assert_eq!(api, t(Type::Added, "api", "PENDING"));
     let listed: Vec<String> = rik

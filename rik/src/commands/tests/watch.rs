@@ -199,11 +199,11 @@ async fn get_apps_watch_prints_the_table_then_each_change() {
     assert_eq!(
         out,
         "NAME   STATUS    AGE\n\
-         web    RUNNING   3h5m\n\
-         db     PENDING   3h5m\n\
-         database   CREATING   3h5m\n\
-         db         RUNNING    3h5m\n\
-         web        DELETED    3h5m\n"
+         web    Running   3h5m\n\
+         db     Pending   3h5m\n\
+         database   ContainerCreating   3h5m\n\
+         db         Running             3h5m\n\
+         web        DELETED             3h5m\n"
     );
     // The stream ended: resumed from the last revision.
     let since: Vec<u64> = fake
@@ -280,11 +280,11 @@ async fn get_watch_lists_again_after_a_resync_and_checks_the_name() {
     assert_eq!(
         out,
         "NAME   STATUS    AGE\n\
-         db     PENDING   3h5m\n\
-         web    RUNNING   3h5m\n\
+         db     Pending   3h5m\n\
+         web    Running   3h5m\n\
          web    DELETED   3h5m\n\
-         api    PENDING   3h5m\n\
-         db     RUNNING   3h5m\n"
+         api    Pending   3h5m\n\
+         db     Running   3h5m\n"
     );
 
     // One app: it must exist; its lines are `rik get app NAME -o json`.
@@ -315,5 +315,5 @@ async fn get_watch_lists_again_after_a_resync_and_checks_the_name() {
         ("web".to_string(), 0)
     );
     let (_, err) = get_until_error(&url, &["nodes", "-w"]).await;
-    assert_eq!(err, "--watch is for apps only");
+    assert_eq!(err, "--watch is for apps and events only");
 }

@@ -256,13 +256,15 @@ impl ContainerdRuntime {
     /// kubelet do: the application decides how to stop its children), up
     /// to `grace` for it to exit, then SIGKILL to every process of the
     /// container. A container without a running task is already stopped.
-    pub async fn stop(&self, container_id: &str, grace: Duration) -> Result<()> {
+    /// `true` when it outlived the grace period (it was killed).
+    pub async fn stop(&self, container_id: &str, grace: Duration) -> Result<bool> {
         if !self.signal(container_id, libc::SIGTERM, false).await?
             || self.wait_for(container_id, grace).await?
         {
-            return Ok(());
+            return Ok(false);
         }
-        self.kill_all(container_id).await
+        self.kill_all(container_id).await?;
+        Ok(true)
     }
 
     pub(super) async fn delete_task(&self, id: &str) -> Result<()> {

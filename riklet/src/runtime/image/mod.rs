@@ -205,6 +205,17 @@ impl ImageStore {
     /// re-unpacked from the content store if its snapshots were removed).
     /// Concurrent calls for the same image wait for one pull.
     pub async fn ensure(&self, reference: &str, policy: ImagePullPolicy) -> Result<ImageInfo> {
+        self.ensure_observed(reference, policy, || ()).await
+    }
+
+    /// [`Self::ensure`], calling `on_pull` when a registry is contacted
+    /// (the agent's `Pulling` event).
+    pub async fn ensure_observed(
+        &self,
+        reference: &str,
+        policy: ImagePullPolicy,
+        on_pull: impl FnOnce() + Send,
+    ) -> Result<ImageInfo> {
         let parsed = parse_reference(reference)?;
         let name = parsed.whole();
         let lock = self
@@ -225,6 +236,7 @@ impl ImageStore {
                 return Err(ImageError::NotPresent { reference: name });
             }
         }
+        on_pull();
         self.pull(&parsed, &name).await
     }
 
