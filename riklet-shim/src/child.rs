@@ -10,8 +10,9 @@
 //! just happened: 10-15 ms on a busy 2-CPU machine, once the largest step
 //! of a start. A process created in its cgroup takes that lock for reading
 //! only. v1 hierarchies have no such creation: on a hybrid host the child
-//! still moves itself into them (one grace period for all of them, since
-//! the lock stays fast for the writes that follow). A kernel without
+//! moves itself into them through their `tasks` files. It has one thread
+//! until `exec`, so moving the thread moves the process, and a thread move
+//! does not wait for the grace period. A kernel without
 //! `clone3` or `CLONE_INTO_CGROUP` (before 5.7) gets a plain `fork` and a
 //! move into the v2 cgroup too.
 //!
@@ -244,7 +245,8 @@ fn read_report(mut report: PipeReader) -> Option<i32> {
 /// cgroups and the pod's network namespace (`netns`, opened with
 /// `O_CLOEXEC`, kept open by the caller until the child has `exec`ed),
 /// restores the signals the shim ignores, drops privileges and sets
-/// `no_new_privs` — in that order, since joining needs root.
+/// `no_new_privs` — in that order, since joining needs root — and leaves
+/// no descriptor but 0, 1 and 2 open across `exec`.
 fn command(
     spec: &ShimSpec,
     netns: Option<&File>,
@@ -263,7 +265,7 @@ fn command(
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let procs: Vec<CString> = spec
-        .v1_procs_files
+        .v1_tasks_files
         .iter()
         .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
         .collect();
@@ -301,7 +303,8 @@ fn command(
             {
                 return Err(io::Error::last_os_error());
             }
-            Ok(())
+            // The workload gets stdin, stdout and stderr, nothing else.
+            crate::fds::cloexec_above_stdio()
         });
     }
     cmd

@@ -17,11 +17,13 @@
 //! - [`record`]: process identities and exit records, shared with the
 //!   riklet's runtime memory;
 //! - [`cri`]: the CRI log writer (also used by `riklet logger`);
-//! - [`fsutil`]: crash-safe file writes; [`clock`]: the clocks.
+//! - [`fsutil`]: crash-safe file writes; [`clock`]: the clocks;
+//! - [`fds`]: inherited descriptors kept from children.
 
 pub mod child;
 pub mod clock;
 pub mod cri;
+pub mod fds;
 pub mod fsutil;
 pub mod protocol;
 pub mod record;

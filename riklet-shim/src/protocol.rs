@@ -35,9 +35,9 @@ pub struct ShimSpec {
     /// The container's cgroup directory in the v2 hierarchy: the child is
     /// created in it.
     pub cgroup_v2: PathBuf,
-    /// `cgroup.procs` files of the container's v1 cgroups (hybrid hosts),
-    /// which the child joins before `exec`.
-    pub v1_procs_files: Vec<PathBuf>,
+    /// `tasks` files of the container's v1 cgroups (hybrid hosts), which
+    /// the child joins before `exec`.
+    pub v1_tasks_files: Vec<PathBuf>,
     pub log_path: PathBuf,
     /// The pod's network namespace (`/run/netns/rik-<instance>`), joined
     /// before `exec`; `None` stays in the host's (hostNetwork).

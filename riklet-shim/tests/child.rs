@@ -66,7 +66,7 @@ fn spec(cgroup: &TestCgroup, exec: &str, args: &[&str]) -> ShimSpec {
         uid: 65534,
         gid: 65534,
         cgroup_v2: cgroup.0.clone(),
-        v1_procs_files: vec![],
+        v1_tasks_files: vec![],
         log_path: "/dev/null".into(),
         netns: None,
     }

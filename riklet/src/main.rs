@@ -123,6 +123,10 @@ fn main() -> anyhow::Result<()> {
             riklet::observability::init(cli.log_json);
             abort_on_panic();
             raise_fd_limit();
+            // Nothing the riklet inherited reaches its shims and pods.
+            if let Err(e) = riklet_shim::fds::cloexec_above_stdio() {
+                tracing::warn!(error = %e, "cannot mark inherited descriptors close-on-exec");
+            }
             runtime.block_on(riklet::run(config, shutdown_signal()))?;
             Ok(())
         }

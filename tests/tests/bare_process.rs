@@ -36,6 +36,14 @@ fn network(cluster: &Cluster, instance: &str) -> (u64, u64) {
 
 #[test]
 fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
+    // A descriptor the riklet inherits, as from a lock held by a script:
+    // it must not reach the pod.
+    let inherited = tempfile::NamedTempFile::new().expect("marker file");
+    nix::fcntl::fcntl(
+        &inherited,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .expect("clearing close-on-exec");
     let mut cluster = Cluster::start(Mode::Standalone);
     let port = free_port();
     let out = cluster.apply(&http_app("web", port), true);
@@ -87,6 +95,14 @@ fn standalone_pod_lifecycle_survives_crashes_and_leaves_nothing() {
     let (status, body) = http_get_at(ip, port, "/copyright").expect("GET the app");
     assert!(status.contains("200"), "{status}");
     assert!(body.contains("debianized"), "unexpected body");
+    let open: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the app's descriptors")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    assert!(
+        !open.iter().any(|target| target == inherited.path()),
+        "the riklet's inherited descriptor reached the pod: {open:?}"
+    );
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     assert!(
         proc_status.contains("NoNewPrivs:\t1"),

@@ -120,7 +120,7 @@ impl NodeHost {
             uid: self.uid,
             gid: self.gid,
             cgroup_v2: job.cgroup.v2_dir(),
-            v1_procs_files: job.cgroup.v1_procs_files(),
+            v1_tasks_files: job.cgroup.v1_tasks_files(),
             log_path: job.log_path.clone(),
             netns: job.netns.clone(),
         };
