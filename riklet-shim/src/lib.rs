@@ -17,12 +17,14 @@
 //! - [`record`]: process identities and exit records, shared with the
 //!   riklet's runtime memory;
 //! - [`cri`]: the CRI log writer (also used by `riklet logger`);
+//! - [`layout`]: the names of a container's log files (kubelet's layout);
 //! - [`fsutil`]: crash-safe file writes; [`clock`]: the clocks.
 
 pub mod child;
 pub mod clock;
 pub mod cri;
 pub mod fsutil;
+pub mod layout;
 pub mod protocol;
 pub mod record;
 pub mod supervise;

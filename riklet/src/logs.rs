@@ -13,6 +13,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 pub use riklet_shim::cri::{CriWriter, MAX_RECORD, Stream};
+pub use riklet_shim::layout;
 
 /// Namespace part of the pod log directory name (kubelet layout).
 pub const NAMESPACE: &str = "default";

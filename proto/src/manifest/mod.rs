@@ -26,7 +26,7 @@ mod workload;
 
 use serde::{Deserialize, Serialize};
 
-pub use quantity::{QuantityError, parse_cpu, parse_memory};
+pub use quantity::{QuantityError, parse_cpu, parse_memory, parse_size};
 pub use reference::{ImageReferenceError, MAX_IMAGE_NAME, check_image_reference};
 pub use validate::{validate_instance_id, validate_name, validate_node_name};
 
@@ -34,6 +34,9 @@ pub use validate::{validate_instance_id, validate_name, validate_node_name};
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// Largest `replicas` accepted: a typo like 1000000 must not flood nodes.
 pub const MAX_REPLICAS: u32 = 1000;
+/// Smallest log file size limit (`spec.logs.maxSize`, the node's
+/// `logs.max_size`): a 16 KiB record and a few more must fit in one file.
+pub const MIN_LOG_FILE_SIZE: u64 = 64 * 1024;
 
 /// A manifest that failed to parse or validate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

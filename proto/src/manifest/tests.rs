@@ -183,6 +183,11 @@ fn quantities() {
     assert_eq!(parse_memory("1Gi"), Ok(1 << 30));
     assert_eq!(parse_memory("100M"), Ok(100_000_000));
     assert!(parse_memory("12").is_err());
+    assert_eq!(parse_size("12"), Ok(12));
+    assert_eq!(parse_size("64Ki"), Ok(65536));
+    for bad in ["", "Mi", "1.5Mi", "-1", "99999999999Ti"] {
+        assert_eq!(parse_size(bad), Err(QuantityError::NotSize(bad.into())), "{bad}");
+    }
 }
 
 mod errors;
