@@ -120,6 +120,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_app_s_limits_override_the_node_s() {
+        let node = Rotation {
+            max_size: 10 << 20,
+            max_files: 5,
+        };
+        assert_eq!(app_rotation(node, None), node);
+        let app = proto::manifest::LogLimits {
+            max_size: Some("1Mi".into()),
+            max_files: None,
+        };
+        assert_eq!(
+            app_rotation(node, Some(&app)),
+            Rotation {
+                max_size: 1 << 20,
+                max_files: 5
+            }
+        );
+        let app = proto::manifest::LogLimits {
+            max_size: None,
+            max_files: Some(2),
+        };
+        assert_eq!(app_rotation(node, Some(&app)).max_files, 2);
+    }
+
+    #[test]
     fn tail_and_follow_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
