@@ -85,7 +85,16 @@ fn numbers(files: &[LogFile]) -> Vec<u32> {
 /// compressed, the newest plain, holding `first..=LINES` for some first
 /// line after the ones rotated away.
 fn check_rotated(dir: &Path) {
-    let files = layout::list(dir).expect("list the log directory");
+    // The writer compresses in a thread of its own, which may finish after
+    // the container's exit was reported.
+    let files = wait_for(
+        Duration::from_secs(30),
+        "the oldest rotated file to be compressed",
+        || {
+            let files = layout::list(dir).ok()?;
+            files.first()?.compressed.then_some(files)
+        },
+    );
     let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
     assert_eq!(files.len(), 3, "{names:#?}");
     assert!(files.iter().all(|f| f.restart_count == 0), "{names:#?}");
@@ -213,12 +222,6 @@ fn image_container_rotates_through_the_logger() {
     cluster.wait_app("fastimg", "fastimg to complete", |a| {
         a["state"] == "TERMINATED"
     });
-    let dir = container_dir(&cluster, "fastimg", "main");
-    // The logger compresses after the container ended: wait for it.
-    wait_for(Duration::from_secs(30), "the logger to finish", || {
-        let files = layout::list(&dir).ok()?;
-        (files.len() == 3 && files[0].compressed).then_some(())
-    });
-    check_rotated(&dir);
+    check_rotated(&container_dir(&cluster, "fastimg", "main"));
     cluster.rik_ok(&["delete", "fastimg"]);
 }
