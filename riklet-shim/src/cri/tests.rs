@@ -117,10 +117,10 @@ fn rotates_at_the_size_limit_keeps_the_count_and_compresses_older_files() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), 0, 64 << 10, 3);
     let w = CriWriter::open(&spec).unwrap();
-    // Several reads, so that rotations fall inside and between batches.
-    let input = numbered(0..20_000, 40);
-    for chunk in input.chunks(100_000) {
-        w.copy_from(Stream::Stdout, chunk).unwrap();
+    // Several copies, so that rotations fall inside and between batches.
+    for start in (0..20_000).step_by(1_500) {
+        let input = numbered(start..(start + 1_500).min(20_000), 40);
+        w.copy_from(Stream::Stdout, &input[..]).unwrap();
     }
     w.finish(Duration::from_secs(10));
     let files = layout::list(&spec.dir).unwrap();
