@@ -162,10 +162,17 @@ fn bare_process_rotates_keeps_the_previous_run_and_retention_removes_a_deleted_a
         .collect();
     let last = *runs.last().expect("log files");
     assert!(last >= 2, "{runs:?}");
-    assert_eq!(runs, [last - 1, last], "files of other runs than the last two");
+    assert_eq!(
+        runs,
+        [last - 1, last],
+        "files of other runs than the last two"
+    );
     let previous = layout::current_file(&crashy, last - 1);
     let previous_text = std::fs::read_to_string(&previous).expect("the previous run's file");
-    assert!(previous_text.ends_with(" stdout F run\n"), "{previous_text}");
+    assert!(
+        previous_text.ends_with(" stdout F run\n"),
+        "{previous_text}"
+    );
 
     // Deleted: kept for the retention, then removed.
     let pod_dir = fast.parent().expect("pod dir").to_path_buf();
@@ -299,9 +306,11 @@ fn a_full_disk_drops_and_counts_output_and_the_pod_keeps_running() {
     // Space again: writing goes on, in whole records.
     std::fs::remove_file(&filler).expect("remove the filler");
     let before = std::fs::metadata(&current).expect("current file").len();
-    wait_for(Duration::from_secs(10), "new lines after the disk has room", || {
-        (std::fs::metadata(&current).ok()?.len() > before).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "new lines after the disk has room",
+        || (std::fs::metadata(&current).ok()?.len() > before).then_some(()),
+    );
     let text = std::fs::read_to_string(&current).expect("current file");
     for l in text.lines() {
         let fields: Vec<&str> = l.splitn(4, ' ').collect();

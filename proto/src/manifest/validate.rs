@@ -106,8 +106,7 @@ pub(super) fn validate(m: &AppManifest) -> Result<(), ManifestError> {
 /// A size of at least [`MIN_LOG_FILE_SIZE`], a count of at least 1.
 fn validate_logs(logs: &LogLimits) -> Result<(), ManifestError> {
     if let Some(size) = &logs.max_size {
-        let bytes =
-            parse_size(size).map_err(|e| field_err("spec.logs.maxSize", e.to_string()))?;
+        let bytes = parse_size(size).map_err(|e| field_err("spec.logs.maxSize", e.to_string()))?;
         if bytes < MIN_LOG_FILE_SIZE {
             return Err(field_err(
                 "spec.logs.maxSize",

@@ -5,8 +5,8 @@ use serde::Deserialize;
 
 use super::de::{PortNumber, Replicas, from_value_at};
 use super::{
-    AppManifest, Container, Deployment, EnvVar, ImagePullPolicy, LogLimits, ManifestError,
-    PodSpec, Port, Protocol, Resources, RestartPolicy, field_err,
+    AppManifest, Container, Deployment, EnvVar, ImagePullPolicy, LogLimits, ManifestError, PodSpec,
+    Port, Protocol, Resources, RestartPolicy, field_err,
 };
 
 #[derive(Deserialize)]

@@ -70,7 +70,11 @@ mod tests {
         for (pod, container, count) in [("default_a_a-1", "c", 10u64), ("default_b_b-1", "d", 5)] {
             let c = dir.path().join(pod).join(container);
             fs::create_dir_all(&c).unwrap();
-            fs::write(c.join(riklet_shim::cri::DROPPED_FILE), format!("{count:020}\n")).unwrap();
+            fs::write(
+                c.join(riklet_shim::cri::DROPPED_FILE),
+                format!("{count:020}\n"),
+            )
+            .unwrap();
             fs::write(c.join("0.log"), "x\n").unwrap();
         }
         let mut registry = prometheus_client::registry::Registry::default();
@@ -78,6 +82,9 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         let line = r#"riklet_log_dropped_bytes_total{node="node-1"} 15"#;
-        assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
     }
 }

@@ -114,7 +114,11 @@ mod tests {
 
     fn setup(period: Duration) -> (tempfile::TempDir, Retention, PathBuf) {
         let root = tempfile::tempdir().unwrap();
-        let r = Retention::new(&root.path().join("state"), &root.path().join("logs"), period);
+        let r = Retention::new(
+            &root.path().join("state"),
+            &root.path().join("logs"),
+            period,
+        );
         let pod = r.log_dir.join("default_web_web-x1");
         fs::create_dir_all(pod.join("c")).unwrap();
         fs::write(pod.join("c/0.log"), "x\n").unwrap();

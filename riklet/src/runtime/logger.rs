@@ -251,8 +251,14 @@ mod tests {
              &restart_count=2&max_size=65536&max_files=3"
         );
         let shuffled = args(&[
-            "max_files", "3", "logger", "/var/log/pods/default_web_web-x1/c", "max_size",
-            "65536", "restart_count", "2",
+            "max_files",
+            "3",
+            "logger",
+            "/var/log/pods/default_web_web-x1/c",
+            "max_size",
+            "65536",
+            "restart_count",
+            "2",
         ]);
         assert_eq!(parse_args(&shuffled), Some(Ok(log)));
     }
@@ -279,11 +285,21 @@ mod tests {
             Some(Err(LoggerArgsError::Missing(RESTART_COUNT)))
         );
         let bad = args(&[
-            "logger", "/d", "restart_count", "x", "max_size", "1", "max_files", "1",
+            "logger",
+            "/d",
+            "restart_count",
+            "x",
+            "max_size",
+            "1",
+            "max_files",
+            "1",
         ]);
         assert!(matches!(
             parse_args(&bad),
-            Some(Err(LoggerArgsError::NotANumber { key: RESTART_COUNT, .. }))
+            Some(Err(LoggerArgsError::NotANumber {
+                key: RESTART_COUNT,
+                ..
+            }))
         ));
         let unknown = args(&["logger", "/d", "color", "red"]);
         assert_eq!(
