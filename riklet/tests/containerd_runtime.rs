@@ -522,6 +522,8 @@ async fn httpd_on_the_host_network_logs_cgroups_restart_stop_remove() {
     };
     spec.labels.insert("extra".into(), "yes".into());
     let log = spec.log.current_file();
+    // `riklet logger`'s arguments are pairs in any order; `logger DIR` is one.
+    let logger_arg = format!("logger {}", spec.log.dir.display());
     let cgroups_path = spec.cgroups_path.clone();
     let t0 = Instant::now();
     let run = start(&rt, spec).await;
@@ -547,7 +549,7 @@ async fn httpd_on_the_host_network_logs_cgroups_restart_stop_remove() {
     wait_for_log(&log, "stdout", "started-out");
     wait_for_log(&log, "stderr", "started-err");
     wait_for_log(&log, "stderr", "response:200");
-    let loggers = processes_with(&format!("logger {}", log.display()));
+    let loggers = processes_with(&logger_arg);
     assert_eq!(loggers.len(), 1, "one logger process for the container");
 
     // cgroups: v2 membership (eBPF accounting) and the limits.
@@ -674,7 +676,7 @@ async fn httpd_on_the_host_network_logs_cgroups_restart_stop_remove() {
         !Path::new("/sys/fs/cgroup/memory").join(rel).exists(),
         "v1 cgroup left behind"
     );
-    assert!(processes_with(&format!("logger {}", log.display())).is_empty());
+    assert!(processes_with(&logger_arg).is_empty());
     assert!(rt.list().await.unwrap().is_empty());
     rt.remove(&id).await.expect("removing twice is fine");
     assert!(rt.wait(&id).await.unwrap_err().is_not_found());
