@@ -43,6 +43,8 @@ pub enum ConfigError {
     NodeName(#[source] proto::manifest::ManifestError),
     #[error("config: network")]
     Network(#[source] crate::network::NetworkError),
+    #[error(transparent)]
+    Sink(#[from] crate::shipper::SinkConfigError),
 }
 
 /// Every setting of the riklet (TOML keys are the field names).
@@ -126,6 +128,9 @@ pub struct LogsConfig {
     /// it at once.
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
+    /// Where the log shipper sends every pod's lines (`[[logs.sinks]]`
+    /// tables); none: the shipper does not run.
+    pub sinks: Vec<crate::shipper::LogSink>,
 }
 
 impl Default for LogsConfig {
@@ -134,6 +139,7 @@ impl Default for LogsConfig {
             max_size: 10 << 20,
             max_files: 5,
             retention: Duration::from_secs(3600),
+            sinks: Vec::new(),
         }
     }
 }
@@ -152,6 +158,9 @@ impl LogsConfig {
                 field: "logs.max_files",
                 reason: "must be at least 1".into(),
             });
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            sink.validate(i)?;
         }
         Ok(())
     }
@@ -463,6 +472,10 @@ mod tests {
             ("[registries]\ntimeout = \"0s\"", "registries.timeout"),
             ("[logs]\nmax_size = \"63Ki\"", "logs.max_size"),
             ("[logs]\nmax_files = 0", "logs.max_files"),
+            (
+                "[[logs.sinks]]\nkind = \"syslog\"\naddress = \"nope\"",
+                "logs.sinks[0].address",
+            ),
             (
                 "[registries]\ninsecure = [\"http://x\"]",
                 "registries.insecure",
