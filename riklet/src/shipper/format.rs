@@ -51,9 +51,9 @@ pub fn syslog_frame(out: &mut Vec<u8>, labels: &Labels, record: &Record) {
     );
     for (name, value) in [
         ("app", labels.app.as_str()),
-        ("instance", &labels.instance),
-        ("container", &labels.container),
-        ("node", &labels.node),
+        ("instance", labels.instance.as_str()),
+        ("container", labels.container.as_str()),
+        ("node", labels.node.as_str()),
         ("stream", record.stream),
     ] {
         msg.extend_from_slice(format!(" {name}=\"{}\"", escape_param(value)).as_bytes());

@@ -59,9 +59,10 @@ pub async fn run_sink(
         tails = back;
         let Some(batch) = next else {
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => continue,
+                _ = tokio::time::sleep(POLL) => {}
                 _ = stop.recv() => return,
             }
+            continue;
         };
         if !deliver(&mut writer, &batch, &metrics, &name, &mut stop).await {
             tails.stopped_with(&batch, &metrics, &name);

@@ -145,8 +145,8 @@ mod tests {
         assert_eq!(
             messages(&a),
             vec![
-                ("t1", "stdout", "one".into()),
-                ("t2", "stderr", "two".into()),
+                ("t1", "stdout", "one".to_string()),
+                ("t2", "stderr", "two".to_string()),
                 ("t4", "stdout", String::new()),
             ]
         );
@@ -155,7 +155,7 @@ mod tests {
         let rest = b"t5 stdout P thr\n";
         assert_eq!(assemble(rest, 100, false, false).consumed, 0);
         let done = assemble(rest, 100, true, false);
-        assert_eq!(messages(&done), vec![("t5", "stdout", "thr".into())]);
+        assert_eq!(messages(&done), vec![("t5", "stdout", "thr".to_string())]);
         assert_eq!(done.consumed, rest.len());
         // At most max_records, consumed up to the last one.
         let two = assemble(chunk, 1, false, false);

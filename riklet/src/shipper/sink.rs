@@ -315,7 +315,7 @@ mod tests {
             let (mut first, _) = listener.accept().await.unwrap();
             let mut some = [0u8; 10];
             let _ = first.read(&mut some).await.unwrap();
-            first.set_linger(Some(Duration::ZERO)).unwrap();
+            first.set_zero_linger().unwrap();
             drop(first);
             let (mut second, _) = listener.accept().await.unwrap();
             let mut got = Vec::new();

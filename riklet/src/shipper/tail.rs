@@ -345,5 +345,4 @@ pub fn containers(log_dir: &Path, node: &str) -> io::Result<Vec<(String, PathBuf
 }
 
 #[cfg(test)]
-#[path = "tail_tests.rs"]
 mod tests;
