@@ -159,9 +159,7 @@ impl LogsConfig {
                 reason: "must be at least 1".into(),
             });
         }
-        for (i, sink) in self.sinks.iter().enumerate() {
-            sink.validate(i)?;
-        }
+        crate::shipper::config::validate_sinks(&self.sinks)?;
         Ok(())
     }
 }

@@ -84,6 +84,21 @@ impl LogSink {
     }
 }
 
+/// Checks every sink, and that no two are the same (they would share a
+/// checkpoint).
+pub fn validate_sinks(sinks: &[LogSink]) -> Result<(), SinkConfigError> {
+    for (i, sink) in sinks.iter().enumerate() {
+        sink.validate(i)?;
+        if let Some(first) = sinks[..i].iter().position(|s| s.name() == sink.name()) {
+            return Err(SinkConfigError {
+                field: format!("logs.sinks[{i}]"),
+                reason: format!("{} is also logs.sinks[{first}]", sink.name()),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `(host, port)` of `HOST:PORT` or `[v6]:PORT`.
 pub fn split_address(address: &str) -> Result<(&str, u16), &'static str> {
     let (host, port) = address
@@ -153,8 +168,12 @@ mod tests {
             ("kind = \"file\"\npath = \"rel.json\"", "logs.sinks[0].path"),
         ] {
             let sinks = parse(&format!("[[sinks]]\n{text}\n")).unwrap();
-            let err = sinks[0].validate(0).unwrap_err().to_string();
+            let err = validate_sinks(&sinks).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
         }
+        let twice = parse("[[sinks]]\nkind = \"file\"\npath = \"/x\"\n[[sinks]]\nkind = \"file\"\npath = \"/x\"\n")
+            .unwrap();
+        let err = validate_sinks(&twice).unwrap_err().to_string();
+        assert!(err.contains("logs.sinks[1]") && err.contains("logs.sinks[0]"), "{err}");
     }
 }

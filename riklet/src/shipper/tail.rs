@@ -128,7 +128,7 @@ impl Tail {
             }
             let files = layout::list(&self.dir)?;
             let pos = self.pos.as_ref().expect("an open file has a position");
-            let Some(next) = next_after(&files, pos) else {
+            let Some(next) = next_after(&files, pos, true) else {
                 break;
             };
             if open.finished {
@@ -157,10 +157,10 @@ impl Tail {
                 Some(f) => (f.clone(), 0),
                 None => return Ok(false),
             },
-            Some(pos) => match files.iter().find(|f| is_same(f, pos)) {
+            Some(pos) => match files.iter().find(|f| is_same(f, pos, false)) {
                 Some(f) => (f.clone(), pos.offset),
                 None => {
-                    let Some(f) = next_after(&files, pos) else {
+                    let Some(f) = next_after(&files, pos, false) else {
                         return Ok(false);
                     };
                     warn!(
@@ -283,10 +283,14 @@ fn read_head(file: &LogFile) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
-/// Whether `file` is the file of `pos` (or its compressed copy).
-fn is_same(file: &LogFile, pos: &Position) -> bool {
+/// Whether `file` is the file of `pos` (or its compressed copy). While
+/// the file is `open`, its inode cannot be reused: the inode suffices.
+fn is_same(file: &LogFile, pos: &Position, open: bool) -> bool {
     let same_inode = std::fs::metadata(&file.path)
         .is_ok_and(|m| m.dev() == pos.dev && m.ino() == pos.ino);
+    if same_inode && open {
+        return true;
+    }
     let copy = file.compressed && file.restart_count == pos.restart_count && pos.head_len > 0;
     (same_inode || copy) && head_matches(file, pos)
 }
@@ -298,12 +302,12 @@ fn head_matches(file: &LogFile, pos: &Position) -> bool {
 
 /// The oldest file newer than the one of `pos`: a later run, or a later
 /// rotation of the same run, or the run's current file.
-fn next_after<'a>(files: &'a [LogFile], pos: &Position) -> Option<&'a LogFile> {
+fn next_after<'a>(files: &'a [LogFile], pos: &Position, open: bool) -> Option<&'a LogFile> {
     files.iter().find(|f| {
         let newer = f.restart_count > pos.restart_count
             || (f.restart_count == pos.restart_count
                 && f.rotated.as_deref().is_none_or(|s| s > pos.floor.as_str()));
-        newer && !is_same(f, pos)
+        newer && !is_same(f, pos, open)
     })
 }
 
