@@ -15,8 +15,22 @@ use serde_json::Value;
 
 /// Most records in a batch (the riklet's `shipper::MAX_BATCH`).
 const MAX_BATCH: usize = 1000;
-/// Lines the app prints, `seq=1` to `seq=LINES`, about 200 a second.
+/// Lines the app prints, `seq=1` to `seq=LINES`, about 200 a second,
+/// then one line of `BIG` zeros.
 const LINES: usize = 3000;
+/// 1 MiB: shipped as one record.
+const BIG: usize = 1 << 20;
+
+/// Whether `text` has a line ending with `BIG` zeros after a space or a
+/// quote.
+fn has_big_line(text: &str) -> bool {
+    let zeros = "0".repeat(BIG);
+    text.lines().any(|l| {
+        l.trim_end_matches(['"', '}'])
+            .strip_suffix(zeros.as_str())
+            .is_some_and(|head| head.ends_with([' ', '"']))
+    })
+}
 
 /// An rsyslogd of the test's own: TCP input on a free port, every
 /// message written to `received.log` as `APP PROCID MSGID SD MSG`.
@@ -189,7 +203,7 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
     let manifest = format!(
         "apiVersion: v1\nkind: Pod\nname: shipped\nspec:\n  containers:\n    - name: main\n      \
          exec: /bin/busybox\n      args: [sh, -c, \"i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); \
-         echo seq=$i; usleep 5000; done; sleep 3600\"]\n"
+         echo seq=$i; usleep 5000; done; printf %0{BIG}d 0; echo; sleep 3600\"]\n"
     );
     let out = cluster.apply(&manifest, false);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -230,10 +244,16 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
     wait_for(Duration::from_secs(120), "every line at rsyslog", || all(&rsyslog));
     // The kill, then the outage: the batch that failed and the one before.
     assert_complete("rsyslog", &counts(&rsyslog.received()), 3);
+    wait_for(Duration::from_secs(30), "the 1 MiB line at rsyslog", || {
+        has_big_line(&rsyslog.received()).then_some(())
+    });
 
     wait_for(Duration::from_secs(60), "every line in the JSON file", || {
         let text = std::fs::read_to_string(&json).unwrap_or_default();
         (counts(&text).len() >= LINES).then_some(())
+    });
+    wait_for(Duration::from_secs(30), "the 1 MiB line in the JSON file", || {
+        has_big_line(&std::fs::read_to_string(&json).unwrap_or_default()).then_some(())
     });
     let text = std::fs::read_to_string(&json).expect("JSON file");
     assert_complete("file", &counts(&text), 1);
@@ -255,4 +275,7 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
     );
     let file = format!("file:{}", json.display());
     assert_eq!(counter(&body, "riklet_log_shipper_retried_records_total", &file), 0);
+    for sink in [&syslog, &file] {
+        assert_eq!(counter(&body, "riklet_log_shipper_cut_records_total", sink), 0, "{sink}");
+    }
 }
