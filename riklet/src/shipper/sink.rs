@@ -139,16 +139,15 @@ impl SinkWriter {
 
     async fn connect(&self) -> Result<Conn, SinkError> {
         match &self.sink {
-            LogSink::File { path } => tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await
-                .map(Conn::File)
-                .map_err(|source| SinkError::Write {
-                    sink: self.name.clone(),
-                    source,
-                }),
+            LogSink::File { path } => {
+                open_json_lines(path)
+                    .await
+                    .map(Conn::File)
+                    .map_err(|source| SinkError::Write {
+                        sink: self.name.clone(),
+                        source,
+                    })
+            }
             LogSink::Syslog {
                 address,
                 tls,
@@ -170,6 +169,27 @@ impl SinkWriter {
             }
         }
     }
+}
+
+/// Opens a JSON-lines file for appending. A last line cut by a crash in
+/// the middle of a write is ended first, so that the next object starts a
+/// line of its own (the cut batch is written again whole).
+async fn open_json_lines(path: &Path) -> std::io::Result<tokio::fs::File> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .await?;
+    let len = f.metadata().await?.len();
+    if len > 0 {
+        f.seek(std::io::SeekFrom::Start(len - 1)).await?;
+        if f.read_u8().await? != b'\n' {
+            f.write_all(b"\n").await?;
+        }
+    }
+    Ok(f)
 }
 
 /// The TLS handshake over `tcp`, trusting the certificates of `ca`.
@@ -361,6 +381,15 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2]["message"], "line 0");
         assert_eq!(lines[2]["instance"], "web-1");
+        // A line cut by a crash is ended before the next batch.
+        std::fs::write(&path, "{\"time\":\"cut").unwrap();
+        let mut writer = SinkWriter::new(LogSink::File { path: path.clone() });
+        writer.send(&labels(), &records(1)).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (cut, next) = text.split_once('\n').unwrap();
+        assert_eq!(cut, "{\"time\":\"cut");
+        let next: serde_json::Value = serde_json::from_str(next.trim_end()).unwrap();
+        assert_eq!(next["message"], "line 0");
     }
 
     #[tokio::test]
