@@ -392,6 +392,63 @@ mod tests {
         assert_eq!(next["message"], "line 0");
     }
 
+    /// A TLS receiver whose certificate (`localhost`, `127.0.0.1`) was
+    /// issued by `testdata/ca.pem`; the key is a test key, nothing else.
+    #[tokio::test]
+    async fn syslog_over_tls_with_a_ca_file() {
+        use tokio_rustls::TlsAcceptor;
+        use tokio_rustls::rustls::ServerConfig;
+        use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+
+        let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/shipper/testdata");
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(testdata.join("server.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(testdata.join("server.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut got = Vec::new();
+            // The client goes away without close_notify: read what came.
+            let _ = tls.read_to_end(&mut got).await;
+            // The second client does not trust this certificate.
+            let (tcp, _) = listener.accept().await.unwrap();
+            assert!(acceptor.accept(tcp).await.is_err());
+            got
+        });
+        let sink = |ca: &str| {
+            SinkWriter::new(LogSink::Syslog {
+                address: format!("127.0.0.1:{port}"),
+                tls: true,
+                ca_file: Some(testdata.join(ca)),
+            })
+        };
+        let mut writer = sink("ca.pem");
+        writer.send(&labels(), &records(3)).await.unwrap();
+        drop(writer);
+        // A CA that did not issue the certificate: refused.
+        let err = sink("server.pem").send(&labels(), &records(1)).await.unwrap_err();
+        assert!(matches!(err, SinkError::Tls { .. }), "{err:?}");
+        let got = server.await.unwrap();
+        let mut expected = Vec::new();
+        for r in &records(3) {
+            format::syslog_frame(&mut expected, &labels(), r);
+        }
+        assert_eq!(got, expected);
+    }
+
     #[tokio::test]
     async fn nothing_listening_is_a_connect_error() {
         let port = TcpListener::bind("127.0.0.1:0")
