@@ -47,7 +47,7 @@ pub struct Batch {
 /// A file being read.
 enum Source {
     Plain(File),
-    Gzip(GzDecoder<File>),
+    Gzip(Box<GzDecoder<File>>),
 }
 
 impl Read for Source {
@@ -182,7 +182,7 @@ impl Tail {
         let f = File::open(&file.path)?;
         let meta = f.metadata()?;
         let mut source = if file.compressed {
-            Source::Gzip(GzDecoder::new(f))
+            Source::Gzip(Box::new(GzDecoder::new(f)))
         } else {
             Source::Plain(f)
         };
