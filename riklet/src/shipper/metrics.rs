@@ -6,7 +6,7 @@
 //! | `riklet_log_shipper_shipped_records_total` | records the sink acknowledged |
 //! | `riklet_log_shipper_retried_records_total` | records of attempts that failed (sent again) |
 //! | `riklet_log_shipper_dropped_records_total` | records read but never to be shipped: unsent at a stop while their log directory was already gone |
-//! | `riklet_log_shipper_cut_records_total` | records cut at 1 MiB (the rest follows as the next record) |
+//! | `riklet_log_shipper_cut_records_total` | records cut at 1 MiB (the rest follows as the next record), or split by a rotation |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -1,7 +1,9 @@
 //! From CRI lines to log records: a line's `P` (partial) parts are joined
 //! with the `F` that ends them, so that a long line is shipped as one
 //! record up to [`MAX_MESSAGE`] bytes; a longer one is cut there, the rest
-//! going on in the next record, and the cut is counted.
+//! going on in the next record, and the cut is counted. So is a line whose
+//! parts a rotation split between two files (the writer rotates between
+//! records): the parts in each file are a record.
 
 /// Longest message of one record: a 1 MiB line is shipped whole.
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -96,12 +98,16 @@ pub fn assemble(chunk: &[u8], max_records: usize, file_done: bool, full: bool) -
     }
     let unended = file_done || (full && out.records.is_empty());
     if unended && out.records.len() < max_records {
+        // The parts of a line that a rotation (or the writer's end) left
+        // without their F: a record of their own, counted as cut.
         if let Some(p) = pending.take() {
+            out.cut += 1;
             out.records.push(p);
             out.consumed = start;
         }
         if file_done && start < chunk.len() {
             // A last line without a newline: the writer died mid-line.
+            out.cut += 1;
             out.records.push(Record {
                 time: String::new(),
                 stream: "stdout",
@@ -156,7 +162,7 @@ mod tests {
         assert_eq!(assemble(rest, 100, false, false).consumed, 0);
         let done = assemble(rest, 100, true, false);
         assert_eq!(messages(&done), vec![("t5", "stdout", "thr".to_string())]);
-        assert_eq!(done.consumed, rest.len());
+        assert_eq!((done.consumed, done.cut), (rest.len(), 1));
         // At most max_records, consumed up to the last one.
         let two = assemble(chunk, 1, false, false);
         assert_eq!(two.records.len(), 1);
