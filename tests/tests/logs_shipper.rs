@@ -68,7 +68,7 @@ impl Rsyslog {
         let conf = self.dir.join("rsyslog.conf");
         let config = format!(
             "global(maxMessageSize=\"2m\" workDirectory=\"{dir}\")\n\
-             module(load=\"imtcp\")\n\
+             module(load=\"imtcp\" maxFrameSize=\"2200000\")\n\
              template(name=\"rik\" type=\"string\" string=\"%app-name% %procid% %msgid% %structured-data% %msg%\\n\")\n\
              input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
              *.* action(type=\"omfile\" file=\"{out}\" template=\"rik\")\n",
