@@ -150,7 +150,10 @@ impl LogsConfig {
         if self.max_size < min {
             return Err(ConfigError::Invalid {
                 field: "logs.max_size",
-                reason: format!("{} bytes is less than the {min} bytes minimum", self.max_size),
+                reason: format!(
+                    "{} bytes is less than the {min} bytes minimum",
+                    self.max_size
+                ),
             });
         }
         if self.max_files == 0 {
@@ -443,7 +446,10 @@ mod tests {
         let err = toml::from_str::<Config>("[logs]\nmax_size = \"ten\"")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("max_size") && err.contains("not a size"), "{err}");
+        assert!(
+            err.contains("max_size") && err.contains("not a size"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -270,7 +270,11 @@ fn load_probes(cgroups: &cgroups::CgroupManager, config: &Config) -> Option<metr
 
 /// Starts the log shipper, one task per sink, when `[[logs.sinks]]` has
 /// any; returns its counters.
-fn start_shipper(config: &Config, node: &str, tasks: &mut Tasks) -> Option<shipper::ShipperMetrics> {
+fn start_shipper(
+    config: &Config,
+    node: &str,
+    tasks: &mut Tasks,
+) -> Option<shipper::ShipperMetrics> {
     if config.logs.sinks.is_empty() {
         return None;
     }

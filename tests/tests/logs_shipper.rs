@@ -143,7 +143,11 @@ fn counts(text: &str) -> BTreeMap<usize, usize> {
 fn assert_complete(what: &str, seen: &BTreeMap<usize, usize>, events: usize) {
     let missing: Vec<usize> = (1..=LINES).filter(|n| !seen.contains_key(n)).collect();
     assert!(missing.is_empty(), "{what}: lines lost: {missing:?}");
-    let dups: Vec<usize> = seen.iter().filter(|(_, c)| **c > 1).map(|(n, _)| *n).collect();
+    let dups: Vec<usize> = seen
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| *n)
+        .collect();
     let mut runs: Vec<Vec<usize>> = Vec::new();
     for n in &dups {
         match runs.last_mut() {
@@ -151,7 +155,11 @@ fn assert_complete(what: &str, seen: &BTreeMap<usize, usize>, events: usize) {
             _ => runs.push(vec![*n]),
         }
     }
-    eprintln!("{what}: {} duplicated lines in {} runs", dups.len(), runs.len());
+    eprintln!(
+        "{what}: {} duplicated lines in {} runs",
+        dups.len(),
+        runs.len()
+    );
     assert!(
         runs.len() <= events && runs.iter().all(|r| r.len() <= MAX_BATCH),
         "{what}: duplicates beyond the last batch of each event: {runs:?}"
@@ -206,18 +214,26 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
          echo seq=$i; usleep 5000; done; printf %0{BIG}d 0; echo; sleep 3600\"]\n"
     );
     let out = cluster.apply(&manifest, false);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let app = cluster.wait_app("shipped", "the app to run", |a| a["state"] == "RUNNING");
     let instance = app["appId"].as_str().expect("appId").to_string();
 
-    let distinct = |min: usize| {
-        move |r: &Rsyslog| (counts(&r.received()).len() >= min).then_some(())
-    };
+    let distinct =
+        |min: usize| move |r: &Rsyslog| (counts(&r.received()).len() >= min).then_some(());
     let first = distinct(200);
-    wait_for(Duration::from_secs(60), "200 lines at rsyslog", || first(&rsyslog));
+    wait_for(Duration::from_secs(60), "200 lines at rsyslog", || {
+        first(&rsyslog)
+    });
     let text = rsyslog.received();
     let line = text.lines().find(|l| l.contains("seq=")).expect("a line");
-    assert!(line.starts_with(&format!("shipped {instance} stdout [rik@32473 ")), "{line}");
+    assert!(
+        line.starts_with(&format!("shipped {instance} stdout [rik@32473 ")),
+        "{line}"
+    );
     for label in [
         "app=\"shipped\"".to_string(),
         format!("instance=\"{instance}\""),
@@ -234,27 +250,37 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
     cluster.start_riklet();
 
     let middle = distinct(1200);
-    wait_for(Duration::from_secs(60), "1200 lines at rsyslog", || middle(&rsyslog));
+    wait_for(Duration::from_secs(60), "1200 lines at rsyslog", || {
+        middle(&rsyslog)
+    });
     // The receiver down for 3 s while the app prints.
     rsyslog.stop();
     std::thread::sleep(Duration::from_secs(3));
     rsyslog.start();
 
     let all = distinct(LINES);
-    wait_for(Duration::from_secs(120), "every line at rsyslog", || all(&rsyslog));
+    wait_for(Duration::from_secs(120), "every line at rsyslog", || {
+        all(&rsyslog)
+    });
     // The kill, then the outage: the batch that failed and the one before.
     assert_complete("rsyslog", &counts(&rsyslog.received()), 3);
     wait_for(Duration::from_secs(30), "the 1 MiB line at rsyslog", || {
         has_big_line(&rsyslog.received()).then_some(())
     });
 
-    wait_for(Duration::from_secs(60), "every line in the JSON file", || {
-        let text = std::fs::read_to_string(&json).unwrap_or_default();
-        (counts(&text).len() >= LINES).then_some(())
-    });
-    wait_for(Duration::from_secs(30), "the 1 MiB line in the JSON file", || {
-        has_big_line(&std::fs::read_to_string(&json).unwrap_or_default()).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "every line in the JSON file",
+        || {
+            let text = std::fs::read_to_string(&json).unwrap_or_default();
+            (counts(&text).len() >= LINES).then_some(())
+        },
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the 1 MiB line in the JSON file",
+        || has_big_line(&std::fs::read_to_string(&json).unwrap_or_default()).then_some(()),
+    );
     let text = std::fs::read_to_string(&json).expect("JSON file");
     assert_complete("file", &counts(&text), 1);
     let first: Value = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
@@ -264,7 +290,10 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
     assert_eq!(first["node"], cluster.node.as_str());
     assert_eq!(first["stream"], "stdout");
     assert_eq!(first["message"], "seq=1");
-    assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{first}");
+    assert!(
+        first["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{first}"
+    );
 
     let (_, body) = http_get(metrics_port(&cluster), "/metrics").expect("GET /metrics");
     let syslog = format!("syslog://127.0.0.1:{}", rsyslog.port);
@@ -274,8 +303,15 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
         "the outage retried nothing"
     );
     let file = format!("file:{}", json.display());
-    assert_eq!(counter(&body, "riklet_log_shipper_retried_records_total", &file), 0);
+    assert_eq!(
+        counter(&body, "riklet_log_shipper_retried_records_total", &file),
+        0
+    );
     for sink in [&syslog, &file] {
-        assert_eq!(counter(&body, "riklet_log_shipper_cut_records_total", sink), 0, "{sink}");
+        assert_eq!(
+            counter(&body, "riklet_log_shipper_cut_records_total", sink),
+            0,
+            "{sink}"
+        );
     }
 }

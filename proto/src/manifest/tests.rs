@@ -186,7 +186,11 @@ fn quantities() {
     assert_eq!(parse_size("12"), Ok(12));
     assert_eq!(parse_size("64Ki"), Ok(65536));
     for bad in ["", "Mi", "1.5Mi", "-1", "99999999999Ti"] {
-        assert_eq!(parse_size(bad), Err(QuantityError::NotSize(bad.into())), "{bad}");
+        assert_eq!(
+            parse_size(bad),
+            Err(QuantityError::NotSize(bad.into())),
+            "{bad}"
+        );
     }
 }
 

@@ -75,7 +75,9 @@ pub enum CheckpointError {
 /// `<state_dir>/shipper/<first 16 hex digits of SHA-256(sink name)>.json`.
 pub fn path(state_dir: &Path, sink: &str) -> PathBuf {
     let key = head_hash(sink.as_bytes());
-    state_dir.join("shipper").join(format!("{}.json", &key[..16]))
+    state_dir
+        .join("shipper")
+        .join(format!("{}.json", &key[..16]))
 }
 
 impl Checkpoint {

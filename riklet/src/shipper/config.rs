@@ -62,11 +62,10 @@ impl LogSink {
                 tls,
                 ca_file,
             } => {
-                split_address(address).map_err(|why| err("address", format!("{address:?}: {why}")))?;
+                split_address(address)
+                    .map_err(|why| err("address", format!("{address:?}: {why}")))?;
                 match (tls, ca_file) {
-                    (false, Some(_)) => {
-                        Err(err("ca_file", "is only used with tls = true".into()))
-                    }
+                    (false, Some(_)) => Err(err("ca_file", "is only used with tls = true".into())),
                     (true, None) => Err(err("ca_file", "is required with tls = true".into())),
                     (true, Some(p)) if !p.is_absolute() => Err(err(
                         "ca_file",
@@ -101,9 +100,7 @@ pub fn validate_sinks(sinks: &[LogSink]) -> Result<(), SinkConfigError> {
 
 /// `(host, port)` of `HOST:PORT` or `[v6]:PORT`.
 pub fn split_address(address: &str) -> Result<(&str, u16), &'static str> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or("expected HOST:PORT")?;
+    let (host, port) = address.rsplit_once(':').ok_or("expected HOST:PORT")?;
     let host = match host.strip_prefix('[') {
         Some(h) => h.strip_suffix(']').ok_or("unclosed [ in the host")?,
         None if host.contains(':') => return Err("an IPv6 host must be written [ADDRESS]:PORT"),
@@ -157,10 +154,22 @@ mod tests {
         let err = parse("[[sinks]]\nkind = \"file\"\npath = \"/x\"\nport = 1\n").unwrap_err();
         assert!(err.contains("port"), "{err}");
         for (text, field) in [
-            ("kind = \"syslog\"\naddress = \"nohost\"", "logs.sinks[0].address"),
-            ("kind = \"syslog\"\naddress = \"h:0\"", "logs.sinks[0].address"),
-            ("kind = \"syslog\"\naddress = \"::1:514\"", "logs.sinks[0].address"),
-            ("kind = \"syslog\"\naddress = \"h:514\"\ntls = true", "logs.sinks[0].ca_file"),
+            (
+                "kind = \"syslog\"\naddress = \"nohost\"",
+                "logs.sinks[0].address",
+            ),
+            (
+                "kind = \"syslog\"\naddress = \"h:0\"",
+                "logs.sinks[0].address",
+            ),
+            (
+                "kind = \"syslog\"\naddress = \"::1:514\"",
+                "logs.sinks[0].address",
+            ),
+            (
+                "kind = \"syslog\"\naddress = \"h:514\"\ntls = true",
+                "logs.sinks[0].ca_file",
+            ),
             (
                 "kind = \"syslog\"\naddress = \"h:514\"\nca_file = \"/ca.pem\"",
                 "logs.sinks[0].ca_file",
@@ -174,6 +183,9 @@ mod tests {
         let twice = parse("[[sinks]]\nkind = \"file\"\npath = \"/x\"\n[[sinks]]\nkind = \"file\"\npath = \"/x\"\n")
             .unwrap();
         let err = validate_sinks(&twice).unwrap_err().to_string();
-        assert!(err.contains("logs.sinks[1]") && err.contains("logs.sinks[0]"), "{err}");
+        assert!(
+            err.contains("logs.sinks[1]") && err.contains("logs.sinks[0]"),
+            "{err}"
+        );
     }
 }

@@ -60,7 +60,9 @@ impl ShipperMetrics {
             Outcome::Dropped => &self.dropped,
             Outcome::Cut => &self.cut,
         };
-        family.get_or_create(&[("sink", sink.to_string())]).inc_by(n);
+        family
+            .get_or_create(&[("sink", sink.to_string())])
+            .inc_by(n);
     }
 
     /// Adds the families to `registry`.

@@ -192,8 +192,12 @@ impl Tails {
         for (key, dir, labels) in &found {
             if !self.tails.iter().any(|t| &t.key == key) {
                 let pos = self.checkpoint.positions.get(key).cloned();
-                self.tails
-                    .push(Tail::new(key.clone(), dir.clone(), Arc::new(labels.clone()), pos));
+                self.tails.push(Tail::new(
+                    key.clone(),
+                    dir.clone(),
+                    Arc::new(labels.clone()),
+                    pos,
+                ));
             }
         }
         let before = self.checkpoint.positions.len();

@@ -80,7 +80,9 @@ pub fn assemble(chunk: &[u8], max_records: usize, file_done: bool, full: bool) -
         let line = parse_line(&chunk[start..start + nl]);
         start += nl + 1;
         let joined = pending.as_ref().is_some_and(|p| p.stream == line.stream);
-        if let Some(p) = pending.take_if(|p| !joined || p.message.len() + line.content.len() > MAX_MESSAGE) {
+        if let Some(p) =
+            pending.take_if(|p| !joined || p.message.len() + line.content.len() > MAX_MESSAGE)
+        {
             out.cut += 1;
             out.records.push(p);
             out.consumed = start - nl - 1;
@@ -146,7 +148,8 @@ mod tests {
 
     #[test]
     fn joins_parts_and_keeps_unended_lines() {
-        let chunk = b"t1 stdout F one\nt2 stderr P tw\nt3 stderr F o\nt4 stdout F \nt5 stdout P thr";
+        let chunk =
+            b"t1 stdout F one\nt2 stderr P tw\nt3 stderr F o\nt4 stdout F \nt5 stdout P thr";
         let a = assemble(chunk, 100, false, false);
         assert_eq!(
             messages(&a),
@@ -199,6 +202,9 @@ mod tests {
         assert_eq!(a.records[1].message, b"\xff\xfe bin");
         // A full chunk without any newline is shipped as it is.
         let a = assemble(b"abc", 100, false, true);
-        assert_eq!((a.records[0].message.as_slice(), a.consumed, a.cut), (&b"abc"[..], 3, 1));
+        assert_eq!(
+            (a.records[0].message.as_slice(), a.consumed, a.cut),
+            (&b"abc"[..], 3, 1)
+        );
     }
 }

@@ -262,7 +262,9 @@ impl Conn {
                 Ok((false, _)) => return Err(failed("the connection was closed".into())),
                 Ok((true, 0)) => return Ok(()),
                 Ok((true, queued)) if Instant::now() > deadline => {
-                    return Err(failed(format!("{queued} bytes unacknowledged after {TIMEOUT:?}")));
+                    return Err(failed(format!(
+                        "{queued} bytes unacknowledged after {TIMEOUT:?}"
+                    )));
                 }
                 Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
@@ -363,7 +365,10 @@ mod tests {
         for r in one.iter().chain(&two) {
             format::syslog_frame(&mut expected, &labels(), r);
         }
-        assert_eq!(got, expected, "the second connection got both batches, once");
+        assert_eq!(
+            got, expected,
+            "the second connection got both batches, once"
+        );
     }
 
     #[tokio::test]
@@ -439,7 +444,10 @@ mod tests {
         writer.send(&labels(), &records(3)).await.unwrap();
         drop(writer);
         // A CA that did not issue the certificate: refused.
-        let err = sink("server.pem").send(&labels(), &records(1)).await.unwrap_err();
+        let err = sink("server.pem")
+            .send(&labels(), &records(1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, SinkError::Tls { .. }), "{err:?}");
         let got = server.await.unwrap();
         let mut expected = Vec::new();

@@ -247,7 +247,10 @@ impl Tail {
                 source: Source::Plain(f),
                 ..
             }) = &self.open
-            && self.pos.as_ref().is_some_and(|p| p.head_len < HEAD_LEN as u64)
+            && self
+                .pos
+                .as_ref()
+                .is_some_and(|p| p.head_len < HEAD_LEN as u64)
         {
             let mut head = vec![0; HEAD_LEN];
             let len = f.read_at(&mut head, 0)?;
@@ -276,7 +279,9 @@ fn read_head(file: &LogFile) -> io::Result<Vec<u8>> {
     let f = File::open(&file.path)?;
     let mut head = Vec::with_capacity(HEAD_LEN);
     if file.compressed {
-        GzDecoder::new(f).take(HEAD_LEN as u64).read_to_end(&mut head)?;
+        GzDecoder::new(f)
+            .take(HEAD_LEN as u64)
+            .read_to_end(&mut head)?;
     } else {
         f.take(HEAD_LEN as u64).read_to_end(&mut head)?;
     }
@@ -286,8 +291,8 @@ fn read_head(file: &LogFile) -> io::Result<Vec<u8>> {
 /// Whether `file` is the file of `pos` (or its compressed copy). While
 /// the file is `open`, its inode cannot be reused: the inode suffices.
 fn is_same(file: &LogFile, pos: &Position, open: bool) -> bool {
-    let same_inode = std::fs::metadata(&file.path)
-        .is_ok_and(|m| m.dev() == pos.dev && m.ino() == pos.ino);
+    let same_inode =
+        std::fs::metadata(&file.path).is_ok_and(|m| m.dev() == pos.dev && m.ino() == pos.ino);
     if same_inode && open {
         return true;
     }
@@ -313,7 +318,9 @@ fn next_after<'a>(files: &'a [LogFile], pos: &Position, open: bool) -> Option<&'
 
 /// Where a container's logs are: `<namespace>_<app>_<instance>/<container>`.
 pub fn labels_of(pod_dir_name: &str, container: &str, node: &str) -> Option<Labels> {
-    let rest = pod_dir_name.strip_prefix(crate::logs::NAMESPACE)?.strip_prefix('_')?;
+    let rest = pod_dir_name
+        .strip_prefix(crate::logs::NAMESPACE)?
+        .strip_prefix('_')?;
     let (app, instance) = rest.split_once('_')?;
     Some(Labels {
         app: app.into(),

@@ -144,5 +144,9 @@ fn container_directories_and_labels() {
             node: "n1".into()
         }
     );
-    assert!(containers(&root.path().join("missing"), "n1").unwrap().is_empty());
+    assert!(
+        containers(&root.path().join("missing"), "n1")
+            .unwrap()
+            .is_empty()
+    );
 }
