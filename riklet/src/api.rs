@@ -214,20 +214,20 @@ impl LogService {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 
-/// The log files a request asks for: `(container, path)`, sorted.
+/// The log files a request asks for: `(container, path)` of each
+/// container's latest run, sorted.
 fn requested_files(dir: &Path, req: &NodeLogsRequest) -> Result<Vec<(String, PathBuf)>, Status> {
     let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
         .map_err(|e| Status::internal(e.to_string()))?
         .filter_map(|e| e.ok())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                e.path().join("0.log"),
-            )
+        .filter_map(|e| {
+            let current = logs::layout::list(&e.path())
+                .ok()?
+                .into_iter()
+                .rfind(|f| f.rotated.is_none())?;
+            Some((e.file_name().to_string_lossy().into_owned(), current.path))
         })
-        .filter(|(name, path)| {
-            path.exists() && (req.container.is_empty() || *name == req.container)
-        })
+        .filter(|(name, _)| req.container.is_empty() || *name == req.container)
         .collect();
     files.sort();
     if files.is_empty() {

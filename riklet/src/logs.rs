@@ -1,19 +1,25 @@
 //! Pod logs in the CRI format, at the path every log shipper already tails.
 //!
-//! `<log-dir>/<namespace>_<app>_<instance>/<container>/0.log`, one line per
-//! record: `<RFC3339Nano> stdout|stderr F|P <text>`. A line longer than
+//! `<log-dir>/<namespace>_<app>_<instance>/<container>/<restartCount>.log`
+//! and its rotated files ([`layout`]), one line per record:
+//! `<RFC3339Nano> stdout|stderr F|P <text>`. A line longer than
 //! [`MAX_RECORD`] is cut into `P` (partial) records ending with one `F`.
 //! The writer side ([`CriWriter`], in the `riklet-shim` crate) runs in the
-//! per-container shim, so output keeps being captured while the riklet
-//! itself is down; the reader side here serves `rik logs` (tail and
-//! follow).
+//! per-container shim or `riklet logger`, so output keeps being captured
+//! while the riklet itself is down, and rotates its files; the reader side
+//! here serves `rik logs` (tail and follow); [`retention`] removes a
+//! deleted app's logs once their time is up; [`metrics`] sums the bytes
+//! the writers had to drop.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-pub use riklet_shim::cri::{CriWriter, MAX_RECORD, Stream};
+pub use riklet_shim::cri::{CriWriter, LogSpec, MAX_RECORD, Rotation, Stream};
 pub use riklet_shim::layout;
+
+pub mod metrics;
+pub mod retention;
 
 /// Namespace part of the pod log directory name (kubelet layout).
 pub const NAMESPACE: &str = "default";
@@ -39,11 +45,20 @@ pub fn pod_dir(log_dir: &Path, app: &str, instance: &str) -> PathBuf {
     log_dir.join(format!("{NAMESPACE}_{app}_{instance}"))
 }
 
-/// Log file of one container.
-pub fn container_file(log_dir: &Path, app: &str, instance: &str, container: &str) -> PathBuf {
-    pod_dir(log_dir, app, instance)
-        .join(container)
-        .join("0.log")
+/// Log directory of one container.
+pub fn container_dir(log_dir: &Path, app: &str, instance: &str, container: &str) -> PathBuf {
+    pod_dir(log_dir, app, instance).join(container)
+}
+
+/// The node's rotation limits, with those an app's `spec.logs` sets.
+pub fn app_rotation(node: Rotation, app: Option<&proto::manifest::LogLimits>) -> Rotation {
+    let Some(app) = app else {
+        return node;
+    };
+    Rotation {
+        max_size: app.max_size_bytes().unwrap_or(node.max_size),
+        max_files: app.max_files.unwrap_or(node.max_files),
+    }
 }
 
 /// Reads the last `tail` lines (all when 0) of a log file, and the offset
@@ -103,6 +118,31 @@ mod tests {
     use std::fs;
 
     use super::*;
+
+    #[test]
+    fn an_app_s_limits_override_the_node_s() {
+        let node = Rotation {
+            max_size: 10 << 20,
+            max_files: 5,
+        };
+        assert_eq!(app_rotation(node, None), node);
+        let app = proto::manifest::LogLimits {
+            max_size: Some("1Mi".into()),
+            max_files: None,
+        };
+        assert_eq!(
+            app_rotation(node, Some(&app)),
+            Rotation {
+                max_size: 1 << 20,
+                max_files: 5
+            }
+        );
+        let app = proto::manifest::LogLimits {
+            max_size: None,
+            max_files: Some(2),
+        };
+        assert_eq!(app_rotation(node, Some(&app)).max_files, 2);
+    }
 
     #[test]
     fn tail_and_follow_offsets() {

@@ -132,6 +132,31 @@ fn host_network_and_pull_policy_round_trip() {
 }
 
 #[test]
+fn log_limits_round_trip() {
+    let m = parse(
+        "kind: Pod\nname: web\nspec:\n  logs: {maxSize: 1Mi, maxFiles: 3}\n  containers:\n    \
+             - {name: a, exec: /bin/true}\n",
+    )
+    .unwrap();
+    let logs = m.spec.logs.clone().unwrap();
+    assert_eq!(logs.max_size_bytes(), Some(1 << 20));
+    assert_eq!(logs.max_files, Some(3));
+    let def = m.to_definition();
+    assert!(
+        def.contains(r#""logs":{"maxSize":"1Mi","maxFiles":3}"#),
+        "{def}"
+    );
+    assert_eq!(parse_definition(&def).unwrap(), m);
+    // Either limit alone; none at all leaves nothing on the wire.
+    let m = parse("kind: Pod\nname: web\nspec: {logs: {maxFiles: 1}, containers: [{name: a, exec: /bin/true}]}").unwrap();
+    assert_eq!(m.spec.logs.as_ref().unwrap().max_size_bytes(), None);
+    let m =
+        parse("kind: Pod\nname: web\nspec: {containers: [{name: a, exec: /bin/true}]}").unwrap();
+    assert_eq!(m.spec.logs, None);
+    assert!(!m.to_definition().contains("logs"));
+}
+
+#[test]
 fn image_references_follow_the_distribution_grammar() {
     for good in [
         "busybox",
