@@ -5,12 +5,20 @@
 //! [`MAX_RECORD`] is cut into `P` (partial) records ending with one `F`.
 //! The writer side ([`CriWriter`], in the `riklet-shim` crate) runs in the
 //! per-container shim, so output keeps being captured while the riklet
-//! itself is down; the reader side here serves `rik logs` (tail and
-//! follow).
+//! itself is down; the reader side here serves `rik logs`: [`read_run`]
+//! reads a run's files ([`layout`]), a [`Follower`] goes on with what is
+//! written next.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+mod follow;
+mod read;
+#[cfg(test)]
+mod tests;
+
+use std::io;
 use std::path::{Path, PathBuf};
+
+pub use follow::{Follower, Progress};
+pub use read::{Run, Selection, pick_run, read_run};
 
 pub use riklet_shim::cri::{CriWriter, MAX_RECORD, Stream};
 pub use riklet_shim::layout;
@@ -29,6 +37,11 @@ pub enum LogError {
     },
     #[error("no logs for container {container:?} of instance {instance}")]
     NotFound { instance: String, container: String },
+    #[error("no log file in {}", dir.display())]
+    NoLogs { dir: PathBuf },
+    /// `--previous` of a container that has not restarted.
+    #[error("no previous run in {} (the container has not restarted)", dir.display())]
+    NoPrevious { dir: PathBuf },
 }
 
 /// Result alias of this module.
@@ -44,78 +57,4 @@ pub fn container_file(log_dir: &Path, app: &str, instance: &str, container: &str
     pod_dir(log_dir, app, instance)
         .join(container)
         .join("0.log")
-}
-
-/// Reads the last `tail` lines (all when 0) of a log file, and the offset
-/// just past them from which a follower goes on.
-pub fn read_tail(path: &Path, tail: usize) -> Result<(Vec<u8>, u64)> {
-    let io = |source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    let mut data = Vec::new();
-    f.read_to_end(&mut data).map_err(io)?;
-    let end = data.len() as u64;
-    if tail == 0 {
-        return Ok((data, end));
-    }
-    // Walk back over `tail` newlines (the last byte is normally a newline).
-    let mut seen = 0;
-    let mut start = 0;
-    for i in (0..data.len().saturating_sub(1)).rev() {
-        if data[i] == b'\n' {
-            seen += 1;
-            if seen == tail {
-                start = i + 1;
-                break;
-            }
-        }
-    }
-    Ok((data.split_off(start), end))
-}
-
-/// Reads whatever was appended after `offset`, up to the last complete line.
-pub fn read_from(path: &Path, offset: u64) -> Result<(Vec<u8>, u64)> {
-    let io = |source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    // A truncated file (rotation) restarts from its beginning.
-    let offset = if len < offset { 0 } else { offset };
-    f.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut data = Vec::new();
-    f.read_to_end(&mut data).map_err(io)?;
-    match data.iter().rposition(|&b| b == b'\n') {
-        Some(i) => {
-            data.truncate(i + 1);
-            let next = offset + data.len() as u64;
-            Ok((data, next))
-        }
-        None => Ok((Vec::new(), offset)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::fs;
-
-    use super::*;
-
-    #[test]
-    fn tail_and_follow_offsets() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0.log");
-        fs::write(&path, "1\n2\n3\n").unwrap();
-        assert_eq!(read_tail(&path, 2).unwrap().0, b"2\n3\n");
-        assert_eq!(read_tail(&path, 10).unwrap().0, b"1\n2\n3\n");
-        let (all, off) = read_tail(&path, 0).unwrap();
-        assert_eq!(all.len() as u64, off);
-        fs::write(&path, "1\n2\n3\n4\npart").unwrap();
-        let (more, off2) = read_from(&path, off).unwrap();
-        assert_eq!(more, b"4\n");
-        assert_eq!(off2, off + 2);
-    }
 }
