@@ -228,7 +228,7 @@ struct ContainerLogs {
 
 /// The containers a request asks for, sorted by name, each with the run
 /// to read. A container without logs (or without a previous run) is left
-/// out unless it was asked for by name.
+/// out; NOT_FOUND when none is left.
 fn requested_containers(pod_dir: &Path, req: &NodeLogsRequest) -> Result<Vec<ContainerLogs>, Status> {
     let mut names: Vec<String> = std::fs::read_dir(pod_dir)
         .map_err(|e| Status::internal(format!("{}: {e}", pod_dir.display())))?
@@ -243,16 +243,16 @@ fn requested_containers(pod_dir: &Path, req: &NodeLogsRequest) -> Result<Vec<Con
         let dir = pod_dir.join(&name);
         match logs::pick_run(&dir, req.previous) {
             Ok(run) => containers.push(ContainerLogs { name, dir, run }),
-            Err(e @ (LogError::NoLogs { .. } | LogError::NoPrevious { .. })) => {
-                if !req.container.is_empty() {
-                    return Err(Status::not_found(crate::error_chain(&e)));
-                }
-            }
+            Err(LogError::NoLogs { .. } | LogError::NoPrevious { .. }) => {}
             Err(e) => return Err(Status::internal(crate::error_chain(&e))),
         }
     }
     if containers.is_empty() {
-        let what = if req.previous { "no previous run" } else { "no logs" };
+        let what = if req.previous {
+            "no previous run (no restart yet)"
+        } else {
+            "no logs"
+        };
         let which = if req.container.is_empty() {
             "any container".to_string()
         } else {
@@ -269,8 +269,11 @@ fn requested_containers(pod_dir: &Path, req: &NodeLogsRequest) -> Result<Vec<Con
 /// What a request selects in each container's logs.
 fn selection(req: &NodeLogsRequest) -> logs::Selection {
     let since = (req.since_ms > 0).then(|| {
-        let ago = i64::try_from(req.since_ms).unwrap_or(i64::MAX);
-        chrono::Utc::now() - chrono::TimeDelta::try_milliseconds(ago).unwrap_or(chrono::TimeDelta::MAX)
+        let ms = i64::try_from(req.since_ms).unwrap_or(i64::MAX);
+        let ago = chrono::TimeDelta::try_milliseconds(ms).unwrap_or(chrono::TimeDelta::MAX);
+        chrono::Utc::now()
+            .checked_sub_signed(ago)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
     });
     logs::Selection {
         tail: req.tail.map(|t| t as usize),

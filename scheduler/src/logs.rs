@@ -69,7 +69,9 @@ pub async fn open(cluster: &Arc<Cluster>, request: LogsRequest) -> Result<LogStr
             Ok(s) => streams.push(s),
             Err(status) if status.code() == Code::NotFound => {
                 debug!(app = %app, error = %status.message(), "no logs there");
-                not_found.get_or_insert(status);
+                if not_found.is_none() {
+                    not_found = Some(status);
+                }
             }
             Err(status) => {
                 warn!(app = %app, error = %status.message(), "cannot fetch logs");

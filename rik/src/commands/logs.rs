@@ -136,7 +136,7 @@ impl Printer {
                         .unwrap_or_else(|| (time.to_vec(), Vec::new()));
                     line.extend_from_slice(text);
                     line.push(b'\n');
-                    self.line(&source, Some(&time), &line, out);
+                    self.line(&source, Some(time.as_slice()), &line, out);
                 }
                 _ => self.line(&source, None, record, out),
             }
@@ -147,7 +147,7 @@ impl Printer {
     fn finish(&mut self, out: &mut Vec<u8>) {
         for (source, (time, mut text)) in std::mem::take(&mut self.partial) {
             text.push(b'\n');
-            self.line(&source, Some(&time), &text, out);
+            self.line(&source, Some(time.as_slice()), &text, out);
         }
     }
 

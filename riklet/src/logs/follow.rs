@@ -54,8 +54,9 @@ impl Follower {
         self.drain(out)?;
         let path = layout::current_file(&self.dir, self.restart_count);
         let on_disk = inode_of(&path);
-        match (&self.current, on_disk) {
-            (Some(c), Some(inode)) if inode != c.inode => self.switch(true, out)?,
+        let reading = self.current.as_ref().map(|c| c.inode);
+        match (reading, on_disk) {
+            (Some(mine), Some(inode)) if inode != mine => self.switch(true, out)?,
             (None, Some(_)) => self.switch(false, out)?,
             _ => {
                 let next = layout::current_file(&self.dir, self.restart_count + 1);

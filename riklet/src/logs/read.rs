@@ -53,15 +53,15 @@ pub fn pick_run(container_dir: &Path, previous: bool) -> Result<u32> {
 /// The current file of a run, open: a follower keeps reading it through
 /// this handle after it is renamed away.
 #[derive(Debug)]
-pub struct Current {
-    pub path: PathBuf,
-    pub file: File,
-    pub inode: u64,
+pub(super) struct Current {
+    path: PathBuf,
+    file: File,
+    pub(super) inode: u64,
 }
 
 impl Current {
     /// Opens `path`; `None` when it does not exist (yet).
-    pub fn open(path: &Path) -> Result<Option<Current>> {
+    fn open(path: &Path) -> Result<Option<Current>> {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -77,7 +77,7 @@ impl Current {
 
     /// The complete lines after `offset`, and the offset just past them.
     /// A file shorter than `offset` was truncated: read from its start.
-    pub fn read_new(&self, offset: u64) -> Result<(Vec<u8>, u64)> {
+    pub(super) fn read_new(&self, offset: u64) -> Result<(Vec<u8>, u64)> {
         let read = || -> io::Result<(Vec<u8>, u64)> {
             let mut f = &self.file;
             let offset = if f.metadata()?.len() < offset {
@@ -99,10 +99,10 @@ impl Current {
 /// The files of one run to read in order.
 #[derive(Debug)]
 pub struct Run {
-    pub restart_count: u32,
+    pub(super) restart_count: u32,
     /// Rotated files, oldest first.
-    pub rotated: Vec<LogFile>,
-    pub current: Option<Current>,
+    pub(super) rotated: Vec<LogFile>,
+    pub(super) current: Option<Current>,
 }
 
 impl Run {
@@ -152,7 +152,7 @@ impl Run {
     }
 
     /// Stamp of the newest rotated file, which a follower reads after.
-    pub fn last_stamp(&self) -> Option<String> {
+    pub(super) fn last_stamp(&self) -> Option<String> {
         self.rotated.last().and_then(|f| f.rotated.clone())
     }
 }
@@ -290,20 +290,20 @@ fn record_time(record: &[u8]) -> Option<DateTime<Utc>> {
 fn ends_line(record: &[u8]) -> bool {
     let mut fields = record.splitn(4, |b| *b == b' ').skip(1);
     let (stream, tag) = (fields.next(), fields.next());
-    !(matches!(stream, Some(b"stdout" | b"stderr")) && tag == Some(b"P"))
+    !(matches!(stream, Some(b"stdout" | b"stderr")) && matches!(tag, Some(b"P")))
 }
 
 /// The content of a rotated file. A plain one that was compressed and
 /// removed since it was listed is read from its `.gz`; one removed by the
 /// count limit reads as empty (its lines are gone).
 pub(super) fn load_rotated(f: &LogFile) -> Result<Vec<u8>> {
-    let gz = PathBuf::from(format!("{}.gz", f.path.display()));
-    let tries: &[(&Path, bool)] = if f.compressed {
-        &[(&f.path, true)]
-    } else {
-        &[(&f.path, false), (&gz, true)]
-    };
-    for (path, compressed) in tries {
+    let mut tries = vec![(f.path.clone(), f.compressed)];
+    if !f.compressed {
+        let mut gz = f.path.clone().into_os_string();
+        gz.push(".gz");
+        tries.push((PathBuf::from(gz), true));
+    }
+    for (path, compressed) in &tries {
         let file = match File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

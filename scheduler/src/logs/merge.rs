@@ -149,7 +149,7 @@ fn record_time(record: &[u8]) -> Option<&[u8]> {
 fn ends_line(record: &[u8]) -> bool {
     let mut fields = record.splitn(4, |b| *b == b' ').skip(1);
     let (stream, tag) = (fields.next(), fields.next());
-    !(matches!(stream, Some(b"stdout" | b"stderr")) && tag == Some(b"P"))
+    !(matches!(stream, Some(b"stdout" | b"stderr")) && matches!(tag, Some(b"P")))
 }
 
 #[cfg(test)]
