@@ -403,3 +403,30 @@ pub async fn serve_logs(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_sent_whole_in_bounded_chunks() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let mut data = Vec::new();
+        for (byte, len) in [(b'a', 100 << 10), (b'b', 200 << 10), (b'c', 300 << 10), (b'd', 10)] {
+            data.extend(std::iter::repeat_n(byte, len));
+            data.push(b'\n');
+        }
+        assert!(send_records(&tx, "web-1", "c", &data));
+        let mut sizes = Vec::new();
+        let mut got = Vec::new();
+        while let Ok(Ok(chunk)) = rx.try_recv() {
+            assert_eq!((chunk.instance_id.as_str(), chunk.container.as_str()), ("web-1", "c"));
+            assert!(chunk.data.ends_with(b"\n"), "a record was cut");
+            sizes.push(chunk.data.len());
+            got.extend(chunk.data);
+        }
+        assert_eq!(got, data);
+        // a; b (a and b pass the limit); c alone, longer than a chunk; d.
+        assert_eq!(sizes, [(100 << 10) + 1, (200 << 10) + 1, (300 << 10) + 1, 11]);
+    }
+}
