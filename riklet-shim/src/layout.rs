@@ -124,7 +124,7 @@ fn is_stamp(s: &str) -> bool {
             b'-' | b'.' => c == f,
             _ => c.is_ascii_digit(),
         });
-    shape && chrono::NaiveDateTime::parse_from_str(s, "%Y%m%d-%H%M%S%.6f").is_ok()
+    shape && chrono::NaiveDateTime::parse_from_str(s, "%Y%m%d-%H%M%S%.f").is_ok()
 }
 
 #[cfg(test)]

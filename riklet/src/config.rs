@@ -80,8 +80,6 @@ pub struct Config {
     pub restart_backoff_initial: Duration,
     #[serde(deserialize_with = "duration")]
     pub restart_backoff_max: Duration,
-    /// Keep a pod's log directory when it is deleted.
-    pub keep_logs_on_delete: bool,
     /// How many container starts (pod network, image pull, shim or
     /// containerd task) run at once; the others wait their turn, in order.
     /// Defaults to the CPU count × 4; at least 1.
@@ -130,15 +128,24 @@ pub struct LogsConfig {
 
 impl Default for LogsConfig {
     fn default() -> Self {
+        let rotation = crate::logs::Rotation::default();
         LogsConfig {
-            max_size: 10 << 20,
-            max_files: 5,
+            max_size: rotation.max_size,
+            max_files: rotation.max_files,
             retention: Duration::from_secs(3600),
         }
     }
 }
 
 impl LogsConfig {
+    /// The writers' limits.
+    pub fn rotation(&self) -> crate::logs::Rotation {
+        crate::logs::Rotation {
+            max_size: self.max_size,
+            max_files: self.max_files,
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let min = proto::manifest::MIN_LOG_FILE_SIZE;
         if self.max_size < min {
@@ -250,7 +257,6 @@ impl Default for Config {
             stop_grace_period: Duration::from_secs(10),
             restart_backoff_initial: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
-            keep_logs_on_delete: false,
             start_parallelism: default_start_parallelism(),
             metrics_addr: "127.0.0.1:9102".parse().expect("valid"),
             metrics_interval: Duration::from_secs(5),

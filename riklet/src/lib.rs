@@ -132,6 +132,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let settings = agent_settings(&config, &node, &user);
+    tokio::spawn(logs::retention::run(
+        settings.log_retention.clone(),
+        tasks.stop.subscribe(),
+    ));
     let backends = backends(&config, store, cgroups, network, &tasks)?;
     let containerd = backends.containerd.clone();
     let usage = metrics::collector::PodUsage::default();
@@ -353,7 +357,12 @@ fn agent_settings(config: &Config, node: &str, user: &nix::unistd::User) -> agen
         stop_grace_period: config.stop_grace_period,
         backoff_initial: config.restart_backoff_initial,
         backoff_max: config.restart_backoff_max,
-        keep_logs_on_delete: config.keep_logs_on_delete,
+        log_rotation: config.logs.rotation(),
+        log_retention: logs::retention::Retention::new(
+            &config.state_dir,
+            &config.log_dir,
+            config.logs.retention,
+        ),
         reserved_ports: reserved_ports(config),
         start_parallelism: config.start_parallelism,
     }
@@ -410,6 +419,10 @@ async fn start_metrics(
 ) -> Result<(String, JoinHandle<()>), Error> {
     let snapshots = metrics::exporter::SnapshotHandle::new();
     let mut registry = metrics::exporter::registry(snapshots.clone());
+    registry.register_collector(Box::new(logs::metrics::DroppedBytes::new(
+        &config.log_dir,
+        node,
+    )));
     if let Some(proxy) = extra.proxy {
         registry.register_collector(Box::new(proxy.metrics(node)));
     }

@@ -1,13 +1,16 @@
 //! Pod logs in the CRI format, at the path every log shipper already tails.
 //!
-//! `<log-dir>/<namespace>_<app>_<instance>/<container>/0.log`, one line per
-//! record: `<RFC3339Nano> stdout|stderr F|P <text>`. A line longer than
+//! `<log-dir>/<namespace>_<app>_<instance>/<container>/<restartCount>.log`
+//! and its rotated files ([`layout`]), one line per record:
+//! `<RFC3339Nano> stdout|stderr F|P <text>`. A line longer than
 //! [`MAX_RECORD`] is cut into `P` (partial) records ending with one `F`.
 //! The writer side ([`CriWriter`], in the `riklet-shim` crate) runs in the
-//! per-container shim, so output keeps being captured while the riklet
-//! itself is down; the reader side here serves `rik logs`: [`read_run`]
-//! reads a run's files ([`layout`]), a [`Follower`] goes on with what is
-//! written next.
+//! per-container shim or `riklet logger`, so output keeps being captured
+//! while the riklet itself is down, and rotates its files. The reader side
+//! here serves `rik logs`: [`read_run`] reads a run's files, a
+//! [`Follower`] goes on with what is written next. [`retention`] removes a
+//! deleted app's logs once their time is up; [`metrics`] sums the bytes
+//! the writers had to drop.
 
 mod follow;
 mod read;
@@ -20,8 +23,11 @@ use std::path::{Path, PathBuf};
 pub use follow::{Follower, Progress};
 pub use read::{Run, Selection, pick_run, read_run};
 
-pub use riklet_shim::cri::{CriWriter, MAX_RECORD, Stream};
+pub use riklet_shim::cri::{CriWriter, LogSpec, MAX_RECORD, Rotation, Stream};
 pub use riklet_shim::layout;
+
+pub mod metrics;
+pub mod retention;
 
 /// Namespace part of the pod log directory name (kubelet layout).
 pub const NAMESPACE: &str = "default";
@@ -52,9 +58,18 @@ pub fn pod_dir(log_dir: &Path, app: &str, instance: &str) -> PathBuf {
     log_dir.join(format!("{NAMESPACE}_{app}_{instance}"))
 }
 
-/// Log file of one container.
-pub fn container_file(log_dir: &Path, app: &str, instance: &str, container: &str) -> PathBuf {
-    pod_dir(log_dir, app, instance)
-        .join(container)
-        .join("0.log")
+/// Log directory of one container.
+pub fn container_dir(log_dir: &Path, app: &str, instance: &str, container: &str) -> PathBuf {
+    pod_dir(log_dir, app, instance).join(container)
+}
+
+/// The node's rotation limits, with those an app's `spec.logs` sets.
+pub fn app_rotation(node: Rotation, app: Option<&proto::manifest::LogLimits>) -> Rotation {
+    let Some(app) = app else {
+        return node;
+    };
+    Rotation {
+        max_size: app.max_size_bytes().unwrap_or(node.max_size),
+        max_files: app.max_files.unwrap_or(node.max_files),
+    }
 }
