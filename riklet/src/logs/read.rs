@@ -202,14 +202,14 @@ fn tail_start(
 }
 
 /// Decides, record by record, which lines a `--since` keeps.
-pub(super) struct LineFilter {
+struct LineFilter {
     since: Option<DateTime<Utc>>,
     at_line_start: bool,
     keep: bool,
 }
 
 impl LineFilter {
-    pub(super) fn new(since: Option<DateTime<Utc>>) -> Self {
+    fn new(since: Option<DateTime<Utc>>) -> Self {
         LineFilter {
             since,
             at_line_start: true,
@@ -239,7 +239,7 @@ impl LineFilter {
 
     /// Sends the records of the kept lines of `data` to `out`, in runs,
     /// after skipping `skip` kept lines. False when `out` refused.
-    pub(super) fn send(
+    fn send(
         &mut self,
         data: &[u8],
         skip: &mut usize,
