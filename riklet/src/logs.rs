@@ -15,7 +15,7 @@
 mod follow;
 mod read;
 #[cfg(test)]
-mod tests;
+mod reader_tests;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -71,5 +71,35 @@ pub fn app_rotation(node: Rotation, app: Option<&proto::manifest::LogLimits>) ->
     Rotation {
         max_size: app.max_size_bytes().unwrap_or(node.max_size),
         max_files: app.max_files.unwrap_or(node.max_files),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_s_limits_override_the_node_s() {
+        let node = Rotation {
+            max_size: 10 << 20,
+            max_files: 5,
+        };
+        assert_eq!(app_rotation(node, None), node);
+        let app = proto::manifest::LogLimits {
+            max_size: Some("1Mi".into()),
+            max_files: None,
+        };
+        assert_eq!(
+            app_rotation(node, Some(&app)),
+            Rotation {
+                max_size: 1 << 20,
+                max_files: 5
+            }
+        );
+        let app = proto::manifest::LogLimits {
+            max_size: None,
+            max_files: Some(2),
+        };
+        assert_eq!(app_rotation(node, Some(&app)).max_files, 2);
     }
 }

@@ -504,8 +504,13 @@ fn two_container_pod_serves_talks_over_localhost_survives_riklet_crash_and_leave
             .all(|c| cgroup_dirs(&cluster, &instance, c).is_empty()),
         "cgroups left"
     );
-    // Logs stay for `[logs] retention` (1 h by default) after a delete.
-    assert!(log_file.exists(), "log removed before the retention");
+    // Logs stay for `[logs] retention` (1 h by default) after a delete
+    // (the client's first run's file went with its third run).
+    let client_logs = log_file.parent().expect("the client's log directory");
+    assert!(
+        client_logs.join("2.log").exists(),
+        "log removed before the retention"
+    );
     // The image stays for the next pod.
     assert!(ctr.ok(&["images", "ls", "-q"]).lines().any(|l| l == image));
 }
@@ -553,9 +558,17 @@ fn exits_restart_and_oom_kills_are_reported() {
     let exit = &container(&app, "main")["lastExit"];
     assert_eq!(exit["exitCode"], 3, "{app:#}");
     assert_eq!(exit["reason"], "Error", "{app:#}");
+    // Each run has its file: the first run's stays beside the second's
+    // (until a third run starts, 2 s after the second one's exit).
+    let instance = app["appId"].as_str().expect("appId");
+    let dir = cluster
+        .log_dir()
+        .join(format!("default_exiter_{instance}/main"));
+    let first = std::fs::read_to_string(dir.join("0.log")).expect("the first run's log file");
+    assert!(first.ends_with(" stdout F run\n"), "{first}");
     wait_for(Duration::from_secs(10), "the second run's output", || {
-        let logs = cluster.rik_ok(&["logs", "exiter"]);
-        (logs.matches("run").count() >= 2).then_some(())
+        let second = std::fs::read_to_string(dir.join("1.log")).ok()?;
+        second.ends_with(" stdout F run\n").then_some(())
     });
 
     let hog = cluster.wait_app("hog", "the OOM kill", |a| a["state"] == "FAILED");

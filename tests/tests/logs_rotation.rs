@@ -5,17 +5,18 @@
 //! and no line lost or doubled from the oldest kept to the last; a restart
 //! keeps the previous run's file and removes older runs; a deleted app's
 //! logs stay for the retention, then go; a manifest with too small a size
-//! is refused naming the field.
+//! is refused naming the field; a full disk drops output, counted in
+//! `riklet_log_dropped_bytes_total`, and the pod keeps running.
 //!
 //! Needs root, busybox, and for the image container the machine's
 //! containerd, `docker-registry` and `skopeo` (`cargo xtask setup`).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use riklet_e2e::registry::{Registry, busybox_archive, host_arch, require};
-use riklet_e2e::{Cluster, Mode, Options, containerd, wait_for};
+use riklet_e2e::{Cluster, Mode, Options, containerd, http_get, wait_for};
 use riklet_shim::layout::{self, LogFile};
 
 const RETENTION: Duration = Duration::from_secs(10);
@@ -85,7 +86,16 @@ fn numbers(files: &[LogFile]) -> Vec<u32> {
 /// compressed, the newest plain, holding `first..=LINES` for some first
 /// line after the ones rotated away.
 fn check_rotated(dir: &Path) {
-    let files = layout::list(dir).expect("list the log directory");
+    // The writer compresses in a thread of its own, which may finish after
+    // the container's exit was reported.
+    let files = wait_for(
+        Duration::from_secs(30),
+        "the oldest rotated file to be compressed",
+        || {
+            let files = layout::list(dir).ok()?;
+            files.first()?.compressed.then_some(files)
+        },
+    );
     let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
     assert_eq!(files.len(), 3, "{names:#?}");
     assert!(files.iter().all(|f| f.restart_count == 0), "{names:#?}");
@@ -213,12 +223,92 @@ fn image_container_rotates_through_the_logger() {
     cluster.wait_app("fastimg", "fastimg to complete", |a| {
         a["state"] == "TERMINATED"
     });
-    let dir = container_dir(&cluster, "fastimg", "main");
-    // The logger compresses after the container ended: wait for it.
-    wait_for(Duration::from_secs(30), "the logger to finish", || {
-        let files = layout::list(&dir).ok()?;
-        (files.len() == 3 && files[0].compressed).then_some(())
-    });
-    check_rotated(&dir);
+    check_rotated(&container_dir(&cluster, "fastimg", "main"));
     cluster.rik_ok(&["delete", "fastimg"]);
+}
+
+/// A small tmpfs mounted over the cluster's log directory, unmounted when
+/// dropped (before the cluster removes its directory).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path) -> SmallDisk {
+        std::fs::create_dir_all(dir).expect("log dir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount (util-linux)")
+            .success();
+        assert!(ok, "mount -t tmpfs on {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `riklet_log_dropped_bytes_total` of the cluster's riklet.
+fn dropped_bytes(cluster: &Cluster) -> Option<u64> {
+    let status = cluster.local_status();
+    let addr = status["metricsAddress"].as_str()?;
+    let port = addr.rsplit_once(':')?.1.parse().ok()?;
+    let (_, body) = http_get(port, "/metrics").ok()?;
+    body.lines()
+        .find(|l| l.starts_with("riklet_log_dropped_bytes_total{"))?
+        .rsplit_once(' ')?
+        .1
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_full_disk_drops_and_counts_output_and_the_pod_keeps_running() {
+    let cluster = cluster(vec![]);
+    let _disk = SmallDisk::mount(&cluster.log_dir());
+    assert_eq!(dropped_bytes(&cluster), Some(0));
+    apply_ok(
+        &cluster,
+        "kind: Pod\nname: chatty\nspec:\n  containers:\n    - {name: main, exec: /bin/busybox, \
+         args: [sh, -c, \"i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.01; done\"]}\n",
+    );
+    let app = cluster.wait_app("chatty", "chatty to run", |a| a["state"] == "RUNNING");
+    let pid = app["containers"][0]["pid"].as_i64().expect("pid");
+    let current = layout::current_file(&container_dir(&cluster, "chatty", "main"), 0);
+    wait_for(Duration::from_secs(10), "chatty's first lines", || {
+        std::fs::metadata(&current).ok().filter(|m| m.len() > 0)
+    });
+
+    // Fill the disk: the writer's appends fail from now on.
+    let filler = cluster.log_dir().join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    while f.write_all(&[0u8; 4096]).is_ok() {}
+    drop(f);
+    wait_for(Duration::from_secs(20), "dropped bytes on /metrics", || {
+        dropped_bytes(&cluster).filter(|&n| n > 0)
+    });
+    assert!(riklet_e2e::alive(pid), "the pod stopped on a full disk");
+    assert_eq!(cluster.app("chatty")["state"], "RUNNING");
+
+    // Space again: writing goes on, in whole records.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let before = std::fs::metadata(&current).expect("current file").len();
+    wait_for(Duration::from_secs(10), "new lines after the disk has room", || {
+        (std::fs::metadata(&current).ok()?.len() > before).then_some(())
+    });
+    let text = std::fs::read_to_string(&current).expect("current file");
+    for l in text.lines() {
+        let fields: Vec<&str> = l.splitn(4, ' ').collect();
+        assert!(
+            fields.len() == 4 && fields[3].starts_with("line-"),
+            "a broken record {l:?}"
+        );
+    }
+    cluster.rik_ok(&["delete", "chatty"]);
 }

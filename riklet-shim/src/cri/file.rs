@@ -44,10 +44,8 @@ impl RotatingFile {
     /// Opens (creating directory and file) the run's current file, and
     /// removes what earlier runs but the previous one left.
     pub(super) fn open(spec: &LogSpec) -> io::Result<Self> {
-        fs::create_dir_all(&spec.dir)?;
         let path = spec.current_file();
-        let file = open_append(&path)?;
-        let size = file.metadata()?.len();
+        let (file, size) = open_current(&spec.dir, &path)?;
         housekeeping::remove_old_runs(&spec.dir, spec.restart_count);
         let last_rotation = layout::list(&spec.dir)
             .unwrap_or_default()
@@ -220,11 +218,8 @@ impl RotatingFile {
     fn reopen(&mut self) {
         self.file = None;
         self.size = 0;
-        let opened = fs::create_dir_all(&self.spec.dir)
-            .and_then(|()| open_append(&self.path))
-            .and_then(|f| Ok((f.metadata()?.len(), f)));
-        match opened {
-            Ok((size, file)) => {
+        match open_current(&self.spec.dir, &self.path) {
+            Ok((file, size)) => {
                 self.file = Some(file);
                 self.size = size;
                 self.dropped.reopen_if_gone(&self.spec.dir);
@@ -236,6 +231,14 @@ impl RotatingFile {
 
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The current file `path` in `dir` (both made if missing), and its size.
+fn open_current(dir: &Path, path: &Path) -> io::Result<(File, u64)> {
+    fs::create_dir_all(dir)?;
+    let file = open_append(path)?;
+    let size = file.metadata()?.len();
+    Ok((file, size))
 }
 
 /// Removes the oldest rotated files of the run beyond the count limit

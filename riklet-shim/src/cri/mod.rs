@@ -77,7 +77,7 @@ impl Default for Rotation {
 
 /// Where one run of a container logs, and how its files rotate: the shim
 /// spec's `log`, `riklet logger`'s arguments.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogSpec {
     /// The container's log directory,
     /// `<log_dir>/<namespace>_<app>_<instance>/<container>`.

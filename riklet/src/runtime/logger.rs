@@ -91,7 +91,7 @@ pub fn parse_args(args: &[OsString]) -> Option<Result<LogSpec, LoggerArgsError>>
         .chunks(2)
         .filter_map(|p| Some((p.first()?, p.get(1)?)))
         .collect();
-    if args.len() % 2 != 0 || !pairs.iter().any(|(k, _)| *k == LOGGER) {
+    if !args.len().is_multiple_of(2) || !pairs.iter().any(|(k, _)| *k == LOGGER) {
         return None;
     }
     let mut by_key: HashMap<&str, &OsString> = HashMap::new();
@@ -113,7 +113,7 @@ pub fn parse_args(args: &[OsString]) -> Option<Result<LogSpec, LoggerArgsError>>
 fn log_spec(args: &HashMap<&str, &OsString>) -> Result<LogSpec, LoggerArgsError> {
     let dir = args.get(LOGGER).ok_or(LoggerArgsError::Missing(LOGGER))?;
     Ok(LogSpec {
-        dir: PathBuf::from(dir),
+        dir: PathBuf::from(dir.as_os_str()),
         restart_count: number(args, RESTART_COUNT)?,
         rotation: Rotation {
             max_size: number(args, MAX_SIZE)?,
