@@ -229,7 +229,10 @@ struct ContainerLogs {
 /// The containers a request asks for, sorted by name, each with the run
 /// to read. A container without logs (or without a previous run) is left
 /// out; NOT_FOUND when none is left.
-fn requested_containers(pod_dir: &Path, req: &NodeLogsRequest) -> Result<Vec<ContainerLogs>, Status> {
+fn requested_containers(
+    pod_dir: &Path,
+    req: &NodeLogsRequest,
+) -> Result<Vec<ContainerLogs>, Status> {
     let mut names: Vec<String> = std::fs::read_dir(pod_dir)
         .map_err(|e| Status::internal(format!("{}: {e}", pod_dir.display())))?
         .filter_map(|e| e.ok())
@@ -292,7 +295,10 @@ fn send_records(tx: &ChunkSender, instance_id: &str, container: &str, mut data: 
             match data[..CHUNK_BYTES].iter().rposition(|b| *b == b'\n') {
                 Some(i) => i + 1,
                 // One record longer than a chunk goes whole.
-                None => data.iter().position(|b| *b == b'\n').map_or(data.len(), |i| i + 1),
+                None => data
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(data.len(), |i| i + 1),
             }
         };
         let chunk = LogChunk {
@@ -412,7 +418,12 @@ mod tests {
     fn records_are_sent_whole_in_bounded_chunks() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let mut data = Vec::new();
-        for (byte, len) in [(b'a', 100 << 10), (b'b', 200 << 10), (b'c', 300 << 10), (b'd', 10)] {
+        for (byte, len) in [
+            (b'a', 100 << 10),
+            (b'b', 200 << 10),
+            (b'c', 300 << 10),
+            (b'd', 10),
+        ] {
             data.extend(std::iter::repeat_n(byte, len));
             data.push(b'\n');
         }
@@ -420,13 +431,19 @@ mod tests {
         let mut sizes = Vec::new();
         let mut got = Vec::new();
         while let Ok(Ok(chunk)) = rx.try_recv() {
-            assert_eq!((chunk.instance_id.as_str(), chunk.container.as_str()), ("web-1", "c"));
+            assert_eq!(
+                (chunk.instance_id.as_str(), chunk.container.as_str()),
+                ("web-1", "c")
+            );
             assert!(chunk.data.ends_with(b"\n"), "a record was cut");
             sizes.push(chunk.data.len());
             got.extend(chunk.data);
         }
         assert_eq!(got, data);
         // a; b (a and b pass the limit); c alone, longer than a chunk; d.
-        assert_eq!(sizes, [(100 << 10) + 1, (200 << 10) + 1, (300 << 10) + 1, 11]);
+        assert_eq!(
+            sizes,
+            [(100 << 10) + 1, (200 << 10) + 1, (300 << 10) + 1, 11]
+        );
     }
 }

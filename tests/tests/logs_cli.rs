@@ -77,7 +77,10 @@ fn tail_since_timestamps_container_and_instance() {
     );
     let a = logs_when(&cluster, &["logs", "talk", "-c", "a"], |t| t.contains('5'));
     assert_eq!(a, "1\n2\n3\n4\n5\n");
-    assert_eq!(cluster.rik_ok(&["logs", "talk", "-c", "a", "--tail", "2"]), "4\n5\n");
+    assert_eq!(
+        cluster.rik_ok(&["logs", "talk", "-c", "a", "--tail", "2"]),
+        "4\n5\n"
+    );
     assert_eq!(cluster.rik_ok(&["logs", "talk", "-c", "b"]), "from-b\n");
     // Both containers, by time: a's lines were written before b's (a
     // starts first) or after; every line is there once.
@@ -97,8 +100,13 @@ fn tail_since_timestamps_container_and_instance() {
 
     // --since: `new` comes 6 s after the numbers; a 3 s window right after
     // it shows has it and not them.
-    logs_when(&cluster, &["logs", "talk", "-c", "a"], |t| t.contains("new"));
-    assert_eq!(cluster.rik_ok(&["logs", "talk", "-c", "a", "--since", "3s"]), "new\n");
+    logs_when(&cluster, &["logs", "talk", "-c", "a"], |t| {
+        t.contains("new")
+    });
+    assert_eq!(
+        cluster.rik_ok(&["logs", "talk", "-c", "a", "--since", "3s"]),
+        "new\n"
+    );
     assert_eq!(
         cluster.rik_ok(&["logs", "talk", "-c", "a", "--since", "1h"]),
         "1\n2\n3\n4\n5\nnew\n"
@@ -178,7 +186,10 @@ fn previous_run_and_follow_across_a_restart() {
     assert_eq!(follow.line(SOON, "the first run's line"), "first run");
     assert_eq!(follow.line(SOON, "the second run's line"), "second run");
     assert_eq!(cluster.rik_ok(&["logs", "again"]), "second run\n");
-    assert_eq!(cluster.rik_ok(&["logs", "again", "--previous"]), "first run\n");
+    assert_eq!(
+        cluster.rik_ok(&["logs", "again", "--previous"]),
+        "first run\n"
+    );
     assert_eq!(cluster.rik_ok(&["logs", "again", "-p", "--tail", "0"]), "");
     cluster.rik_ok(&["delete", "again"]);
     let _ = std::fs::remove_file(&marker);
@@ -198,7 +209,10 @@ fn follow_shows_new_lines_and_ends_when_the_app_is_deleted() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected line {first:?}"));
     assert!(n > 2, "an old line was shown: {first:?}");
-    assert_eq!(follow.line(SOON, "the line after"), format!("tick {}", n + 1));
+    assert_eq!(
+        follow.line(SOON, "the line after"),
+        format!("tick {}", n + 1)
+    );
     cluster.rik_ok(&["delete", "ticker"]);
     wait_for(SOON, "the follow to end after the delete", || {
         (!follow.running()).then_some(())

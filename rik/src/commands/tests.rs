@@ -375,7 +375,11 @@ async fn logs_of_several_instances_are_prefixed_and_decoded() {
     );
     // One instance asked for: no prefix (the fake sends both anyway).
     assert_eq!(
-        rik_logs(&mut scheduler, &["logs", "web", "--timestamps", "--instance", "web-1"]).await,
+        rik_logs(
+            &mut scheduler,
+            &["logs", "web", "--timestamps", "--instance", "web-1"]
+        )
+        .await,
         "2026-01-01T00:00:01.000000000Z one\n2026-01-01T00:00:02.000000000Z two\n"
     );
 }

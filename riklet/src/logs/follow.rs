@@ -11,9 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Result;
 use super::layout;
 use super::read::{Current, Run, inode_of, load_rotated};
-use super::Result;
 
 /// Whether a followed container's logs can still grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

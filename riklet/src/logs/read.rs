@@ -185,11 +185,7 @@ pub fn read_run(
 
 /// Where the last `tail` lines begin: the file, and how many selected
 /// lines of it come before.
-fn tail_start(
-    run: &Run,
-    tail: usize,
-    since: Option<DateTime<Utc>>,
-) -> Result<(usize, usize)> {
+fn tail_start(run: &Run, tail: usize, since: Option<DateTime<Utc>>) -> Result<(usize, usize)> {
     let mut wanted = tail;
     for i in (0..run.len()).rev() {
         let lines = LineFilter::new(since).count(&run.load(i)?);
@@ -239,12 +235,7 @@ impl LineFilter {
 
     /// Sends the records of the kept lines of `data` to `out`, in runs,
     /// after skipping `skip` kept lines. False when `out` refused.
-    fn send(
-        &mut self,
-        data: &[u8],
-        skip: &mut usize,
-        out: &mut dyn FnMut(&[u8]) -> bool,
-    ) -> bool {
+    fn send(&mut self, data: &[u8], skip: &mut usize, out: &mut dyn FnMut(&[u8]) -> bool) -> bool {
         let mut run_start: Option<usize> = None;
         let mut sending = false;
         let mut at = 0;

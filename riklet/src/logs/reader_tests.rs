@@ -112,7 +112,11 @@ fn a_long_line_counts_once_and_is_kept_whole() {
     let long = "2026-01-01T00:00:05.0Z stdout P aaa\n\
                 2026-01-01T00:00:06.0Z stdout P bbb\n\
                 2026-01-01T00:00:07.0Z stdout F ccc\n";
-    fs::write(dir.path().join("0.log"), format!("{}{long}{}", rec(1), rec(8))).unwrap();
+    fs::write(
+        dir.path().join("0.log"),
+        format!("{}{long}{}", rec(1), rec(8)),
+    )
+    .unwrap();
     let tail = Selection {
         tail: Some(2),
         ..Selection::default()

@@ -61,7 +61,10 @@ impl Source {
     /// The next record not sent yet (with its newline).
     fn head(&self) -> &[u8] {
         let rest = &self.chunk.data[self.at..];
-        let end = rest.iter().position(|b| *b == b'\n').map_or(rest.len(), |i| i + 1);
+        let end = rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
         &rest[..end]
     }
 
@@ -142,7 +145,10 @@ impl Merge {
 /// The time field of a CRI record, `None` for a line in another format.
 fn record_time(record: &[u8]) -> Option<&[u8]> {
     let field = record.split(|b| *b == b' ').next()?;
-    field.first().is_some_and(u8::is_ascii_digit).then_some(field)
+    field
+        .first()
+        .is_some_and(u8::is_ascii_digit)
+        .then_some(field)
 }
 
 /// Whether a record ends its line: every record but a `P` (partial) one.
@@ -195,7 +201,10 @@ mod tests {
             ("b", rec(3, "F", "b3") + &rec(4, "F", "b4")),
             ("a", rec(5, "F", "a5")),
         ];
-        let want: Vec<(String, String)> = want.iter().map(|(i, d)| (i.to_string(), d.clone())).collect();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(i, d)| (i.to_string(), d.clone()))
+            .collect();
         assert_eq!(got, want);
     }
 
@@ -231,6 +240,9 @@ mod tests {
         let b = stream(vec![Err(Status::unavailable("node gone"))]);
         let got: Vec<Result<LogChunk, Status>> = by_time(vec![a, b]).collect().await;
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].as_ref().unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(
+            got[0].as_ref().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
     }
 }
