@@ -279,9 +279,8 @@ pub struct PodNetwork {
     ops: tokio::sync::RwLock<()>,
     instances: InstanceLocks,
     /// The index of the bridge when it was last checked in full (address,
-    /// up), and when. The full check lists every address of the host (an
-    /// IPv6 one per pod veth), so a burst of attaches makes it at most once
-    /// per [`BRIDGE_RECHECK`]. The lock serialises it: the kernel allows one
+    /// up), and when. The full check lists every address of the host, so
+    /// a burst of attaches makes it at most once per [`BRIDGE_RECHECK`]. The lock serialises it: the kernel allows one
     /// dump at a time on the host's netlink socket (another fails with
     /// EBUSY).
     bridge: tokio::sync::Mutex<Option<(u32, Instant)>>,
@@ -509,6 +508,7 @@ impl PodNetwork {
     /// deleted, downed or stripped of its address.
     async fn bridge_index(&self) -> Result<u32> {
         let host = &self.host.handle;
+        let asked = Instant::now();
         let checked = *self.bridge.lock().await;
         if let Some((index, at)) = checked
             && at.elapsed() < BRIDGE_RECHECK
@@ -519,6 +519,12 @@ impl PodNetwork {
             return Ok(index);
         }
         let mut checked = self.bridge.lock().await;
+        // Attaches that queued here behind one full check take its answer.
+        if let Some((index, at)) = *checked
+            && at > asked
+        {
+            return Ok(index);
+        }
         let index = link::ensure_bridge(
             host,
             &self.config.bridge,
