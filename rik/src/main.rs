@@ -245,6 +245,18 @@ mod tests {
                 "--container",
                 "c",
             ],
+            &[
+                "rik",
+                "logs",
+                "app/web",
+                "-p",
+                "--since",
+                "5m",
+                "--timestamps",
+                "--instance",
+                "web-7d2kq",
+                "--prefix",
+            ],
         ] {
             Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }

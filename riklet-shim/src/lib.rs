@@ -16,7 +16,9 @@
 //! - [`child`]: starting the process in its cgroups and network namespace;
 //! - [`record`]: process identities and exit records, shared with the
 //!   riklet's runtime memory;
-//! - [`cri`]: the CRI log writer (also used by `riklet logger`);
+//! - [`cri`]: the CRI log writer, which rotates its files (also used by
+//!   `riklet logger`);
+//! - [`layout`]: the names of a container's log files (kubelet's layout);
 //! - [`fsutil`]: crash-safe file writes; [`clock`]: the clocks;
 //! - [`fds`]: inherited descriptors kept from children.
 
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod cri;
 pub mod fds;
 pub mod fsutil;
+pub mod layout;
 pub mod protocol;
 pub mod record;
 pub mod supervise;

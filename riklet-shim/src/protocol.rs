@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cri::LogSpec;
 use crate::record::{ExitRecord, ProcId};
 
 /// File name of the shim's executable, installed next to `riklet`.
@@ -38,7 +39,8 @@ pub struct ShimSpec {
     /// `tasks` files of the container's v1 cgroups (hybrid hosts), which
     /// the child joins before `exec`.
     pub v1_tasks_files: Vec<PathBuf>,
-    pub log_path: PathBuf,
+    /// Where the container's output goes, and how its files rotate.
+    pub log: LogSpec,
     /// The pod's network namespace (`/run/netns/rik-<instance>`), joined
     /// before `exec`; `None` stays in the host's (hostNetwork).
     #[serde(default, skip_serializing_if = "Option::is_none")]

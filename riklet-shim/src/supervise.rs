@@ -141,8 +141,8 @@ fn supervise(run_dir: &Path, mut steps: ShimSteps) -> Result<(), ShimError> {
     })?;
     let spec: ShimSpec =
         serde_json::from_slice(&text).map_err(|source| ShimError::BadSpec { path, source })?;
-    let writer = CriWriter::open(&spec.log_path).map_err(|source| ShimError::Log {
-        path: spec.log_path.clone(),
+    let writer = CriWriter::open(&spec.log).map_err(|source| ShimError::Log {
+        path: spec.log.current_file(),
         source,
     })?;
     steps.prepared = monotonic_us();
@@ -175,7 +175,10 @@ fn supervise(run_dir: &Path, mut steps: ShimSteps) -> Result<(), ShimError> {
     };
     // Durable: a riklet that is away reads it later, perhaps after a
     // power loss.
-    record(run_dir, EXIT_FILE, &exit, true)
+    record(run_dir, EXIT_FILE, &exit, true)?;
+    // After the exit is known: the riklet need not wait for gzip.
+    writer.finish(DRAIN_TIMEOUT);
+    Ok(())
 }
 
 /// Writes one JSON file of the run directory, durably or not (see

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use riklet_shim::child;
+use riklet_shim::cri::{LogSpec, Rotation};
 use riklet_shim::protocol::ShimSpec;
 
 /// A v2 cgroup of the test's own, removed on drop (also after a failure).
@@ -67,7 +68,12 @@ fn spec(cgroup: &TestCgroup, exec: &str, args: &[&str]) -> ShimSpec {
         gid: 65534,
         cgroup_v2: cgroup.0.clone(),
         v1_tasks_files: vec![],
-        log_path: "/dev/null".into(),
+        // Unused: `child::spawn` only starts the process.
+        log: LogSpec {
+            dir: "/nonexistent".into(),
+            restart_count: 0,
+            rotation: Rotation::default(),
+        },
         netns: None,
     }
 }

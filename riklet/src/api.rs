@@ -24,13 +24,18 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
 
 use crate::admin::{AgentStatus, ContainerdStatus};
 use crate::agent::AgentHandle;
-use crate::logs;
+use crate::logs::{self, LogError};
 
-/// How often a followed log file is checked for new lines.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How often a followed log is checked for new records: well under the
+/// 100 ms within which `rik logs -f` shows a new line.
+const FOLLOW_POLL: Duration = Duration::from_millis(25);
+/// Largest `data` of a `LogChunk` (whole records): far under the 4 MiB
+/// message limit of gRPC clients.
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// A node API that could not be served or reached.
 #[derive(Debug, thiserror::Error)]
@@ -214,82 +219,142 @@ impl LogService {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 
-/// The log files a request asks for: `(container, path)`, sorted.
-fn requested_files(dir: &Path, req: &NodeLogsRequest) -> Result<Vec<(String, PathBuf)>, Status> {
-    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
-        .map_err(|e| Status::internal(e.to_string()))?
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                e.path().join("0.log"),
-            )
-        })
-        .filter(|(name, path)| {
-            path.exists() && (req.container.is_empty() || *name == req.container)
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Status::not_found(format!(
-            "no logs for container {:?} of instance {}",
-            req.container, req.instance_id
-        )));
-    }
-    Ok(files)
+/// One container's logs a request reads: its directory and run.
+struct ContainerLogs {
+    name: String,
+    dir: PathBuf,
+    run: u32,
 }
 
-/// Sends the last `tail` lines of every file, then, if `follow`, what is
-/// appended to them until a file disappears (the pod was deleted) or the
-/// client goes away.
-async fn stream_logs(
-    files: Vec<(String, PathBuf)>,
-    instance_id: String,
-    tail: usize,
-    follow: bool,
-    tx: tokio::sync::mpsc::Sender<Result<LogChunk, Status>>,
-) {
-    let chunk = |container: &str, data| LogChunk {
-        instance_id: instance_id.clone(),
-        container: container.to_string(),
-        data,
-    };
-    let mut offsets = Vec::new();
-    for (container, path) in &files {
-        let (data, off) = match logs::read_tail(path, tail) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.send(Err(Status::internal(crate::error_chain(&e)))).await;
-                return;
+/// The containers a request asks for, sorted by name, each with the run
+/// to read. A container without logs (or without a previous run) is left
+/// out; NOT_FOUND when none is left.
+fn requested_containers(
+    pod_dir: &Path,
+    req: &NodeLogsRequest,
+) -> Result<Vec<ContainerLogs>, Status> {
+    let mut names: Vec<String> = std::fs::read_dir(pod_dir)
+        .map_err(|e| Status::internal(format!("{}: {e}", pod_dir.display())))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| req.container.is_empty() || *name == req.container)
+        .collect();
+    names.sort();
+    let mut containers = Vec::new();
+    for name in names {
+        let dir = pod_dir.join(&name);
+        match logs::pick_run(&dir, req.previous) {
+            Ok(run) => containers.push(ContainerLogs { name, dir, run }),
+            Err(LogError::NoLogs { .. } | LogError::NoPrevious { .. }) => {}
+            Err(e) => return Err(Status::internal(crate::error_chain(&e))),
+        }
+    }
+    if containers.is_empty() {
+        let what = if req.previous {
+            "no previous run (no restart yet)"
+        } else {
+            "no logs"
+        };
+        let which = if req.container.is_empty() {
+            "any container".to_string()
+        } else {
+            format!("container {:?}", req.container)
+        };
+        return Err(Status::not_found(format!(
+            "{what} for {which} of instance {}",
+            req.instance_id
+        )));
+    }
+    Ok(containers)
+}
+
+/// What a request selects in each container's logs.
+fn selection(req: &NodeLogsRequest) -> logs::Selection {
+    let since = (req.since_ms > 0).then(|| {
+        let ms = i64::try_from(req.since_ms).unwrap_or(i64::MAX);
+        let ago = chrono::TimeDelta::try_milliseconds(ms).unwrap_or(chrono::TimeDelta::MAX);
+        chrono::Utc::now()
+            .checked_sub_signed(ago)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    });
+    logs::Selection {
+        tail: req.tail.map(|t| t as usize),
+        since,
+        previous: req.previous,
+    }
+}
+
+/// Sends `data` as chunks of whole records of at most [`CHUNK_BYTES`]
+/// (unless one record is longer). False when the client is gone.
+fn send_records(tx: &ChunkSender, instance_id: &str, container: &str, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        let cut = if data.len() <= CHUNK_BYTES {
+            data.len()
+        } else {
+            match data[..CHUNK_BYTES].iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                // One record longer than a chunk goes whole.
+                None => data
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(data.len(), |i| i + 1),
             }
         };
-        offsets.push(off);
-        if tx.send(Ok(chunk(container, data))).await.is_err() {
-            return;
+        let chunk = LogChunk {
+            instance_id: instance_id.to_string(),
+            container: container.to_string(),
+            data: data[..cut].to_vec(),
+        };
+        if tx.blocking_send(Ok(chunk)).is_err() {
+            return false;
         }
+        data = &data[cut..];
     }
-    if !follow {
-        return;
-    }
-    loop {
-        tokio::time::sleep(FOLLOW_POLL).await;
-        for ((container, path), off) in files.iter().zip(offsets.iter_mut()) {
-            // The file disappears when the pod is deleted: stop then.
-            let Ok((data, next)) = logs::read_from(path, *off) else {
-                return;
-            };
-            *off = next;
-            if data.is_empty() {
-                continue;
-            }
-            if tx.send(Ok(chunk(container, data))).await.is_err() {
-                return;
-            }
-        }
+    true
+}
+
+type ChunkSender = tokio::sync::mpsc::Sender<Result<LogChunk, Status>>;
+
+/// Sends what `selection` asks of each container's logs, then, if
+/// `follow`, the records written next, until every container's log
+/// directory is removed (the pod's logs are gone) or the client goes away.
+/// Runs on a blocking thread: files are read with `std::fs`.
+fn stream_logs(
+    containers: Vec<ContainerLogs>,
+    instance_id: &str,
+    selection: &logs::Selection,
+    follow: bool,
+    tx: &ChunkSender,
+) -> logs::Result<()> {
+    let mut followers = Vec::new();
+    for c in containers {
+        let run = logs::Run::open(&c.dir, c.run, None)?;
+        let offset = logs::read_run(&run, selection, &mut |d| {
+            send_records(tx, instance_id, &c.name, d)
+        })?;
         if tx.is_closed() {
-            return;
+            return Ok(());
+        }
+        if follow {
+            followers.push((c.name, logs::Follower::after(&c.dir, run, offset)));
         }
     }
+    while !followers.is_empty() && !tx.is_closed() {
+        std::thread::sleep(FOLLOW_POLL);
+        let mut i = 0;
+        while i < followers.len() {
+            let (name, follower) = &mut followers[i];
+            let progress = follower.poll(&mut |d| send_records(tx, instance_id, name, d))?;
+            if progress == logs::Progress::Gone {
+                debug!(instance = %instance_id, container = %name, "log directory removed, follow ends");
+                followers.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -310,15 +375,18 @@ impl NodeLogs for LogService {
         let dir = self.pod_dir(&req.instance_id).ok_or_else(|| {
             Status::not_found(format!("no logs for instance {}", req.instance_id))
         })?;
-        let files = requested_files(&dir, &req)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(stream_logs(
-            files,
-            req.instance_id,
-            req.tail as usize,
-            req.follow,
-            tx,
-        ));
+        let containers = requested_containers(&dir, &req)?;
+        let selection = selection(&req);
+        // `--previous` reads a run that no longer grows.
+        let follow = req.follow && !req.previous;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::task::spawn_blocking(move || {
+            let id = req.instance_id;
+            if let Err(e) = stream_logs(containers, &id, &selection, follow, &tx) {
+                warn!(instance = %id, error = %crate::error_chain(&e), "cannot read logs");
+                let _ = tx.blocking_send(Err(Status::internal(crate::error_chain(&e))));
+            }
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -340,4 +408,42 @@ pub async fn serve_logs(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_sent_whole_in_bounded_chunks() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let mut data = Vec::new();
+        for (byte, len) in [
+            (b'a', 100 << 10),
+            (b'b', 200 << 10),
+            (b'c', 300 << 10),
+            (b'd', 10),
+        ] {
+            data.extend(std::iter::repeat_n(byte, len));
+            data.push(b'\n');
+        }
+        assert!(send_records(&tx, "web-1", "c", &data));
+        let mut sizes = Vec::new();
+        let mut got = Vec::new();
+        while let Ok(Ok(chunk)) = rx.try_recv() {
+            assert_eq!(
+                (chunk.instance_id.as_str(), chunk.container.as_str()),
+                ("web-1", "c")
+            );
+            assert!(chunk.data.ends_with(b"\n"), "a record was cut");
+            sizes.push(chunk.data.len());
+            got.extend(chunk.data);
+        }
+        assert_eq!(got, data);
+        // a; b (a and b pass the limit); c alone, longer than a chunk; d.
+        assert_eq!(
+            sizes,
+            [(100 << 10) + 1, (200 << 10) + 1, (300 << 10) + 1, 11]
+        );
+    }
 }

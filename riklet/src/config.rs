@@ -43,6 +43,8 @@ pub enum ConfigError {
     NodeName(#[source] proto::manifest::ManifestError),
     #[error("config: network")]
     Network(#[source] crate::network::NetworkError),
+    #[error(transparent)]
+    Sink(#[from] crate::shipper::SinkConfigError),
 }
 
 /// Every setting of the riklet (TOML keys are the field names).
@@ -80,8 +82,6 @@ pub struct Config {
     pub restart_backoff_initial: Duration,
     #[serde(deserialize_with = "duration")]
     pub restart_backoff_max: Duration,
-    /// Keep a pod's log directory when it is deleted.
-    pub keep_logs_on_delete: bool,
     /// How many container starts (pod network, image pull, shim or
     /// containerd task) run at once; the others wait their turn, in order.
     /// Defaults to the CPU count × 4; at least 1.
@@ -94,6 +94,8 @@ pub struct Config {
     pub metrics_interval: Duration,
     /// Pod network: bridge, pod CIDR, masquerade (`[network]` table).
     pub network: crate::network::NetworkConfig,
+    /// Pod log rotation and retention (`[logs]` table).
+    pub logs: LogsConfig,
     /// Where containerd is (`[containerd]` table).
     pub containerd: ContainerdConfig,
     /// How to reach image registries (`[registries]` table).
@@ -106,6 +108,70 @@ pub struct Config {
     /// Node addresses on which apps' ports are served; empty: every IPv4
     /// address of the node (and 127.0.0.1 for the node's own clients).
     pub proxy_addresses: Vec<std::net::Ipv4Addr>,
+}
+
+/// Pod logs: the writers' rotation limits (an app's `spec.logs` overrides
+/// them) and how long a deleted app's logs stay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Largest log file: the current file rotates before a write would
+    /// make it larger. At least 64Ki.
+    #[serde(deserialize_with = "size")]
+    pub max_size: u64,
+    /// Files kept per container run, the current one and the rotated ones
+    /// (kubelet's `containerLogMaxFiles`); at least 1.
+    pub max_files: u32,
+    /// How long the log directory of a deleted app's pod stays; 0 removes
+    /// it at once.
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    /// Where the log shipper sends every pod's lines (`[[logs.sinks]]`
+    /// tables); none: the shipper does not run.
+    pub sinks: Vec<crate::shipper::LogSink>,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        let rotation = crate::logs::Rotation::default();
+        LogsConfig {
+            max_size: rotation.max_size,
+            max_files: rotation.max_files,
+            retention: Duration::from_secs(3600),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+impl LogsConfig {
+    /// The writers' limits.
+    pub fn rotation(&self) -> crate::logs::Rotation {
+        crate::logs::Rotation {
+            max_size: self.max_size,
+            max_files: self.max_files,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let min = proto::manifest::MIN_LOG_FILE_SIZE;
+        if self.max_size < min {
+            return Err(ConfigError::Invalid {
+                field: "logs.max_size",
+                reason: format!(
+                    "{} bytes is less than the {min} bytes minimum",
+                    self.max_size
+                ),
+            });
+        }
+        if self.max_files == 0 {
+            return Err(ConfigError::Invalid {
+                field: "logs.max_files",
+                reason: "must be at least 1".into(),
+            });
+        }
+        crate::shipper::config::validate_sinks(&self.sinks)?;
+        Ok(())
+    }
 }
 
 /// The containerd that runs image containers.
@@ -201,11 +267,11 @@ impl Default for Config {
             stop_grace_period: Duration::from_secs(10),
             restart_backoff_initial: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
-            keep_logs_on_delete: false,
             start_parallelism: default_start_parallelism(),
             metrics_addr: "127.0.0.1:9102".parse().expect("valid"),
             metrics_interval: Duration::from_secs(5),
             network: crate::network::NetworkConfig::default(),
+            logs: LogsConfig::default(),
             containerd: ContainerdConfig::default(),
             registries: RegistriesConfig::default(),
             proxy: crate::proxy::ProxyMode::default(),
@@ -224,6 +290,12 @@ pub fn default_start_parallelism() -> usize {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A size in bytes as a manifest writes it (`"10Mi"`).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    proto::manifest::parse_size(&s).map_err(serde::de::Error::custom)
 }
 
 impl Config {
@@ -265,6 +337,7 @@ impl Config {
             });
         }
         self.network.validate().map_err(ConfigError::Network)?;
+        self.logs.validate()?;
         containerd::check_identifier(&self.containerd.namespace).map_err(|why| {
             ConfigError::Invalid {
                 field: "containerd.namespace",
@@ -364,6 +437,28 @@ mod tests {
     }
 
     #[test]
+    fn logs_table() {
+        let c = Config::default();
+        assert_eq!(c.logs.max_size, 10 << 20);
+        assert_eq!(c.logs.max_files, 5);
+        assert_eq!(c.logs.retention, Duration::from_secs(3600));
+        let c: Config =
+            toml::from_str("[logs]\nmax_size = \"64Ki\"\nmax_files = 1\nretention = \"0s\"\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.logs.max_size, 64 << 10);
+        assert_eq!(c.logs.max_files, 1);
+        assert!(c.logs.retention.is_zero());
+        let err = toml::from_str::<Config>("[logs]\nmax_size = \"ten\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_size") && err.contains("not a size"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_field() {
         let err = toml::from_str::<Config>("no_such_key = 1")
             .unwrap_err()
@@ -385,6 +480,12 @@ mod tests {
             ("[containerd]\nnamespace = \"a b\"", "containerd.namespace"),
             ("[containerd]\nsocket = \"c.sock\"", "containerd.socket"),
             ("[registries]\ntimeout = \"0s\"", "registries.timeout"),
+            ("[logs]\nmax_size = \"63Ki\"", "logs.max_size"),
+            ("[logs]\nmax_files = 0", "logs.max_files"),
+            (
+                "[[logs.sinks]]\nkind = \"syslog\"\naddress = \"nope\"",
+                "logs.sinks[0].address",
+            ),
             (
                 "[registries]\ninsecure = [\"http://x\"]",
                 "registries.insecure",

@@ -19,6 +19,8 @@
 //! - [`cgroups`]: pod cgroups on hybrid and pure v2 hosts.
 //! - [`metrics`]: eBPF network counters and node figures.
 //! - [`logs`]: CRI log files, writing and tailing.
+//! - [`shipper`]: the log shipper (syslog, JSON lines), when sinks are
+//!   configured.
 //! - [`api`]: control socket (`riklet status|pods`) and node logs service;
 //!   [`admin`]: the status document and the tables those commands print.
 //! - [`observability`]: tracing setup; [`steps`]: the timed steps of a
@@ -38,6 +40,7 @@ pub mod observability;
 pub mod proxy;
 pub mod runtime;
 pub mod scheduler_client;
+pub mod shipper;
 pub mod state;
 pub mod steps;
 
@@ -132,6 +135,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let settings = agent_settings(&config, &node, &user);
+    tokio::spawn(logs::retention::run(
+        settings.log_retention.clone(),
+        tasks.stop.subscribe(),
+    ));
     let backends = backends(&config, store, cgroups, network, &tasks)?;
     let containerd = backends.containerd.clone();
     let usage = metrics::collector::PodUsage::default();
@@ -140,9 +147,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let agent_task = tokio::spawn(agent.run(tasks.stop.subscribe()));
     let (proxy, proxy_task) = start_proxy(&config, &cgroup_v2_root, &handle, &tasks).await;
 
+    let shipper = start_shipper(&config, &node, &mut tasks);
     let extra = ExtraMetrics {
         proxy: proxy.as_ref(),
         scheduler: scheduler_calls.as_ref(),
+        shipper: shipper.as_ref(),
     };
     let (metrics_address, collector_task) =
         start_metrics(&config, &node, probes, usage, &handle, extra, &mut tasks).await?;
@@ -263,6 +272,33 @@ fn load_probes(cgroups: &cgroups::CgroupManager, config: &Config) -> Option<metr
     }
 }
 
+/// Starts the log shipper, one task per sink, when `[[logs.sinks]]` has
+/// any; returns its counters.
+fn start_shipper(
+    config: &Config,
+    node: &str,
+    tasks: &mut Tasks,
+) -> Option<shipper::ShipperMetrics> {
+    if config.logs.sinks.is_empty() {
+        return None;
+    }
+    let metrics = shipper::ShipperMetrics::new(&config.logs.sinks);
+    let settings = Arc::new(shipper::ShipperSettings {
+        log_dir: config.log_dir.clone(),
+        state_dir: config.state_dir.clone(),
+        node: node.to_string(),
+    });
+    for sink in &config.logs.sinks {
+        tasks.services.spawn(shipper::run_sink(
+            sink.clone(),
+            settings.clone(),
+            metrics.clone(),
+            tasks.stop.subscribe(),
+        ));
+    }
+    Some(metrics)
+}
+
 /// Starts the Node Proxy and its task; `None` (logged) when it cannot
 /// start: pods run, their ports are not proxied.
 async fn start_proxy(
@@ -353,7 +389,12 @@ fn agent_settings(config: &Config, node: &str, user: &nix::unistd::User) -> agen
         stop_grace_period: config.stop_grace_period,
         backoff_initial: config.restart_backoff_initial,
         backoff_max: config.restart_backoff_max,
-        keep_logs_on_delete: config.keep_logs_on_delete,
+        log_rotation: config.logs.rotation(),
+        log_retention: logs::retention::Retention::new(
+            &config.state_dir,
+            &config.log_dir,
+            config.logs.retention,
+        ),
         reserved_ports: reserved_ports(config),
         start_parallelism: config.start_parallelism,
     }
@@ -395,6 +436,8 @@ struct ExtraMetrics<'a> {
     proxy: Option<&'a proxy::ProxyHandle>,
     /// The embedded scheduler's calls served, with `--standalone`.
     scheduler: Option<&'a scheduler::metrics::ApiCalls>,
+    /// The log shipper's counters, when it runs.
+    shipper: Option<&'a shipper::ShipperMetrics>,
 }
 
 /// Starts the Prometheus endpoint and the collector that feeds it; returns
@@ -410,11 +453,18 @@ async fn start_metrics(
 ) -> Result<(String, JoinHandle<()>), Error> {
     let snapshots = metrics::exporter::SnapshotHandle::new();
     let mut registry = metrics::exporter::registry(snapshots.clone());
+    registry.register_collector(Box::new(logs::metrics::DroppedBytes::new(
+        &config.log_dir,
+        node,
+    )));
     if let Some(proxy) = extra.proxy {
         registry.register_collector(Box::new(proxy.metrics(node)));
     }
     if let Some(calls) = extra.scheduler {
         calls.register(registry.others_mut());
+    }
+    if let Some(shipper) = extra.shipper {
+        shipper.register(registry.others_mut());
     }
     let (listener, address) = bind("metrics endpoint", config.metrics_addr).await?;
     let stopped = tasks.stopped();

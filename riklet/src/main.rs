@@ -57,13 +57,6 @@ enum Command {
     /// Show the Node Proxy: each service, its datapath, backends and
     /// counters (JSON).
     Proxy,
-    /// Internal: containerd's logging binary for one container (started by
-    /// the containerd shim; output on fds 3 and 4).
-    #[command(hide = true)]
-    Logger {
-        /// CRI log file to append to.
-        log_path: PathBuf,
-    },
 }
 
 /// How `status` and `pods` print.
@@ -107,18 +100,26 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if let Some(Command::Logger { log_path }) = &cli.command {
+    // containerd's logging binary for one container (started by the
+    // containerd shim, output on fds 3 and 4): its arguments are key/value
+    // pairs in no fixed order, which clap cannot take.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match riklet::runtime::logger::parse_args(&args) {
         // Before any thread exists: the logger blocks SIGTERM for all.
-        riklet::runtime::logger::main(log_path);
+        Some(Ok(log)) => riklet::runtime::logger::main(&log),
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            std::process::exit(2)
+        }
+        None => {}
     }
+    let cli = Cli::parse();
     let config = load_config(&cli)?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Some(Command::Status { output }) => print_answer(&runtime, &config, "status", output),
         Some(Command::Pods { output }) => print_answer(&runtime, &config, "pods", output),
         Some(Command::Proxy) => print_answer(&runtime, &config, "proxy", Output::Json),
-        Some(Command::Logger { .. }) => unreachable!("handled above"),
         None => {
             riklet::observability::init(cli.log_json);
             abort_on_panic();

@@ -150,13 +150,17 @@ impl TestEnv {
         format!("/{}", self.ns)
     }
 
-    fn log_path(&self, container: &str) -> PathBuf {
-        riklet::logs::container_file(
-            &self.dir.path().join("logs"),
-            "app",
-            &self.instance(),
-            container,
-        )
+    fn log(&self, container: &str) -> riklet::logs::LogSpec {
+        riklet::logs::LogSpec {
+            dir: riklet::logs::container_dir(
+                &self.dir.path().join("logs"),
+                "app",
+                &self.instance(),
+                container,
+            ),
+            restart_count: 0,
+            rotation: riklet::logs::Rotation::default(),
+        }
     }
 
     /// A container of the test image running `command`.
@@ -181,7 +185,7 @@ impl TestEnv {
             limits: Limits::default(),
             netns: None,
             cgroups_path: format!("{}/{instance}_{container}", self.cgroup_root()),
-            log_path: self.log_path(container),
+            log: self.log(container),
             hostname: None,
             resolv_conf: None,
             hosts: None,
@@ -517,7 +521,9 @@ async fn httpd_on_the_host_network_logs_cgroups_restart_stop_remove() {
         memory_bytes: Some(64 << 20),
     };
     spec.labels.insert("extra".into(), "yes".into());
-    let log = spec.log_path.clone();
+    let log = spec.log.current_file();
+    // `riklet logger`'s arguments are pairs in any order; `logger DIR` is one.
+    let logger_arg = format!("logger {}", spec.log.dir.display());
     let cgroups_path = spec.cgroups_path.clone();
     let t0 = Instant::now();
     let run = start(&rt, spec).await;
@@ -543,7 +549,7 @@ async fn httpd_on_the_host_network_logs_cgroups_restart_stop_remove() {
     wait_for_log(&log, "stdout", "started-out");
     wait_for_log(&log, "stderr", "started-err");
     wait_for_log(&log, "stderr", "response:200");
-    let loggers = processes_with(&format!("logger {}", log.display()));
+    let loggers = processes_with(&logger_arg);
     assert_eq!(loggers.len(), 1, "one logger process for the container");
 
     // cgroups: v2 membership (eBPF accounting) and the limits.
@@ -670,7 +676,7 @@ async fn httpd_on_the_host_network_logs_cgroups_restart_stop_remove() {
         !Path::new("/sys/fs/cgroup/memory").join(rel).exists(),
         "v1 cgroup left behind"
     );
-    assert!(processes_with(&format!("logger {}", log.display())).is_empty());
+    assert!(processes_with(&logger_arg).is_empty());
     assert!(rt.list().await.unwrap().is_empty());
     rt.remove(&id).await.expect("removing twice is fine");
     assert!(rt.wait(&id).await.unwrap_err().is_not_found());
@@ -705,7 +711,7 @@ async fn httpd_in_a_pod_network_namespace() {
         .map(|n| PathBuf::from(format!("/run/netns/{n}")));
     probe.hostname = Some("pod-host".into());
     probe.hosts = Some(env.dir.path().join("hosts"));
-    let log = probe.log_path.clone();
+    let log = probe.log.current_file();
     let p = start(&rt, probe).await;
     let exit = rt.wait(&p.container_id).await.unwrap();
     assert_eq!(exit.exit_code, 0);
@@ -731,7 +737,7 @@ async fn stop_sigterm_then_sigkill_after_grace() {
             "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
         ],
     );
-    let polite_log = polite.log_path.clone();
+    let polite_log = polite.log.current_file();
     let run = start(&rt, polite).await;
     wait_for_log(&polite_log, "stdout", "ready");
     let t0 = Instant::now();
@@ -753,7 +759,7 @@ async fn stop_sigterm_then_sigkill_after_grace() {
             "trap '' TERM; echo ready; while true; do sleep 0.1; done",
         ],
     );
-    let stubborn_log = stubborn.log_path.clone();
+    let stubborn_log = stubborn.log.current_file();
     let run2 = start(&rt, stubborn).await;
     wait_for_log(&stubborn_log, "stdout", "ready");
     let t0 = Instant::now();
@@ -794,7 +800,7 @@ async fn exit_codes_users_env_and_oom_kills() {
     spec.image_config.user = Some("www".into());
     spec.image_config.working_dir = Some("/www".into());
     spec.env = vec![("MODE".into(), "test-mode".into())];
-    let log = spec.log_path.clone();
+    let log = spec.log.current_file();
     let run = start(&rt, spec).await;
     let exit = rt.wait(&run.container_id).await.unwrap();
     assert_eq!(exit.exit_code, 3, "{exit:?}");
@@ -917,7 +923,7 @@ async fn start_remove_cycles_leave_nothing_behind() {
     let mut latencies = Vec::new();
     for i in 0..20 {
         let spec = env.spec("cycle", &["/bin/sh", "-c", "echo cycle; exec sleep 3600"]);
-        let log = spec.log_path.clone();
+        let log = spec.log.current_file();
         let t0 = Instant::now();
         let run = start(&rt, spec).await;
         latencies.push(t0.elapsed());

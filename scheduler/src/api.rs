@@ -1,38 +1,31 @@
 //! `rik.v1.Rik`: the API the `rik` CLI talks to.
 //!
 //! Wire ⇄ domain conversions live here; the operations are in
-//! [`crate::cluster`]. `Logs` connects to each instance's node API
-//! (`NodeLogs`, at the `host_address` the riklet reported) and forwards the
-//! chunks. `Watch` sends the events the cluster builds for its watcher
+//! [`crate::cluster`], `Logs` in [`crate::logs`]. `Watch` sends the events
+//! the cluster builds for its watcher
 //! ([`crate::cluster::State::watch_next`]) as the client reads them. Every
 //! call is counted ([`ApiCalls`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use proto::common::ResourceStatus;
-use proto::rik::v1::node_logs_client::NodeLogsClient;
 use proto::rik::v1::rik_server::Rik;
 use proto::rik::v1::{
     App, ApplyRequest, ApplyResponse, DeleteAppRequest, DeleteAppResponse, GetAppRequest, Instance,
-    ListAppsRequest, ListAppsResponse, ListNodesRequest, ListNodesResponse, LogChunk, LogsRequest,
-    Node, NodeLogsRequest, WatchEvent, WatchRequest,
+    ListAppsRequest, ListAppsResponse, ListNodesRequest, ListNodesResponse, LogsRequest, Node,
+    WatchEvent, WatchRequest,
 };
 use tokio::sync::{Notify, watch};
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, ClusterError, WatchNext, unix_secs};
+use crate::logs::LogStream;
 use crate::metrics::ApiCalls;
 use crate::store::{AppRecord, Data};
-
-/// How long to wait for a node's API to accept a connection / answer.
-const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `rik.v1.Rik` service.
 #[derive(Debug, Clone)]
@@ -124,9 +117,6 @@ pub(crate) fn app_to_wire(name: &str, record: &AppRecord, data: &Data) -> App {
     }
 }
 
-/// A log stream forwarded to the CLI.
-pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
-
 /// A watch's events.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
@@ -196,68 +186,6 @@ impl WatchFeed {
             }
         }
     }
-}
-
-/// Where to fetch one instance's logs.
-struct LogSource {
-    instance_id: String,
-    node: String,
-    address: String,
-}
-
-async fn open_node_logs(
-    source: &LogSource,
-    tail: u32,
-    follow: bool,
-    container: &str,
-) -> Result<LogStream, Status> {
-    let LogSource {
-        instance_id,
-        node,
-        address,
-    } = source;
-    if address.is_empty() {
-        return Err(Status::unavailable(format!(
-            "node {node} (instance {instance_id}) has not reported its node API address, \
-             its logs cannot be fetched"
-        )));
-    }
-    let unreachable = |e: &dyn std::fmt::Display| {
-        Status::unavailable(format!(
-            "node {node} (instance {instance_id}) is unreachable at {address}: {e}"
-        ))
-    };
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| unreachable(&e))?
-        .connect_timeout(NODE_CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let request = NodeLogsRequest {
-        instance_id: instance_id.clone(),
-        tail,
-        follow,
-        container: container.to_string(),
-    };
-    let response = tokio::time::timeout(
-        NODE_CALL_TIMEOUT,
-        NodeLogsClient::new(channel).logs(request),
-    )
-    .await
-    .map_err(|_| unreachable(&"no answer"))?
-    .map_err(|s| Status::new(s.code(), format!("node {node}: {}", s.message())))?;
-    let id = instance_id.clone();
-    Ok(response
-        .into_inner()
-        .map(move |chunk| {
-            chunk.map(|mut c| {
-                if c.instance_id.is_empty() {
-                    c.instance_id = id.clone();
-                }
-                c
-            })
-        })
-        .boxed())
 }
 
 #[tonic::async_trait]
@@ -341,71 +269,9 @@ impl Rik for RikService {
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
         self.calls.count("Logs");
-        let LogsRequest {
-            app,
-            tail,
-            follow,
-            container,
-        } = request.into_inner();
-        let sources: Vec<LogSource> = {
-            let state = self.cluster.lock().await;
-            let data = state.store().data();
-            let record = data
-                .apps
-                .get(&app)
-                .ok_or_else(|| ClusterError::AppNotFound(app.clone()))?;
-            if !container.is_empty()
-                && !record
-                    .manifest
-                    .spec
-                    .containers
-                    .iter()
-                    .any(|c| c.name == container)
-            {
-                return Err(Status::not_found(format!(
-                    "container {container} not found in app {app}"
-                )));
-            }
-            data.instances_of(&app)
-                .filter_map(|(id, i)| {
-                    let node = i.node.as_ref()?;
-                    Some(LogSource {
-                        instance_id: id.clone(),
-                        node: node.clone(),
-                        address: state
-                            .nodes()
-                            .get(node)
-                            .map(|n| n.host_address.clone())
-                            .unwrap_or_default(),
-                    })
-                })
-                .collect()
-        };
-        if sources.is_empty() {
-            return Err(Status::unavailable(format!(
-                "app {app} has no instance placed on a node yet"
-            )));
-        }
-        let mut streams = Vec::with_capacity(sources.len());
-        for source in &sources {
-            match open_node_logs(source, tail, follow, &container).await {
-                Ok(s) => streams.push(s),
-                Err(status) => {
-                    warn!(app = %app, node = %source.node, instance = %source.instance_id,
-                        error = %status.message(), "cannot fetch logs");
-                    return Err(status);
-                }
-            }
-        }
-        // Followed logs interleave as they come; a one-off read gives each
-        // instance's lines in one block.
-        let merged: LogStream = if follow {
-            futures::stream::select_all(streams).boxed()
-        } else {
-            futures::stream::iter(streams).flatten().boxed()
-        };
+        let logs = crate::logs::open(&self.cluster, request.into_inner()).await?;
         let stopped = crate::stopped(self.stop.clone());
-        Ok(Response::new(merged.take_until(stopped).boxed()))
+        Ok(Response::new(logs.take_until(stopped).boxed()))
     }
 
     type WatchStream = WatchStream;

@@ -16,6 +16,7 @@
 //! - [`watchers`]: the open watches and what each still has to be sent.
 //! - [`worker_service`]: `worker.Worker` for riklets.
 //! - [`api`]: `rik.v1.Rik` for the CLI.
+//! - [`logs`]: `Logs`, read on the nodes, merged, followed.
 //! - [`metrics`]: the calls served, per method (Prometheus).
 //!
 //! [`run`] serves both until its shutdown future resolves; background tasks
@@ -37,6 +38,7 @@ use tracing::{info, warn};
 pub mod api;
 pub mod cluster;
 pub mod events;
+pub mod logs;
 pub mod metrics;
 pub mod nodes;
 pub mod placement;

@@ -191,7 +191,11 @@ impl NodeLogs for FakeNodeLogs {
         let chunk = LogChunk {
             instance_id: r.instance_id,
             container: r.container,
-            data: format!("tail={} follow={}\n", r.tail, r.follow).into_bytes(),
+            data: format!(
+                "tail={:?} follow={} since_ms={} previous={}\n",
+                r.tail, r.follow, r.since_ms, r.previous
+            )
+            .into_bytes(),
         };
         Ok(Response::new(futures::stream::iter([Ok(chunk)]).boxed()))
     }
@@ -323,9 +327,12 @@ async fn fake_riklet_end_to_end() {
     let chunks: Vec<LogChunk> = rik
         .logs(LogsRequest {
             app: "web".into(),
-            tail: 7,
+            tail: Some(7),
             follow: false,
             container: "c".into(),
+            since_ms: 2000,
+            previous: true,
+            instance_id: id.clone(),
         })
         .await
         .unwrap()
@@ -335,7 +342,10 @@ async fn fake_riklet_end_to_end() {
         .await;
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].instance_id, id);
-    assert_eq!(chunks[0].data, b"tail=7 follow=false\n");
+    assert_eq!(
+        chunks[0].data,
+        b"tail=Some(7) follow=false since_ms=2000 previous=true\n"
+    );
     let err = rik
         .logs(LogsRequest {
             app: "web".into(),
@@ -345,6 +355,16 @@ async fn fake_riklet_end_to_end() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    let err = rik
+        .logs(LogsRequest {
+            app: "web".into(),
+            instance_id: "web-nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("instance web-nope"), "{err:?}");
 
     // The hostname is taken while connected.
     let err = worker

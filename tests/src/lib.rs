@@ -135,6 +135,12 @@ pub struct Options {
     /// Run the riklet from a directory of its own that has no
     /// `riklet-shim` next to it (a hard link of the binary under test).
     pub without_shim: bool,
+    /// How long a deleted app's logs stay (`[logs] retention`; default the
+    /// riklet's, 1 h).
+    pub log_retention: Option<Duration>,
+    /// TOML appended to the riklet's config file, after every table the
+    /// harness writes (e.g. `[[logs.sinks]]` tables).
+    pub extra_config: Option<String>,
 }
 
 /// A one-node cluster and everything it created.
@@ -232,6 +238,12 @@ impl Cluster {
         }
         if let Some(t) = options.registry_timeout {
             config.push_str(&format!("timeout = \"{}ms\"\n", t.as_millis()));
+        }
+        if let Some(r) = options.log_retention {
+            config.push_str(&format!("[logs]\nretention = \"{}ms\"\n", r.as_millis()));
+        }
+        if let Some(extra) = &options.extra_config {
+            config.push_str(extra);
         }
         std::fs::write(cluster.dir.path().join("riklet.toml"), config).expect("write config");
         let mut cluster = cluster;

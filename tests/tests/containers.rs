@@ -458,15 +458,14 @@ fn two_container_pod_serves_talks_over_localhost_survives_riklet_crash_and_leave
     assert_eq!(pid(&app, "web"), web, "the server was restarted too");
     let new_client = pid(&app, "client");
     assert_eq!(netns_inode(new_client), netns_inode(web));
-    let before = std::fs::read_to_string(&log_file)
-        .expect("client log")
-        .len();
+    // The second run writes a file of its own, `1.log`.
+    let second_run = log_file.with_file_name("1.log");
     wait_for(
         Duration::from_secs(10),
         "the restarted client to fetch",
         || {
-            let text = std::fs::read_to_string(&log_file).ok()?;
-            text[before.min(text.len())..].contains(PAGE).then_some(())
+            let text = std::fs::read_to_string(&second_run).ok()?;
+            text.contains(PAGE).then_some(())
         },
     );
 
@@ -504,7 +503,13 @@ fn two_container_pod_serves_talks_over_localhost_survives_riklet_crash_and_leave
             .all(|c| cgroup_dirs(&cluster, &instance, c).is_empty()),
         "cgroups left"
     );
-    assert!(!log_file.exists(), "log left after delete");
+    // Logs stay for `[logs] retention` (1 h by default) after a delete
+    // (the client's first run's file went with its third run).
+    let client_logs = log_file.parent().expect("the client's log directory");
+    assert!(
+        client_logs.join("2.log").exists(),
+        "log removed before the retention"
+    );
     // The image stays for the next pod.
     assert!(ctr.ok(&["images", "ls", "-q"]).lines().any(|l| l == image));
 }
@@ -552,9 +557,17 @@ fn exits_restart_and_oom_kills_are_reported() {
     let exit = &container(&app, "main")["lastExit"];
     assert_eq!(exit["exitCode"], 3, "{app:#}");
     assert_eq!(exit["reason"], "Error", "{app:#}");
+    // Each run has its file: the first run's stays beside the second's
+    // (until a third run starts, 2 s after the second one's exit).
+    let instance = app["appId"].as_str().expect("appId");
+    let dir = cluster
+        .log_dir()
+        .join(format!("default_exiter_{instance}/main"));
+    let first = std::fs::read_to_string(dir.join("0.log")).expect("the first run's log file");
+    assert!(first.ends_with(" stdout F run\n"), "{first}");
     wait_for(Duration::from_secs(10), "the second run's output", || {
-        let logs = cluster.rik_ok(&["logs", "exiter"]);
-        (logs.matches("run").count() >= 2).then_some(())
+        let second = std::fs::read_to_string(dir.join("1.log")).ok()?;
+        second.ends_with(" stdout F run\n").then_some(())
     });
 
     let hog = cluster.wait_app("hog", "the OOM kill", |a| a["state"] == "FAILED");

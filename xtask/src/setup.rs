@@ -29,6 +29,8 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "nginx-light",
     "haproxy",
+    // The log shipper's test receiver (syslog over TCP, RFC 5424).
+    "rsyslog",
 ];
 
 pub fn run() -> anyhow::Result<()> {

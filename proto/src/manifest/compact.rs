@@ -67,6 +67,7 @@ impl Compact {
                 }],
                 restart_policy: RestartPolicy::Always,
                 host_network: false,
+                logs: None,
             },
             deployment: Some(Deployment {
                 app: self.name,

@@ -26,7 +26,7 @@ mod workload;
 
 use serde::{Deserialize, Serialize};
 
-pub use quantity::{QuantityError, parse_cpu, parse_memory};
+pub use quantity::{QuantityError, parse_cpu, parse_memory, parse_size};
 pub use reference::{ImageReferenceError, MAX_IMAGE_NAME, check_image_reference};
 pub use validate::{validate_instance_id, validate_name, validate_node_name};
 
@@ -34,6 +34,9 @@ pub use validate::{validate_instance_id, validate_name, validate_node_name};
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// Largest `replicas` accepted: a typo like 1000000 must not flood nodes.
 pub const MAX_REPLICAS: u32 = 1000;
+/// Smallest log file size limit (`spec.logs.maxSize`, the node's
+/// `logs.max_size`): a 16 KiB record and a few more must fit in one file.
+pub const MIN_LOG_FILE_SIZE: u64 = 64 * 1024;
 
 /// A manifest that failed to parse or validate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -170,6 +173,29 @@ impl Resources {
     }
 }
 
+/// Log rotation limits of an app's containers (`spec.logs`), overriding
+/// the node's `[logs]` ones; as written, checked by [`parse`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "log limits ({maxSize: 1Mi, maxFiles: 3})"
+)]
+pub struct LogLimits {
+    /// Largest log file (`"1Mi"`), at least [`MIN_LOG_FILE_SIZE`].
+    #[serde(rename = "maxSize", default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<String>,
+    /// Files kept per container run, the current one included; at least 1.
+    #[serde(rename = "maxFiles", default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u32>,
+}
+
+impl LogLimits {
+    /// The size limit in bytes (`"1Mi"` → 1048576).
+    pub fn max_size_bytes(&self) -> Option<u64> {
+        self.max_size.as_deref().and_then(|s| parse_size(s).ok())
+    }
+}
+
 /// One container of a pod: an OCI image or a bare process (`exec`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
@@ -224,6 +250,9 @@ pub struct PodSpec {
     /// (the pod's IP is then the node's).
     #[serde(rename = "hostNetwork", default, skip_serializing_if = "is_false")]
     pub host_network: bool,
+    /// Log rotation limits; `None` keeps the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogLimits>,
 }
 
 fn is_false(b: &bool) -> bool {

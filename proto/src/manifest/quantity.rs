@@ -1,4 +1,5 @@
-//! Resource quantities as Kubernetes writes them (`"500m"`, `"64Mi"`).
+//! Resource quantities as Kubernetes writes them (`"500m"`, `"64Mi"`), and
+//! sizes in bytes written the same way (log file limits).
 
 /// Why a string is not a usable CPU or memory quantity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -9,6 +10,8 @@ pub enum QuantityError {
     CpuOutOfRange(String),
     #[error("{0:?} is not a memory quantity (e.g. \"64Mi\")")]
     NotMemory(String),
+    #[error("{0:?} is not a size in bytes (e.g. \"10Mi\")")]
+    NotSize(String),
     /// Below what a cgroup can hold a process in.
     #[error("{0:?} is below the 4096 bytes minimum")]
     MemoryTooSmall(String),
@@ -32,9 +35,20 @@ pub fn parse_cpu(s: &str) -> Result<u64, QuantityError> {
     Ok(millis)
 }
 
-/// Parses a memory quantity: bytes, or with a `Ki Mi Gi Ti` / `k M G T` suffix.
+/// Parses a memory quantity: a size (see [`parse_size`]) of at least 4096
+/// bytes.
 pub fn parse_memory(s: &str) -> Result<u64, QuantityError> {
-    let bad = || QuantityError::NotMemory(s.to_string());
+    let bytes = parse_size(s).map_err(|_| QuantityError::NotMemory(s.to_string()))?;
+    if bytes < 4096 {
+        return Err(QuantityError::MemoryTooSmall(s.to_string()));
+    }
+    Ok(bytes)
+}
+
+/// Parses a size in bytes: a number, or with a `Ki Mi Gi Ti` / `k M G T`
+/// suffix.
+pub fn parse_size(s: &str) -> Result<u64, QuantityError> {
+    let bad = || QuantityError::NotSize(s.to_string());
     let units: [(&str, u64); 8] = [
         ("Ki", 1 << 10),
         ("Mi", 1 << 20),
@@ -50,9 +64,5 @@ pub fn parse_memory(s: &str) -> Result<u64, QuantityError> {
         .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))
         .unwrap_or((s, 1));
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
-    if bytes < 4096 {
-        return Err(QuantityError::MemoryTooSmall(s.to_string()));
-    }
-    Ok(bytes)
+    n.checked_mul(mult).ok_or_else(bad)
 }

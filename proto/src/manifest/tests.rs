@@ -132,6 +132,31 @@ fn host_network_and_pull_policy_round_trip() {
 }
 
 #[test]
+fn log_limits_round_trip() {
+    let m = parse(
+        "kind: Pod\nname: web\nspec:\n  logs: {maxSize: 1Mi, maxFiles: 3}\n  containers:\n    \
+             - {name: a, exec: /bin/true}\n",
+    )
+    .unwrap();
+    let logs = m.spec.logs.clone().unwrap();
+    assert_eq!(logs.max_size_bytes(), Some(1 << 20));
+    assert_eq!(logs.max_files, Some(3));
+    let def = m.to_definition();
+    assert!(
+        def.contains(r#""logs":{"maxSize":"1Mi","maxFiles":3}"#),
+        "{def}"
+    );
+    assert_eq!(parse_definition(&def).unwrap(), m);
+    // Either limit alone; none at all leaves nothing on the wire.
+    let m = parse("kind: Pod\nname: web\nspec: {logs: {maxFiles: 1}, containers: [{name: a, exec: /bin/true}]}").unwrap();
+    assert_eq!(m.spec.logs.as_ref().unwrap().max_size_bytes(), None);
+    let m =
+        parse("kind: Pod\nname: web\nspec: {containers: [{name: a, exec: /bin/true}]}").unwrap();
+    assert_eq!(m.spec.logs, None);
+    assert!(!m.to_definition().contains("logs"));
+}
+
+#[test]
 fn image_references_follow_the_distribution_grammar() {
     for good in [
         "busybox",
@@ -183,6 +208,15 @@ fn quantities() {
     assert_eq!(parse_memory("1Gi"), Ok(1 << 30));
     assert_eq!(parse_memory("100M"), Ok(100_000_000));
     assert!(parse_memory("12").is_err());
+    assert_eq!(parse_size("12"), Ok(12));
+    assert_eq!(parse_size("64Ki"), Ok(65536));
+    for bad in ["", "Mi", "1.5Mi", "-1", "99999999999Ti"] {
+        assert_eq!(
+            parse_size(bad),
+            Err(QuantityError::NotSize(bad.into())),
+            "{bad}"
+        );
+    }
 }
 
 mod errors;

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use super::quantity::{parse_cpu, parse_memory};
+use super::quantity::{parse_cpu, parse_memory, parse_size};
 use super::reference::check_image_reference;
-use super::{AppManifest, Container, MAX_REPLICAS, ManifestError, field_err};
+use super::{
+    AppManifest, Container, LogLimits, MAX_REPLICAS, MIN_LOG_FILE_SIZE, ManifestError, field_err,
+};
 
 /// Validates a DNS-1123 label (the form of app and container names).
 pub fn validate_name(field: &str, name: &str) -> Result<(), ManifestError> {
@@ -94,6 +96,26 @@ pub(super) fn validate(m: &AppManifest) -> Result<(), ManifestError> {
         validate_strings(c, &at)?;
         validate_ports(c, &at, &mut host_ports)?;
         validate_resources(c, &at)?;
+    }
+    if let Some(logs) = &m.spec.logs {
+        validate_logs(logs)?;
+    }
+    Ok(())
+}
+
+/// A size of at least [`MIN_LOG_FILE_SIZE`], a count of at least 1.
+fn validate_logs(logs: &LogLimits) -> Result<(), ManifestError> {
+    if let Some(size) = &logs.max_size {
+        let bytes = parse_size(size).map_err(|e| field_err("spec.logs.maxSize", e.to_string()))?;
+        if bytes < MIN_LOG_FILE_SIZE {
+            return Err(field_err(
+                "spec.logs.maxSize",
+                format!("{size:?} is less than the 64Ki minimum"),
+            ));
+        }
+    }
+    if logs.max_files == Some(0) {
+        return Err(field_err("spec.logs.maxFiles", "must be at least 1"));
     }
     Ok(())
 }

@@ -5,8 +5,8 @@ use serde::Deserialize;
 
 use super::de::{PortNumber, Replicas, from_value_at};
 use super::{
-    AppManifest, Container, Deployment, EnvVar, ImagePullPolicy, ManifestError, PodSpec, Port,
-    Protocol, Resources, RestartPolicy, field_err,
+    AppManifest, Container, Deployment, EnvVar, ImagePullPolicy, LogLimits, ManifestError, PodSpec,
+    Port, Protocol, Resources, RestartPolicy, field_err,
 };
 
 #[derive(Deserialize)]
@@ -32,6 +32,7 @@ struct Spec {
     host_network: Option<serde_yaml::Value>,
     /// RIK's function workloads; not run by riklet.
     function: Option<serde_yaml::Value>,
+    logs: Option<LogLimits>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +91,7 @@ impl Workload {
                 containers,
                 restart_policy: spec.restart_policy.unwrap_or_default(),
                 host_network: host_network(spec.host_network)?,
+                logs: spec.logs,
             },
             deployment: self.deployment,
         })

@@ -348,6 +348,56 @@ async fn delete_and_logs() {
 }
 
 #[tokio::test]
+async fn logs_of_several_instances_are_prefixed_and_decoded() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.0.lock().unwrap();
+        s.apps = vec![web(vec![
+            inst("web-1", "node-a", "RUNNING", ""),
+            inst("web-2", "node-a", "RUNNING", ""),
+        ])];
+        let chunk = |id: &str, data: &[u8]| LogChunk {
+            instance_id: id.into(),
+            container: "c".into(),
+            data: data.to_vec(),
+        };
+        s.logs = vec![
+            chunk("web-1", b"2026-01-01T00:00:01.000000000Z stdout F one\n"),
+            chunk("web-2", b"2026-01-01T00:00:02.000000000Z stderr F two\n"),
+        ];
+    }
+    let url = serve(fake).await;
+    let mut scheduler = Scheduler::connect(&url).await.unwrap();
+
+    assert_eq!(
+        rik_logs(&mut scheduler, &["logs", "web"]).await,
+        "[web-1/c] one\n[web-2/c] two\n"
+    );
+    // One instance asked for: no prefix (the fake sends both anyway).
+    assert_eq!(
+        rik_logs(
+            &mut scheduler,
+            &["logs", "web", "--timestamps", "--instance", "web-1"]
+        )
+        .await,
+        "2026-01-01T00:00:01.000000000Z one\n2026-01-01T00:00:02.000000000Z two\n"
+    );
+}
+
+/// What `rik ARGV` (a `logs` command) prints.
+async fn rik_logs(scheduler: &mut Scheduler, argv: &[&str]) -> String {
+    #[derive(Parser)]
+    struct LogsCli {
+        #[command(flatten)]
+        args: logs::Args,
+    }
+    let args = LogsCli::try_parse_from(argv).unwrap().args;
+    let mut out = Vec::new();
+    logs::run(args, scheduler, &mut out).await.unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
 async fn unreachable_scheduler() {
     // A port nobody listens on: bind, note it, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

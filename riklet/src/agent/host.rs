@@ -29,6 +29,11 @@ pub struct StartRequest {
     pub app: String,
     pub host_network: bool,
     pub container: Container,
+    /// The container's restart count: the run's log file is
+    /// `<restart_count>.log`.
+    pub restart_count: u32,
+    /// The app's log rotation limits (`spec.logs`), over the node's.
+    pub logs: Option<proto::manifest::LogLimits>,
     /// Where the start tells of its steps (pulling, pulled).
     pub notes: Notes,
 }

@@ -94,7 +94,10 @@ pub struct AgentSettings {
     pub stop_grace_period: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    pub keep_logs_on_delete: bool,
+    /// The node's log rotation limits (an app's `spec.logs` overrides them).
+    pub log_rotation: crate::logs::Rotation,
+    /// How long a deleted app's logs stay (0: removed with the pod).
+    pub log_retention: crate::logs::retention::Retention,
     /// Ports of the riklet's own listeners, which no app may take.
     pub reserved_ports: Vec<ReservedPort>,
     /// How many container starts (network, image pull, shim or task) run
@@ -420,11 +423,18 @@ impl<H: PodHost> Agent<H> {
             );
             return;
         };
+        let restart_count = pod
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.restart_count);
         let request = StartRequest {
             instance_id: instance_id.to_string(),
             app: pod.manifest.name.clone(),
             host_network: pod.manifest.spec.host_network,
             container: container.clone(),
+            restart_count,
+            logs: pod.manifest.spec.logs.clone(),
             notes: handle::Notes {
                 tx: self.tx.clone(),
                 instance_id: instance_id.to_string(),

@@ -48,9 +48,12 @@ pub struct NodeHost {
     /// Who bare processes run as.
     pub(super) uid: u32,
     pub(super) gid: u32,
+    /// The node's log rotation limits.
+    pub(super) log_rotation: crate::logs::Rotation,
     /// How long a container has between SIGTERM and SIGKILL.
     stop_grace_period: Duration,
-    keep_logs_on_delete: bool,
+    /// How long a deleted pod's logs stay.
+    log_retention: crate::logs::retention::Retention,
 }
 
 impl NodeHost {
@@ -63,8 +66,9 @@ impl NodeHost {
             log_dir: settings.log_dir.clone(),
             uid: settings.uid,
             gid: settings.gid,
+            log_rotation: settings.log_rotation,
             stop_grace_period: settings.stop_grace_period,
-            keep_logs_on_delete: settings.keep_logs_on_delete,
+            log_retention: settings.log_retention.clone(),
         }
     }
 
@@ -208,10 +212,8 @@ impl PodHost for NodeHost {
             return false;
         }
         self.process.remove_instance(instance_id);
-        if !self.keep_logs_on_delete {
-            let dir = crate::logs::pod_dir(&self.log_dir, &pod.manifest.name, instance_id);
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let dir = crate::logs::pod_dir(&self.log_dir, &pod.manifest.name, instance_id);
+        self.log_retention.pod_deleted(&dir);
         true
     }
 

@@ -13,6 +13,7 @@ use super::host::{StartRequest, StartResult};
 use super::node::NodeHost;
 use super::phase::{CONTAINERD_UNAVAILABLE, ERR_IMAGE_PULL, NETWORK_ERROR};
 use crate::cgroups::{CgroupError, ContainerCgroup, Limits};
+use crate::logs::LogSpec;
 use crate::runtime::containerd::{self, ContainerSpec, ContainerdError};
 use crate::runtime::image::ImageError;
 use crate::runtime::process::ProcessError;
@@ -40,12 +41,20 @@ impl NodeHost {
             }
         };
         let (netns, cgroup_ready) = tokio::join!(self.attach(&request), prepare);
-        let log_path =
-            crate::logs::container_file(&self.log_dir, &request.app, &request.instance_id, &c.name);
+        let log = LogSpec {
+            dir: crate::logs::container_dir(
+                &self.log_dir,
+                &request.app,
+                &request.instance_id,
+                &c.name,
+            ),
+            restart_count: request.restart_count,
+            rotation: crate::logs::app_rotation(self.log_rotation, request.logs.as_ref()),
+        };
         let job = Job {
             request: &request,
             cgroup,
-            log_path,
+            log,
             netns: netns?,
         };
         match (&c.image, &c.exec) {
@@ -121,7 +130,7 @@ impl NodeHost {
             gid: self.gid,
             cgroup_v2: job.cgroup.v2_dir(),
             v1_tasks_files: job.cgroup.v1_tasks_files(),
-            log_path: job.log_path.clone(),
+            log: job.log.clone(),
             netns: job.netns.clone(),
         };
         match self.process.start(instance_id, &c.name, &spec).await {
@@ -204,7 +213,7 @@ impl NodeHost {
             limits: limits(c),
             netns: job.netns,
             cgroups_path: format!("/{}", job.cgroup.rel()),
-            log_path: job.log_path,
+            log: job.log,
             hostname: None,
             resolv_conf: Path::new("/etc/resolv.conf")
                 .is_file()
@@ -231,7 +240,7 @@ impl NodeHost {
 struct Job<'a> {
     request: &'a StartRequest,
     cgroup: ContainerCgroup,
-    log_path: PathBuf,
+    log: LogSpec,
     /// The pod's network namespace (`None` on the host network).
     netns: Option<PathBuf>,
 }

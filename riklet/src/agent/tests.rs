@@ -233,7 +233,12 @@ fn settings() -> AgentSettings {
         stop_grace_period: Duration::from_secs(1),
         backoff_initial: Duration::from_secs(BACKOFF_INITIAL),
         backoff_max: Duration::from_secs(BACKOFF_MAX),
-        keep_logs_on_delete: false,
+        log_rotation: crate::logs::Rotation::default(),
+        log_retention: crate::logs::retention::Retention::new(
+            "/nonexistent/state".as_ref(),
+            "/nonexistent/logs".as_ref(),
+            Duration::ZERO,
+        ),
         reserved_ports: vec![],
         start_parallelism: 16,
     }

@@ -56,8 +56,8 @@ pub struct ContainerSpec {
     pub netns: Option<PathBuf>,
     /// cgroup path in every hierarchy, e.g. `/riklet/<instance>_<container>`.
     pub cgroups_path: String,
-    /// CRI log file (`crate::logs::container_file`).
-    pub log_path: PathBuf,
+    /// Where `riklet logger` writes the container's output.
+    pub log: crate::logs::LogSpec,
     /// Default: the instance id, cut to 63 characters.
     pub hostname: Option<String>,
     /// Bind-mounted read-only at `/etc/resolv.conf` when given.

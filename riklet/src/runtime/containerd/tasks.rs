@@ -1,7 +1,6 @@
 //! Tasks (a container's running init process): start (with everything a
 //! start creates, undone when it fails), wait, stop, remove.
 
-use std::path::Path;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
@@ -14,7 +13,7 @@ use tonic::Code;
 use super::containers::{ContainerSpec, cgroups_path, container_id};
 use super::{ContainerdError, ContainerdRuntime, Result};
 use crate::cgroups::{ContainerCgroup, Layout};
-use crate::logs::CriWriter;
+use crate::logs::{CriWriter, LogSpec};
 use crate::state::ExitRecord;
 
 /// How long a task may take to die after SIGKILL.
@@ -82,8 +81,8 @@ impl ContainerdRuntime {
         let id = container_id(&spec.instance_id, &spec.container)?;
         // The logger (run by the shim) appends to the file; creating it
         // here turns a bad path into an error of this call.
-        CriWriter::open(&spec.log_path).map_err(|source| ContainerdError::Log {
-            path: spec.log_path.clone(),
+        CriWriter::open(&spec.log).map_err(|source| ContainerdError::Log {
+            path: spec.log.current_file(),
             source,
         })?;
         let mut created = Created::default();
@@ -116,7 +115,7 @@ impl ContainerdRuntime {
         self.delete_lease(&lease).await;
         let mounts = container?;
         created.container = true;
-        self.create_task(id, mounts, &spec.log_path).await?;
+        self.create_task(id, mounts, &spec.log).await?;
         created.task = true;
         let started = self
             .tasks()
@@ -135,9 +134,9 @@ impl ContainerdRuntime {
     }
 
     /// Creates the task of container `id` on the snapshot's `mounts`, its
-    /// output going to `riklet logger <log_path>` run by the shim.
-    async fn create_task(&self, id: &str, rootfs: Vec<Mount>, log_path: &Path) -> Result<()> {
-        let uri = logger_uri(&self.logger_exe, log_path);
+    /// output going to `riklet logger` run by the shim.
+    async fn create_task(&self, id: &str, rootfs: Vec<Mount>, log: &LogSpec) -> Result<()> {
+        let uri = crate::runtime::logger::uri(&self.logger_exe, log);
         let req = CreateTaskRequest {
             container_id: id.to_string(),
             rootfs,
@@ -309,29 +308,6 @@ impl ContainerdRuntime {
     }
 }
 
-/// Percent-encodes everything but unreserved characters and `/`, for the
-/// logging binary URI (containerd parses it with Go's `net/url`).
-fn uri_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The stdout/stderr URI that makes the shim run `<exe> logger <log_path>`.
-fn logger_uri(exe: &Path, log_path: &Path) -> String {
-    format!(
-        "binary://{}?logger={}",
-        uri_escape(&exe.to_string_lossy()),
-        uri_escape(&log_path.to_string_lossy())
-    )
-}
-
 fn timestamp_ms(ts: Option<prost_types::Timestamp>) -> i64 {
     match ts {
         Some(t) => t.seconds * 1000 + i64::from(t.nanos) / 1_000_000,
@@ -342,23 +318,6 @@ fn timestamp_ms(ts: Option<prost_types::Timestamp>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn logger_uri_escapes_query_characters() {
-        let uri = logger_uri(
-            Path::new("/usr/bin/riklet"),
-            Path::new("/var/log/pods/default_web_web-x1/c/0.log"),
-        );
-        assert_eq!(
-            uri,
-            "binary:///usr/bin/riklet?logger=/var/log/pods/default_web_web-x1/c/0.log"
-        );
-        let uri = logger_uri(Path::new("/opt/my riklet"), Path::new("/l/a&b=c+d%.log"));
-        assert_eq!(
-            uri,
-            "binary:///opt/my%20riklet?logger=/l/a%26b%3Dc%2Bd%25.log"
-        );
-    }
 
     #[test]
     fn exits_map_to_kubelet_reasons() {
