@@ -256,3 +256,80 @@ fn follow_across_rotations_loses_and_repeats_nothing() {
     assert!(rotated >= 1, "no rotated file in {}", dir.display());
     cluster.rik_ok(&["delete", "rotating"]);
 }
+
+/// A 1 MiB line and bytes that are not UTF-8 round-trip: stored as 16 KiB
+/// `P` records ending with an `F`, the bytes kept as they are, and given
+/// back whole by `rik logs` and as stored by `rik logs --raw`.
+#[test]
+fn a_one_mib_line_and_binary_output_round_trip() {
+    const BIG: usize = 1 << 20;
+    let cluster = Cluster::start(Mode::Standalone);
+    apply(
+        &cluster,
+        &app(
+            "bytes",
+            1,
+            "",
+            &[(
+                "main",
+                &format!(
+                    "printf 'a\\377\\376b\\000c\\n'; printf %0{BIG}d 0; echo; echo end; sleep 3600"
+                ),
+            )],
+        ),
+    );
+    let binary: &[u8] = b"a\xff\xfeb\x00c\n";
+    let big = format!("{}\n", "0".repeat(BIG));
+    let expected = [binary, big.as_bytes(), b"end\n"].concat();
+    let plain = wait_for(SOON, "rik logs bytes", || {
+        let out = cluster.rik(&["logs", "bytes"]);
+        (out.status.success() && out.stdout.ends_with(b"end\n")).then_some(out.stdout)
+    });
+    assert!(
+        plain == expected,
+        "rik logs changed the output ({} bytes)",
+        plain.len()
+    );
+
+    let raw = cluster.rik(&["logs", "bytes", "--raw"]);
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let mut records = raw.stdout.split_inclusive(|b| *b == b'\n');
+    let first = records.next().expect("the binary record");
+    assert!(first.ends_with(b" stdout F a\xff\xfeb\x00c\n"), "{first:?}");
+    let mut joined = Vec::new();
+    let mut parts = 0;
+    for record in records.by_ref() {
+        let fields: Vec<&[u8]> = record.splitn(4, |b| *b == b' ').collect();
+        assert_eq!(
+            fields.len(),
+            4,
+            "a broken record {:?}",
+            String::from_utf8_lossy(record)
+        );
+        assert_eq!(fields[1], b"stdout");
+        joined.extend_from_slice(fields[3]);
+        if fields[2] == b"F" {
+            break;
+        }
+        assert_eq!(fields[2], b"P");
+        assert_eq!(fields[3].len(), 16 << 10, "a P record that is not 16 KiB");
+        parts += 1;
+    }
+    // 64 records of 16 KiB: the last one `F`, or a 65th, empty, `F` when
+    // the newline came in a read of its own.
+    assert!(
+        parts >= BIG / (16 << 10) - 1,
+        "{parts} P records for a 1 MiB line"
+    );
+    assert!(
+        joined == big.as_bytes(),
+        "the 1 MiB line's records do not join to it"
+    );
+    let last = records.next().expect("the end record");
+    assert!(last.ends_with(b" stdout F end\n"), "{last:?}");
+    cluster.rik_ok(&["delete", "bytes"]);
+}

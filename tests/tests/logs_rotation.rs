@@ -1,7 +1,8 @@
 //! Pod logs in kubelet's layout, rotated by their writers: a bare process
 //! (the shim writes) and an image container (`riklet logger` writes) that
-//! print numbered lines as fast as they can under `spec.logs: {maxSize:
-//! 64Ki, maxFiles: 3}` keep at most 3 files, older rotated ones gzip'd,
+//! print 1,000,000 numbered lines as fast as they can under `spec.logs:
+//! {maxSize: 1Mi, maxFiles: 3}`, the riklet killed with SIGKILL and
+//! restarted meanwhile, keep at most 3 files, older rotated ones gzip'd,
 //! and no line lost or doubled from the oldest kept to the last; a restart
 //! keeps the previous run's file and removes older runs; a deleted app's
 //! logs stay for the retention, then go; a manifest with too small a size
@@ -20,7 +21,9 @@ use riklet_e2e::{Cluster, Mode, Options, containerd, http_get, wait_for};
 use riklet_shim::layout::{self, LogFile};
 
 const RETENTION: Duration = Duration::from_secs(10);
-const LINES: u32 = 200_000;
+const LINES: u32 = 1_000_000;
+/// `spec.logs.maxSize` of the printing apps.
+const MAX_SIZE: usize = 1 << 20;
 
 fn cluster(insecure_registries: Vec<String>) -> Cluster {
     Cluster::start_with(
@@ -82,7 +85,7 @@ fn numbers(files: &[LogFile]) -> Vec<u32> {
         .collect()
 }
 
-/// At most 3 files of run 0 each at most 64 KiB, the older rotated ones
+/// At most 3 files of run 0 each at most `MAX_SIZE`, the older rotated ones
 /// compressed, the newest plain, holding `first..=LINES` for some first
 /// line after the ones rotated away.
 fn check_rotated(dir: &Path) {
@@ -110,7 +113,7 @@ fn check_rotated(dir: &Path) {
     assert_eq!(files[2].path, layout::current_file(dir, 0));
     for f in &files {
         let size = text(f).len();
-        assert!(size <= 64 << 10, "{} holds {size} bytes", f.path.display());
+        assert!(size <= MAX_SIZE, "{} holds {size} bytes", f.path.display());
     }
     let got = numbers(&files);
     let first = got[0];
@@ -122,18 +125,31 @@ fn check_rotated(dir: &Path) {
     );
 }
 
+/// SIGKILL of the riklet once the app's `main` container has rotated its
+/// first file, and a new riklet started: the writer does not depend on it.
+fn kill_riklet_while_printing(cluster: &mut Cluster, app: &str) {
+    wait_for(Duration::from_secs(60), "a first rotation", || {
+        cluster.app(app)["appId"].as_str()?;
+        let files = layout::list(&container_dir(cluster, app, "main")).ok()?;
+        (files.len() > 1).then_some(())
+    });
+    cluster.kill_riklet();
+    cluster.start_riklet();
+}
+
 fn seq_app(name: &str, container: &str) -> String {
     format!(
-        "kind: Pod\nname: {name}\nspec:\n  restartPolicy: OnFailure\n  logs: {{maxSize: 64Ki, maxFiles: 3}}\n  \
+        "kind: Pod\nname: {name}\nspec:\n  restartPolicy: OnFailure\n  logs: {{maxSize: 1Mi, maxFiles: 3}}\n  \
          containers:\n{container}"
     )
 }
 
 #[test]
 fn bare_process_rotates_keeps_the_previous_run_and_retention_removes_a_deleted_app() {
-    let cluster = cluster(vec![]);
+    let mut cluster = cluster(vec![]);
 
-    // As fast as a process can print: ~8 MB through 64 KiB files.
+    // As fast as a process can print: ~50 MB of records through 1 MiB
+    // files, the riklet killed while it prints (the shim writes alone).
     apply_ok(
         &cluster,
         &seq_app(
@@ -141,6 +157,7 @@ fn bare_process_rotates_keeps_the_previous_run_and_retention_removes_a_deleted_a
             &format!("    - {{name: main, exec: /bin/busybox, args: [seq, \"1\", \"{LINES}\"]}}\n"),
         ),
     );
+    kill_riklet_while_printing(&mut cluster, "fast");
     cluster.wait_app("fast", "fast to complete", |a| a["state"] == "TERMINATED");
     let fast = container_dir(&cluster, "fast", "main");
     check_rotated(&fast);
@@ -216,7 +233,7 @@ fn image_container_rotates_through_the_logger() {
     require("skopeo", "skopeo");
     let reg = Registry::start();
     reg.push(&busybox_archive(&host_arch()), "busybox:1");
-    let cluster = cluster(vec![reg.host()]);
+    let mut cluster = cluster(vec![reg.host()]);
     let image = format!("{}/busybox:1", reg.host());
     apply_ok(
         &cluster,
@@ -227,6 +244,7 @@ fn image_container_rotates_through_the_logger() {
             ),
         ),
     );
+    kill_riklet_while_printing(&mut cluster, "fastimg");
     // The test image has no `seq` link: busybox runs the applet.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -2,7 +2,8 @@
 //! RFC 5424 with octet-counted framing), started by the test with a config
 //! of its own, and the JSON-lines file sink. The riklet is killed with
 //! SIGKILL and rsyslog stopped while the app prints: every line arrives,
-//! duplicates only in whole batches at those events.
+//! duplicates only in whole batches at those events. Then 2 s of silence
+//! and a burst of 20,000 lines: each arrives once.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -20,6 +21,9 @@ const MAX_BATCH: usize = 1000;
 const LINES: usize = 3000;
 /// 1 MiB: shipped as one record.
 const BIG: usize = 1 << 20;
+/// Lines printed at once, `burst=1` to `burst=BURST`, after 2 s of silence
+/// that follow the big line.
+const BURST: usize = 20_000;
 
 /// Whether `text` has a line ending with `BIG` zeros after a space or a
 /// quote.
@@ -125,9 +129,14 @@ impl Drop for Rsyslog {
 
 /// How many times each `seq=N` occurs in `text`.
 fn counts(text: &str) -> BTreeMap<usize, usize> {
+    counts_of("seq=", text)
+}
+
+/// How many times each `<key>N` occurs in `text`.
+fn counts_of(key: &str, text: &str) -> BTreeMap<usize, usize> {
     let mut seen = BTreeMap::new();
     for line in text.lines() {
-        let number = line.split_once("seq=").and_then(|(_, rest)| {
+        let number = line.split_once(key).and_then(|(_, rest)| {
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
             digits.parse().ok()
         });
@@ -211,7 +220,8 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
     let manifest = format!(
         "apiVersion: v1\nkind: Pod\nname: shipped\nspec:\n  containers:\n    - name: main\n      \
          exec: /bin/busybox\n      args: [sh, -c, \"i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); \
-         echo seq=$i; usleep 5000; done; printf %0{BIG}d 0; echo; sleep 3600\"]\n"
+         echo seq=$i; usleep 5000; done; printf %0{BIG}d 0; echo; sleep 2; \
+         seq 1 {BURST} | sed s/^/burst=/; sleep 3600\"]\n"
     );
     let out = cluster.apply(&manifest, false);
     assert!(
@@ -253,9 +263,9 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
     wait_for(Duration::from_secs(60), "1200 lines at rsyslog", || {
         middle(&rsyslog)
     });
-    // The receiver down for 3 s while the app prints.
+    // The receiver down for 10 s while the app prints.
     rsyslog.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(10));
     rsyslog.start();
 
     let all = distinct(LINES);
@@ -283,6 +293,31 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
     );
     let text = std::fs::read_to_string(&json).expect("JSON file");
     assert_complete("file", &counts(&text), 1);
+
+    // Silence, then a burst: every line once at both sinks.
+    for (what, read) in [
+        (
+            "rsyslog",
+            Box::new(|| rsyslog.received()) as Box<dyn Fn() -> String>,
+        ),
+        (
+            "the JSON file",
+            Box::new(|| std::fs::read_to_string(&json).unwrap_or_default()),
+        ),
+    ] {
+        let seen = wait_for(
+            Duration::from_secs(60),
+            &format!("the burst at {what}"),
+            || {
+                let seen = counts_of("burst=", &read());
+                (seen.len() >= BURST).then_some(seen)
+            },
+        );
+        assert!(
+            seen.keys().copied().eq(1..=BURST) && seen.values().all(|&c| c == 1),
+            "{what}: burst lines lost or doubled"
+        );
+    }
     let first: Value = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
     assert_eq!(first["app"], "shipped");
     assert_eq!(first["instance"], instance.as_str());

@@ -87,6 +87,10 @@ enum BenchKind {
     /// against `ctr run`, and the pull path (cold, present, Always):
     /// target/bench/containers.json.
     Containers,
+    /// Pod logs: capture throughput against a plain file, riklet + shim
+    /// CPU at 10,000 lines/s, `rik logs -f` latency, shipping to rsyslog
+    /// in lines/s: target/bench/logs.json.
+    Logs,
     /// The Node Proxy against the pod IP and userspace relays, one pod:
     /// wrk (keep-alive, Connection: close) and iperf3 through each route,
     /// first connection after RUNNING, sync of 1,000 services:
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             } => bench::burst::run(&ebpf::workspace_root(), replicas, start_parallelism),
             BenchKind::Metrics => bench::metrics::metrics(&ebpf::workspace_root()),
             BenchKind::Containers => bench::containers::containers(&ebpf::workspace_root()),
+            BenchKind::Logs => bench::logs::logs(&ebpf::workspace_root()),
             BenchKind::Proxy {
                 quick,
                 node_address,

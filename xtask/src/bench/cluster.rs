@@ -211,6 +211,11 @@ impl Cluster {
         self.dir.join(name)
     }
 
+    /// The scheduler's URL, as `rik --scheduler` takes it.
+    pub(crate) fn scheduler_url(&self) -> &str {
+        &self.scheduler
+    }
+
     pub(crate) fn dir_path(&self) -> &Path {
         &self.dir
     }

@@ -8,6 +8,7 @@
 //! - `burst`: one burst of N replicas (`rik apply` → all RUNNING);
 //! - `containers`: image containers against `ctr run`;
 //! - `metrics`: the Node Monitor's cost up to 500 pods;
+//! - `logs`: capturing, following and shipping pod logs;
 //! - `proxy`: the Node Proxy against direct connections and userspace
 //!   proxies;
 //! - `cluster`, `process`, `stats`: the one-node cluster the benches run,
@@ -18,6 +19,7 @@ pub(crate) mod breakdown;
 pub(crate) mod burst;
 pub(crate) mod cluster;
 pub(crate) mod containers;
+pub(crate) mod logs;
 pub(crate) mod metrics;
 pub(crate) mod process;
 pub(crate) mod proxy;
