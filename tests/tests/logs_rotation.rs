@@ -135,6 +135,7 @@ fn kill_riklet_while_printing(cluster: &mut Cluster, app: &str) {
     });
     cluster.kill_riklet();
     cluster.start_riklet();
+    cluster.wait_node_ready();
 }
 
 fn seq_app(name: &str, container: &str) -> String {
