@@ -31,8 +31,9 @@ use super::metrics::{get, metrics_port};
 use super::process::{clock_ticks, cpu_ticks, step};
 use super::stats::{median, p99, series};
 
-/// Bytes each capture run writes.
-const CAPTURE_BYTES: u64 = 256 << 20;
+/// Bytes each capture run writes: 2,560,000 whole lines of 100 bytes, so
+/// that the last line is not cut.
+const CAPTURE_BYTES: u64 = 256_000_000;
 /// Capture runs of each series.
 const CAPTURE_RUNS: usize = 5;
 /// Window of the CPU measurement.
@@ -84,8 +85,8 @@ pub fn logs(root: &Path) -> anyhow::Result<()> {
 
 fn capture_cpu_follow(cluster: &Cluster) -> anyhow::Result<Value> {
     step(&format!(
-        "capture: {CAPTURE_RUNS} × {} MiB through the shim and to a plain file, interleaved",
-        CAPTURE_BYTES >> 20
+        "capture: {CAPTURE_RUNS} × {} MB through the shim and to a plain file, interleaved",
+        CAPTURE_BYTES / 1_000_000
     ));
     let capture = capture(cluster)?;
     step(&format!(
@@ -127,7 +128,7 @@ fn capture(cluster: &Cluster) -> anyhow::Result<Value> {
         let name = format!("bench-capture-{i}");
         apply(cluster, &name, &capture_script(), "")?;
         wait_state(cluster, &name, "TERMINATED", Duration::from_secs(120))?;
-        let tail = cluster.rik_ok(&["logs", &name, "--tail", "1"])?;
+        let tail = cluster.rik_ok(&["logs", &name, "--tail", "3"])?;
         pod.push(mbps(elapsed_ns(&tail)?));
         cluster.delete_and_wait(&name)?;
 
