@@ -9,7 +9,9 @@
 //! Tests need root; a missing prerequisite fails them with a message.
 //!
 //! # Layout
-//! - [`Cluster`]: a one-node cluster and its clean-up.
+//! - [`Cluster`]: a one-node cluster and its clean-up; a second one can
+//!   join the first one's scheduler (`Options::join_scheduler`) as one
+//!   more node.
 //! - [`registry`]: a throwaway `docker-registry` and the busybox image.
 //! - [`containerd`]: the machine's containerd, or a private one.
 
@@ -785,11 +787,16 @@ impl NetSlot {
         let namespaces: Vec<String> = std::fs::read_to_string(state_dir.join("ipam.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v["leases"].as_object().map(|m| m.keys().cloned().collect()))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|id: String| format!("{netns_prefix}{id}"))
-            .collect();
+            .and_then(|v| {
+                let leases = v["leases"].as_object()?;
+                Some(
+                    leases
+                        .keys()
+                        .map(|id| format!("{netns_prefix}{id}"))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
         self.remove_kernel_objects(&namespaces);
     }
 

@@ -3,9 +3,9 @@
 //! nftables tables, ports, log dir and netns prefix: an app's replicas
 //! spread over both; a node killed and kept down is not ready and its
 //! instances run again on the other; when it comes back its stale pods are
-//! destroyed without touching the other node's pods of the same instances
-//! (same ids), so that each instance runs once; nothing of either node is
-//! left at the end.
+//! destroyed (completed ones too) without touching the other node's pods of
+//! the same instances (same ids), so that each instance runs once; nothing
+//! of either node is left at the end.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +29,18 @@ fn manifest() -> String {
     )
 }
 
+/// An app whose two replicas (one per node) run to completion and stay,
+/// completed, on their nodes.
+const ONCE: &str = "apiVersion: v1\nkind: Pod\nname: once\nreplicas: 2\nspec:\n  restartPolicy: Never\n  \
+                    containers:\n    - name: done\n      exec: /bin/true\n";
+
 /// The app's instances as `rik get app NAME -o json` lists them.
 fn instances(cluster: &Cluster) -> Vec<Value> {
-    let app = cluster.app(APP);
+    instances_of(cluster, APP)
+}
+
+fn instances_of(cluster: &Cluster, name: &str) -> Vec<Value> {
+    let app = cluster.app(name);
     app.as_array()
         .cloned()
         .unwrap_or_else(|| panic!("{REPLICAS} replicas give an array: {app:#}"))
@@ -168,6 +177,31 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
     let wide = a.rik_ok(&["get", "app", APP, "-o", "wide"]);
     assert!(wide.contains(&a.node) && wide.contains(&b.node), "{wide}");
     assert_answering(&a);
+    let out = a.apply(ONCE, false);
+    assert!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "a completed replica of once on each node",
+        || {
+            let done: Vec<Value> = instances_of(&a, "once")
+                .into_iter()
+                .filter(|i| i["state"] == "TERMINATED")
+                .map(|i| i["runsOn"].clone())
+                .collect();
+            (done.contains(&Value::from(a.node.as_str()))
+                && done.contains(&Value::from(b.node.as_str())))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        pod_ids(&a).len(),
+        REPLICAS / 2 + 1,
+        "a keeps its completed pod"
+    );
     let on_a: Vec<String> = placed
         .iter()
         .filter(|(_, n)| **n == a.node)
@@ -191,7 +225,7 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
         );
     }
 
-    // Node a back: its stale pods are destroyed, b's pods of the same
+    // Node a back: its stale pods are destroyed (the completed one too), b's pods of the same
     // instances keep their network, each instance runs once.
     a.start_riklet();
     a.wait_node_ready();
@@ -215,18 +249,27 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
         netns_named(&a.netns_prefix).is_empty(),
         "a's pod namespaces left"
     );
-    assert_eq!(netns_named(&b.netns_prefix).len(), REPLICAS);
+    for id in placed.keys() {
+        let ns = format!("{}{id}", b.netns_prefix);
+        assert_eq!(netns_named(&ns), [ns.clone()], "b's namespace of {id}");
+    }
     assert!(
         links_on(&a.net.bridge).is_empty(),
         "veths left on a's bridge"
     );
-    assert_eq!(links_on(&b.net.bridge).len(), REPLICAS, "b's veths");
+    assert_eq!(
+        links_on(&b.net.bridge).len(),
+        netns_named(&b.netns_prefix).len(),
+        "one veth on b's bridge per pod namespace of b"
+    );
     assert_answering(&b);
 
     // Deleted, both riklets stopped, both clusters torn down: nothing of
     // either node is left.
-    let out = a.rik_ok(&["delete", APP]);
-    assert!(out.contains("deleted"), "{out}");
+    for app in [APP, "once"] {
+        let out = a.rik_ok(&["delete", app]);
+        assert!(out.contains("deleted"), "{out}");
+    }
     wait_for(Duration::from_secs(30), "b's pods stopped", || {
         (pod_ids(&b).is_empty() && processes(&b).is_empty()).then_some(())
     });
