@@ -208,12 +208,16 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
         .map(|(i, _)| i.clone())
         .collect();
 
-    // Node a killed and kept down: not ready, its instances RUNNING on b
-    // (same ids: its own pods still run, in namespaces of its own prefix).
-    a.kill_riklet();
+    // Node a hangs (SIGSTOP: its connection stays open, its heartbeats
+    // stop): not ready after the scheduler's heartbeat timeout. Then killed
+    // and kept down: its instances RUNNING on b (same ids: its own pods
+    // still run, in namespaces of its own prefix).
+    let riklet_a = nix::unistd::Pid::from_raw(a.riklet_pid().expect("a's riklet") as i32);
+    nix::sys::signal::kill(riklet_a, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP a");
     wait_for(Duration::from_secs(30), "node a not ready", || {
         (node_ready(&b, &a.node) == Some(false)).then_some(())
     });
+    a.kill_riklet();
     wait_running(&b, "every replica RUNNING on node b", |n| n == b.node);
     assert_answering(&b);
     let stale = processes(&a);
