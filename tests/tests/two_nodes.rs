@@ -255,7 +255,11 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
     );
     for id in placed.keys() {
         let ns = format!("{}{id}", b.netns_prefix);
-        assert_eq!(netns_named(&ns), [ns.clone()], "b's namespace of {id}");
+        assert_eq!(
+            netns_named(&ns),
+            std::slice::from_ref(&ns),
+            "b's namespace of {id}"
+        );
     }
     assert!(
         links_on(&a.net.bridge).is_empty(),
