@@ -159,6 +159,13 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
         },
     );
     a.wait_node_ready();
+    // Both node monitors and both Node Proxies' eBPF programs loaded side
+    // by side (the proxies both at the cgroup v2 root).
+    for node in [&a, &b] {
+        let status = node.local_status();
+        assert_eq!(status["ebpf"], true, "{}: {status:#}", node.node);
+        assert_eq!(status["proxy"], "ebpf", "{}: {status:#}", node.node);
+    }
 
     // Replicas spread over both nodes.
     let out = a.apply(&manifest(), true);
