@@ -1,8 +1,9 @@
 //! Two riklets on one machine joined to one `rik-scheduler`, each with its
 //! own state dir, node name, cgroup root, bpffs pins, bridge, pod CIDR,
 //! nftables tables, ports, log dir and netns prefix: an app's replicas
-//! spread over both; a node killed and kept down is not ready and its
-//! instances run again on the other; when it comes back its stale pods are
+//! spread over both; a node that hangs is not ready after the scheduler's
+//! heartbeat timeout, and killed and kept down, its instances run again on
+//! the other; when it comes back its stale pods are
 //! destroyed (completed ones too) without touching the other node's pods of
 //! the same instances (same ids), so that each instance runs once; nothing
 //! of either node is left at the end.
@@ -150,7 +151,7 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
             ..Options::default()
         },
     );
-    let mut b = Cluster::start_with(
+    let b = Cluster::start_with(
         Mode::Separate,
         Options {
             join_scheduler: Some(a.scheduler_port),
@@ -166,24 +167,27 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
         assert_eq!(status["ebpf"], true, "{}: {status:#}", node.node);
         assert_eq!(status["proxy"], "ebpf", "{}: {status:#}", node.node);
     }
+    let on_a = spread_over(&a, &b);
+    lose(&mut a, &b, &on_a);
+    come_back(&mut a, &b);
+    delete_and_tear_down(a, b);
+}
 
-    // Replicas spread over both nodes.
+/// Deploys both apps: the web servers' replicas spread over both nodes,
+/// one completed replica of `once` on each. Returns the web servers on a.
+fn spread_over(a: &Cluster, b: &Cluster) -> Vec<String> {
     let out = a.apply(&manifest(), true);
-    assert!(
-        out.status.success(),
-        "apply --wait: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let placed = wait_running(&a, "every replica RUNNING", |_| true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "apply --wait: {stderr}");
+    let placed = wait_running(a, "every replica RUNNING", |_| true);
     for node in [&a.node, &b.node] {
-        assert!(
-            placed.values().any(|n| n == node),
-            "no replica on {node}: {placed:?}"
-        );
+        let here = placed.values().any(|n| n == node);
+        assert!(here, "no replica on {node}: {placed:?}");
     }
     let wide = a.rik_ok(&["get", "app", APP, "-o", "wide"]);
     assert!(wide.contains(&a.node) && wide.contains(&b.node), "{wide}");
-    assert_answering(&a);
+    assert_answering(a);
+
     let out = a.apply(ONCE, false);
     assert!(
         out.status.success(),
@@ -194,63 +198,65 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
         Duration::from_secs(30),
         "a completed replica of once on each node",
         || {
-            let done: Vec<Value> = instances_of(&a, "once")
+            let done: Vec<Value> = instances_of(a, "once")
                 .into_iter()
                 .filter(|i| i["state"] == "TERMINATED")
                 .map(|i| i["runsOn"].clone())
                 .collect();
-            (done.contains(&Value::from(a.node.as_str()))
-                && done.contains(&Value::from(b.node.as_str())))
-            .then_some(())
+            [&a.node, &b.node]
+                .iter()
+                .all(|n| done.contains(&Value::from(n.as_str())))
+                .then_some(())
         },
     );
+    let on_a: Vec<String> = placed
+        .into_iter()
+        .filter(|(_, n)| *n == a.node)
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(
-        pod_ids(&a).len(),
-        REPLICAS / 2 + 1,
+        pod_ids(a).len(),
+        on_a.len() + 1,
         "a keeps its completed pod"
     );
-    let on_a: Vec<String> = placed
-        .iter()
-        .filter(|(_, n)| **n == a.node)
-        .map(|(i, _)| i.clone())
-        .collect();
+    on_a
+}
 
-    // Node a hangs (SIGSTOP: its connection stays open, its heartbeats
-    // stop): not ready after the scheduler's heartbeat timeout. Then killed
-    // and kept down: its instances RUNNING on b (same ids: its own pods
-    // still run, in namespaces of its own prefix).
+/// Node a hangs (SIGSTOP: its connection stays open, its heartbeats stop):
+/// not ready after the scheduler's heartbeat timeout. Then killed and kept
+/// down: its instances RUNNING on b (same ids: a's own pods still run, in
+/// namespaces of a's prefix).
+fn lose(a: &mut Cluster, b: &Cluster, on_a: &[String]) {
     let riklet_a = nix::unistd::Pid::from_raw(a.riklet_pid().expect("a's riklet") as i32);
     nix::sys::signal::kill(riklet_a, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP a");
     wait_for(Duration::from_secs(30), "node a not ready", || {
-        (node_ready(&b, &a.node) == Some(false)).then_some(())
+        (node_ready(b, &a.node) == Some(false)).then_some(())
     });
     a.kill_riklet();
-    wait_running(&b, "every replica RUNNING on node b", |n| n == b.node);
-    assert_answering(&b);
-    let stale = processes(&a);
-    for id in &on_a {
-        assert_eq!(
-            stale.get(id),
-            Some(&1),
-            "a's pod {id} keeps running while a is down: {stale:?}"
-        );
+    wait_running(b, "every replica RUNNING on node b", |n| n == b.node);
+    assert_answering(b);
+    let stale = processes(a);
+    for id in on_a {
+        let msg = format!("a's pod {id} keeps running while a is down: {stale:?}");
+        assert_eq!(stale.get(id), Some(&1), "{msg}");
     }
+}
 
-    // Node a back: its stale pods are destroyed (the completed one too), b's pods of the same
-    // instances keep their network, each instance runs once.
+/// Node a back: its stale pods are destroyed (the completed one too), b's
+/// pods of the same instances keep their network, each instance runs once.
+fn come_back(a: &mut Cluster, b: &Cluster) {
     a.start_riklet();
     a.wait_node_ready();
     wait_for(
         Duration::from_secs(30),
         "node a's stale pods destroyed",
-        || (pod_ids(&a).is_empty() && processes(&a).is_empty()).then_some(()),
+        || (pod_ids(a).is_empty() && processes(a).is_empty()).then_some(()),
     );
-    let placed = wait_running(&b, "every replica still on node b", |n| n == b.node);
-    let running = processes(&b);
-    assert_eq!(
-        running.keys().collect::<Vec<_>>(),
-        placed.keys().collect::<Vec<_>>(),
-        "each instance runs on b"
+    let placed = wait_running(b, "every replica still on node b", |n| n == b.node);
+    let running = processes(b);
+    assert!(
+        running.keys().eq(placed.keys()),
+        "each instance runs on b: {running:?}"
     );
     assert!(
         running.values().all(|n| *n == 1),
@@ -277,10 +283,12 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
         netns_named(&b.netns_prefix).len(),
         "one veth on b's bridge per pod namespace of b"
     );
-    assert_answering(&b);
+    assert_answering(b);
+}
 
-    // Deleted, both riklets stopped, both clusters torn down: nothing of
-    // either node is left.
+/// Both apps deleted, both riklets stopped, both clusters torn down:
+/// nothing of either node is left.
+fn delete_and_tear_down(mut a: Cluster, mut b: Cluster) {
     for app in [APP, "once"] {
         let out = a.rik_ok(&["delete", app]);
         assert!(out.contains("deleted"), "{out}");
@@ -290,21 +298,18 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
     });
     for node in [&mut b, &mut a] {
         node.stop_riklet();
+        let name = &node.node;
         assert!(
             netns_named(&node.netns_prefix).is_empty(),
-            "{} left namespaces",
-            node.node
+            "{name} left namespaces"
         );
-        assert!(
-            links_on(&node.net.bridge).is_empty(),
-            "{} left veths",
-            node.node
-        );
+        assert!(links_on(&node.net.bridge).is_empty(), "{name} left veths");
     }
     let nodes = [&a, &b].map(|c| {
+        let net = &c.net;
         (
-            c.net.bridge.clone(),
-            c.net.table.clone(),
+            net.bridge.clone(),
+            net.table.clone(),
             c.pin_dir.clone(),
             v2_root(c),
         )
@@ -314,14 +319,12 @@ fn two_riklets_share_a_scheduler_move_instances_and_clean_up() {
     let tables = nft_tables();
     for (bridge, table, pins, cgroups) in nodes {
         assert!(!link_exists(&bridge), "bridge {bridge} left");
-        assert!(
-            !tables.contains(&format!("ip {table}\n")),
-            "nft table {table} left: {tables}"
-        );
-        assert!(
-            !tables.contains(&format!("ip {table}_proxy\n")),
-            "nft table {table}_proxy left"
-        );
+        for t in [table.clone(), format!("{table}_proxy")] {
+            assert!(
+                !tables.contains(&format!("ip {t}\n")),
+                "nft table {t} left: {tables}"
+            );
+        }
         assert!(!pins.exists(), "pins {} left", pins.display());
         assert!(!cgroups.exists(), "cgroup {} left", cgroups.display());
     }
