@@ -322,6 +322,7 @@ async fn start_proxy(
         nft_table: config.proxy_nft_table(),
         pod_cidr,
         bridge: config.network.bridge.clone(),
+        netns_prefix: config.network.netns_prefix.clone(),
         counter_interval: config.metrics_interval,
     };
     match proxy::Proxy::start(settings).await {

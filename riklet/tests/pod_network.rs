@@ -35,6 +35,16 @@ const REPLY: &str = "pong-from-a";
 /// The tests share `/run/netns` and the fd table: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The host veth of a pod of the fixture's network (the default prefix).
+fn veth(id: &str) -> String {
+    host_veth_name(netns::NETNS_PREFIX, id)
+}
+
+/// The namespace of a pod of the fixture's network (the default prefix).
+fn ns_path(id: &str) -> std::path::PathBuf {
+    netns::path_of(netns::NETNS_PREFIX, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pods_talk_to_the_host_and_each_other_then_detach_cleanly() {
     let _serial = SERIAL.lock().await;
@@ -57,28 +67,28 @@ async fn two_pods_talk_to_the_host_and_each_other_then_detach_cleanly() {
     assert_eq!(net.address(&id_a), Some(a.clone()));
     assert_eq!(net.address(&fx.id("nobody")), None);
     // Idempotent: the same answer, nothing recreated.
-    let veth_a = link_index(&host_veth_name(&id_a)).expect("host veth of a");
+    let veth_a = link_index(&veth(&id_a)).expect("host veth of a");
     assert_eq!(attach(&net, &id_a).await, a);
-    assert_eq!(link_index(&host_veth_name(&id_a)), Some(veth_a));
+    assert_eq!(link_index(&veth(&id_a)), Some(veth_a));
 
     // The host side is on the bridge, up.
     let ports = bridge_ports(&fx.bridge);
     for id in [&id_a, &id_b] {
         assert!(
-            ports.contains(&host_veth_name(id)),
+            ports.contains(&veth(id)),
             "{} not on {}: {ports:?}",
-            host_veth_name(id),
+            veth(id),
             fx.bridge
         );
     }
     // Hairpin ports: a pod reaches its own service through the node.
     for id in [&id_a, &id_b] {
-        let link = ip_json(&["-d", "link", "show", "dev", &host_veth_name(id)]);
+        let link = ip_json(&["-d", "link", "show", "dev", &veth(id)]);
         assert_eq!(
             link[0]["linkinfo"]["info_slave_data"]["hairpin"],
             true,
             "{} is not a hairpin port: {link}",
-            host_veth_name(id)
+            veth(id)
         );
     }
     // Inside: lo and eth0 up, the address, the default route.
@@ -117,7 +127,7 @@ async fn two_pods_talk_to_the_host_and_each_other_then_detach_cleanly() {
             "no ::1 on lo in {ns}: {}",
             v6("lo")
         );
-        let host_end = host_veth_name(id);
+        let host_end = veth(id);
         let v6_host = ip_json(&["-6", "addr", "show", "dev", &host_end]);
         assert_eq!(v6_host, json!([]), "IPv6 on {host_end}");
     }
@@ -152,9 +162,9 @@ async fn two_pods_talk_to_the_host_and_each_other_then_detach_cleanly() {
         net.detach(id)
             .await
             .unwrap_or_else(|e| panic!("second detach {id}: {}", riklet::error_chain(&e)));
-        assert!(!netns::path_of(id).exists(), "netns of {id} left");
-        assert!(!mounted(&netns::path_of(id)), "netns of {id} still mounted");
-        assert_eq!(link_index(&host_veth_name(id)), None, "veth of {id} left");
+        assert!(!ns_path(id).exists(), "netns of {id} left");
+        assert!(!mounted(&ns_path(id)), "netns of {id} still mounted");
+        assert_eq!(link_index(&veth(id)), None, "veth of {id} left");
         assert_eq!(net.address(id), None);
     }
     assert_eq!(bridge_ports(&fx.bridge), HashSet::new());
@@ -200,29 +210,23 @@ async fn reconcile_removes_leftovers_of_unknown_instances_after_a_crash() {
         .await
         .unwrap_or_else(|e| panic!("reconcile: {}", riklet::error_chain(&e)));
     assert!(
-        !netns::path_of(&gone).exists(),
+        !ns_path(&gone).exists(),
         "netns of the unknown instance left"
     );
-    assert_eq!(link_index(&host_veth_name(&gone)), None);
+    assert_eq!(link_index(&veth(&gone)), None);
     assert_eq!(link_index("rikv00deadbeef"), None, "stray veth left");
     assert_eq!(net.address(&gone), None);
     assert_eq!(net.instances(), vec![kept.clone()]);
     // The live one is untouched.
     assert_eq!(net.address(&kept), Some(kept_address.clone()));
-    assert!(netns::path_of(&kept).exists());
-    assert_eq!(
-        bridge_ports(&fx.bridge),
-        HashSet::from([host_veth_name(&kept)])
-    );
+    assert!(ns_path(&kept).exists());
+    assert_eq!(bridge_ports(&fx.bridge), HashSet::from([veth(&kept)]));
 
     // A half-broken attachment (host veth deleted by hand) is repaired by
     // attaching again, with the same address.
-    run("ip", &["link", "del", &host_veth_name(&kept)]);
+    run("ip", &["link", "del", &veth(&kept)]);
     assert_eq!(attach(&net, &kept).await, kept_address);
-    assert_eq!(
-        bridge_ports(&fx.bridge),
-        HashSet::from([host_veth_name(&kept)])
-    );
+    assert_eq!(bridge_ports(&fx.bridge), HashSet::from([veth(&kept)]));
     let routes = ip_json(&[
         "-n",
         &format!("rik-{kept}"),
@@ -236,7 +240,7 @@ async fn reconcile_removes_leftovers_of_unknown_instances_after_a_crash() {
     net.reconcile(&[])
         .await
         .expect("reconcile with nothing live");
-    assert!(!netns::path_of(&kept).exists());
+    assert!(!ns_path(&kept).exists());
     assert_eq!(bridge_ports(&fx.bridge), HashSet::new());
     remove_all(&net).await;
 }
@@ -287,11 +291,8 @@ async fn a_small_cidr_gets_exhausted_with_a_clear_error() {
         text.contains("10.213.5.0/30") && text.contains("exhausted"),
         "{text}"
     );
-    assert!(
-        !netns::path_of(&second).exists(),
-        "a failed attach left a netns"
-    );
-    assert_eq!(link_index(&host_veth_name(&second)), None);
+    assert!(!ns_path(&second).exists(), "a failed attach left a netns");
+    assert_eq!(link_index(&veth(&second)), None);
     assert_eq!(net.address(&second), None);
 
     net.detach(&first).await.expect("detach");
@@ -338,7 +339,7 @@ async fn masquerade_rule_is_installed_once_and_removed_by_remove_all() {
     remove_all(&net).await;
     assert!(nft_table(&fx.table).is_none(), "table ip {} left", fx.table);
     assert_eq!(link_index(&fx.bridge), None, "bridge left");
-    assert!(!netns::path_of(&fx.id("a")).exists());
+    assert!(!ns_path(&fx.id("a")).exists());
     assert!(!fx.state.path().join(IPAM_FILE).exists());
     net.remove_all().await.expect("remove_all twice");
 
@@ -392,8 +393,8 @@ async fn a_hundred_attach_detach_cycles_leak_nothing() {
     assert_eq!(bridge_ports(&fx.bridge), HashSet::new(), "veths leaked");
     for i in 0..3 {
         let id = fx.id(&format!("p{i}"));
-        assert!(!netns::path_of(&id).exists(), "netns of {id} leaked");
-        assert_eq!(link_index(&host_veth_name(&id)), None);
+        assert!(!ns_path(&id).exists(), "netns of {id} leaked");
+        assert_eq!(link_index(&veth(&id)), None);
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
@@ -475,8 +476,8 @@ async fn two_hundred_pods_attach_at_once_and_detach_at_once_leaving_nothing() {
     }
     assert_eq!(bridge_ports(&fx.bridge), HashSet::new(), "veths leaked");
     for id in &ids {
-        assert!(!netns::path_of(id).exists(), "netns of {id} leaked");
-        assert_eq!(link_index(&host_veth_name(id)), None, "veth of {id} leaked");
+        assert!(!ns_path(id).exists(), "netns of {id} leaked");
+        assert_eq!(link_index(&veth(id)), None, "veth of {id} leaked");
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
@@ -531,6 +532,7 @@ impl Fixture {
             pod_cidr: self.cidr.clone(),
             masquerade: true,
             nft_table: self.table.clone(),
+            netns_prefix: netns::NETNS_PREFIX.into(),
         }
     }
 
@@ -548,7 +550,7 @@ impl Fixture {
                 if let Some(id) = name.strip_prefix("rik-")
                     && name.starts_with(&prefix)
                 {
-                    quiet("ip", &["link", "del", &host_veth_name(id)]);
+                    quiet("ip", &["link", "del", &veth(id)]);
                     let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
                     let _ = std::fs::remove_file(entry.path());
                 }

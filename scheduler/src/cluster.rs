@@ -297,8 +297,8 @@ impl State {
     }
 
     /// An `InstanceMetric` from `hostname`. Stored when the instance is
-    /// assigned to that node; otherwise the node is told to destroy it
-    /// (unless it is already TERMINATED).
+    /// assigned to that node; otherwise the node is told to destroy it (see
+    /// `report_elsewhere`).
     pub fn instance_status(
         &mut self,
         hostname: &str,
@@ -317,22 +317,7 @@ impl State {
                 let app = i.app.clone();
                 self.store_report(hostname, &app, instance_id, status, metrics, now);
             }
-            _ if status == ResourceStatus::Terminated => {
-                debug!(node = %hostname, instance = %instance_id, "terminated instance that is not assigned here, ignored");
-            }
-            other => {
-                let definition = other
-                    .and_then(|i| self.store.data().apps.get(&i.app))
-                    .map(|a| a.manifest.to_definition())
-                    .unwrap_or_default();
-                info!(node = %hostname, instance = %instance_id, status = proto::status::name(status),
-                    assigned_to = ?other.and_then(|i| i.node.as_deref()),
-                    "node reports an instance that is not assigned to it, destroying it");
-                self.deliver(vec![(
-                    hostname.to_string(),
-                    destroy_msg(instance_id, definition),
-                )]);
-            }
+            _ => self.report_elsewhere(hostname, instance_id, status),
         }
     }
 
@@ -733,7 +718,22 @@ mod tests {
             drain(&mut rx1),
             [(id.clone(), WorkloadRequestKind::Destroy)]
         );
-        // A TERMINATED report for it is ignored.
+        // The TERMINATED that answers the DESTROY ends the exchange.
+        state.instance_status("n1", "", &id, ResourceStatus::Terminated, String::new());
+        assert!(drain(&mut rx1).is_empty());
+
+        // n1 comes back again with the pod completed (reported TERMINATED,
+        // still on the node): it is destroyed too; DESTROYING gets the
+        // DESTROY again, as always; the TERMINATED after it ends the
+        // exchange.
+        let session = state.nodes().get("n1").unwrap().session;
+        state.disconnected("n1", session);
+        let mut rx1 = ready_node(&mut state, "n1");
+        let destroy = [(id.clone(), WorkloadRequestKind::Destroy)];
+        state.instance_status("n1", "", &id, ResourceStatus::Terminated, String::new());
+        assert_eq!(drain(&mut rx1), destroy);
+        state.instance_status("n1", "", &id, ResourceStatus::Destroying, String::new());
+        assert_eq!(drain(&mut rx1), destroy);
         state.instance_status("n1", "", &id, ResourceStatus::Terminated, String::new());
         assert!(drain(&mut rx1).is_empty());
     }

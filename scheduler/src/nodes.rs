@@ -5,7 +5,7 @@
 //! it has sent a `RUNNING` worker status on that connection (and keeps
 //! sending them within the heartbeat timeout). Only ready nodes get work.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use proto::worker::InstanceScheduling;
@@ -61,6 +61,10 @@ pub struct Node {
     pub metrics: String,
     /// `host:port` of the riklet's node API (logs); empty if unknown.
     pub host_address: String,
+    /// Instances not assigned to this node that it was told to destroy on
+    /// this connection, until it reports them TERMINATED (see
+    /// `State::instance_status`).
+    pub destroys_sent: BTreeSet<String>,
     sender: Option<Sender>,
 }
 
@@ -104,9 +108,12 @@ impl Nodes {
                 last_seen_at: now,
                 metrics: String::new(),
                 host_address: String::new(),
+                destroys_sent: BTreeSet::new(),
                 sender: None,
             });
         node.session = session;
+        // A new connection reports its pods anew.
+        node.destroys_sent.clear();
         node.connected = true;
         node.ready = false;
         node.last_seen = SystemTime::now();

@@ -375,21 +375,21 @@ async fn fake_riklet_end_to_end() {
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
-    // An instance the scheduler does not know is destroyed; a terminated
-    // one is left alone.
-    statuses
-        .send(instance_status("ghost-abcde", ResourceStatus::Terminated))
-        .await
-        .unwrap();
-    statuses
-        .send(instance_status("ghost-fghij", ResourceStatus::Running))
-        .await
-        .unwrap();
-    let (got, action, _) = next(&mut stream).await;
-    assert_eq!(
-        (got.as_str(), action),
-        ("ghost-fghij", WorkloadRequestKind::Destroy)
-    );
+    // An instance the scheduler does not know is destroyed, a terminated
+    // one too (a completed pod stays on its node until destroyed); the
+    // TERMINATED that answers the DESTROY ends the exchange.
+    for (id, status) in [
+        ("ghost-abcde", ResourceStatus::Terminated),
+        ("ghost-fghij", ResourceStatus::Running),
+        ("ghost-abcde", ResourceStatus::Terminated),
+        ("ghost-klmno", ResourceStatus::Running),
+    ] {
+        statuses.send(instance_status(id, status)).await.unwrap();
+    }
+    for id in ["ghost-abcde", "ghost-fghij", "ghost-klmno"] {
+        let (got, action, _) = next(&mut stream).await;
+        assert_eq!((got.as_str(), action), (id, WorkloadRequestKind::Destroy));
+    }
 
     // The register stream goes away: the node is not ready at once.
     drop(stream);

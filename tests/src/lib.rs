@@ -9,7 +9,9 @@
 //! Tests need root; a missing prerequisite fails them with a message.
 //!
 //! # Layout
-//! - [`Cluster`]: a one-node cluster and its clean-up.
+//! - [`Cluster`]: a one-node cluster and its clean-up; a second one can
+//!   join the first one's scheduler (`Options::join_scheduler`) as one
+//!   more node.
 //! - [`registry`]: a throwaway `docker-registry` and the busybox image.
 //! - [`containerd`]: the machine's containerd, or a private one.
 
@@ -141,6 +143,13 @@ pub struct Options {
     /// TOML appended to the riklet's config file, after every table the
     /// harness writes (e.g. `[[logs.sinks]]` tables).
     pub extra_config: Option<String>,
+    /// Join the `rik-scheduler` listening on this port (another cluster's)
+    /// instead of starting one: a second node of that cluster.
+    pub join_scheduler: Option<u16>,
+    /// `[network] netns_prefix` (default the riklet's, `rik-`).
+    pub netns_prefix: Option<String>,
+    /// The separate scheduler's `--heartbeat-timeout` (default its own).
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 /// A one-node cluster and everything it created.
@@ -159,6 +168,9 @@ pub struct Cluster {
     pub containerd_namespace: String,
     /// The containerd socket the riklet uses.
     pub containerd_socket: PathBuf,
+    /// Prefix of this riklet's pod network namespaces under `/run/netns`.
+    pub netns_prefix: String,
+    heartbeat_timeout: Option<Duration>,
     riklet: Option<Child>,
     scheduler: Option<Child>,
     /// The riklet binary this cluster runs.
@@ -182,7 +194,7 @@ impl Cluster {
             .prefix("riklet-e2e")
             .tempdir()
             .expect("tempdir");
-        let scheduler_port = free_port();
+        let scheduler_port = options.join_scheduler.unwrap_or_else(free_port);
         let net = NetSlot::take(options.pod_prefix.unwrap_or(24));
         let containerd_socket = options
             .containerd_socket
@@ -197,6 +209,11 @@ impl Cluster {
             scheduler_metrics_port: free_port(),
             containerd_namespace: format!("rik-{name}"),
             containerd_socket,
+            netns_prefix: options
+                .netns_prefix
+                .clone()
+                .unwrap_or_else(|| "rik-".into()),
+            heartbeat_timeout: options.heartbeat_timeout,
             net,
             riklet_exe: bin_dir().join("riklet"),
             log_filter: options.log_filter,
@@ -213,7 +230,7 @@ impl Cluster {
             "node_name = \"{node}\"\nstandalone_listen = \"127.0.0.1:{port}\"\nscheduler = \"http://127.0.0.1:{port}\"\n\
              log_dir = \"{logs}\"\ncgroup_root = \"{cg}\"\nbpf_pin_dir = \"{pins}\"\napi_listen = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\nmetrics_interval = \"1s\"\n\
              heartbeat_interval = \"1s\"\nstop_grace_period = \"3s\"\nrestart_backoff_initial = \"1s\"\n\
-             [network]\nbridge = \"{bridge}\"\npod_cidr = \"{cidr}\"\nnft_table = \"{table}\"\n\
+             [network]\nbridge = \"{bridge}\"\npod_cidr = \"{cidr}\"\nnft_table = \"{table}\"\nnetns_prefix = \"{netns}\"\n\
              [containerd]\nsocket = \"{socket}\"\nnamespace = \"{ns}\"\n\
              [registries]\ninsecure = [{insecure}]\n",
             node = cluster.node,
@@ -228,6 +245,7 @@ impl Cluster {
             bridge = cluster.net.bridge,
             cidr = cluster.net.cidr,
             table = cluster.net.table,
+            netns = cluster.netns_prefix,
             socket = cluster.containerd_socket.display(),
             ns = cluster.containerd_namespace,
             insecure = quoted.join(", "),
@@ -255,7 +273,7 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("hard link of the riklet at {}: {e}", exe.display()));
             cluster.riklet_exe = exe;
         }
-        if mode == Mode::Separate {
+        if mode == Mode::Separate && options.join_scheduler.is_none() {
             cluster.start_scheduler();
         }
         cluster.start_riklet();
@@ -388,7 +406,12 @@ impl Cluster {
     /// Starts (or restarts) the separate scheduler on the same port and state.
     pub fn start_scheduler(&mut self) {
         let log = self.log_file("scheduler.log");
-        let child = Command::new(bin_dir().join("rik-scheduler"))
+        let mut cmd = Command::new(bin_dir().join("rik-scheduler"));
+        if let Some(t) = self.heartbeat_timeout {
+            cmd.arg("--heartbeat-timeout")
+                .arg(format!("{}ms", t.as_millis()));
+        }
+        let child = cmd
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.scheduler_port))
             .arg("--state-dir")
@@ -627,7 +650,7 @@ impl Drop for Cluster {
         if containerd::answers(&self.containerd_socket) {
             self.ctr().remove_namespace();
         }
-        self.net.cleanup(&self.state_dir());
+        self.net.cleanup(&self.state_dir(), &self.netns_prefix);
         self.cleanup_cgroups();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
@@ -757,18 +780,27 @@ impl NetSlot {
         format!("10.214.{}.1", self.n)
     }
 
-    /// Removes the pod netns of the leases in `<state_dir>/ipam.json`, the
-    /// veths on the bridge, the bridge and the nftables table.
-    fn cleanup(&self, state_dir: &Path) {
-        let leases: Vec<String> = std::fs::read_to_string(state_dir.join("ipam.json"))
+    /// Removes the pod netns (`<netns_prefix><instance>`) of the leases in
+    /// `<state_dir>/ipam.json`, the veths on the bridge, the bridge and the
+    /// nftables table.
+    fn cleanup(&self, state_dir: &Path, netns_prefix: &str) {
+        let namespaces: Vec<String> = std::fs::read_to_string(state_dir.join("ipam.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v["leases"].as_object().map(|m| m.keys().cloned().collect()))
+            .and_then(|v| {
+                let leases = v["leases"].as_object()?;
+                Some(
+                    leases
+                        .keys()
+                        .map(|id| format!("{netns_prefix}{id}"))
+                        .collect(),
+                )
+            })
             .unwrap_or_default();
-        self.remove_kernel_objects(&leases);
+        self.remove_kernel_objects(&namespaces);
     }
 
-    fn remove_kernel_objects(&self, instances: &[String]) {
+    fn remove_kernel_objects(&self, namespaces: &[String]) {
         let run = |args: &[&str], tool: &str| {
             Command::new(tool)
                 .args(args)
@@ -776,8 +808,8 @@ impl NetSlot {
                 .stderr(Stdio::null())
                 .status()
         };
-        for id in instances {
-            let _ = run(&["netns", "del", &format!("rik-{id}")], "ip");
+        for ns in namespaces {
+            let _ = run(&["netns", "del", ns], "ip");
         }
         for link in links_on(&self.bridge) {
             let _ = run(&["link", "del", &link], "ip");

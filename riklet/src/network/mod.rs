@@ -190,6 +190,9 @@ pub struct NetworkConfig {
     pub masquerade: bool,
     /// nftables table (family `ip`) holding the masquerade chain.
     pub nft_table: String,
+    /// Prefix of the pods' network namespace names under `/run/netns`,
+    /// which every riklet of the machine shares.
+    pub netns_prefix: String,
 }
 
 impl Default for NetworkConfig {
@@ -199,6 +202,7 @@ impl Default for NetworkConfig {
             pod_cidr: "10.88.0.0/24".into(),
             masquerade: true,
             nft_table: "riklet".into(),
+            netns_prefix: netns::NETNS_PREFIX.into(),
         }
     }
 }
@@ -209,6 +213,7 @@ impl NetworkConfig {
         let invalid = |field, reason: String| NetworkError::InvalidConfig { field, reason };
         check_link_name(&self.bridge).map_err(|reason| invalid("bridge", reason))?;
         check_nft_table_name(&self.nft_table).map_err(|reason| invalid("nft_table", reason))?;
+        check_netns_prefix(&self.netns_prefix).map_err(|reason| invalid("netns_prefix", reason))?;
         Ipv4Cidr::parse(&self.pod_cidr).map_err(|reason| invalid("pod_cidr", reason))
     }
 }
@@ -227,6 +232,24 @@ pub(crate) fn check_link_name(b: &str) -> std::result::Result<(), String> {
     } else {
         Err(format!(
             "{b:?} is not a link name (1-15 characters of [A-Za-z0-9._-])"
+        ))
+    }
+}
+
+/// A prefix that keeps `<prefix><instance>` one file name of `/run/netns`:
+/// 1-32 characters of `[A-Za-z0-9._-]`, not starting with a dot.
+fn check_netns_prefix(p: &str) -> std::result::Result<(), String> {
+    let valid = !p.is_empty()
+        && p.len() <= 32
+        && !p.starts_with('.')
+        && p.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{p:?} is not a namespace name prefix (1-32 characters of [A-Za-z0-9._-], \
+             not starting with a dot)"
         ))
     }
 }
@@ -261,10 +284,18 @@ pub struct PodAddress {
 }
 
 /// The host side of the pod veth of `instance_id`: `rikv` and 10 hex
-/// digits of a SHA-256 of the id (link names are limited to 15 bytes).
-pub fn host_veth_name(instance_id: &str) -> String {
-    let digest = Sha256::digest(instance_id.as_bytes());
-    format!("{VETH_PREFIX}{}", hex::encode(&digest[..5]))
+/// digits of a SHA-256 (link names are limited to 15 bytes) of the id, or
+/// of `netns_prefix` and the id when the prefix is not the default: host
+/// links are shared by every riklet of the machine, and a moved instance
+/// keeps its id. With the default prefix, the names of pods started before
+/// the prefix existed stay the same.
+pub fn host_veth_name(netns_prefix: &str, instance_id: &str) -> String {
+    let mut hash = Sha256::new();
+    if netns_prefix != netns::NETNS_PREFIX {
+        hash.update(netns_prefix.as_bytes());
+    }
+    hash.update(instance_id.as_bytes());
+    format!("{VETH_PREFIX}{}", hex::encode(&hash.finalize()[..5]))
 }
 
 /// The pod network of this node.
@@ -487,7 +518,7 @@ impl PodNetwork {
             ip,
             prefix_len: self.cidr.prefix_len(),
             gateway: self.cidr.gateway(),
-            netns: netns::path_of(instance_id),
+            netns: netns::path_of(&self.config.netns_prefix, instance_id),
         }
     }
 
@@ -545,7 +576,7 @@ impl PodNetwork {
         pod: &rtnetlink::Handle,
     ) -> Result<()> {
         let host = &self.host.handle;
-        let veth = host_veth_name(id);
+        let veth = host_veth_name(&self.config.netns_prefix, id);
         let host_end = link::by_name(host, &veth).await?;
         let pod_end = link::by_name(pod, POD_IFNAME).await?;
         // The pair is intact when the pod's eth0 points at our host end.
@@ -592,8 +623,9 @@ impl PodNetwork {
         let host = &self.host.handle;
         let ip = self.lock_ipam().get(id);
         // Deleting the host end deletes eth0 with it.
-        link::delete(host, &host_veth_name(id)).await?;
-        netns::remove(&netns::path_of(id))?;
+        let prefix = &self.config.netns_prefix;
+        link::delete(host, &host_veth_name(prefix, id)).await?;
+        netns::remove(&netns::path_of(prefix, id))?;
         if let Some(ip) = ip {
             if let Some(bridge) = link::by_name(host, &self.config.bridge).await? {
                 link::forget_neighbour(host, bridge.header.index, ip).await?;
@@ -614,7 +646,7 @@ impl PodNetwork {
             .lock_ipam()
             .ids()
             .iter()
-            .map(|id| host_veth_name(id))
+            .map(|id| host_veth_name(&self.config.netns_prefix, id))
             .collect();
         for l in link::all(host).await? {
             let Some(name) = link::name_of(&l) else {
@@ -670,6 +702,9 @@ mod tests {
             ("nft_table = \"a b\"", "nft_table"),
             ("pod_cidr = \"10.88.0.1/24\"", "pod_cidr"),
             ("pod_cidr = \"10.88.0.0/31\"", "pod_cidr"),
+            ("netns_prefix = \"\"", "netns_prefix"),
+            ("netns_prefix = \"a/b-\"", "netns_prefix"),
+            ("netns_prefix = \"..\"", "netns_prefix"),
         ] {
             let c: NetworkConfig = toml::from_str(toml).unwrap();
             let err = c.validate().unwrap_err().to_string();
@@ -693,11 +728,21 @@ mod tests {
 
     #[test]
     fn veth_names_fit_and_differ() {
-        let a = host_veth_name("opposite-join-5857");
-        let b = host_veth_name("opposite-join-5858");
+        let default = netns::NETNS_PREFIX;
+        let a = host_veth_name(default, "opposite-join-5857");
+        let b = host_veth_name(default, "opposite-join-5858");
         assert_eq!(a.len(), 14);
         assert!(a.starts_with(VETH_PREFIX));
         assert_ne!(a, b);
-        assert_eq!(a, host_veth_name("opposite-join-5857"));
+        assert_eq!(a, host_veth_name(default, "opposite-join-5857"));
+        // The default prefix keeps the names pods got before it existed.
+        assert_eq!(
+            a,
+            "rikv".to_owned() + &hex::encode(&Sha256::digest("opposite-join-5857")[..5])
+        );
+        // Two riklets of one machine running the same instance: two links.
+        let other = host_veth_name("node2-", "opposite-join-5857");
+        assert_eq!(other.len(), 14);
+        assert_ne!(a, other);
     }
 }

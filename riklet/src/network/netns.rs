@@ -29,12 +29,16 @@ pub const NETNS_DIR: &str = "/run/netns";
 /// a thread inside it (`/proc/sys/net` shows the opener's namespace).
 const IPV6_DEFAULT: &str = "default";
 
-/// Prefix of the riklet's namespace names.
+/// Default prefix of the riklet's namespace names (`[network]
+/// netns_prefix`).
 pub const NETNS_PREFIX: &str = "rik-";
 
-/// `/run/netns/rik-<instance>`; the id must have been validated.
-pub fn path_of(instance_id: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(format!("{NETNS_PREFIX}{instance_id}"))
+/// `/run/netns/<prefix><instance>`; the id must have been validated.
+/// `/run/netns` is shared by every riklet of the machine and a moved
+/// instance keeps its id, so riklets on one machine need distinct
+/// prefixes.
+pub fn path_of(prefix: &str, instance_id: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(format!("{prefix}{instance_id}"))
 }
 
 /// Whether `path` is a mounted network namespace (and not a leftover file).

@@ -133,6 +133,9 @@ pub struct ProxySettings {
     pub nft_table: String,
     pub pod_cidr: Ipv4Cidr,
     pub bridge: String,
+    /// Prefix of the pods' network namespace names (`[network]
+    /// netns_prefix`).
+    pub netns_prefix: String,
     /// How often counters are read for `/metrics`.
     pub counter_interval: Duration,
 }
@@ -281,7 +284,7 @@ impl Proxy {
     async fn sync(&mut self, endpoints: &[Endpoint]) -> Result<bool, ProxyError> {
         let live: Vec<Endpoint> = endpoints
             .iter()
-            .filter(|e| network_present(e))
+            .filter(|e| network_present(&self.settings.netns_prefix, e))
             .cloned()
             .collect();
         let table = ServiceTable::from_endpoints(&live);
@@ -305,7 +308,7 @@ impl Proxy {
             let namespaces: Vec<PathBuf> = live
                 .iter()
                 .filter(|e| matches!(e.address, PodAddress::Ip(_)))
-                .map(|e| crate::network::netns::path_of(&e.instance))
+                .map(|e| crate::network::netns::path_of(&self.settings.netns_prefix, &e.instance))
                 .collect();
             if let Err(e) = flows::forget_udp_flows(&gone, &namespaces).await {
                 warn!(error = %crate::error_chain(&e), "cannot move the UDP flows of backends that left");
@@ -470,10 +473,10 @@ impl Proxy {
 
 /// Whether the pod's network namespace is still there (a pod whose
 /// namespace was removed has no address to forward to).
-fn network_present(e: &Endpoint) -> bool {
+fn network_present(netns_prefix: &str, e: &Endpoint) -> bool {
     match e.address {
         PodAddress::HostNetwork => true,
-        PodAddress::Ip(_) => crate::network::netns::path_of(&e.instance).exists(),
+        PodAddress::Ip(_) => crate::network::netns::path_of(netns_prefix, &e.instance).exists(),
     }
 }
 

@@ -4,11 +4,51 @@
 
 use proto::common::ResourceStatus;
 use proto::status::{AppStatus, display_status};
-use tracing::info;
+use tracing::{debug, info};
 
-use super::State;
+use super::{State, destroy_msg};
 
 impl State {
+    /// A report from `hostname` of an instance that is not assigned to it:
+    /// moved to another node while this one was away, or of an app deleted
+    /// meanwhile. The node is told to destroy it, also when it reports it
+    /// TERMINATED: a pod that completed (or failed) stays on its node, with
+    /// its address and cgroups, until it is destroyed. The TERMINATED that
+    /// answers such a DESTROY ends the exchange (a DESTROY for a pod the
+    /// node no longer has is answered TERMINATED: without this, the two
+    /// would ping-pong).
+    pub(super) fn report_elsewhere(
+        &mut self,
+        hostname: &str,
+        instance_id: &str,
+        status: ResourceStatus,
+    ) {
+        let known = self.store.data().instances.get(instance_id);
+        let assigned_to = known.and_then(|i| i.node.clone());
+        let definition = known
+            .and_then(|i| self.store.data().apps.get(&i.app))
+            .map(|a| a.manifest.to_definition())
+            .unwrap_or_default();
+        let Some(node) = self.nodes.connected_mut(hostname) else {
+            return;
+        };
+        let answered = node.destroys_sent.remove(instance_id);
+        if status == ResourceStatus::Terminated && answered {
+            debug!(node = %hostname, instance = %instance_id, "stale instance destroyed");
+            return;
+        }
+        // A DESTROYING report gets the DESTROY again: the riklet ignores
+        // it for a pod already being destroyed.
+        node.destroys_sent.insert(instance_id.to_string());
+        info!(node = %hostname, instance = %instance_id, status = proto::status::name(status),
+            assigned_to = ?assigned_to,
+            "node reports an instance that is not assigned to it, destroying it");
+        self.deliver(vec![(
+            hostname.to_string(),
+            destroy_msg(instance_id, definition),
+        )]);
+    }
+
     /// Stores a report of an instance assigned to `hostname`. A change of
     /// its status, of the STATUS `rik` shows for it (`RunContainerError`
     /// then `CrashLoopBackOff`) or a new event is a change of the app; a
