@@ -201,7 +201,7 @@ pub async fn run_under(
         connected: scheduler_connected,
     };
     start_scheduler_client(&config, &node, link, handle, reports_rx, &mut tasks);
-    if let Some(fault) = service.fault {
+    if let Some(fault) = &service.fault {
         fault.inject_panic();
     }
 

@@ -8,6 +8,7 @@
 //! Without `NOTIFY_SOCKET` nothing is sent; without `WATCHDOG_USEC` there is
 //! no watchdog. The messages themselves are [`scheduler::service`]'s.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -45,8 +46,10 @@ impl ServiceManager {
         Some(AgentWatchdog {
             notifier: self.notifier.clone(),
             ticker,
-            pings: 0,
-            wedge: self.fault == Some(TestFault::WedgeAgent),
+            wedge: match &self.fault {
+                Some(TestFault::WedgeAgent(file)) => Some(file.clone()),
+                _ => None,
+            },
         })
     }
 }
@@ -56,9 +59,8 @@ impl ServiceManager {
 pub(crate) struct AgentWatchdog {
     notifier: Notifier,
     ticker: Interval,
-    pings: u32,
-    /// [`TestFault::WedgeAgent`]: stop for good after the third ping.
-    wedge: bool,
+    /// [`TestFault::WedgeAgent`]: stop for good once this file exists.
+    wedge: Option<PathBuf>,
 }
 
 impl AgentWatchdog {
@@ -75,12 +77,11 @@ impl AgentWatchdog {
     /// Pings, from the agent loop's own turn (not from inside a select
     /// branch, which other branches would outrun).
     pub(crate) async fn ping(&mut self) {
-        self.notifier.watchdog();
-        self.pings += 1;
-        if self.wedge && self.pings >= 3 {
+        if self.wedge.as_ref().is_some_and(|f| f.exists()) {
             error!("test fault: the agent loop wedges");
             std::future::pending::<()>().await;
         }
+        self.notifier.watchdog();
     }
 }
 

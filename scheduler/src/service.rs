@@ -15,6 +15,7 @@ use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,10 +114,7 @@ impl Notifier {
     /// runs on whatever its manager hears.
     fn send(&self, message: &str) {
         let Some(target) = &self.target else { return };
-        if let Err(e) = target
-            .socket
-            .send_to_addr(message.as_bytes(), &target.addr)
-        {
+        if let Err(e) = target.socket.send_to_addr(message.as_bytes(), &target.addr) {
             tracing::warn!(error = %e, message = message.trim_end(), "cannot notify the service manager");
         }
     }
@@ -150,14 +148,14 @@ pub fn abort_on_panic(program: &'static str) {
 
 /// A fault that a test injects into a debug build, named by an
 /// environment variable; release builds never read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TestFault {
-    /// `wedge-agent`: the riklet's agent loop stops after its third
-    /// watchdog ping, as a deadlocked loop would.
-    WedgeAgent,
-    /// `panic-task`: a spawned tokio task panics at start.
+    /// `wedge-agent=FILE`: the riklet's agent loop stops for good at its
+    /// first watchdog ping after FILE exists, as a deadlocked loop would.
+    WedgeAgent(PathBuf),
+    /// `panic-task`: a spawned tokio task panics once the service runs.
     PanicTask,
-    /// `panic-thread`: a std thread panics at start.
+    /// `panic-thread`: a std thread panics once the service runs.
     PanicThread,
 }
 
@@ -168,12 +166,12 @@ impl TestFault {
             return None;
         }
         let value = std::env::var(var).ok()?;
-        let fault = match value.as_str() {
-            "wedge-agent" => TestFault::WedgeAgent,
-            "panic-task" => TestFault::PanicTask,
-            "panic-thread" => TestFault::PanicThread,
-            other => {
-                tracing::warn!(var, value = other, "unknown test fault ignored");
+        let fault = match value.split_once('=') {
+            Some(("wedge-agent", file)) => TestFault::WedgeAgent(file.into()),
+            _ if value == "panic-task" => TestFault::PanicTask,
+            _ if value == "panic-thread" => TestFault::PanicThread,
+            _ => {
+                tracing::warn!(var, value, "unknown test fault ignored");
                 return None;
             }
         };
@@ -182,7 +180,7 @@ impl TestFault {
     }
 
     /// Injects a panic fault (on the current tokio runtime for a task).
-    pub fn inject_panic(self) {
+    pub fn inject_panic(&self) {
         match self {
             TestFault::PanicTask => {
                 tokio::spawn(async { panic!("test fault: a spawned task panics") });
@@ -190,7 +188,7 @@ impl TestFault {
             TestFault::PanicThread => {
                 std::thread::spawn(|| panic!("test fault: a std thread panics"));
             }
-            TestFault::WedgeAgent => {}
+            TestFault::WedgeAgent(_) => {}
         }
     }
 }

@@ -178,7 +178,11 @@ impl<H: PodHost> Agent<H> {
             tokio::spawn(async move { host.remove_containers(orphans).await });
         }
         for id in self.sorted_ids() {
-            if self.pods.get(&id).is_none_or(|p| p.phase == Phase::Destroying) {
+            if self
+                .pods
+                .get(&id)
+                .is_none_or(|p| p.phase == Phase::Destroying)
+            {
                 continue;
             }
             let images = self.container_kinds(&id).into_iter().filter(|(_, i)| *i);
