@@ -25,6 +25,8 @@
 //!   [`admin`]: the status document and the tables those commands print.
 //! - [`observability`]: tracing setup; [`steps`]: the timed steps of a
 //!   container start.
+//! - [`service_manager`]: what systemd is told (readiness, status,
+//!   watchdog).
 
 pub mod admin;
 pub mod agent;
@@ -40,6 +42,7 @@ pub mod observability;
 pub mod proxy;
 pub mod runtime;
 pub mod scheduler_client;
+pub mod service_manager;
 pub mod shipper;
 pub mod state;
 pub mod steps;
@@ -105,6 +108,16 @@ pub enum Error {
 /// Runs the riklet until `shutdown` resolves. Pods keep running after it
 /// returns (a later riklet adopts them); eBPF programs are detached.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    run_under(config, service_manager::ServiceManager::default(), shutdown).await
+}
+
+/// [`run`], telling `service` (systemd) how the start goes and pinging
+/// its watchdog from the agent loop.
+pub async fn run_under(
+    config: Config,
+    service: service_manager::ServiceManager,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     config.validate()?;
     let node = node_name(&config)?;
     let user = nix::unistd::User::from_name(&config.run_as_user)
@@ -142,7 +155,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let backends = backends(&config, store, cgroups, network, &tasks)?;
     let containerd = backends.containerd.clone();
     let usage = metrics::collector::PodUsage::default();
-    let agent = agent::Agent::new(settings, backends, usage.clone(), reports_tx);
+    service.notifier.status("recovering pods");
+    let agent = agent::Agent::new(settings, backends, usage.clone(), reports_tx)
+        .with_watchdog(service.agent_watchdog());
     let handle = agent.handle();
     let agent_task = tokio::spawn(agent.run(tasks.stop.subscribe()));
     let (proxy, proxy_task) = start_proxy(&config, &cgroup_v2_root, &handle, &tasks).await;
@@ -174,11 +189,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "node API",
         api::serve_logs(api_listener, config.log_dir.clone(), stopped),
     );
+    tasks.services.spawn(service_manager::report(
+        service.notifier.clone(),
+        handle.clone(),
+        scheduler_connected.clone(),
+        config.scheduler.clone(),
+        tasks.stop.subscribe(),
+    ));
     let link = SchedulerLink {
         host_address: api_address,
         connected: scheduler_connected,
     };
     start_scheduler_client(&config, &node, link, handle, reports_rx, &mut tasks);
+    if let Some(fault) = &service.fault {
+        fault.inject_panic();
+    }
 
     shutdown.await;
     info!(node = %node, "riklet stopping; pods keep running");

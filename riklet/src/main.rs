@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use riklet::Config;
 use riklet::config::paths;
+use riklet::service_manager::ServiceManager;
+use scheduler::service::{self, Notifier};
 
 /// The RIK node agent: runs the scheduler's app instances as pods on this node.
 #[derive(Parser)]
@@ -115,6 +117,8 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     let config = load_config(&cli)?;
+    // SAFETY: no other thread runs yet (the runtime is built below).
+    let (notifier, watchdog) = unsafe { Notifier::from_env() };
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Some(Command::Status { output }) => print_answer(&runtime, &config, "status", output),
@@ -122,13 +126,18 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Proxy) => print_answer(&runtime, &config, "proxy", Output::Json),
         None => {
             riklet::observability::init(cli.log_json);
-            abort_on_panic();
+            service::abort_on_panic("riklet");
+            let service = ServiceManager {
+                notifier: notifier.context("cannot reach the service manager")?,
+                watchdog,
+                fault: service::TestFault::from_env("RIKLET_TEST_FAULT"),
+            };
             raise_fd_limit();
             // Nothing the riklet inherited reaches its shims and pods.
             if let Err(e) = riklet_shim::fds::cloexec_above_stdio() {
                 tracing::warn!(error = %e, "cannot mark inherited descriptors close-on-exec");
             }
-            runtime.block_on(riklet::run(config, shutdown_signal()))?;
+            runtime.block_on(riklet::run_under(config, service, shutdown_signal()))?;
             Ok(())
         }
     }
@@ -173,19 +182,6 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-}
-
-/// A task of the daemon that panics takes the process down, the panic in
-/// the log: a riklet whose agent loop or proxy died must not stay up
-/// looking healthy; the service manager restarts it and recovery takes
-/// over.
-fn abort_on_panic() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        tracing::error!(panic = %info, "a riklet task panicked; exiting");
-        default(info);
-        std::process::abort();
-    }));
 }
 
 /// The metrics collector keeps each pod's cgroup files open (several per

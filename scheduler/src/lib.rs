@@ -18,6 +18,8 @@
 //! - [`api`]: `rik.v1.Rik` for the CLI.
 //! - [`logs`]: `Logs`, read on the nodes, merged, followed.
 //! - [`metrics`]: the calls served, per method (Prometheus).
+//! - [`service`]: what a service tells systemd (readiness, status,
+//!   watchdog), abort on panic; shared with the riklet.
 //!
 //! [`run`] serves both until its shutdown future resolves; background tasks
 //! expire silent nodes (heartbeat timeout) and flush the store.
@@ -42,6 +44,7 @@ pub mod logs;
 pub mod metrics;
 pub mod nodes;
 pub mod placement;
+pub mod service;
 pub mod store;
 pub mod watchers;
 pub mod worker_service;
@@ -66,13 +69,17 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Scheduler settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     /// Where the app store (`state.json`) lives; created if missing.
     pub state_dir: PathBuf,
     /// A ready node that sends nothing for this long is marked not ready
     /// and its instances are re-placed.
     pub heartbeat_timeout: Duration,
+    /// Told `READY=1` once the store is loaded and the server built (the
+    /// listener already accepts); `rik-scheduler`'s systemd socket, or
+    /// nothing (embedded in a riklet, which reports for itself).
+    pub notifier: service::Notifier,
 }
 
 impl Default for SchedulerConfig {
@@ -80,6 +87,7 @@ impl Default for SchedulerConfig {
         Self {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            notifier: service::Notifier::default(),
         }
     }
 }
@@ -116,6 +124,7 @@ pub async fn run(
         heartbeat_timeout = ?config.heartbeat_timeout,
         "scheduler starting"
     );
+    let listener_addr = listener.local_addr().ok();
     let cluster = Arc::new(Cluster::new(store, config.heartbeat_timeout));
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = [
@@ -144,11 +153,14 @@ pub async fn run(
             stopped(stop_rx.clone()),
         );
     tokio::pin!(server);
+    let listen = listener_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+    config.notifier.ready(&format!("serving on {listen}"));
 
     let served = tokio::select! {
         served = &mut server => served,
         () = shutdown => {
             info!("scheduler shutting down");
+            config.notifier.stopping();
             cluster.lock().await.shutdown();
             let _ = stop_tx.send(true);
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {

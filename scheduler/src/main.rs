@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use scheduler::metrics::ApiCalls;
+use scheduler::service;
 use scheduler::{DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -31,14 +32,25 @@ struct Args {
     metrics_listen: Option<SocketAddr>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    service::abort_on_panic("rik-scheduler");
+    // SAFETY: no other thread runs yet (the runtime is built below).
+    // The scheduler has no watchdog: nothing of it can wedge unseen.
+    let (notifier, _watchdog) = unsafe { service::Notifier::from_env() };
+    let notifier = notifier.context("cannot reach the service manager")?;
+    tokio::runtime::Runtime::new()?.block_on(serve(args, notifier))
+}
+
+async fn serve(args: Args, notifier: service::Notifier) -> anyhow::Result<()> {
+    if let Some(fault) = service::TestFault::from_env("RIK_SCHEDULER_TEST_FAULT") {
+        fault.inject_panic();
+    }
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -46,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let config = SchedulerConfig {
         state_dir: args.state_dir,
         heartbeat_timeout: args.heartbeat_timeout,
+        notifier,
     };
     let calls = ApiCalls::new();
     if let Some(addr) = args.metrics_listen {

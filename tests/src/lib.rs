@@ -150,6 +150,9 @@ pub struct Options {
     pub netns_prefix: Option<String>,
     /// The separate scheduler's `--heartbeat-timeout` (default its own).
     pub heartbeat_timeout: Option<Duration>,
+    /// Environment variables of the riklet process (e.g. systemd's
+    /// `NOTIFY_SOCKET`, a debug build's `RIKLET_TEST_FAULT`).
+    pub riklet_env: Vec<(String, String)>,
 }
 
 /// A one-node cluster and everything it created.
@@ -176,6 +179,7 @@ pub struct Cluster {
     /// The riklet binary this cluster runs.
     riklet_exe: PathBuf,
     log_filter: Option<&'static str>,
+    riklet_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -217,6 +221,7 @@ impl Cluster {
             net,
             riklet_exe: bin_dir().join("riklet"),
             log_filter: options.log_filter,
+            riklet_env: options.riklet_env.clone(),
             dir,
             riklet: None,
             scheduler: None,
@@ -353,6 +358,7 @@ impl Cluster {
         if let Some(filter) = self.log_filter {
             cmd.env("RUST_LOG", filter);
         }
+        cmd.envs(self.riklet_env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--config").arg(self.dir.path().join("riklet.toml"));
         cmd.arg("--state-dir").arg(self.state_dir());
         if self.mode == Mode::Standalone {
@@ -393,6 +399,17 @@ impl Cluster {
                 self.riklet_log()
             );
         }
+    }
+
+    /// Waits for the riklet to exit by itself and returns how it ended, or
+    /// panics after `timeout`.
+    pub fn wait_riklet_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.riklet.as_mut().expect("the riklet was started");
+        let status = wait_for(timeout, "the riklet to exit", || {
+            child.try_wait().expect("wait for the riklet")
+        });
+        self.riklet = None;
+        status
     }
 
     /// `kill -9` the riklet (its pods must survive).

@@ -8,12 +8,14 @@
 //! - `bench`: benchmarks, results in `target/bench/` and docs/benchmarks.md.
 //! - `ci`: what `.ci/run` runs.
 //! - `image`: a tiny OCI image archive of Debian's static busybox (see [`image`]).
+//! - `package`: the Debian package (see [`package`]).
 
 mod bench;
 mod ci;
 mod demo;
 mod ebpf;
 mod image;
+mod package;
 mod registry;
 mod setup;
 
@@ -40,6 +42,13 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: BenchKind,
+    },
+    /// Build the Debian package target/package/riklet_<version>_<arch>.deb.
+    Package {
+        /// Cargo profile of the binaries: `release`, or `dev` to package
+        /// what the tests already built.
+        #[arg(long, default_value = "release")]
+        profile: String,
     },
     /// Build a tiny OCI image archive (busybox + applet links), reproducibly.
     Image {
@@ -112,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => ebpf::build(),
         Command::Demo => demo::run(&ebpf::workspace_root()),
         Command::Ci => ci::run(&ebpf::workspace_root()),
+        Command::Package { profile } => package::run(&ebpf::workspace_root(), &profile).map(|_| ()),
         Command::Bench { which } => match which {
             BenchKind::Start => bench::start::start(&ebpf::workspace_root()),
             BenchKind::Burst {

@@ -164,11 +164,13 @@ impl<H: PodHost> Agent<H> {
                 // An asker that is gone is not an error.
                 match query {
                     Query::Reports(tx) => {
-                        let all = ids.iter().map(|id| self.report_of(&self.pods[id]));
+                        let all = ids.iter().filter_map(|id| self.pods.get(id));
+                        let all = all.map(|pod| self.report_of(pod));
                         let _ = tx.send(all.collect());
                     }
                     Query::Pods(tx) => {
-                        let all = ids.iter().map(|id| self.view(&self.pods[id]));
+                        let all = ids.iter().filter_map(|id| self.pods.get(id));
+                        let all = all.map(|pod| self.view(pod));
                         let _ = tx.send(all.collect());
                     }
                 }

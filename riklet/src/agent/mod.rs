@@ -73,6 +73,7 @@ use crate::metrics::collector::PodUsage;
 use crate::metrics::targets::PodsGeneration;
 use crate::proxy::model::Endpoint;
 use crate::runtime::containerd;
+use crate::service_manager::AgentWatchdog;
 use crate::state::{ContainerRecord, ExitRecord, Phase, PodRecord, RunRecord, Store};
 use commit::{BATCH, Pending, Query};
 use handle::Event;
@@ -135,6 +136,9 @@ pub struct Agent<H: PodHost = NodeHost> {
     endpoints: watch::Sender<Option<Vec<Endpoint>>>,
     /// Bumped after each change of the pods (the collector's targets).
     generation: PodsGeneration,
+    /// systemd's watchdog, pinged from the loop itself: a wedged loop
+    /// stops the pings and gets the riklet restarted.
+    watchdog: Option<AgentWatchdog>,
 }
 
 impl Agent<NodeHost> {
@@ -179,7 +183,14 @@ impl<H: PodHost> Agent<H> {
             reports,
             endpoints: watch::Sender::new(None),
             generation: PodsGeneration::default(),
+            watchdog: None,
         }
+    }
+
+    /// Pings `watchdog` from the event loop.
+    pub(crate) fn with_watchdog(mut self, watchdog: Option<AgentWatchdog>) -> Self {
+        self.watchdog = watchdog;
+        self
     }
 
     pub fn handle(&self) -> AgentHandle {
@@ -201,10 +212,17 @@ impl<H: PodHost> Agent<H> {
         self.publish_endpoints();
         self.generation.bump();
         let host = self.host.clone();
+        let mut watchdog = self.watchdog.take();
         loop {
             let waiting = self.containerd == ContainerdSync::Waiting;
             tokio::select! {
                 _ = shutdown.recv() => break,
+                () = AgentWatchdog::due(&mut watchdog) => {
+                    if let Some(w) = &mut watchdog {
+                        w.ping().await;
+                    }
+                    continue;
+                }
                 Some(ev) = self.rx.recv() => {
                     self.on_event(ev).await;
                     // Whatever else is waiting joins the same save.

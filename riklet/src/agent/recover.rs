@@ -30,7 +30,11 @@ impl<H: PodHost> Agent<H> {
             self.pods.insert(pod.instance_id.clone(), pod);
         }
         for id in self.sorted_ids() {
-            if self.pods[&id].phase == Phase::Destroying {
+            let Some(pod) = self.pods.get(&id) else {
+                warn!(pod = %id, "record gone during recovery; skipped");
+                continue;
+            };
+            if pod.phase == Phase::Destroying {
                 info!(pod = %id, "resuming delete");
                 self.spawn_stop(&id);
                 continue;
@@ -57,9 +61,13 @@ impl<H: PodHost> Agent<H> {
     }
 
     /// Each container of a pod's manifest, and whether it is an image.
+    /// None (logged) when the pod has no record.
     fn container_kinds(&self, id: &str) -> Vec<(String, bool)> {
-        self.pods[id]
-            .manifest
+        let Some(pod) = self.pods.get(id) else {
+            warn!(pod = %id, "no record of the pod; its containers are skipped");
+            return Vec::new();
+        };
+        pod.manifest
             .spec
             .containers
             .iter()
@@ -170,7 +178,11 @@ impl<H: PodHost> Agent<H> {
             tokio::spawn(async move { host.remove_containers(orphans).await });
         }
         for id in self.sorted_ids() {
-            if self.pods[&id].phase == Phase::Destroying {
+            if self
+                .pods
+                .get(&id)
+                .is_none_or(|p| p.phase == Phase::Destroying)
+            {
                 continue;
             }
             let images = self.container_kinds(&id).into_iter().filter(|(_, i)| *i);
