@@ -122,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Proxy) => print_answer(&runtime, &config, "proxy", Output::Json),
         None => {
             riklet::observability::init(cli.log_json);
+            riklet::crash::arm_from_env()?;
             abort_on_panic();
             raise_fd_limit();
             // Nothing the riklet inherited reaches its shims and pods.
