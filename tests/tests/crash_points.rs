@@ -180,7 +180,7 @@ impl Run {
         eprintln!("crash point {point} ({work:?})");
         let victim = matches!(work, Workload::Delete | Workload::Retention)
             .then(|| self.apply_running(Workload::Create));
-        let before = self.running_pods();
+        let before = self.running_pods(victim.as_deref());
         self.cluster.kill_riklet();
         self.cluster.start_riklet_env(&[("RIKLET_CRASH_AT", point)]);
         let subject = match (&victim, work) {
@@ -361,12 +361,13 @@ impl Run {
             .cloned()
     }
 
-    /// The RUNNING pods and their signature (pids, restart counts).
-    fn running_pods(&self) -> BTreeMap<String, Value> {
+    /// The RUNNING pods but `except`'s, and their signature (pids,
+    /// restart counts).
+    fn running_pods(&self, except: Option<&str>) -> BTreeMap<String, Value> {
         self.pods()
             .expect("riklet pods")
             .iter()
-            .filter(|p| p["state"] == "RUNNING")
+            .filter(|p| p["state"] == "RUNNING" && except.is_none_or(|app| p["app"] != app))
             .filter_map(|p| Some((p["appId"].as_str()?.to_string(), signature(p))))
             .collect()
     }
