@@ -89,12 +89,13 @@ pub fn parse(value: &str) -> Result<(&'static str, u32), CrashPointError> {
             }
         },
     };
-    let known = POINTS.iter().find(|p| **p == name).ok_or_else(|| {
-        CrashPointError::Unknown {
+    let known = POINTS
+        .iter()
+        .find(|p| **p == name)
+        .ok_or_else(|| CrashPointError::Unknown {
             value: value.to_string(),
             name: name.to_string(),
-        }
-    })?;
+        })?;
     Ok((known, count))
 }
 
@@ -188,7 +189,10 @@ mod tests {
     #[test]
     fn a_typo_is_refused_with_the_list() {
         let e = parse("delete.after_kil").unwrap_err().to_string();
-        assert!(e.contains("unknown crash point \"delete.after_kil\""), "{e}");
+        assert!(
+            e.contains("unknown crash point \"delete.after_kil\""),
+            "{e}"
+        );
         assert!(e.contains("delete.after_kill, "), "{e}");
         assert!(matches!(
             parse("delete.after_kill:0"),

@@ -22,7 +22,10 @@ pub fn bin_dir() -> &'static Path {
                 .args(features)
                 .status()
                 .expect("running cargo build for the riklet");
-            assert!(status.success(), "cargo build -p riklet {features:?} failed");
+            assert!(
+                status.success(),
+                "cargo build -p riklet {features:?} failed"
+            );
         };
         // Only the riklet package is rebuilt: its dependencies' features
         // do not change.

@@ -73,19 +73,28 @@ impl Inventory {
         };
         put("process", processes(scope));
         put("cgroup", cgroups(&scope.cgroup_root));
-        put("netns", crate::netns_named(&format!("rik-{}", scope.app_prefix)));
+        put(
+            "netns",
+            crate::netns_named(&format!("rik-{}", scope.app_prefix)),
+        );
         put("veth", crate::links_on(&scope.bridge));
         put("nft", nft_items(&scope.nft_table));
         put("nft", nft_items(&format!("{}_proxy", scope.nft_table)));
         put("bpf pin", files_under(&scope.pin_dir));
-        put("bpf entry", proxy_map_entries(&scope.pin_dir));
+        put("bpf entry", map_entries(&scope.pin_dir));
         if let Some((socket, namespace)) = &scope.containerd {
-            put("containerd", containerd_objects(&Ctr::new(socket, namespace)));
+            put(
+                "containerd",
+                containerd_objects(&Ctr::new(socket, namespace)),
+            );
         }
         put("pod record", names_in(&scope.state_dir.join("pods")));
         put("ipam lease", ipam_leases(&scope.state_dir));
         put("log dir", names_in(&scope.log_dir));
-        put("retention marker", names_in(&scope.state_dir.join("deleted-logs")));
+        put(
+            "retention marker",
+            names_in(&scope.state_dir.join("deleted-logs")),
+        );
         Inventory { kinds }
     }
 
@@ -155,7 +164,10 @@ fn processes(scope: &Scope) -> Vec<String> {
         return Vec::new();
     };
     let mut found = Vec::new();
-    for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
         if scope.exclude_pids.contains(&pid) || !crate::alive(pid.into()) {
             continue;
         }
@@ -184,7 +196,9 @@ fn cgroups(root: &str) -> Vec<String> {
     mounts.push(PathBuf::from("/sys/fs/cgroup"));
     let mut found = Vec::new();
     for m in mounts {
-        let hierarchy = m.file_name().map_or("v2".into(), |n| n.to_string_lossy().into_owned());
+        let hierarchy = m
+            .file_name()
+            .map_or("v2".into(), |n| n.to_string_lossy().into_owned());
         let Ok(entries) = std::fs::read_dir(m.join(root)) else {
             continue;
         };
@@ -247,28 +261,36 @@ fn files_under(dir: &Path) -> Vec<String> {
     found
 }
 
-/// The keys of the Node Proxy's pinned service and backend maps
-/// (`<pin_dir>/proxy/*`; not the node-address map, which follows the
-/// node's interfaces, nor the monitor's node-wide maps).
-fn proxy_map_entries(pin_dir: &Path) -> Vec<String> {
+/// The pinned maps whose entries belong to this riklet's services and
+/// pods (not the node-address map, which follows the node's interfaces,
+/// nor the monitor's node-wide maps, nor per-socket state).
+const OWNED_MAPS: &[&str] = &[
+    "proxy/LB_SERVICES",
+    "proxy/LB_BACKENDS",
+    "proxy/LB_REVNAT",
+    "proxy/LB_COUNTERS",
+    "CGROUP_TRAFFIC",
+];
+
+/// `<map> <key>` of every entry of [`OWNED_MAPS`] (`bpftool map dump`).
+fn map_entries(pin_dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
-    for rel in files_under(&pin_dir.join("proxy")) {
-        let lower = rel.to_lowercase();
-        if !(lower.contains("service") || lower.contains("backend")) {
+    for map in OWNED_MAPS {
+        let path = pin_dir.join(map);
+        if !path.exists() {
             continue;
         }
-        let path = pin_dir.join("proxy").join(&rel);
         let out = Command::new("bpftool")
             .args(["-j", "map", "dump", "pinned"])
             .arg(&path)
-            .output();
-        let entries = out
+            .output()
+            .expect("bpftool missing: apt install bpftool (or `cargo xtask setup`)");
+        let entries = serde_json::from_slice::<Value>(&out.stdout)
             .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default();
         for entry in entries {
-            found.push(format!("{rel} {}", entry["key"]));
+            found.push(format!("{map} {}", entry["key"]));
         }
     }
     found
@@ -282,13 +304,21 @@ fn containerd_objects(ctr: &Ctr) -> Vec<String> {
         .into_iter()
         .map(|id| format!("container {id}"))
         .collect();
-    found.extend(ctr.tasks().into_iter().map(|(id, _, _)| format!("task {id}")));
+    found.extend(
+        ctr.tasks()
+            .into_iter()
+            .map(|(id, _, _)| format!("task {id}")),
+    );
     found.extend(
         ctr.active_snapshots()
             .into_iter()
             .map(|k| format!("snapshot {k}")),
     );
-    found.extend(ctr.ids("leases").into_iter().map(|id| format!("lease {id}")));
+    found.extend(
+        ctr.ids("leases")
+            .into_iter()
+            .map(|id| format!("lease {id}")),
+    );
     found
 }
 

@@ -80,7 +80,11 @@ fn points() -> Vec<String> {
         .1;
     let list = list.lines().next().unwrap_or_default();
     let points: Vec<String> = list.split(", ").map(|p| p.trim().to_string()).collect();
-    assert!(points.len() >= 20, "only {} crash points: {list}", points.len());
+    assert!(
+        points.len() >= 20,
+        "only {} crash points: {list}",
+        points.len()
+    );
     points
 }
 
@@ -181,6 +185,12 @@ impl Run {
         let victim = matches!(work, Workload::Delete | Workload::Retention)
             .then(|| self.apply_running(Workload::Create));
         let before = self.running_pods(victim.as_deref());
+        assert!(
+            before.values().all(|s| s["containers"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c[1].is_i64()))),
+            "a RUNNING pod without a pid: {before:#?}"
+        );
         self.cluster.kill_riklet();
         self.cluster.start_riklet_env(&[("RIKLET_CRASH_AT", point)]);
         let subject = match (&victim, work) {
@@ -211,7 +221,13 @@ impl Run {
     }
 
     /// Waits until the node converged after the crash at `point`.
-    fn converge(&self, point: &str, work: Workload, subject: &str, before: &BTreeMap<String, Value>) {
+    fn converge(
+        &self,
+        point: &str,
+        work: Workload,
+        subject: &str,
+        before: &BTreeMap<String, Value>,
+    ) {
         let started = Instant::now();
         let mut why = String::new();
         let converged = (|| loop {
@@ -264,7 +280,9 @@ impl Run {
             }
             Workload::Restart => {}
             _ if of_subject.len() != 1 || of_subject[0]["state"] != "RUNNING" => {
-                return Err(format!("app {subject} is not one RUNNING pod: {of_subject:?}"));
+                return Err(format!(
+                    "app {subject} is not one RUNNING pod: {of_subject:?}"
+                ));
             }
             _ => {}
         }

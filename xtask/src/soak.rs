@@ -73,7 +73,9 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         _ => Some(start_registry(&target)?),
     };
     let env = Env::new();
-    let insecure = registry.as_ref().map_or(String::new(), |r| format!("\"{}\"", r.host));
+    let insecure = registry
+        .as_ref()
+        .map_or(String::new(), |r| format!("\"{}\"", r.host));
     let extra = format!(
         "metrics_addr = \"127.0.0.1:0\"\n\n[network]\nbridge = \"{bridge}\"\npod_cidr = \"10.218.0.0/24\"\n\
          nft_table = \"{table}\"\n\n[containerd]\nnamespace = \"{ns}\"\n\n[registries]\ninsecure = [{insecure}]\n\n\
