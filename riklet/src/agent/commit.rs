@@ -152,7 +152,9 @@ impl<H: PodHost> Agent<H> {
                 elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "pod records saved"
             );
-            self.crash_points_after_save(&pending.records);
+            if cfg!(feature = "crash-points") {
+                self.crash_points_after_save(&pending.records);
+            }
         }
         // A pod is reported once per flush, as it was saved, at the place
         // of its last change (after a `Fixed` report of an earlier life).
