@@ -9,8 +9,8 @@
 //! nftables rules and elements, BPF pins and proxy map entries,
 //! containerd objects, records, leases, log directories) — are taken
 //! before the first cycle, after the warm-up (a tenth of the cycles, at
-//! least 10), every twentieth of the run and at the end, once the node is
-//! quiet. It fails when the final RSS, descriptors or threads exceed the
+//! least 10, and past the first image container), every twentieth of the
+//! run and at the end, once the node is quiet. It fails when the final RSS, descriptors or threads exceed the
 //! warm-up sample by more than 5 %, or when any node object is not back
 //! to its start. Samples and summary: `target/bench/soak.json`.
 
@@ -122,7 +122,16 @@ fn soak(
     let scope = env.scope(cluster);
     let started = Instant::now();
     let sample = |cycle| take_sample(cluster, &scope, cycle, started);
-    let warm_up = (options.cycles / 10).max(10).min(options.cycles);
+    // The first image container loads what containerd pods need (the
+    // connection's buffers, the registry client): warm up past it.
+    let first_container = match options.container_every {
+        0 => 0,
+        k => k + 1,
+    };
+    let warm_up = (options.cycles / 10)
+        .max(10)
+        .max(first_container)
+        .min(options.cycles);
     let every = (options.cycles / 20).max(1);
     let mut samples = vec![sample(0)?];
     for cycle in 1..=options.cycles {
