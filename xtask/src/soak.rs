@@ -135,21 +135,8 @@ fn soak(
     let every = (options.cycles / 20).max(1);
     let mut samples = vec![sample(0)?];
     for cycle in 1..=options.cycles {
-        let name = format!("soak{cycle}");
         let container = options.container_every > 0 && cycle % options.container_every == 0;
-        let manifest = match (container, image) {
-            (true, Some(image)) => image_manifest(&name, image),
-            _ => bare_manifest(&name),
-        };
-        let path = cluster.dir_path().join("soak.yaml");
-        std::fs::write(&path, manifest)?;
-        let path = path.to_string_lossy();
-        cluster
-            .rik_ok(&["apply", "-f", &path, "--wait", "--timeout", "60s"])
-            .with_context(|| format!("cycle {cycle}: {name} did not run"))?;
-        cluster
-            .delete_one_and_wait(&name)
-            .with_context(|| format!("cycle {cycle}: delete of {name}"))?;
+        one_cycle(cluster, cycle, image.filter(|_| container))?;
         if cycle == warm_up || cycle % every == 0 {
             let s = sample(cycle)?;
             println!(
@@ -184,6 +171,25 @@ fn soak(
         "samples": samples.iter().map(Sample::to_json).collect::<Vec<_>>(),
         "failures": failures,
     }))
+}
+
+/// One create and delete: an image container from `image`, or a bare
+/// process.
+fn one_cycle(cluster: &Cluster, cycle: usize, image: Option<&str>) -> anyhow::Result<()> {
+    let name = format!("soak{cycle}");
+    let manifest = match image {
+        Some(image) => image_manifest(&name, image),
+        None => bare_manifest(&name),
+    };
+    let path = cluster.dir_path().join("soak.yaml");
+    std::fs::write(&path, manifest)?;
+    let path = path.to_string_lossy();
+    cluster
+        .rik_ok(&["apply", "-f", &path, "--wait", "--timeout", "60s"])
+        .with_context(|| format!("cycle {cycle}: {name} did not run"))?;
+    cluster
+        .delete_one_and_wait(&name)
+        .with_context(|| format!("cycle {cycle}: delete of {name}"))
 }
 
 /// What grew: the riklet's figures over the warm-up sample + 5 %, and
