@@ -10,8 +10,9 @@
 //! containerd objects, records, leases, log directories) — are taken
 //! before the first cycle, after the warm-up (a tenth of the cycles, at
 //! least 10, and past the first image container), every twentieth of the
-//! run and at the end, once the node is quiet. It fails when the final RSS, descriptors or threads exceed the
-//! warm-up sample by more than 5 %, or when any node object is not back
+//! run and at the end, once the node is quiet. It fails when the final
+//! RSS, descriptors or threads exceed the warm-up sample by more than 5 %
+//! (threads: by more than one, or 5 %), or when any node object is not back
 //! to its start. Samples and summary: `target/bench/soak.json`.
 
 use std::path::Path;
@@ -196,14 +197,28 @@ fn one_cycle(cluster: &Cluster, cycle: usize, image: Option<&str>) -> anyhow::Re
 /// every node object not back to its start.
 fn judge(warm: &Sample, last: &Sample, first: &Inventory) -> Vec<String> {
     let mut failures = Vec::new();
-    for (what, then, now) in [
-        ("RSS (KiB)", warm.rss_kib, last.rss_kib),
-        ("open descriptors", warm.fds, last.fds),
-        ("threads", warm.threads, last.threads),
+    let allowed = |then: u64| (then as f64 * GROWTH).floor() as u64;
+    for (what, then, now, limit) in [
+        (
+            "RSS (KiB)",
+            warm.rss_kib,
+            last.rss_kib,
+            allowed(warm.rss_kib),
+        ),
+        ("open descriptors", warm.fds, last.fds, allowed(warm.fds)),
+        // Tokio's blocking pool keeps the most threads it needed at once
+        // while they are used every 10 s (the retention sweep runs every
+        // second): one more than after the warm-up is that, not growth.
+        (
+            "threads",
+            warm.threads,
+            last.threads,
+            allowed(warm.threads).max(warm.threads + 1),
+        ),
     ] {
-        if now as f64 > then as f64 * GROWTH {
+        if now > limit {
             failures.push(format!(
-                "{what}: {now} at the end, {then} after the warm-up (more than +5 %)"
+                "{what}: {now} at the end, {then} after the warm-up (at most {limit})"
             ));
         }
     }
