@@ -23,6 +23,7 @@
 //!   configured.
 //! - [`api`]: control socket (`riklet status|pods`) and node logs service;
 //!   [`admin`]: the status document and the tables those commands print.
+//! - [`crash`]: crash points of test builds (feature `crash-points`).
 //! - [`observability`]: tracing setup; [`steps`]: the timed steps of a
 //!   container start.
 //! - [`service_manager`]: what systemd is told (readiness, status,
@@ -34,6 +35,7 @@ pub mod api;
 pub mod cgroups;
 pub mod clock;
 pub mod config;
+pub mod crash;
 pub mod fsutil;
 pub mod logs;
 pub mod metrics;

@@ -132,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 watchdog,
                 fault: service::TestFault::from_env("RIKLET_TEST_FAULT"),
             };
+            riklet::crash::arm_from_env()?;
             raise_fd_limit();
             // Nothing the riklet inherited reaches its shims and pods.
             if let Err(e) = riklet_shim::fds::cloexec_above_stdio() {

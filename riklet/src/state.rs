@@ -231,7 +231,11 @@ impl Store {
             changes.into_iter().partition(|c| c.record.is_some());
         let mut errors = Vec::new();
         let mut renamed = false;
-        for (change, written) in writes.iter().zip(self.write_all(&writes)) {
+        let written = self.write_all(&writes);
+        if !writes.is_empty() {
+            crate::crash::point("state.after_temp_write");
+        }
+        for (change, written) in writes.iter().zip(written) {
             let path = self.path(&change.instance_id);
             match written.and_then(|tmp| {
                 fs::rename(&tmp, &path).map_err(|source| StateError::Io {
@@ -250,6 +254,9 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => errors.push(StateError::Io { path, source }),
             }
+        }
+        if renamed {
+            crate::crash::point("state.after_rename");
         }
         if renamed && let Err(source) = sync_dir(&self.dir) {
             errors.push(StateError::Io {

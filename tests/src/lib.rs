@@ -14,9 +14,13 @@
 //!   more node.
 //! - [`registry`]: a throwaway `docker-registry` and the busybox image.
 //! - [`containerd`]: the machine's containerd, or a private one.
+//! - [`leftovers`]: what a riklet owns on the node, to find leftovers.
+//! - [`crash`]: the riklet built with its crash points.
 
 pub mod containerd;
+pub mod crash;
 pub mod external;
+pub mod leftovers;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -153,6 +157,9 @@ pub struct Options {
     /// Environment variables of the riklet process (e.g. systemd's
     /// `NOTIFY_SOCKET`, a debug build's `RIKLET_TEST_FAULT`).
     pub riklet_env: Vec<(String, String)>,
+    /// The riklet binary to run (default the one [`bin_dir`] builds; e.g.
+    /// [`crash::bin_dir`]'s, with `riklet-shim` next to it).
+    pub riklet_exe: Option<PathBuf>,
 }
 
 /// A one-node cluster and everything it created.
@@ -219,7 +226,10 @@ impl Cluster {
                 .unwrap_or_else(|| "rik-".into()),
             heartbeat_timeout: options.heartbeat_timeout,
             net,
-            riklet_exe: bin_dir().join("riklet"),
+            riklet_exe: options
+                .riklet_exe
+                .clone()
+                .unwrap_or_else(|| bin_dir().join("riklet")),
             log_filter: options.log_filter,
             riklet_env: options.riklet_env.clone(),
             dir,
@@ -354,7 +364,14 @@ impl Cluster {
 
     /// Starts (or restarts) the riklet process.
     pub fn start_riklet(&mut self) {
+        self.start_riklet_env(&[]);
+    }
+
+    /// Starts (or restarts) the riklet process with `env` added to its
+    /// environment (e.g. `RIKLET_CRASH_AT`).
+    pub fn start_riklet_env(&mut self, env: &[(&str, &str)]) {
         let mut cmd = Command::new(&self.riklet_exe);
+        cmd.envs(env.iter().copied());
         if let Some(filter) = self.log_filter {
             cmd.env("RUST_LOG", filter);
         }
@@ -401,15 +418,42 @@ impl Cluster {
         }
     }
 
-    /// Waits for the riklet to exit by itself and returns how it ended, or
-    /// panics after `timeout`.
-    pub fn wait_riklet_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let child = self.riklet.as_mut().expect("the riklet was started");
-        let status = wait_for(timeout, "the riklet to exit", || {
-            child.try_wait().expect("wait for the riklet")
-        });
-        self.riklet = None;
-        status
+    /// Waits up to `timeout` for the riklet to end by itself; how it ended,
+    /// or `None` if it still runs.
+    pub fn wait_riklet_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.riklet.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.riklet = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Where this cluster's riklet keeps its objects, for
+    /// [`leftovers::Inventory`]; its apps' names start with `app_prefix`.
+    pub fn scope(&self, app_prefix: &str) -> leftovers::Scope {
+        let mut exclude_pids: Vec<u32> = self.riklet_pid().into_iter().collect();
+        exclude_pids.extend(self.scheduler.as_ref().map(Child::id));
+        leftovers::Scope {
+            cgroup_root: self.cgroup_root.clone(),
+            state_dir: self.state_dir(),
+            log_dir: self.log_dir(),
+            pin_dir: self.pin_dir.clone(),
+            bridge: self.net.bridge.clone(),
+            nft_table: self.net.table.clone(),
+            containerd: Some((
+                self.containerd_socket.clone(),
+                self.containerd_namespace.clone(),
+            )),
+            app_prefix: app_prefix.to_string(),
+            exclude_pids,
+        }
     }
 
     /// `kill -9` the riklet (its pods must survive).

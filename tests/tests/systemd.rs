@@ -194,7 +194,9 @@ fn a_panicking_riklet_task_aborts_the_riklet() {
         ..Options::default()
     };
     let mut cluster = Cluster::start_with(Mode::Standalone, options);
-    let status = cluster.wait_riklet_exit(PATIENCE);
+    let status = cluster
+        .wait_riklet_exit(PATIENCE)
+        .expect("the riklet to exit by itself");
     let log = cluster.riklet_log();
     assert_eq!(
         status.signal(),

@@ -1,12 +1,16 @@
 //! `cargo xtask ci`: what CI runs (and the README's test command): set up,
 //! build the eBPF objects, check formatting and lints, run every test as
 //! root against the real kernel, then a short run of the Node Proxy
-//! benchmark (`bench proxy --quick`), so that it keeps working.
+//! benchmark (`bench proxy --quick`), so that it keeps working, and a
+//! short soak (`soak`, [`SOAK_CYCLES`] cycles), which fails on growth.
 
 use std::path::Path;
 use std::process::Command;
 
 use crate::setup::sh;
+
+/// The soak's cycles in CI: about two minutes on a 2-core machine.
+pub const SOAK_CYCLES: usize = 300;
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     crate::setup::run()?;
@@ -36,6 +40,13 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         &crate::bench::proxy::Options {
             quick: true,
             node_address: None,
+        },
+    )?;
+    crate::soak::run(
+        root,
+        &crate::soak::Options {
+            cycles: SOAK_CYCLES,
+            container_every: 50,
         },
     )
 }

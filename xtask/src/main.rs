@@ -7,6 +7,7 @@
 //! - `demo`: the README's main job, end to end.
 //! - `bench`: benchmarks, results in `target/bench/` and docs/benchmarks.md.
 //! - `ci`: what `.ci/run` runs.
+//! - `soak`: pods created and deleted in a loop, failing on growth.
 //! - `image`: a tiny OCI image archive of Debian's static busybox (see [`image`]).
 //! - `package`: the Debian package (see [`package`]).
 
@@ -18,6 +19,7 @@ mod image;
 mod package;
 mod registry;
 mod setup;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +51,17 @@ enum Command {
         /// what the tests already built.
         #[arg(long, default_value = "release")]
         profile: String,
+    },
+    /// Create and delete pods in a loop against a standalone riklet and
+    /// fail on growth (RSS, fds, threads, node objects):
+    /// target/bench/soak.json.
+    Soak {
+        /// How many create/delete cycles.
+        #[arg(long, default_value_t = 300)]
+        cycles: usize,
+        /// An image container every K cycles (0: bare processes only).
+        #[arg(long, default_value_t = 0)]
+        container_every: usize,
     },
     /// Build a tiny OCI image archive (busybox + applet links), reproducibly.
     Image {
@@ -142,6 +155,16 @@ fn main() -> anyhow::Result<()> {
                 },
             ),
         },
+        Command::Soak {
+            cycles,
+            container_every,
+        } => soak::run(
+            &ebpf::workspace_root(),
+            &soak::Options {
+                cycles,
+                container_every,
+            },
+        ),
         Command::Image {
             out,
             name,

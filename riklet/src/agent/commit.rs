@@ -19,7 +19,7 @@ use proto::status::AppStatus;
 use super::host::PodHost;
 use super::{Agent, InstanceReport};
 use crate::clock::now_ms;
-use crate::state::{Change, Store};
+use crate::state::{Change, Phase, Store};
 
 /// Most events handled before their records are saved: bounds how long a
 /// report waits while events keep coming.
@@ -100,6 +100,20 @@ impl<H: PodHost> Agent<H> {
         self.pending.queries.push(query);
     }
 
+    /// The crash points of a save, by what the saved records are: saved,
+    /// not reported yet.
+    fn crash_points_after_save(&self, records: &[String]) {
+        for id in records {
+            crate::crash::point(match self.pods.get(id).map(|p| p.phase) {
+                None => "delete.after_state_remove",
+                Some(Phase::Creating) => "create.after_state_commit",
+                Some(Phase::Destroying) => "delete.after_state_commit",
+                Some(Phase::Running) => "start.after_run_commit",
+                Some(_) => continue,
+            });
+        }
+    }
+
     fn touch(&mut self, instance_id: &str) {
         if self.pending.changed.insert(instance_id.to_string()) {
             self.pending.records.push(instance_id.to_string());
@@ -120,6 +134,9 @@ impl<H: PodHost> Agent<H> {
                 })
                 .collect();
             let count = changes.len();
+            if changes.iter().any(|c| c.record.is_none()) {
+                crate::crash::point("delete.before_state_remove");
+            }
             let store = self.store.clone();
             let started = std::time::Instant::now();
             match tokio::task::spawn_blocking(move || store.apply(changes)).await {
@@ -135,6 +152,9 @@ impl<H: PodHost> Agent<H> {
                 elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "pod records saved"
             );
+            if cfg!(feature = "crash-points") {
+                self.crash_points_after_save(&pending.records);
+            }
         }
         // A pod is reported once per flush, as it was saved, at the place
         // of its last change (after a `Fixed` report of an earlier life).

@@ -486,6 +486,7 @@ impl<H: PodHost> Agent<H> {
     }
 
     fn started(&mut self, instance_id: &str, name: &str, result: StartResult) {
+        crate::crash::point("start.after_started");
         self.jobs
             .remove(&(instance_id.to_string(), name.to_string()));
         let Some(pod) = self.pods.get(instance_id) else {

@@ -192,10 +192,12 @@ impl PodHost for NodeHost {
         outcome
             .killed
             .extend(killed.map(|((name, _, _), _)| name.clone()));
+        crate::crash::point("delete.after_kill");
         if let Err(e) = self.network.detach(instance_id).await {
             error!(pod = %instance_id, error = %crate::error_chain(&e), "cannot remove the pod network");
             outcome.clean = false;
         }
+        crate::crash::point("delete.after_network_detach");
         outcome
     }
 
@@ -211,6 +213,7 @@ impl PodHost for NodeHost {
         if !clean {
             return false;
         }
+        crate::crash::point("delete.after_cgroup_removed");
         self.process.remove_instance(instance_id);
         let dir = crate::logs::pod_dir(&self.log_dir, &pod.manifest.name, instance_id);
         self.log_retention.pod_deleted(&dir);

@@ -31,6 +31,7 @@ impl<H: PodHost> Agent<H> {
         if c.run.as_ref() != Some(run) {
             return; // a stale watcher of an older run
         }
+        crate::crash::point("restart.after_exit");
         let mut exit = exit;
         // containerd's wait already says OOMKilled (read from the task's
         // cgroup before it is deleted); a bare process's cgroup is ours.
@@ -127,6 +128,7 @@ impl<H: PodHost> Agent<H> {
         if ran && let Some(c) = self.container_mut(instance_id, name) {
             c.restart_count += 1;
         }
+        crate::crash::point("restart.before_start");
         self.start_container(instance_id, name);
     }
 

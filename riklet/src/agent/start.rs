@@ -98,6 +98,7 @@ impl NodeHost {
             span.in_scope(|| {
                 crate::steps::timed_sync("cgroup", || {
                     cgroup.create(limits)?;
+                    crate::crash::point("create.after_cgroup");
                     Ok::<_, CgroupError>(crate::metrics::cgroup_stats::read(&cgroup).oom_kills)
                 })
             })

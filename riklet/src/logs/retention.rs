@@ -52,6 +52,9 @@ impl Retention {
         }
         let marked = fs::create_dir_all(&self.markers)
             .and_then(|()| fs::File::create(self.markers.join(name)).map(drop));
+        if marked.is_ok() {
+            crate::crash::point("logs.retention.after_marker");
+        }
         if let Err(e) = marked {
             // Better gone early than kept forever.
             warn!(dir = %pod_dir.display(), error = %e, "cannot note the deletion of the pod's logs; removing them now");
@@ -73,6 +76,7 @@ impl Retention {
             if due {
                 let dir = self.log_dir.join(marker.file_name());
                 remove_dir(&dir);
+                crate::crash::point("logs.retention.after_dir_removed");
                 info!(dir = %dir.display(), "deleted pod's logs removed (retention)");
                 let _ = fs::remove_file(marker.path());
             }

@@ -393,6 +393,7 @@ impl PodNetwork {
         let _all = self.ops.read().await;
         let _pod = self.instances.lock(instance_id).await;
         let (ip, new) = crate::steps::timed("ipam", self.ipam.allocate(instance_id)).await?;
+        crate::crash::point("network.attach.after_ipam_lease");
         let attached = self
             .kernel_work(
                 "attaching",
@@ -526,10 +527,14 @@ impl PodNetwork {
         let address = self.pod_address(id, ip);
         let bridge = crate::steps::timed("bridge", self.bridge_index()).await?;
         crate::steps::timed("netns", netns::create(&address.netns)).await?;
+        crate::crash::point("network.attach.after_netns");
         let pod = Netlink::from_socket(netns::netlink_socket(&address.netns).await?);
         let result =
             crate::steps::timed("veth", self.wire(id, &address, bridge, &pod.handle)).await;
         pod.close().await;
+        if result.is_ok() {
+            crate::crash::point("network.attach.after_veth");
+        }
         result.map(|()| address)
     }
 
@@ -625,11 +630,13 @@ impl PodNetwork {
         // Deleting the host end deletes eth0 with it.
         let prefix = &self.config.netns_prefix;
         link::delete(host, &host_veth_name(prefix, id)).await?;
+        crate::crash::point("network.detach.after_veth");
         netns::remove(&netns::path_of(prefix, id))?;
         if let Some(ip) = ip {
             if let Some(bridge) = link::by_name(host, &self.config.bridge).await? {
                 link::forget_neighbour(host, bridge.header.index, ip).await?;
             }
+            crate::crash::point("network.detach.before_ipam_release");
             self.ipam.release(id).await?;
             info!(instance = id, ip = %ip, "pod detached from the network");
         }

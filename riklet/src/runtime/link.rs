@@ -145,6 +145,12 @@ async fn connect(
     let runtime = ContainerdRuntime::connect(socket, namespace)
         .await
         .map_err(|e| crate::error_chain(&e))?;
+    // Nothing of this riklet's uses containerd yet: what leases there are,
+    // a killed riklet left.
+    runtime
+        .remove_stale_leases()
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
     let images = ImageStore::new(runtime.channel(), namespace, registry.clone())
         .map_err(|e| crate::error_chain(&e))?;
     Ok(Connected { runtime, images })

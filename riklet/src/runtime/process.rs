@@ -137,6 +137,7 @@ impl ProcessRuntime {
                 source,
             }
         })?;
+        crate::crash::point("create.after_run_dir");
         let spawn_at = monotonic_us();
         let mut child = tokio::process::Command::new(&self.shim_exe)
             .arg("--run-dir")
@@ -154,6 +155,7 @@ impl ProcessRuntime {
                 }
             })?;
         let spawned_at = monotonic_us();
+        crate::crash::point("create.after_shim_spawn");
         crate::steps::record_us("shim spawn", spawned_at.saturating_sub(spawn_at));
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();

@@ -220,6 +220,16 @@ impl Cluster {
         &self.dir
     }
 
+    /// `cgroup_root` of the riklet's config.
+    pub(crate) fn cgroup_root(&self) -> &str {
+        &self.cgroup_root
+    }
+
+    /// `bpf_pin_dir` of the riklet's config.
+    pub(crate) fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
     pub(crate) fn bin_path(&self) -> &Path {
         &self.bin
     }

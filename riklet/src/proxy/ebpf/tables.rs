@@ -185,6 +185,7 @@ impl Tables {
                     format!("writing a backend of {}", display(key))
                 }))?;
         }
+        crate::crash::point("proxy.ebpf.after_backends_write");
         if previous.is_none() {
             self.ensure_counters(key)?;
         }
@@ -205,6 +206,7 @@ impl Tables {
                 backends: backends.to_vec(),
             },
         );
+        crate::crash::point("proxy.ebpf.after_switch");
         if let Some(previous) = previous {
             self.remove_slots(key, previous.value)?;
         }

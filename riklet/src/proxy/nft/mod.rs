@@ -174,7 +174,9 @@ impl NftProxy {
                     settings.table
                 )
             };
+            crate::crash::point("proxy.nft.before_transaction");
             apply(&tx, what)?;
+            crate::crash::point("proxy.nft.after_transaction");
             Ok(written)
         })
         .await?;

@@ -26,12 +26,20 @@ pub const MAX_ID_LEN: usize = 76;
 /// crash left behind goes away by itself.
 pub const LEASE_EXPIRY: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
-/// The labels of a new lease that expires [`LEASE_EXPIRY`] from now
-/// (containerd's `containerd.io/gc.expire`).
+/// The label that marks a lease as the riklet's: a riklet that connects
+/// to containerd removes the ones a dead riklet left (see
+/// [`crate::runtime::containerd::ContainerdRuntime::remove_stale_leases`]).
+pub const LEASE_OWNER_LABEL: &str = "riklet.lease";
+
+/// The labels of a new lease of the riklet's that expires [`LEASE_EXPIRY`]
+/// from now (containerd's `containerd.io/gc.expire`).
 pub fn expiring_lease_labels() -> HashMap<String, String> {
     let expire =
         (chrono::Utc::now() + LEASE_EXPIRY).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    HashMap::from([("containerd.io/gc.expire".to_string(), expire)])
+    HashMap::from([
+        ("containerd.io/gc.expire".to_string(), expire),
+        (LEASE_OWNER_LABEL.to_string(), "true".to_string()),
+    ])
 }
 
 /// Checks a containerd identifier (a namespace, a container id):

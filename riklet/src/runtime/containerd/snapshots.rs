@@ -6,12 +6,13 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
+    ListRequest as ListLeasesRequest,
 };
 use containerd_client::types::Mount;
 use tonic::{Code, Request};
 
 use super::containers::{container_id, split_container_id};
-use super::facts::{SNAPSHOTTER, expiring_lease_labels};
+use super::facts::{LEASE_OWNER_LABEL, SNAPSHOTTER, expiring_lease_labels};
 use super::{ContainerdError, ContainerdRuntime, Result};
 
 impl ContainerdRuntime {
@@ -33,6 +34,38 @@ impl ContainerdRuntime {
             .map(|l| l.id)
             .unwrap_or_default();
         Ok(lease)
+    }
+
+    /// Deletes the riklet's leases in its namespace. Called when a riklet
+    /// first connects, before it pulls or starts anything: every such lease
+    /// is then a dead riklet's (killed during a pull or a container start),
+    /// which would otherwise keep its content and snapshots for up to
+    /// [`super::LEASE_EXPIRY`]. Returns how many were deleted.
+    pub async fn remove_stale_leases(&self) -> Result<usize> {
+        let leases = self
+            .leases()
+            .list(self.request(ListLeasesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| ContainerdError::rpc("list leases of", "the namespace", s))?
+            .into_inner()
+            .leases;
+        let mut removed = 0;
+        for lease in leases
+            .iter()
+            .filter(|l| l.labels.contains_key(LEASE_OWNER_LABEL))
+        {
+            tracing::info!(lease = %lease.id, "deleting a lease a dead riklet left");
+            let req = DeleteLeaseRequest {
+                id: lease.id.clone(),
+                sync: false,
+            };
+            self.leases()
+                .delete(self.request(req))
+                .await
+                .map_err(|s| ContainerdError::rpc("delete lease", &lease.id, s))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     pub(super) async fn delete_lease(&self, lease: &str) {

@@ -115,8 +115,10 @@ impl ContainerdRuntime {
         self.delete_lease(&lease).await;
         let mounts = container?;
         created.container = true;
+        crate::crash::point("create.after_container_create");
         self.create_task(id, mounts, &spec.log).await?;
         created.task = true;
+        crate::crash::point("create.after_task_create");
         let started = self
             .tasks()
             .start(self.request(StartRequest {

@@ -54,6 +54,7 @@ impl ImageStore {
         check_layers(name, Some(registry), &image.manifest, &image.config)?;
 
         let lease = self.create_lease().await?;
+        crate::crash::point("pull.after_lease");
         let stored = self
             .store(name, &resolved.source, &lease, index.as_ref(), &image)
             .await;
@@ -118,6 +119,7 @@ impl ImageStore {
         let manifest = &image.manifest;
         self.write_layers(name, source, lease, manifest, &source_label)
             .await?;
+        crate::crash::point("pull.after_download");
         let config = to_containerd(&manifest.config);
         let labels = HashMap::from([source_label.clone()]);
         self.write_bytes(name, lease, &config, labels, &image.config_bytes)
@@ -156,7 +158,9 @@ impl ImageStore {
             None => manifest_desc,
         };
 
+        crate::crash::point("pull.before_unpack");
         let top = self.unpack(name, lease, manifest, &image.config).await?;
+        crate::crash::point("pull.before_image_record");
         self.put_image(name, target).await?;
         Ok(top)
     }
