@@ -190,8 +190,8 @@ impl Store {
             let path = entry.map_err(io(&self.dir))?.path();
             match path.extension().and_then(|e| e.to_str()) {
                 Some("json") => {
-                    let text = fs::read_to_string(&path).map_err(io(&path))?;
-                    match serde_json::from_str(&text) {
+                    let bytes = fs::read(&path).map_err(io(&path))?;
+                    match Store::decode(&bytes) {
                         Ok(pod) => pods.push(pod),
                         Err(source) => {
                             let err = StateError::Corrupt {
@@ -212,6 +212,12 @@ impl Store {
         }
         pods.sort_by(|a: &PodRecord, b| a.instance_id.cmp(&b.instance_id));
         Ok(pods)
+    }
+
+    /// A record as read from disk; the fuzz target `state_record` feeds it
+    /// arbitrary bytes, since a crash or a full disk can leave any.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<PodRecord, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
     /// A record as it is written to disk.
