@@ -141,6 +141,9 @@ pub struct Options {
     /// TOML appended to the riklet's config file, after every table the
     /// harness writes (e.g. `[[logs.sinks]]` tables).
     pub extra_config: Option<String>,
+    /// In [`Mode::Separate`], start no scheduler: the test serves the
+    /// worker protocol on `scheduler_port` itself (a fake or hostile one).
+    pub own_scheduler: bool,
 }
 
 /// A one-node cluster and everything it created.
@@ -255,7 +258,7 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("hard link of the riklet at {}: {e}", exe.display()));
             cluster.riklet_exe = exe;
         }
-        if mode == Mode::Separate {
+        if mode == Mode::Separate && !options.own_scheduler {
             cluster.start_scheduler();
         }
         cluster.start_riklet();

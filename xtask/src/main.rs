@@ -13,6 +13,7 @@ mod bench;
 mod ci;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod image;
 mod registry;
 mod setup;
@@ -40,6 +41,16 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: BenchKind,
+    },
+    /// Run the cargo fuzz targets of fuzz/ (nightly), each for --time.
+    Fuzz {
+        /// How long each target runs (e.g. 60s, 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        time: std::time::Duration,
+        /// Only this target (manifest, definition, cri_reader, cri_writer,
+        /// state_record).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Build a tiny OCI image archive (busybox + applet links), reproducibly.
     Image {
@@ -127,6 +138,9 @@ fn main() -> anyhow::Result<()> {
                 },
             ),
         },
+        Command::Fuzz { time, target } => {
+            fuzz::run(&ebpf::workspace_root(), time, target.as_deref())
+        }
         Command::Image {
             out,
             name,
