@@ -1,8 +1,9 @@
-//! A bound on the flow nesting (`[` and `{`) of a document, checked before
-//! the YAML parser sees it: libyaml's time grows with the square of that
-//! depth (20,000 levels, 40 KB, take 2 s; a 1 MiB document would take
+//! A bound on the flow nesting (`[` and `{`) of a YAML document, checked
+//! before the YAML parser sees it: libyaml's time grows with the square of
+//! that depth (20,000 levels, 40 KB, take 2 s; a 1 MiB document would take
 //! minutes), and serde_yaml refuses more than 128 levels only after the
-//! whole document is parsed.
+//! whole document is parsed. JSON documents do not need it (serde_json
+//! reads them).
 
 /// Deepest flow nesting accepted; a manifest needs 4 or 5.
 pub(super) const MAX_FLOW_NESTING: usize = 64;

@@ -194,3 +194,23 @@ fn hostile_manifests_are_refused_naming_the_field() {
         wrong.join("\n")
     );
 }
+
+/// Inputs the `manifest` fuzz target once crashed on
+/// (`fuzz/regressions/manifest/`): whatever `parse` accepts, its
+/// definition parses back to the same manifest.
+#[test]
+fn fuzz_regressions_round_trip() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/manifest");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut seen = 0;
+    for entry in entries {
+        let path = entry.expect("directory entry").path();
+        let text = String::from_utf8(std::fs::read(&path).expect("read")).expect("UTF-8");
+        if let Ok(m) = parse(&text) {
+            let again = parse_definition(&m.to_definition());
+            assert_eq!(again.as_ref(), Ok(&m), "{}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen > 0, "no regression input in {}", dir.display());
+}
