@@ -545,5 +545,4 @@ fn hostile_instructions_to_the_riklet_are_refused_naming_the_field() {
                 .then_some(())
         },
     );
-    cluster.stop_riklet();
 }

@@ -48,7 +48,7 @@ pub fn run(root: &Path, time: Duration, target: Option<&str>) -> anyhow::Result<
     let seconds = time.as_secs().max(1).to_string();
     for t in targets {
         println!("fuzz: {t} for {seconds}s");
-        sh(&mut fuzz(&["run", "-s", "none", t, "--"])
+        sh(fuzz(&["run", "-s", "none", t, "--"])
             .arg(format!("-max_total_time={seconds}"))
             .arg("-print_final_stats=1"))?;
     }
