@@ -456,9 +456,18 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.apply(vec![save("good-1")]).is_empty());
         fs::write(dir.path().join("pods/bad.json"), b"{").unwrap();
+        // Not UTF-8 (a torn write, a bad disk): set aside too, not an
+        // error that would stop the riklet.
+        fs::write(
+            dir.path().join("pods/binary.json"),
+            b"{\"instance_id\": \"\xff\"}",
+        )
+        .unwrap();
         let pods = store.load_all().unwrap();
         assert_eq!(pods.len(), 1);
-        assert!(dir.path().join("pods/bad.json.corrupt").exists());
-        assert!(!dir.path().join("pods/bad.json").exists());
+        for bad in ["bad", "binary"] {
+            assert!(dir.path().join(format!("pods/{bad}.json.corrupt")).exists());
+            assert!(!dir.path().join(format!("pods/{bad}.json")).exists());
+        }
     }
 }
