@@ -8,10 +8,13 @@
 //! - [`manifest`]: the app manifest (RIK workload v1 and seed 004's compact
 //!   deployment file), parsed and validated the same way by `rik`, the
 //!   scheduler and the riklet: never trust the wire.
+//! - [`limits`]: message sizes, time-outs and per-connection limits of
+//!   every gRPC server and client.
 //! - [`status`]: the status contract: the JSON objects the riklet reports in
 //!   `metrics` strings (instance status, pod usage, node heartbeat), typed for
 //!   the riklet, the scheduler and `rik`; `ResourceStatus` names.
 
+pub mod limits;
 pub mod manifest;
 pub mod status;
 

@@ -399,8 +399,13 @@ pub async fn serve_logs(
     log_dir: PathBuf,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    tonic::transport::Server::builder()
-        .add_service(NodeLogsServer::new(LogService::new(log_dir)))
+    // Keep-alive, per-connection limits, message sizes: `proto::limits`.
+    proto::limits::server()
+        .add_service(
+            NodeLogsServer::new(LogService::new(log_dir))
+                .max_decoding_message_size(proto::limits::MAX_MESSAGE)
+                .max_encoding_message_size(proto::limits::MAX_MESSAGE),
+        )
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: see the scheduler's server for why.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

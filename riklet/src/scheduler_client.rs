@@ -16,11 +16,14 @@ use proto::common::WorkloadRequestKind;
 use proto::common::{
     InstanceMetric, ResourceStatus, WorkerMetric, WorkerRegistration, WorkerStatus, worker_status,
 };
+use proto::limits;
+use proto::worker::InstanceScheduling;
 use proto::worker::worker_client::WorkerClient;
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::agent::{AgentHandle, InstanceReport};
@@ -48,6 +51,8 @@ pub enum SessionError {
     Rpc(#[from] tonic::Status),
     #[error("scheduler closed the instruction stream")]
     Closed,
+    #[error("scheduler did not answer the registration within {}s", limits::REQUEST_TIMEOUT.as_secs())]
+    Timeout,
 }
 
 /// Connection settings.
@@ -105,18 +110,35 @@ fn instance_status(node: &str, host_address: &str, r: InstanceReport) -> WorkerS
     }
 }
 
+/// A client of `scheduler` with the limits of `proto::limits`: connect
+/// time-out, keep-alive (a scheduler that vanished under the streams),
+/// message sizes. No call time-out: both calls are streams.
+async fn connect(scheduler: &str) -> Result<WorkerClient<Channel>, SessionError> {
+    let channel = Endpoint::from_shared(scheduler.to_string())?
+        .connect_timeout(limits::CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(limits::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    Ok(WorkerClient::new(channel)
+        .max_decoding_message_size(limits::MAX_MESSAGE)
+        .max_encoding_message_size(limits::MAX_MESSAGE))
+}
+
 async fn session(
     settings: &ClientSettings,
     agent: &AgentHandle,
     reports: &mut mpsc::UnboundedReceiver<InstanceReport>,
     monitor: &mut NodeMonitor,
 ) -> Result<(), SessionError> {
-    let mut client = WorkerClient::connect(settings.scheduler.clone()).await?;
-    let mut instructions = client
-        .register(WorkerRegistration {
-            hostname: settings.node.clone(),
-        })
-        .await?
+    let mut client = connect(&settings.scheduler).await?;
+    let register = client.register(WorkerRegistration {
+        hostname: settings.node.clone(),
+    });
+    let mut instructions = tokio::time::timeout(limits::REQUEST_TIMEOUT, register)
+        .await
+        .map_err(|_| SessionError::Timeout)??
         .into_inner();
     let (tx, rx) = mpsc::channel::<WorkerStatus>(1024);
     let mut status_client = client.clone();
@@ -154,17 +176,7 @@ async fn session(
             msg = instructions.next() => match msg {
                 None => return Err(SessionError::Closed),
                 Some(Err(status)) => return Err(status.into()),
-                Some(Ok(i)) => match WorkloadRequestKind::try_from(i.action) {
-                    Ok(WorkloadRequestKind::Create) => {
-                        info!(node, pod = %i.instance_id, "CREATE received");
-                        agent.create(i.instance_id, i.definition);
-                    }
-                    Ok(WorkloadRequestKind::Destroy) => {
-                        info!(node, pod = %i.instance_id, "DESTROY received");
-                        agent.destroy(i.instance_id);
-                    }
-                    Err(_) => warn!(node, pod = %i.instance_id, action = i.action, "unknown action ignored"),
-                },
+                Some(Ok(i)) => dispatch(node, agent, i),
             },
             Some(r) = reports.recv() => send(instance_status(node, addr, r)).await?,
             _ = heartbeat.tick() => {
@@ -180,5 +192,32 @@ async fn session(
                 };
             }
         }
+    }
+}
+
+/// Hands one instruction to the agent. A CREATE is checked there (and
+/// refused with a FAILED status naming the field); a DESTROY whose
+/// instance id could not be ours, or an unknown action, is only logged,
+/// with the field, since no status can answer it.
+fn dispatch(node: &str, agent: &AgentHandle, i: InstanceScheduling) {
+    match WorkloadRequestKind::try_from(i.action) {
+        Ok(WorkloadRequestKind::Create) => {
+            info!(node, pod = %i.instance_id, "CREATE received");
+            agent.create(i.instance_id, i.definition);
+        }
+        Ok(WorkloadRequestKind::Destroy) => {
+            if let Err(e) = proto::manifest::validate_instance_id(&i.instance_id) {
+                warn!(node, error = %e, "DESTROY refused");
+                return;
+            }
+            info!(node, pod = %i.instance_id, "DESTROY received");
+            agent.destroy(i.instance_id);
+        }
+        Err(_) => warn!(
+            node,
+            pod = ?i.instance_id,
+            action = i.action,
+            "action: unknown value, instruction ignored"
+        ),
     }
 }

@@ -63,6 +63,17 @@ impl From<ClusterError> for Status {
     }
 }
 
+/// Refuses a name from the wire that is not an app or container name
+/// (DNS-1123 label), naming the request field, before it is looked up,
+/// logged or forwarded to a node.
+fn check_name(field: &str, name: &str) -> Result<(), Status> {
+    proto::manifest::validate_name(field, name).map_err(invalid)
+}
+
+fn invalid(e: proto::manifest::ManifestError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
 /// The aggregated status of an app: FAILED if any instance failed, RUNNING
 /// if all run, COMPLETED if all ran to completion, CREATING if any is being
 /// created, else PENDING.
@@ -224,6 +235,7 @@ impl Rik for RikService {
     async fn get_app(&self, request: Request<GetAppRequest>) -> Result<Response<App>, Status> {
         self.calls.count("GetApp");
         let name = request.into_inner().name;
+        check_name("name", &name)?;
         let state = self.cluster.lock().await;
         let data = state.store().data();
         let record = data
@@ -239,6 +251,7 @@ impl Rik for RikService {
     ) -> Result<Response<DeleteAppResponse>, Status> {
         self.calls.count("DeleteApp");
         let name = request.into_inner().name;
+        check_name("name", &name)?;
         let nodes = self.cluster.lock().await.delete(&name)?;
         Ok(Response::new(DeleteAppResponse { name, nodes }))
     }
@@ -269,7 +282,15 @@ impl Rik for RikService {
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
         self.calls.count("Logs");
-        let logs = crate::logs::open(&self.cluster, request.into_inner()).await?;
+        let request = request.into_inner();
+        check_name("app", &request.app)?;
+        if !request.container.is_empty() {
+            check_name("container", &request.container)?;
+        }
+        if !request.instance_id.is_empty() {
+            proto::manifest::validate_instance_id(&request.instance_id).map_err(invalid)?;
+        }
+        let logs = crate::logs::open(&self.cluster, request).await?;
         let stopped = crate::stopped(self.stop.clone());
         Ok(Response::new(logs.take_until(stopped).boxed()))
     }
@@ -282,6 +303,9 @@ impl Rik for RikService {
             name,
             since_revision,
         } = request.into_inner();
+        if !name.is_empty() {
+            check_name("name", &name)?;
+        }
         let app = (!name.is_empty()).then_some(name);
         let start = self
             .cluster

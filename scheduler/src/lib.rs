@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::limits;
 use proto::rik::v1::rik_server::RikServer;
 use proto::worker::worker_server::WorkerServer;
 use tokio::net::TcpListener;
@@ -132,19 +133,26 @@ pub async fn run(
         tokio::spawn(flush_store(Arc::clone(&cluster), stop_rx.clone())),
     ];
 
-    let server = tonic::transport::Server::builder()
-        // Notice a peer that vanished without closing its connection.
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(WorkerServer::new(worker_service::WorkerService::new(
-            Arc::clone(&cluster),
-            stop_rx.clone(),
-        )))
-        .add_service(RikServer::new(api::RikService::new(
-            Arc::clone(&cluster),
-            stop_rx.clone(),
-            calls,
-        )))
+    // Keep-alive (a peer that vanished), per-connection limits, unary
+    // time-out, message sizes: `proto::limits`, docs/protocol.md.
+    let server = proto::limits::server()
+        .add_service(
+            WorkerServer::new(worker_service::WorkerService::new(
+                Arc::clone(&cluster),
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(limits::MAX_MESSAGE)
+            .max_encoding_message_size(limits::MAX_MESSAGE),
+        )
+        .add_service(
+            RikServer::new(api::RikService::new(
+                Arc::clone(&cluster),
+                stop_rx.clone(),
+                calls,
+            ))
+            .max_decoding_message_size(limits::MAX_MESSAGE)
+            .max_encoding_message_size(limits::MAX_API_ANSWER),
+        )
         .serve_with_incoming_shutdown(
             // tonic's own TCP_NODELAY setting does not apply to a listener
             // passed in: without it, Nagle and delayed ACKs add ~40 ms to

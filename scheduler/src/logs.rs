@@ -167,6 +167,8 @@ async fn connect(source: &LogSource) -> Result<Channel, Status> {
     Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| unreachable(&e))?
         .connect_timeout(NODE_CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(proto::limits::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(proto::limits::KEEPALIVE_TIMEOUT)
         .connect()
         .await
         .map_err(|e| unreachable(&e))
@@ -190,7 +192,9 @@ async fn open_one(
     let node = &source.node;
     let response = tokio::time::timeout(
         NODE_CALL_TIMEOUT,
-        NodeLogsClient::new(channel).logs(node_request),
+        NodeLogsClient::new(channel)
+            .max_decoding_message_size(proto::limits::MAX_MESSAGE)
+            .logs(node_request),
     )
     .await
     .map_err(|_| {

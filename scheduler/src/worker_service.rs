@@ -17,7 +17,7 @@ use proto::worker::worker_server::Worker;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
 use crate::nodes::{self, RegisterError};
@@ -46,6 +46,12 @@ impl WorkerService {
         match status {
             Some(StatusKind::Worker(w)) => {
                 state.worker_status(&identifier, &host_address, wire_status(w.status), w.metrics);
+            }
+            Some(StatusKind::Instance(i))
+                if !i.instance_id.is_empty()
+                    && proto::manifest::validate_instance_id(&i.instance_id).is_err() =>
+            {
+                warn!(node = %identifier, instance_id = ?i.instance_id, "instance_id: invalid, status ignored");
             }
             Some(StatusKind::Instance(i)) if !i.instance_id.is_empty() => {
                 state.instance_status(

@@ -160,6 +160,9 @@ pub struct Options {
     /// The riklet binary to run (default the one [`bin_dir`] builds; e.g.
     /// [`crash::bin_dir`]'s, with `riklet-shim` next to it).
     pub riklet_exe: Option<PathBuf>,
+    /// In [`Mode::Separate`], start no scheduler: the test serves the
+    /// worker protocol on `scheduler_port` itself (a fake or hostile one).
+    pub own_scheduler: bool,
 }
 
 /// A one-node cluster and everything it created.
@@ -288,7 +291,7 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("hard link of the riklet at {}: {e}", exe.display()));
             cluster.riklet_exe = exe;
         }
-        if mode == Mode::Separate && options.join_scheduler.is_none() {
+        if mode == Mode::Separate && options.join_scheduler.is_none() && !options.own_scheduler {
             cluster.start_scheduler();
         }
         cluster.start_riklet();

@@ -1,8 +1,9 @@
 //! `cargo xtask ci`: what CI runs (and the README's test command): set up,
 //! build the eBPF objects, check formatting and lints, run every test as
-//! root against the real kernel, then a short run of the Node Proxy
-//! benchmark (`bench proxy --quick`), so that it keeps working, and a
-//! short soak (`soak`, [`SOAK_CYCLES`] cycles), which fails on growth.
+//! root against the real kernel, each fuzz target for a minute, then a
+//! short run of the Node Proxy benchmark (`bench proxy --quick`), so that
+//! it keeps working, and a short soak (`soak`, [`SOAK_CYCLES`] cycles),
+//! which fails on growth.
 
 use std::path::Path;
 use std::process::Command;
@@ -35,6 +36,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     // The end-to-end tests start these binaries as separate processes.
     cargo(&["build", "--workspace", "--bins"])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    // A minute per fuzz target: a regression of the hostile-input checks
+    // shows (docs/benchmarks.md, "Fuzzing", for the build time).
+    crate::fuzz::run(root, std::time::Duration::from_secs(60), None)?;
     crate::bench::proxy::proxy(
         root,
         &crate::bench::proxy::Options {

@@ -15,6 +15,7 @@ mod bench;
 mod ci;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod image;
 mod package;
 mod registry;
@@ -62,6 +63,16 @@ enum Command {
         /// An image container every K cycles (0: bare processes only).
         #[arg(long, default_value_t = 0)]
         container_every: usize,
+    },
+    /// Run the cargo fuzz targets of fuzz/ (nightly), each for --time.
+    Fuzz {
+        /// How long each target runs (e.g. 60s, 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        time: std::time::Duration,
+        /// Only this target (manifest, definition, cri_reader, cri_writer,
+        /// state_record).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Build a tiny OCI image archive (busybox + applet links), reproducibly.
     Image {
@@ -165,6 +176,9 @@ fn main() -> anyhow::Result<()> {
                 container_every,
             },
         ),
+        Command::Fuzz { time, target } => {
+            fuzz::run(&ebpf::workspace_root(), time, target.as_deref())
+        }
         Command::Image {
             out,
             name,

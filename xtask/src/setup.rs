@@ -41,6 +41,7 @@ pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     mount_if_missing("bpf", "/sys/fs/bpf", "bpf")?;
     mount_if_missing("tracefs", "/sys/kernel/tracing", "tracefs")?;
     start_containerd()?;
@@ -109,6 +110,23 @@ fn bpf_linker() -> anyhow::Result<()> {
         ])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
         .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR"))
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and CI); this version builds with
+/// the toolchains here.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (about a minute)");
+    sh(Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked", "--version", "0.13.2"])
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO_TARGET_DIR"))
 }

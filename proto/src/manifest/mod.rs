@@ -10,6 +10,7 @@
 //! - this module: the normalized form ([`AppManifest`]) and [`parse`];
 //! - `workload`: the RIK workload form as written (nulls, one-or-many);
 //! - `compact`: seed 004's deployment file;
+//! - `nesting`: a bound on flow nesting, checked before the YAML parser;
 //! - `de`: serde's errors as field errors (path and what was expected),
 //!   and the deserializers of one-or-many fields and numbers;
 //! - `validate`: the checks on the normalized form, names and ids;
@@ -19,6 +20,7 @@
 
 mod compact;
 mod de;
+mod nesting;
 mod quantity;
 mod reference;
 mod validate;
@@ -34,6 +36,9 @@ pub use validate::{validate_instance_id, validate_name, validate_node_name};
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// Largest `replicas` accepted: a typo like 1000000 must not flood nodes.
 pub const MAX_REPLICAS: u32 = 1000;
+/// Most containers in a pod: each is a process, a cgroup and a log
+/// directory on the node.
+pub const MAX_CONTAINERS: usize = 64;
 /// Smallest log file size limit (`spec.logs.maxSize`, the node's
 /// `logs.max_size`): a 16 KiB record and a few more must fit in one file.
 pub const MIN_LOG_FILE_SIZE: u64 = 64 * 1024;
@@ -44,6 +49,13 @@ pub enum ManifestError {
     /// The document is larger than [`MAX_MANIFEST_BYTES`].
     #[error("manifest is {0} bytes, more than the {MAX_MANIFEST_BYTES} bytes allowed")]
     TooLarge(usize),
+    /// More nested `[`/`{` than the parser is given (it slows down with
+    /// the square of the depth).
+    #[error(
+        "manifest nests brackets {0} deep, at most {max} allowed",
+        max = nesting::MAX_FLOW_NESTING
+    )]
+    TooDeep(usize),
     /// Neither valid YAML nor valid JSON.
     #[error("manifest is not valid YAML or JSON: {0}")]
     Syntax(String),
@@ -310,9 +322,7 @@ pub fn parse(text: &str) -> Result<AppManifest, ManifestError> {
     if text.len() > MAX_MANIFEST_BYTES {
         return Err(ManifestError::TooLarge(text.len()));
     }
-    // YAML 1.2 is a superset of JSON: one parser serves both forms.
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+    let value = parse_value(text)?;
     let map = value
         .as_mapping()
         .ok_or_else(|| field_err("(document)", "must be a mapping/object"))?;
@@ -331,6 +341,23 @@ pub fn parse(text: &str) -> Result<AppManifest, ManifestError> {
     };
     validate::validate(&manifest)?;
     Ok(manifest)
+}
+
+/// The document as a tree. JSON (every `definition`, many manifests) is
+/// read by serde_json, whose time is linear in any nesting; the rest by
+/// the YAML parser (YAML 1.2 is a superset of JSON: the same tree), after
+/// the bound on flow nesting that keeps its time in check.
+fn parse_value(text: &str) -> Result<serde_yaml::Value, ManifestError> {
+    if text.trim_start().starts_with('{')
+        && let Ok(value) = serde_json::from_str(text)
+    {
+        return Ok(value);
+    }
+    let nesting = nesting::flow_nesting_bound(text);
+    if nesting > nesting::MAX_FLOW_NESTING {
+        return Err(ManifestError::TooDeep(nesting));
+    }
+    serde_yaml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string()))
 }
 
 /// Parses a `definition` received on the wire (JSON, either form).

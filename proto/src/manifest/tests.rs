@@ -220,3 +220,4 @@ fn quantities() {
 }
 
 mod errors;
+mod hostile;

@@ -6,8 +6,12 @@ use std::collections::BTreeSet;
 use super::quantity::{parse_cpu, parse_memory, parse_size};
 use super::reference::check_image_reference;
 use super::{
-    AppManifest, Container, LogLimits, MAX_REPLICAS, MIN_LOG_FILE_SIZE, ManifestError, field_err,
+    AppManifest, Container, LogLimits, MAX_CONTAINERS, MAX_REPLICAS, MIN_LOG_FILE_SIZE,
+    ManifestError, field_err,
 };
+
+/// Longest `exec` path, the kernel's `PATH_MAX` less its NUL.
+const MAX_PATH: usize = 4095;
 
 /// Validates a DNS-1123 label (the form of app and container names).
 pub fn validate_name(field: &str, name: &str) -> Result<(), ManifestError> {
@@ -150,6 +154,15 @@ fn validate_header(m: &AppManifest) -> Result<(), ManifestError> {
             "at least one container is required",
         ));
     }
+    if m.spec.containers.len() > MAX_CONTAINERS {
+        return Err(field_err(
+            "spec.containers",
+            format!(
+                "{} containers, at most {MAX_CONTAINERS} allowed",
+                m.spec.containers.len()
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -201,7 +214,10 @@ fn validate_strings(c: &Container, at: &dyn Fn(&str) -> String) -> Result<(), Ma
         }
     }
     for (j, e) in c.env.iter().enumerate() {
-        if e.name.is_empty() || e.name.contains(['=', '\0']) {
+        // Printable ASCII (Kubernetes' rule) and no blank: a newline or an
+        // escape sequence in a name would forge lines of `env` or of a log.
+        let printable = e.name.bytes().all(|b| b.is_ascii_graphic() && b != b'=');
+        if e.name.is_empty() || !printable {
             return Err(field_err(
                 at(&format!("env[{j}].name")),
                 format!("{:?} is not a valid variable name", e.name),
@@ -225,6 +241,17 @@ fn validate_ports(
     host_ports: &mut BTreeSet<(u16, u8)>,
 ) -> Result<(), ManifestError> {
     for (j, p) in c.ports.iter().enumerate() {
+        // Kept as given and shown by `rik describe`: a word, nothing more.
+        if let Some(kind) = &p.kind
+            && (kind.is_empty()
+                || kind.len() > 63
+                || !kind.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(field_err(
+                at(&format!("ports[{j}].type")),
+                format!("{kind:?} is not a port type (1-63 letters and digits, e.g. nodePort)"),
+            ));
+        }
         if !host_ports.insert((p.port, p.protocol as u8)) {
             return Err(field_err(
                 at(&format!("ports[{j}].port")),
@@ -248,6 +275,12 @@ fn validate_resources(c: &Container, at: &dyn Fn(&str) -> String) -> Result<(), 
 }
 
 fn validate_exec(field: &str, exec: &str) -> Result<(), ManifestError> {
+    if exec.len() > MAX_PATH {
+        return Err(field_err(
+            field,
+            format!("{} bytes, at most {MAX_PATH} allowed", exec.len()),
+        ));
+    }
     if !exec.starts_with('/') {
         return Err(field_err(
             field,

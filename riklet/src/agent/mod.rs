@@ -24,6 +24,7 @@
 //!
 //! # Layout
 //! - this file: the event loop, creating pods and starting containers;
+//! - `admit`: the checks on a CREATE from the wire, before anything runs;
 //! - `commit`: saving changed records together, then reporting them;
 //! - `handle`: the events, the handle other tasks send them with, reports;
 //! - `restart`: exits, restart policy, crash-loop back-off;
@@ -36,6 +37,7 @@
 //!   `node` is the real node, `start` how one container is started;
 //! - `view`: the status object reported for a pod.
 
+mod admit;
 mod commit;
 mod delete;
 mod events;
@@ -59,11 +61,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proto::common::ResourceStatus;
-use proto::manifest;
 use proto::status::{AppStatus, ShortStatus};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{error, info, warn};
 
+pub use admit::{Refusal, admit};
 pub use handle::{AgentHandle, InstanceReport};
 pub use node::{Backends, NodeHost};
 pub use ports::ReservedPort;
@@ -337,32 +339,14 @@ impl<H: PodHost> Agent<H> {
             status: ResourceStatus::Failed,
             metrics: ShortStatus::refused(&instance_id, reason).to_json(),
         };
-        if let Err(e) = manifest::validate_instance_id(&instance_id) {
-            warn!(pod = %instance_id, error = %e, "refused instance");
-            self.report(refuse(e.to_string()));
-            return;
-        }
-        let manifest = match manifest::parse_definition(definition) {
+        let manifest = match admit::admit(&instance_id, definition) {
             Ok(m) => m,
             Err(e) => {
-                warn!(pod = %instance_id, error = %e, "refused definition");
-                self.report(refuse(format!("invalid definition: {e}")));
+                warn!(pod = %instance_id, error = %crate::error_chain(&e), "refused instance");
+                self.report(refuse(crate::error_chain(&e)));
                 return;
             }
         };
-        // containerd ids are stricter than instance ids (no "--", 76 bytes).
-        for c in manifest
-            .spec
-            .containers
-            .iter()
-            .filter(|c| c.image.is_some())
-        {
-            if let Err(e) = containerd::container_id(&instance_id, &c.name) {
-                warn!(pod = %instance_id, error = %e, "refused instance");
-                self.report(refuse(format!("container {:?}: {e}", c.name)));
-                return;
-            }
-        }
         if let Some(reason) = ports::clash(&manifest, &self.pods, &self.settings.reserved_ports) {
             warn!(pod = %instance_id, app = %manifest.name, reason = %reason, "refused instance");
             self.report(refuse(reason));
