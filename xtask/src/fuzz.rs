@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz --time DUR [--target NAME]`: runs the `cargo fuzz`
-//! targets of `fuzz/` (nightly, libFuzzer), each for DUR. Each target's
+//! targets of `fuzz/` (nightly, libFuzzer), each for DUR, all at once (the
+//! machine's cores shared between them; the wall time is DUR). Each target's
 //! corpus grows in `fuzz/corpus/<target>/` (not committed); a crash leaves
 //! its input in `fuzz/artifacts/<target>/` and fails the command. Inputs
 //! that crashed once are kept in `fuzz/regressions/<target>/` and replayed
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use crate::setup::sh;
 
@@ -46,11 +47,27 @@ pub fn run(root: &Path, time: Duration, target: Option<&str>) -> anyhow::Result<
     };
     sh(&mut fuzz(&["build", "-s", "none"]))?;
     let seconds = time.as_secs().max(1).to_string();
+    let mut running = Vec::new();
     for t in targets {
         println!("fuzz: {t} for {seconds}s");
-        sh(fuzz(&["run", "-s", "none", t, "--"])
+        let child = fuzz(&["run", "-s", "none", t, "--"])
             .arg(format!("-max_total_time={seconds}"))
-            .arg("-print_final_stats=1"))?;
+            .arg("-print_final_stats=1")
+            .spawn()
+            .with_context(|| format!("cannot start cargo fuzz run {t}"))?;
+        running.push((t, child));
+    }
+    let mut failed = Vec::new();
+    for (t, mut child) in running {
+        if !child.wait().is_ok_and(|s| s.success()) {
+            failed.push(t);
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "fuzz targets failed: {} (inputs in fuzz/artifacts/<target>/)",
+            failed.join(", ")
+        );
     }
     Ok(())
 }

@@ -74,7 +74,6 @@ use crate::clock::now_ms;
 use crate::metrics::collector::PodUsage;
 use crate::metrics::targets::PodsGeneration;
 use crate::proxy::model::Endpoint;
-use crate::runtime::containerd;
 use crate::service_manager::AgentWatchdog;
 use crate::state::{ContainerRecord, ExitRecord, Phase, PodRecord, RunRecord, Store};
 use commit::{BATCH, Pending, Query};
