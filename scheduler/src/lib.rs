@@ -41,6 +41,7 @@ pub mod events;
 pub mod logs;
 pub mod metrics;
 pub mod nodes;
+pub mod pki;
 pub mod placement;
 pub mod store;
 pub mod watchers;
