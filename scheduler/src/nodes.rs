@@ -61,6 +61,8 @@ pub struct Node {
     pub metrics: String,
     /// `host:port` of the riklet's node API (logs); empty if unknown.
     pub host_address: String,
+    /// It registered with its certificate: its node API speaks TLS.
+    pub api_tls: bool,
     sender: Option<Sender>,
 }
 
@@ -104,6 +106,7 @@ impl Nodes {
                 last_seen_at: now,
                 metrics: String::new(),
                 host_address: String::new(),
+                api_tls: false,
                 sender: None,
             });
         node.session = session;
@@ -187,6 +190,10 @@ impl Nodes {
     }
 
     /// One node by name.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Node> {
+        self.nodes.get_mut(name)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name)
     }

@@ -53,6 +53,7 @@ impl Scheduler {
         let config = SchedulerConfig {
             state_dir: state_dir.to_path_buf(),
             heartbeat_timeout: Duration::from_secs(60),
+            ..SchedulerConfig::default()
         };
         let calls = ApiCalls::new();
         let task = tokio::spawn(run(config, listener, calls.clone(), async {
