@@ -43,6 +43,7 @@ pub mod scheduler_client;
 pub mod shipper;
 pub mod state;
 pub mod steps;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -98,6 +99,8 @@ pub enum Error {
     Executable(#[source] std::io::Error),
     #[error("embedded scheduler")]
     Scheduler(#[from] scheduler::SchedulerError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("pod network")]
     Network(#[from] network::NetworkError),
 }
@@ -130,6 +133,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(calls) = &scheduler_calls {
         start_embedded_scheduler(&config, calls.clone(), &mut tasks).await?;
     }
+    let node_tls = tls::setup(
+        &config.scheduler,
+        &node,
+        &config.state_dir,
+        config.join.as_ref(),
+        config.insecure,
+    )
+    .await?;
     let (api_listener, api_address) = bind("node API", config.api_listen).await?;
     let socket = api::bind_socket(&config.socket_path())?;
 
@@ -172,13 +183,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let stopped = tasks.stopped();
     tasks.spawn_server(
         "node API",
-        api::serve_logs(api_listener, config.log_dir.clone(), stopped),
+        api::serve_logs(
+            api_listener,
+            config.log_dir.clone(),
+            api::NodeApiTls {
+                server: node_tls.as_ref().map(|t| t.server.clone()),
+                insecure: config.insecure,
+            },
+            stopped,
+        ),
     );
+    if let Some(node_tls) = &node_tls {
+        let renewal = tls::renew(
+            node_tls.clone(),
+            config.scheduler.clone(),
+            tasks.stop.subscribe(),
+        );
+        tasks.services.spawn(renewal);
+    }
     let link = SchedulerLink {
         host_address: api_address,
         connected: scheduler_connected,
     };
-    start_scheduler_client(&config, &node, link, handle, reports_rx, &mut tasks);
+    let client_tls = node_tls.map(|t| t.client);
+    start_scheduler_client(
+        &config, &node, link, client_tls, handle, reports_rx, &mut tasks,
+    );
 
     shutdown.await;
     info!(node = %node, "riklet stopping; pods keep running");
@@ -209,6 +239,7 @@ fn start_scheduler_client(
     config: &Config,
     node: &str,
     link: SchedulerLink,
+    tls: Option<rik_tls::ClientTls>,
     agent: agent::AgentHandle,
     reports: mpsc::UnboundedReceiver<agent::InstanceReport>,
     tasks: &mut Tasks,
@@ -219,6 +250,7 @@ fn start_scheduler_client(
         host_address: link.host_address,
         heartbeat_interval: config.heartbeat_interval,
         connected: link.connected,
+        tls,
     };
     let stop = tasks.stop.subscribe();
     tasks

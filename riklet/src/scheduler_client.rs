@@ -60,6 +60,8 @@ pub struct ClientSettings {
     pub heartbeat_interval: Duration,
     /// Set while a session is open (registered), for `riklet status`.
     pub connected: Arc<AtomicBool>,
+    /// The node certificate's TLS for an `https://` scheduler.
+    pub tls: Option<rik_tls::ClientTls>,
 }
 
 /// Runs sessions with the scheduler until `shutdown`.
@@ -111,7 +113,12 @@ async fn session(
     reports: &mut mpsc::UnboundedReceiver<InstanceReport>,
     monitor: &mut NodeMonitor,
 ) -> Result<(), SessionError> {
-    let mut client = WorkerClient::connect(settings.scheduler.clone()).await?;
+    let endpoint = tonic::transport::Endpoint::from_shared(settings.scheduler.clone())?;
+    let channel = match &settings.tls {
+        Some(tls) => tls.connect(endpoint).await?,
+        None => endpoint.connect().await?,
+    };
+    let mut client = WorkerClient::new(channel);
     let mut instructions = client
         .register(WorkerRegistration {
             hostname: settings.node.clone(),
