@@ -36,8 +36,10 @@ use files::{read_optional, write_private};
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Default lifetime of the certificates the CA signs (`--cert-lifetime`).
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Signed certificates start a little in the past: clocks differ.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// Signed certificates start a little in the past, as clocks differ: a
+/// tenth of their lifetime, at most a minute (renewal at 2/3 of the
+/// validity must stay ahead of now for a short lifetime).
+const MAX_BACKDATE: Duration = Duration::from_secs(60);
 
 /// Why the PKI failed.
 #[derive(Debug, thiserror::Error)]
@@ -270,7 +272,7 @@ fn leaf(params: &mut CertificateParams, lifetime: Duration, server: bool) {
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    params.not_before = now - (lifetime / 10).min(MAX_BACKDATE);
     params.not_after = now + lifetime;
 }
 
