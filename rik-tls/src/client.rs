@@ -2,7 +2,8 @@
 //! API's (the scheduler).
 //!
 //! tonic's own client TLS takes a fixed configuration and no custom
-//! verifier, so channels connect through our [`Connector`]: it reads the
+//! verifier (and the workspace builds tonic without it), so channels
+//! connect through our [`Connector`]: it reads the
 //! current configuration at each connection (a renewed certificate is
 //! used from the next one on) and may verify the server with a pinned CA
 //! hash instead of a CA certificate (a node that has not joined yet).

@@ -12,7 +12,7 @@ pub mod top;
 
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use proto::rik::v1::rik_client::RikClient;
 use proto::rik::v1::{
     App, ApplyRequest, ApplyResponse, DeleteAppRequest, DeleteAppResponse, GetAppRequest,
@@ -66,6 +66,10 @@ impl Scheduler {
             .keep_alive_while_idle(true);
         let channel = match &target.tls {
             Some(tls) => tls.connect(endpoint).await,
+            None if url.starts_with("https://") => bail!(
+                "{url} needs TLS certificates: save the output of `rik-scheduler admin-cert` \
+                 as ~/.config/rik/config or point $RIK_CONFIG at it"
+            ),
             None => endpoint.connect().await,
         }
         .map_err(|e| anyhow!("cannot reach scheduler at {url}: {}", root_cause(&e)))?;

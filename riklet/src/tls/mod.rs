@@ -178,6 +178,9 @@ fn renewal_time(from: SystemTime, until: SystemTime) -> SystemTime {
 }
 
 #[cfg(test)]
+mod join_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
