@@ -503,3 +503,21 @@ async fn fake_riklet_end_to_end() {
 
     sched.stop().await;
 }
+
+#[tokio::test]
+async fn plaintext_off_loopback_needs_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let config = SchedulerConfig {
+        state_dir: dir.path().to_path_buf(),
+        ..SchedulerConfig::default()
+    };
+    let err = run(config, listener, ApiCalls::new(), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SchedulerError::PlaintextOffLoopback(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("--insecure"), "{err}");
+}
