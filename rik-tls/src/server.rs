@@ -26,7 +26,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::pem::KeyedChain;
 use crate::{Role, TlsError, provider};
@@ -137,7 +137,7 @@ pub fn incoming(
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Ok(Err(e)) => debug!(peer = %remote, error = %e, "connection refused"),
+                    Ok(Err(e)) => info!(peer = %remote, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(peer = %remote, "handshake timed out"),
                 }
             });

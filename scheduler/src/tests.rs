@@ -2,6 +2,7 @@
 //! driven through the generated tonic clients, and the `rik` API. `watch`:
 //! the `Watch` RPC the same way.
 
+mod tls;
 mod watch;
 
 use std::path::Path;
@@ -502,22 +503,4 @@ async fn fake_riklet_end_to_end() {
     assert_eq!(node(&mut rik).await.instances, 0);
 
     sched.stop().await;
-}
-
-#[tokio::test]
-async fn plaintext_off_loopback_needs_insecure() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let config = SchedulerConfig {
-        state_dir: dir.path().to_path_buf(),
-        ..SchedulerConfig::default()
-    };
-    let err = run(config, listener, ApiCalls::new(), std::future::pending())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, SchedulerError::PlaintextOffLoopback(_)),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("--insecure"), "{err}");
 }

@@ -12,12 +12,20 @@ use super::*;
 
 /// A TLS scheduler on loopback; its URL, its CA and its stopper.
 async fn scheduler(dir: &Path) -> (String, Pki, oneshot::Sender<()>) {
+    scheduler_signing_for(dir, Duration::from_secs(3600)).await
+}
+
+/// The same, signing node certificates valid for `lifetime`.
+async fn scheduler_signing_for(
+    dir: &Path,
+    lifetime: Duration,
+) -> (String, Pki, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let config = SchedulerConfig {
         state_dir: dir.to_path_buf(),
         tls: Some(TlsConfig {
-            cert_lifetime: Duration::from_secs(3600),
+            cert_lifetime: lifetime,
             server_names: Vec::new(),
         }),
         ..SchedulerConfig::default()
@@ -101,4 +109,41 @@ async fn unknown_and_expired_tokens_are_named() {
     let expired = pki.tokens().create(Duration::ZERO).unwrap();
     let err = join(&url, state.path(), expired, hash).await.unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
+}
+
+#[tokio::test]
+async fn a_certificate_is_renewed_before_it_expires_and_used_for_new_connections() {
+    let (sched, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (url, pki, _stop) = scheduler_signing_for(sched.path(), Duration::from_secs(3)).await;
+    let token = pki.tokens().create(Duration::from_secs(60)).unwrap();
+    let tls = join(&url, state.path(), token, pki.ca_hash().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = state.path().join("tls");
+    let first = store::load(&dir).unwrap().unwrap();
+    let (_, first_end) = first.validity().unwrap();
+    let (_stop_renewal, stop) = tokio::sync::broadcast::channel(1);
+    tokio::spawn(renew(tls.clone(), url.clone(), stop));
+
+    // Past the first certificate's end, a new connection still works.
+    let wait = first_end
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    let renewed = store::load(&dir).unwrap().unwrap();
+    assert_ne!(renewed.cert_pem, first.cert_pem, "not renewed");
+    assert!(renewed.validity().unwrap().1 > first_end);
+    let channel = tls
+        .client
+        .connect(Endpoint::from_shared(url).unwrap())
+        .await
+        .unwrap();
+    let registration = proto::common::WorkerRegistration {
+        hostname: "node-a".into(),
+    };
+    proto::worker::worker_client::WorkerClient::new(channel)
+        .register(registration)
+        .await
+        .expect("a new connection with the renewed certificate");
 }

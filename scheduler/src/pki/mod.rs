@@ -110,7 +110,11 @@ impl Pki {
             _ => {
                 let ca_key = KeyPair::generate()?;
                 let mut params = CertificateParams::default();
-                params.distinguished_name = name("rik-cluster-ca", None);
+                // A name of its own: a certificate of another cluster's CA
+                // is then refused as of an unknown CA, not as a bad
+                // signature of a CA of the same name.
+                let id: u32 = rand::random();
+                params.distinguished_name = name(&format!("rik-cluster-ca-{id:08x}"), None);
                 params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
                 params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
                 validity(&mut params, CA_LIFETIME);
