@@ -242,10 +242,12 @@ fn tls_setup(
     names.extend(tls.server_names.iter().cloned());
     names.sort();
     names.dedup();
-    // Made at each start, valid as long as a node certificate.
-    let identity = pki.server_identity(&names, tls.cert_lifetime)?;
+    // Made at each start and not renewed: they get the default lifetime
+    // (a year), whatever short one the nodes' certificates have.
+    let lifetime = pki::DEFAULT_CERT_LIFETIME.max(tls.cert_lifetime);
+    let identity = pki.server_identity(&names, lifetime)?;
     let server = ServerTls::new(&ca, identity, false).map_err(pki::PkiError::from)?;
-    let client = pki.scheduler_client_identity(tls.cert_lifetime)?;
+    let client = pki.scheduler_client_identity(lifetime)?;
     let node_api = ClientTls::trusting(&ca, Some(client)).map_err(pki::PkiError::from)?;
     info!(names = ?names, ca_hash = %pki.ca_hash()?, "TLS ready");
     let join = tls::JoinService::new(Arc::new(pki), tls.cert_lifetime);
