@@ -130,7 +130,8 @@ async fn a_certificate_is_renewed_before_it_expires_and_used_for_new_connections
     let wait = first_end
         .duration_since(SystemTime::now())
         .unwrap_or_default();
-    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    // Validity is in whole seconds: a second more is surely past it.
+    tokio::time::sleep(wait + Duration::from_millis(1500)).await;
     let renewed = store::load(&dir).unwrap().unwrap();
     assert_ne!(renewed.cert_pem, first.cert_pem, "not renewed");
     assert!(renewed.validity().unwrap().1 > first_end);
