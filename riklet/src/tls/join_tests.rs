@@ -148,3 +148,37 @@ async fn a_certificate_is_renewed_before_it_expires_and_used_for_new_connections
         .await
         .expect("a new connection with the renewed certificate");
 }
+
+#[tokio::test]
+async fn a_join_waits_for_a_scheduler_that_is_starting() {
+    let (sched, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = Pki::open(sched.path()).unwrap();
+    let token = pki.tokens().create(Duration::from_secs(60)).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let dir = sched.path().to_path_buf();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let tls = TlsConfig {
+            cert_lifetime: Duration::from_secs(60),
+            server_names: Vec::new(),
+        };
+        let config = SchedulerConfig {
+            state_dir: dir,
+            tls: Some(tls),
+            ..SchedulerConfig::default()
+        };
+        let calls = scheduler::metrics::ApiCalls::new();
+        scheduler::run(config, listener, calls, std::future::pending()).await
+    });
+    let tls = join(&url, state.path(), token, pki.ca_hash().unwrap())
+        .await
+        .unwrap();
+    assert!(tls.is_some());
+}

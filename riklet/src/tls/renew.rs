@@ -31,6 +31,10 @@ fn stored(key: &KeyPair, answer: NodeCertificate) -> Stored {
     }
 }
 
+/// How long a join waits for a scheduler that does not answer yet (it may
+/// be starting too).
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Joins through `endpoint` with `flags`: a certificate for `node`.
 pub(crate) async fn join(
     endpoint: Endpoint,
@@ -38,10 +42,20 @@ pub(crate) async fn join(
     flags: &JoinFlags,
 ) -> Result<Stored, TlsError> {
     let url = endpoint.uri().to_string();
-    let channel = ClientTls::pinned(flags.ca_hash.clone())?
-        .connect(endpoint)
-        .await
-        .map_err(|source| TlsError::Connect { url, source })?;
+    let tls = ClientTls::pinned(flags.ca_hash.clone())?;
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    let channel = loop {
+        match tls.connect(endpoint.clone()).await {
+            Ok(channel) => break channel,
+            Err(e) if unreachable(&e) && tokio::time::Instant::now() + pause < deadline => {
+                warn!(scheduler = %url, error = %crate::error_chain(&e), "scheduler not reachable yet, retrying the join");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(source) => return Err(TlsError::Connect { url, source }),
+        }
+    };
     let (key, csr_pem) = request(node)?;
     let answer = JoinClient::new(channel)
         .join(JoinRequest {
@@ -61,6 +75,28 @@ pub(crate) async fn join(
         });
     }
     Ok(joined)
+}
+
+/// Whether `error` is a scheduler not listening (yet), not a refusal.
+fn unreachable(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{
+        ConnectionRefused, ConnectionReset, HostUnreachable, NetworkUnreachable, TimedOut,
+    };
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | HostUnreachable
+                    | NetworkUnreachable
+                    | TimedOut
+            );
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Renews the node certificate at 2/3 of its lifetime, again and again,
