@@ -270,12 +270,12 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("hard link of the riklet at {}: {e}", exe.display()));
             cluster.riklet_exe = exe;
         }
-        if mode == Mode::Separate {
-            cluster.start_scheduler();
-        }
         if options.mtls {
             assert_eq!(mode, Mode::Separate, "mTLS needs a separate scheduler");
             cluster.join_flags();
+        }
+        if mode == Mode::Separate {
+            cluster.start_scheduler();
         }
         cluster.start_riklet();
         if !options.no_wait {

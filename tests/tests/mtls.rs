@@ -113,7 +113,7 @@ fn a_joined_node_runs_pods_over_https_and_restarts_without_a_token() {
     cluster.riklet_args = vec!["--scheduler".into(), scheduler_url(&cluster)];
     cluster.start_riklet();
     cluster.wait_node_ready();
-    let app = cluster.wait_app("web", "the pod adopted", |a| a["status"] == "RUNNING");
+    let app = cluster.wait_app("web", "the pod adopted", |a| a["state"] == "RUNNING");
     assert_eq!(app["containers"][0]["pid"].as_i64(), Some(pid), "{app:#}");
     assert!(cluster.rik_ok(&["logs", "web"]).contains("hello-web"));
 }
@@ -252,7 +252,7 @@ fn the_scheduler_refuses_foreign_and_impersonating_clients() {
                 && l.contains("intruder")),
         "no refusal with node and instance in the scheduler's log:\n{log}"
     );
-    assert_eq!(cluster.app("own")["status"], "RUNNING");
+    assert_eq!(cluster.app("own")["state"], "RUNNING");
 }
 
 /// A certificate of `pki` for node `name`, as a join would give.

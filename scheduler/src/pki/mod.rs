@@ -91,6 +91,16 @@ impl Pki {
             path: dir.clone(),
             source,
         })?;
+        // `token create` or `admin-cert` may run while the scheduler
+        // starts: one of them makes the CA, the others read it.
+        let lock_path = dir.join("lock");
+        let _lock = std::fs::File::create(&lock_path)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|source| PkiError::Io {
+                what: "lock",
+                path: lock_path,
+                source,
+            })?;
         let (key_path, cert_path) = (dir.join("ca.key"), dir.join("ca.crt"));
         match (read_optional(&key_path)?, read_optional(&cert_path)?) {
             (Some(key), Some(cert)) => {
