@@ -12,6 +12,7 @@
 //!   scheduler's messages (pure, unit-tested).
 //! - `output.rs`: tables, kubectl-style ages, ordered JSON.
 
+mod client_config;
 mod commands;
 mod describe;
 mod output;
@@ -22,6 +23,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::client_config::Target;
 use crate::commands::Scheduler;
 
 /// Command-line client of the RIK scheduler: deploy apps, list (and
@@ -29,15 +31,10 @@ use crate::commands::Scheduler;
 #[derive(Debug, Parser)]
 #[command(name = "rik", version, propagate_version = true)]
 struct Cli {
-    /// URL of the scheduler's API.
-    #[arg(
-        long,
-        global = true,
-        env = "RIK_SCHEDULER",
-        default_value = "http://127.0.0.1:4995",
-        value_name = "URL"
-    )]
-    scheduler: String,
+    /// URL of the scheduler's API [default: the config file's `server`,
+    /// else http://127.0.0.1:4995].
+    #[arg(long, global = true, env = "RIK_SCHEDULER", value_name = "URL")]
+    scheduler: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,26 +90,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = stdout.lock();
     // `apply` validates the manifest before connecting: a bad file is
     // refused even when the scheduler is down.
+    let target = &Target::resolve(cli.scheduler.as_deref())?;
     let result = match cli.command {
-        Command::Apply(args) => commands::apply::run(args, &cli.scheduler, &mut out).await,
+        Command::Apply(args) => commands::apply::run(args, target, &mut out).await,
         Command::Get(args) => {
-            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            let mut scheduler = Scheduler::connect_to(target).await?;
             commands::get::run(args, &mut scheduler, &mut out).await
         }
         Command::Delete(args) => {
-            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            let mut scheduler = Scheduler::connect_to(target).await?;
             commands::delete::run(args, &mut scheduler, &mut out).await
         }
         Command::Describe(args) => {
-            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            let mut scheduler = Scheduler::connect_to(target).await?;
             commands::describe::run(args, &mut scheduler, &mut out).await
         }
         Command::Logs(args) => {
-            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            let mut scheduler = Scheduler::connect_to(target).await?;
             commands::logs::run(args, &mut scheduler, &mut out).await
         }
         Command::Top(args) => {
-            let mut scheduler = Scheduler::connect(&cli.scheduler).await?;
+            let mut scheduler = Scheduler::connect_to(target).await?;
             commands::top::run(args, &mut scheduler, &mut out).await
         }
         Command::Completion(args) => commands::completion::run(args, Cli::command(), &mut out),

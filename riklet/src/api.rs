@@ -393,22 +393,40 @@ impl NodeLogs for LogService {
     }
 }
 
+/// How the node API is served.
+#[derive(Debug, Clone)]
+pub struct NodeApiTls {
+    /// The node certificate (a joined node): TLS for the scheduler's
+    /// certificate only, next to plaintext.
+    pub server: Option<rik_tls::ServerTls>,
+    /// Plaintext for remote peers too, not only loopback ones.
+    pub insecure: bool,
+}
+
 /// Serves NodeLogs on `listener` until `shutdown`.
 pub async fn serve_logs(
     listener: TcpListener,
     log_dir: PathBuf,
+    tls: NodeApiTls,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
+    let plaintext = if tls.insecure {
+        rik_tls::server::Plaintext::Anyone
+    } else {
+        rik_tls::server::Plaintext::Loopback
+    };
+    let service = NodeLogsServer::new(LogService::new(log_dir))
+        .max_decoding_message_size(proto::limits::MAX_MESSAGE)
+        .max_encoding_message_size(proto::limits::MAX_MESSAGE);
     // Keep-alive, per-connection limits, message sizes: `proto::limits`.
     proto::limits::server()
-        .add_service(
-            NodeLogsServer::new(LogService::new(log_dir))
-                .max_decoding_message_size(proto::limits::MAX_MESSAGE)
-                .max_encoding_message_size(proto::limits::MAX_MESSAGE),
-        )
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            service,
+            crate::tls::require_scheduler,
+        ))
         .serve_with_incoming_shutdown(
-            // TCP_NODELAY: see the scheduler's server for why.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // Sets TCP_NODELAY: see the scheduler's server for why.
+            rik_tls::server::incoming(listener, tls.server, plaintext),
             shutdown,
         )
         .await?;

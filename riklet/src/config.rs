@@ -108,6 +108,12 @@ pub struct Config {
     /// Node addresses on which apps' ports are served; empty: every IPv4
     /// address of the node (and 127.0.0.1 for the node's own clients).
     pub proxy_addresses: Vec<std::net::Ipv4Addr>,
+    /// Plaintext off loopback: an `http://` scheduler on another host
+    /// (RIK's own scheduler), and a plaintext node API for remote peers.
+    pub insecure: bool,
+    /// `--join` and `--ca-hash` (flags only: a token is not kept in a file).
+    #[serde(skip)]
+    pub join: Option<crate::tls::JoinFlags>,
 }
 
 /// Pod logs: the writers' rotation limits (an app's `spec.logs` overrides
@@ -276,6 +282,8 @@ impl Default for Config {
             registries: RegistriesConfig::default(),
             proxy: crate::proxy::ProxyMode::default(),
             proxy_addresses: Vec::new(),
+            insecure: false,
+            join: None,
         }
     }
 }

@@ -48,6 +48,7 @@ pub mod service_manager;
 pub mod shipper;
 pub mod state;
 pub mod steps;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,6 +104,8 @@ pub enum Error {
     Executable(#[source] std::io::Error),
     #[error("embedded scheduler")]
     Scheduler(#[from] scheduler::SchedulerError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("pod network")]
     Network(#[from] network::NetworkError),
 }
@@ -145,6 +148,14 @@ pub async fn run_under(
     if let Some(calls) = &scheduler_calls {
         start_embedded_scheduler(&config, calls.clone(), &mut tasks).await?;
     }
+    let node_tls = tls::setup(
+        &config.scheduler,
+        &node,
+        &config.state_dir,
+        config.join.as_ref(),
+        config.insecure,
+    )
+    .await?;
     let (api_listener, api_address) = bind("node API", config.api_listen).await?;
     let socket = api::bind_socket(&config.socket_path())?;
 
@@ -189,7 +200,15 @@ pub async fn run_under(
     let stopped = tasks.stopped();
     tasks.spawn_server(
         "node API",
-        api::serve_logs(api_listener, config.log_dir.clone(), stopped),
+        api::serve_logs(
+            api_listener,
+            config.log_dir.clone(),
+            api::NodeApiTls {
+                server: node_tls.as_ref().map(|t| t.server.clone()),
+                insecure: config.insecure,
+            },
+            stopped,
+        ),
     );
     tasks.services.spawn(service_manager::report(
         service.notifier.clone(),
@@ -198,11 +217,22 @@ pub async fn run_under(
         config.scheduler.clone(),
         tasks.stop.subscribe(),
     ));
+    if let Some(node_tls) = &node_tls {
+        let renewal = tls::renew(
+            node_tls.clone(),
+            config.scheduler.clone(),
+            tasks.stop.subscribe(),
+        );
+        tasks.services.spawn(renewal);
+    }
     let link = SchedulerLink {
         host_address: api_address,
         connected: scheduler_connected,
     };
-    start_scheduler_client(&config, &node, link, handle, reports_rx, &mut tasks);
+    let client_tls = node_tls.map(|t| t.client);
+    start_scheduler_client(
+        &config, &node, link, client_tls, handle, reports_rx, &mut tasks,
+    );
     if let Some(fault) = &service.fault {
         fault.inject_panic();
     }
@@ -236,6 +266,7 @@ fn start_scheduler_client(
     config: &Config,
     node: &str,
     link: SchedulerLink,
+    tls: Option<rik_tls::ClientTls>,
     agent: agent::AgentHandle,
     reports: mpsc::UnboundedReceiver<agent::InstanceReport>,
     tasks: &mut Tasks,
@@ -246,6 +277,7 @@ fn start_scheduler_client(
         host_address: link.host_address,
         heartbeat_interval: config.heartbeat_interval,
         connected: link.connected,
+        tls,
     };
     let stop = tasks.stop.subscribe();
     tasks

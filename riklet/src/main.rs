@@ -37,6 +37,18 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Join token from `rik-scheduler token create` (first start of a node
+    /// with an https:// scheduler; a stored certificate makes it unneeded).
+    #[arg(long, value_name = "TOKEN", requires = "ca_hash")]
+    join: Option<String>,
+    /// The cluster CA's key hash (sha256:HEX) the scheduler must prove
+    /// when joining.
+    #[arg(long, value_name = "HASH", requires = "join")]
+    ca_hash: Option<String>,
+    /// Plaintext off loopback: an http:// scheduler on another host (RIK's
+    /// own scheduler), a plaintext node API for remote peers.
+    #[arg(long)]
+    insecure: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -93,6 +105,15 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(a) = cli.metrics_addr {
         config.metrics_addr = a;
+    }
+    if cli.insecure {
+        config.insecure = true;
+    }
+    if let (Some(token), Some(hash)) = (&cli.join, &cli.ca_hash) {
+        config.join = Some(riklet::tls::JoinFlags {
+            token: token.clone(),
+            ca_hash: hash.parse().context("--ca-hash")?,
+        });
     }
     if config.standalone && cli.scheduler.is_none() {
         config.scheduler = format!("http://{}", config.standalone_listen);

@@ -65,6 +65,8 @@ pub struct ClientSettings {
     pub heartbeat_interval: Duration,
     /// Set while a session is open (registered), for `riklet status`.
     pub connected: Arc<AtomicBool>,
+    /// The node certificate's TLS for an `https://` scheduler.
+    pub tls: Option<rik_tls::ClientTls>,
 }
 
 /// Runs sessions with the scheduler until `shutdown`.
@@ -113,14 +115,16 @@ fn instance_status(node: &str, host_address: &str, r: InstanceReport) -> WorkerS
 /// A client of `scheduler` with the limits of `proto::limits`: connect
 /// time-out, keep-alive (a scheduler that vanished under the streams),
 /// message sizes. No call time-out: both calls are streams.
-async fn connect(scheduler: &str) -> Result<WorkerClient<Channel>, SessionError> {
-    let channel = Endpoint::from_shared(scheduler.to_string())?
+async fn connect(settings: &ClientSettings) -> Result<WorkerClient<Channel>, SessionError> {
+    let endpoint = Endpoint::from_shared(settings.scheduler.clone())?
         .connect_timeout(limits::CONNECT_TIMEOUT)
         .http2_keep_alive_interval(limits::KEEPALIVE_INTERVAL)
         .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await?;
+        .keep_alive_while_idle(true);
+    let channel = match &settings.tls {
+        Some(tls) => tls.connect(endpoint).await?,
+        None => endpoint.connect().await?,
+    };
     Ok(WorkerClient::new(channel)
         .max_decoding_message_size(limits::MAX_MESSAGE)
         .max_encoding_message_size(limits::MAX_MESSAGE))
@@ -132,7 +136,7 @@ async fn session(
     reports: &mut mpsc::UnboundedReceiver<InstanceReport>,
     monitor: &mut NodeMonitor,
 ) -> Result<(), SessionError> {
-    let mut client = connect(&settings.scheduler).await?;
+    let mut client = connect(settings).await?;
     let register = client.register(WorkerRegistration {
         hostname: settings.node.clone(),
     });

@@ -386,7 +386,9 @@ fn batch_lookup_reads_every_entry_of_a_large_per_cpu_map() {
     }
 
     let timer = Instant::now();
-    let entries = batch::lookup_percpu(
+    // The key type is named: with x509-parser's num-bigint in the
+    // dependency graph, `key * cpus` alone no longer infers it.
+    let entries = batch::lookup_percpu::<u64, CgroupTraffic>(
         map.map().fd().as_fd(),
         cpus,
         |total: CgroupTraffic, cpu: &CgroupTraffic| total.wrapping_add(*cpu),

@@ -129,6 +129,9 @@ pub struct Cluster {
     state: Mutex<State>,
     /// A ready node silent for longer than this is marked not ready.
     pub heartbeat_timeout: Duration,
+    /// The scheduler's client TLS for the node APIs of nodes that
+    /// registered with a certificate; `None` without TLS.
+    pub node_api_tls: Option<rik_tls::ClientTls>,
 }
 
 impl Cluster {
@@ -136,6 +139,7 @@ impl Cluster {
         Self {
             state: Mutex::new(State::new(store)),
             heartbeat_timeout,
+            node_api_tls: None,
         }
     }
 
@@ -223,6 +227,14 @@ impl State {
             self.deliver(out);
         }
         Ok(registered)
+    }
+
+    /// Whether `hostname`'s node API speaks TLS (it registered with its
+    /// certificate).
+    pub fn set_api_tls(&mut self, hostname: &str, tls: bool) {
+        if let Some(node) = self.nodes.get_mut(hostname) {
+            node.api_tls = tls;
+        }
     }
 
     /// The `Register` stream of `session` ended: the node is disconnected and

@@ -34,6 +34,8 @@ struct LogSource {
     instance_id: String,
     node: String,
     address: String,
+    /// The node API speaks TLS (the node registered with its certificate).
+    tls: bool,
 }
 
 /// What a `Logs` request reads, as the scheduler knows the app.
@@ -55,7 +57,8 @@ pub async fn open(cluster: &Arc<Cluster>, request: LogsRequest) -> Result<LogStr
     let mut opening = Vec::new();
     for source in &plan.sources {
         if !channels.contains_key(source.address.as_str()) {
-            channels.insert(&source.address, connect(source).await?);
+            let tls = cluster.node_api_tls.as_ref().filter(|_| source.tls);
+            channels.insert(&source.address, connect(source, tls).await?);
         }
         let channel = channels[source.address.as_str()].clone();
         for container in &plan.containers {
@@ -117,14 +120,12 @@ fn plan(state: &State, request: &LogsRequest) -> Result<Plan, Status> {
         .filter(|(id, _)| wanted(id))
         .filter_map(|(id, i)| {
             let node = i.node.as_ref()?;
+            let known = state.nodes().get(node);
             Some(LogSource {
                 instance_id: id.clone(),
                 node: node.clone(),
-                address: state
-                    .nodes()
-                    .get(node)
-                    .map(|n| n.host_address.clone())
-                    .unwrap_or_default(),
+                address: known.map(|n| n.host_address.clone()).unwrap_or_default(),
+                tls: known.is_some_and(|n| n.api_tls),
             })
         })
         .collect();
@@ -146,12 +147,14 @@ fn plan(state: &State, request: &LogsRequest) -> Result<Plan, Status> {
     })
 }
 
-/// Connects to the node API of `source`.
-async fn connect(source: &LogSource) -> Result<Channel, Status> {
+/// Connects to the node API of `source`, over TLS with `tls` (the server
+/// must prove the node's name).
+async fn connect(source: &LogSource, tls: Option<&rik_tls::ClientTls>) -> Result<Channel, Status> {
     let LogSource {
         instance_id,
         node,
         address,
+        tls: _,
     } = source;
     if address.is_empty() {
         return Err(Status::unavailable(format!(
@@ -164,14 +167,21 @@ async fn connect(source: &LogSource) -> Result<Channel, Status> {
             "node {node} (instance {instance_id}) is unreachable at {address}: {e}"
         ))
     };
-    Endpoint::from_shared(format!("http://{address}"))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| unreachable(&e))?
         .connect_timeout(NODE_CONNECT_TIMEOUT)
         .http2_keep_alive_interval(proto::limits::KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(proto::limits::KEEPALIVE_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| unreachable(&e))
+        .keep_alive_timeout(proto::limits::KEEPALIVE_TIMEOUT);
+    match tls {
+        Some(tls) => {
+            endpoint
+                .connect_with_connector(tls.connector(Some(node.clone())))
+                .await
+        }
+        None => endpoint.connect().await,
+    }
+    .map_err(|e| unreachable(&e))
 }
 
 /// Opens one container's logs of `source`'s instance on its node.

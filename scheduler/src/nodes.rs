@@ -65,6 +65,8 @@ pub struct Node {
     /// this connection, until it reports them TERMINATED (see
     /// `State::instance_status`).
     pub destroys_sent: BTreeSet<String>,
+    /// It registered with its certificate: its node API speaks TLS.
+    pub api_tls: bool,
     sender: Option<Sender>,
 }
 
@@ -109,6 +111,7 @@ impl Nodes {
                 metrics: String::new(),
                 host_address: String::new(),
                 destroys_sent: BTreeSet::new(),
+                api_tls: false,
                 sender: None,
             });
         node.session = session;
@@ -194,6 +197,10 @@ impl Nodes {
     }
 
     /// One node by name.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Node> {
+        self.nodes.get_mut(name)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name)
     }

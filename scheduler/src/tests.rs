@@ -2,6 +2,7 @@
 //! driven through the generated tonic clients, and the `rik` API. `watch`:
 //! the `Watch` RPC the same way.
 
+mod tls;
 mod watch;
 
 use std::path::Path;

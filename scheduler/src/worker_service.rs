@@ -14,6 +14,7 @@ use proto::common::worker_status::Status as StatusKind;
 use proto::common::{ResourceStatus, WorkerRegistration, WorkerStatus};
 use proto::worker::InstanceScheduling;
 use proto::worker::worker_server::Worker;
+use rik_tls::server::Caller;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -21,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
 use crate::nodes::{self, RegisterError};
+use crate::tls::NodeIdentity;
 
 /// The `worker.Worker` service.
 #[derive(Debug, Clone)]
@@ -35,12 +37,25 @@ impl WorkerService {
         Self { cluster, stop }
     }
 
-    async fn handle(&self, status: WorkerStatus, peer: Option<IpAddr>) {
+    async fn handle(
+        &self,
+        status: WorkerStatus,
+        peer: Option<IpAddr>,
+        identity: &NodeIdentity,
+    ) -> Result<(), Status> {
         let WorkerStatus {
             identifier,
             host_address,
             status,
         } = status;
+        if let Err(refused) = identity.check(&identifier, "status") {
+            let instance = match &status {
+                Some(StatusKind::Instance(i)) => i.instance_id.as_str(),
+                _ => "",
+            };
+            warn!(node = ?identity.0, claimed = %identifier, instance, "status for another node refused");
+            return Err(refused);
+        }
         let host_address = node_api_address(&host_address, peer);
         let mut state = self.cluster.lock().await;
         match status {
@@ -64,6 +79,7 @@ impl WorkerService {
             }
             other => debug!(node = %identifier, status = ?other, "empty status ignored"),
         }
+        Ok(())
     }
 }
 
@@ -137,12 +153,18 @@ impl Worker for WorkerService {
         &self,
         request: Request<WorkerRegistration>,
     ) -> Result<Response<RegisterStream>, Status> {
+        let identity = NodeIdentity::of(&request);
         let hostname = request.into_inner().hostname;
-        let (session, rx) = self
-            .cluster
-            .lock()
-            .await
-            .register(&hostname, self.cluster.heartbeat_timeout)?;
+        if let Err(refused) = identity.check(&hostname, "registration") {
+            warn!(node = ?identity.0, claimed = %hostname, "registration as another node refused");
+            return Err(refused);
+        }
+        let (session, rx) = {
+            let mut state = self.cluster.lock().await;
+            let registered = state.register(&hostname, self.cluster.heartbeat_timeout)?;
+            state.set_api_tls(&hostname, identity.0.is_some());
+            registered
+        };
         Ok(Response::new(RegisterStream {
             rx,
             _guard: SessionGuard {
@@ -157,7 +179,8 @@ impl Worker for WorkerService {
         &self,
         request: Request<Streaming<WorkerStatus>>,
     ) -> Result<Response<()>, Status> {
-        let peer = request.remote_addr().map(|a| a.ip());
+        let peer = Caller::remote(&request).map(|a| a.ip());
+        let identity = NodeIdentity::of(&request);
         let mut updates = request.into_inner();
         let stop = crate::stopped(self.stop.clone());
         tokio::pin!(stop);
@@ -167,7 +190,7 @@ impl Worker for WorkerService {
                 () = &mut stop => break,
             };
             match next {
-                Ok(Some(status)) => self.handle(status, peer).await,
+                Ok(Some(status)) => self.handle(status, peer, &identity).await?,
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, peer = ?peer, "status stream broken");

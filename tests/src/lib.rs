@@ -163,6 +163,12 @@ pub struct Options {
     /// In [`Mode::Separate`], start no scheduler: the test serves the
     /// worker protocol on `scheduler_port` itself (a fake or hostile one).
     pub own_scheduler: bool,
+    /// mTLS (separate scheduler only): the riklet joins with a token from
+    /// `rik-scheduler token create` and talks https; `rik` uses the
+    /// config of `rik-scheduler admin-cert`.
+    pub mtls: bool,
+    /// More `rik-scheduler` flags (e.g. `--cert-lifetime`).
+    pub scheduler_args: Vec<String>,
 }
 
 /// A one-node cluster and everything it created.
@@ -190,6 +196,12 @@ pub struct Cluster {
     riklet_exe: PathBuf,
     log_filter: Option<&'static str>,
     riklet_env: Vec<(String, String)>,
+    /// More riklet flags (with mTLS: `--scheduler https://…`, `--join`,
+    /// `--ca-hash`).
+    pub riklet_args: Vec<String>,
+    scheduler_args: Vec<String>,
+    /// The `rik` config (`RIK_CONFIG`) of an mTLS cluster.
+    pub rik_config: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -238,6 +250,9 @@ impl Cluster {
             dir,
             riklet: None,
             scheduler: None,
+            riklet_args: Vec::new(),
+            scheduler_args: options.scheduler_args.clone(),
+            rik_config: None,
         };
         let quoted: Vec<String> = options
             .insecure_registries
@@ -291,6 +306,10 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("hard link of the riklet at {}: {e}", exe.display()));
             cluster.riklet_exe = exe;
         }
+        if options.mtls {
+            assert_eq!(mode, Mode::Separate, "mTLS needs a separate scheduler");
+            cluster.join_flags();
+        }
         if mode == Mode::Separate && options.join_scheduler.is_none() && !options.own_scheduler {
             cluster.start_scheduler();
         }
@@ -299,6 +318,52 @@ impl Cluster {
             cluster.wait_node_ready();
         }
         cluster
+    }
+
+    /// The riklet's flags to join with a new token, and the `rik` config.
+    fn join_flags(&mut self) {
+        let state = self.dir.path().join("scheduler");
+        let scheduler = |args: &[&str]| {
+            let out = Command::new(bin_dir().join("rik-scheduler"))
+                .args(args)
+                .arg("--state-dir")
+                .arg(&state)
+                .output()
+                .expect("run rik-scheduler");
+            assert!(
+                out.status.success(),
+                "rik-scheduler {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).expect("UTF-8")
+        };
+        let url = format!("https://127.0.0.1:{}", self.scheduler_port);
+        let config = self.dir.path().join("rik-config");
+        std::fs::write(&config, scheduler(&["admin-cert", "--server", &url]))
+            .expect("write the rik config");
+        self.rik_config = Some(config);
+        self.riklet_args = vec!["--scheduler".into(), url];
+        let flags = scheduler(&["token", "create"]);
+        self.riklet_args
+            .extend(flags.split_whitespace().map(str::to_string));
+    }
+
+    /// The scheduler URL `rik` uses, with the `RIK_CONFIG` of an mTLS cluster.
+    fn rik_command(&self) -> Command {
+        let mut cmd = Command::new(bin_dir().join("rik"));
+        let scheme = if self.rik_config.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        cmd.arg("--scheduler")
+            .arg(format!("{scheme}://127.0.0.1:{}", self.scheduler_port));
+        match &self.rik_config {
+            Some(config) => cmd.env("RIK_CONFIG", config),
+            // A config of the machine's user must not change the tests.
+            None => cmd.env("RIK_CONFIG", self.dir.path().join("no-rik-config")),
+        };
+        cmd
     }
 
     /// `ctr` against this cluster's containerd namespace.
@@ -384,6 +449,7 @@ impl Cluster {
         if self.mode == Mode::Standalone {
             cmd.arg("--standalone");
         }
+        cmd.args(&self.riklet_args);
         let log = self.log_file("riklet.log");
         cmd.stdout(log.try_clone().expect("dup"))
             .stderr(log)
@@ -482,6 +548,7 @@ impl Cluster {
             .arg(self.dir.path().join("scheduler"))
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", self.scheduler_metrics_port))
+            .args(&self.scheduler_args)
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
             .stdin(Stdio::null())
@@ -538,9 +605,8 @@ impl Cluster {
     /// apps -w`) and follows its output line by line.
     pub fn rik_follow(&self, args: &[&str]) -> Follow {
         let stderr = self.dir.path().join(format!("{}.stderr", unique("rik")));
-        let mut child = Command::new(bin_dir().join("rik"))
-            .arg("--scheduler")
-            .arg(format!("http://127.0.0.1:{}", self.scheduler_port))
+        let mut child = self
+            .rik_command()
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -573,12 +639,7 @@ impl Cluster {
 
     /// Runs `rik` against this cluster.
     pub fn rik(&self, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("rik"))
-            .arg("--scheduler")
-            .arg(format!("http://127.0.0.1:{}", self.scheduler_port))
-            .args(args)
-            .output()
-            .expect("run rik")
+        self.rik_command().args(args).output().expect("run rik")
     }
 
     /// Runs `rik` and returns stdout, panicking with stderr on failure.

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::app_watch::{AppWatch, Update};
 use super::{Scheduler, read_manifest};
+use crate::client_config::Target;
 use crate::views::{failure_reason, instance_label};
 
 /// Creates or updates an app from a manifest (RIK workload v1 or a seed 004
@@ -38,13 +39,13 @@ pub struct Args {
     timeout: Duration,
 }
 
-/// Runs `rik apply` against the scheduler at `url`.
-pub async fn run(args: Args, url: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Runs `rik apply` against the scheduler `target`.
+pub async fn run(args: Args, target: &Target, out: &mut dyn Write) -> anyhow::Result<()> {
     let text = read_manifest(&args.file)?;
     // Nothing is sent unless the manifest is valid: the error names the
     // field. Checked before connecting, so it holds with the scheduler down.
     let manifest = proto::manifest::parse(&text)?;
-    let mut scheduler = Scheduler::connect(url).await?;
+    let mut scheduler = Scheduler::connect_to(target).await?;
     let scheduler = &mut scheduler;
     let response = scheduler.apply(text).await?;
     let name = if response.name.is_empty() {

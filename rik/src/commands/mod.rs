@@ -12,7 +12,7 @@ pub mod top;
 
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use proto::rik::v1::rik_client::RikClient;
 use proto::rik::v1::{
     App, ApplyRequest, ApplyResponse, DeleteAppRequest, DeleteAppResponse, GetAppRequest,
@@ -20,6 +20,8 @@ use proto::rik::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
+
+use crate::client_config::Target;
 
 /// How long to wait for the TCP connection to the scheduler.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,8 +43,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Connects to `url` (`http://` is assumed when no scheme is given).
+    /// Connects to `url` in plaintext (tests).
+    #[cfg(test)]
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_to(&Target::plain(url)).await
+    }
+
+    /// Connects to `target` (`http://` is assumed when its URL has no
+    /// scheme), over TLS with its certificates if it has any.
+    pub async fn connect_to(target: &Target) -> anyhow::Result<Self> {
+        let url = &target.url;
         let url = if url.contains("://") {
             url.to_string()
         } else {
@@ -54,10 +64,15 @@ impl Scheduler {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| anyhow!("cannot reach scheduler at {url}: {}", root_cause(&e)))?;
+        let channel = match &target.tls {
+            Some(tls) => tls.connect(endpoint).await,
+            None if url.starts_with("https://") => bail!(
+                "{url} needs TLS certificates: save the output of `rik-scheduler admin-cert` \
+                 as ~/.config/rik/config or point $RIK_CONFIG at it"
+            ),
+            None => endpoint.connect().await,
+        }
+        .map_err(|e| anyhow!("cannot reach scheduler at {url}: {}", root_cause(&e)))?;
         Ok(Self {
             client: RikClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
             url,

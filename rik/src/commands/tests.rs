@@ -219,7 +219,7 @@ async fn apply(
     let argv = base.iter().chain(extra).copied();
     let args = ApplyCli::try_parse_from(argv).unwrap().args;
     let mut out = Vec::new();
-    apply::run(args, url, &mut out).await?;
+    apply::run(args, &crate::client_config::Target::plain(url), &mut out).await?;
     Ok(String::from_utf8(out).unwrap())
 }
 
