@@ -39,9 +39,9 @@ use proto::worker::worker_server::WorkerServer;
 use rik_tls::server::Plaintext;
 use rik_tls::{ClientTls, ServerTls};
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 pub mod api;
