@@ -182,7 +182,7 @@ impl Framer {
         while !data.is_empty() {
             let room = MAX_RECORD - self.pending.len();
             let window = &data[..data.len().min(room)];
-            if let Some(i) = window.iter().position(|&b| b == b'\n') {
+            if let Some(i) = memchr::memchr(b'\n', window) {
                 self.emit(prefix, true, &data[..i], out);
                 data = &data[i + 1..];
             } else if data.len() >= room {
