@@ -392,6 +392,16 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// The port of the riklet's `/metrics` endpoint (`metricsAddress` of
+    /// `riklet status`).
+    pub fn metrics_port(&self) -> u16 {
+        let status = self.local_status();
+        let addr = status["metricsAddress"].as_str().expect("metricsAddress");
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("a port in metricsAddress")
+    }
+
     /// `riklet status` or `riklet pods` of this node, as the table printed
     /// for people.
     pub fn local_table(&self, what: &str) -> String {

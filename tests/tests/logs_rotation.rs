@@ -293,10 +293,7 @@ impl Drop for SmallDisk {
 
 /// `riklet_log_dropped_bytes_total` of the cluster's riklet.
 fn dropped_bytes(cluster: &Cluster) -> Option<u64> {
-    let status = cluster.local_status();
-    let addr = status["metricsAddress"].as_str()?;
-    let port = addr.rsplit_once(':')?.1.parse().ok()?;
-    let (_, body) = http_get(port, "/metrics").ok()?;
+    let (_, body) = http_get(cluster.metrics_port(), "/metrics").ok()?;
     body.lines()
         .find(|l| l.starts_with("riklet_log_dropped_bytes_total{"))?
         .rsplit_once(' ')?

@@ -175,20 +175,6 @@ fn assert_complete(what: &str, seen: &BTreeMap<usize, usize>, events: usize) {
     );
 }
 
-fn metrics_port(cluster: &Cluster) -> u16 {
-    let out = Command::new(bin_dir().join("riklet"))
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
-        .args(["status", "-o", "json"])
-        .output()
-        .expect("riklet status");
-    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    let addr = status["metricsAddress"].as_str().expect("metricsAddress");
-    addr.rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("port")
-}
-
 /// The value of the series `name{sink="SINK"}`.
 fn counter(body: &str, name: &str, sink: &str) -> u64 {
     let prefix = format!("{name}{{sink=\"{sink}\"}} ");
@@ -330,7 +316,7 @@ fn ships_to_rsyslog_and_a_file_across_kills_and_outages() {
         "{first}"
     );
 
-    let (_, body) = http_get(metrics_port(&cluster), "/metrics").expect("GET /metrics");
+    let (_, body) = http_get(cluster.metrics_port(), "/metrics").expect("GET /metrics");
     let syslog = format!("syslog://127.0.0.1:{}", rsyslog.port);
     assert!(counter(&body, "riklet_log_shipper_shipped_records_total", &syslog) > 0);
     assert!(

@@ -59,20 +59,6 @@ fn f64_at(v: &Value, path: &[&str]) -> Option<f64> {
         .and_then(Value::as_f64)
 }
 
-fn metrics_port(cluster: &Cluster) -> u16 {
-    let out = Command::new(bin_dir().join("riklet"))
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
-        .args(["status", "-o", "json"])
-        .output()
-        .expect("riklet status");
-    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    let addr = status["metricsAddress"].as_str().expect("metricsAddress");
-    addr.rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("port")
-}
-
 fn scrape(port: u16) -> String {
     let (status, body) = riklet_e2e::http_get(port, "/metrics").expect("GET /metrics");
     assert!(status.contains("200"), "{status}");
@@ -177,7 +163,7 @@ fn cpu_and_memory_match_the_kernel_and_endpoint_passes_promtool() {
     assert_eq!(via_scheduler["state"], "RUNNING");
 
     // Prometheus endpoint: valid exposition, pod series with their labels.
-    let port = metrics_port(&cluster);
+    let port = cluster.metrics_port();
     let body = scrape(port);
     let burner_id = local(&cluster, "burner")["appId"]
         .as_str()
@@ -444,7 +430,7 @@ fn tcp_retransmissions_of_a_pod_are_reported() {
         .as_str()
         .expect("appId")
         .to_string();
-    let body = scrape(metrics_port(&cluster));
+    let body = scrape(cluster.metrics_port());
     let series = body
         .lines()
         .find(|l| {
@@ -494,7 +480,7 @@ fn runqueue_latency_shows_under_contention_and_oom_kills_become_events() {
         },
     );
     println!("waker run queue: {}", waker["runqueue"]);
-    let body = scrape(metrics_port(&cluster));
+    let body = scrape(cluster.metrics_port());
     let waker_id = waker["appId"].as_str().expect("id");
     assert!(
         body.lines().any(

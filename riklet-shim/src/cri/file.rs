@@ -244,13 +244,7 @@ fn open_current(dir: &Path, path: &Path) -> io::Result<(File, u64)> {
 /// Removes the oldest rotated files of the run beyond the count limit
 /// (the current file counts as one). Called with the directory lock held.
 fn prune(spec: &LogSpec) {
-    let Ok(files) = layout::list(&spec.dir) else {
-        return;
-    };
-    let rotated: Vec<&layout::LogFile> = files
-        .iter()
-        .filter(|f| f.restart_count == spec.restart_count && f.rotated.is_some())
-        .collect();
+    let rotated = spec.rotated_files();
     let keep = (spec.rotation.max_files as usize).saturating_sub(1);
     for f in &rotated[..rotated.len().saturating_sub(keep)] {
         let _ = fs::remove_file(&f.path);

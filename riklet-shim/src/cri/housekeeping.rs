@@ -21,7 +21,6 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 
 use super::LogSpec;
-use crate::layout;
 
 /// Suffix of a compression in progress.
 const TMP: &str = ".gz.tmp";
@@ -71,13 +70,7 @@ impl Housekeeper {
 
 /// Compresses the run's rotated files but the newest one, oldest first.
 fn compress_older(spec: &LogSpec, dir_lock: &Mutex<()>) {
-    let Ok(files) = layout::list(&spec.dir) else {
-        return;
-    };
-    let rotated: Vec<&layout::LogFile> = files
-        .iter()
-        .filter(|f| f.restart_count == spec.restart_count && f.rotated.is_some())
-        .collect();
+    let rotated = spec.rotated_files();
     let Some((_newest, older)) = rotated.split_last() else {
         return;
     };

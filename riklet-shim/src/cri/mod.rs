@@ -92,6 +92,16 @@ impl LogSpec {
     pub fn current_file(&self) -> PathBuf {
         layout::current_file(&self.dir, self.restart_count)
     }
+
+    /// The run's rotated files, oldest first; none if the directory cannot
+    /// be listed.
+    fn rotated_files(&self) -> Vec<layout::LogFile> {
+        let files = layout::list(&self.dir).unwrap_or_default();
+        files
+            .into_iter()
+            .filter(|f| f.restart_count == self.restart_count && f.rotated.is_some())
+            .collect()
+    }
 }
 
 /// Appends CRI records to a container run's log; shared by the stdout and
