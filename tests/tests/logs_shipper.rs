@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use riklet_e2e::{Cluster, Mode, Options, bin_dir, free_port, http_get, wait_for};
+use riklet_e2e::{Cluster, Mode, Options, free_port, http_get, wait_for};
 use serde_json::Value;
 
 /// Most records in a batch (the riklet's `shipper::MAX_BATCH`).

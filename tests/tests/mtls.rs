@@ -195,10 +195,18 @@ fn the_scheduler_refuses_foreign_and_impersonating_clients() {
         Ok(status) => format!("{status:?}"),
         Err(e) => format!("{e:?}"),
     };
+    // In TLS 1.3 the client's side of the handshake ends before the server
+    // has checked the client's certificate: the server's alert can reach the
+    // client as the alert itself or as the stream it closed.
+    let refused_in_tls = [
+        "UnknownCA",
+        "BadCertificate",
+        "certificate",
+        "BrokenPipe",
+        "ConnectionReset",
+    ];
     assert!(
-        message.contains("UnknownCA")
-            || message.contains("BadCertificate")
-            || message.contains("certificate"),
+        refused_in_tls.iter().any(|m| message.contains(m)),
         "{message}"
     );
 
