@@ -98,6 +98,7 @@ pub fn main(run_dir: &Path) -> ! {
     {
         let _ = nix::unistd::dup2_stderr(&log);
     }
+    abort_on_panic();
     let code = match supervise(run_dir, steps) {
         Ok(()) => 0,
         Err(e) => {
@@ -260,6 +261,27 @@ impl Copiers {
     }
 }
 
+/// A panic on any of the shim's threads ends the shim, the panic in
+/// `shim.log`: a shim whose copier died would keep the container running
+/// with its output going nowhere. The riklet then sees the shim gone
+/// without an exit record (`Lost`), stops what is left in the cgroup and
+/// applies the restart policy.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("riklet-shim: aborting after a panic");
+        std::process::abort();
+    }));
+}
+
+/// `RIKLET_SHIM_TEST_FAULT=panic-copier`, read by debug builds only: the
+/// stdout copier panics before copying, as a bug in it would.
+fn copier_test_fault() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var_os("RIKLET_SHIM_TEST_FAULT").is_some_and(|v| v == "panic-copier")
+}
+
 /// Starts one thread per output pipe of `child`, each writing CRI records.
 fn copy_output(child: Child, writer: &CriWriter) -> Copiers {
     let (done_tx, done) = mpsc::channel();
@@ -272,6 +294,9 @@ fn copy_output(child: Child, writer: &CriWriter) -> Copiers {
         let done = done_tx.clone();
         running += 1;
         std::thread::spawn(move || {
+            if stream == Stream::Stdout && copier_test_fault() {
+                panic!("test fault: the stdout copier panics");
+            }
             if let Err(e) = writer.copy_from(stream, pipe) {
                 eprintln!("riklet-shim: copying {stream:?}: {e}");
             }

@@ -3,10 +3,13 @@
 //! the node is registered, STATUS= at each phase, WATCHDOG=1 from the
 //! agent loop, which stop when that loop wedges) reach an abstract
 //! notification socket as systemd hands out; a panic in a task or a
-//! thread aborts the process with the panic on stderr.
+//! thread aborts the process with the panic on stderr, and a panic in a
+//! bare process's shim ends that shim (the pod is restarted, nothing of
+//! the aborted run left).
 //!
-//! The faults are injected through `RIKLET_TEST_FAULT` and
-//! `RIK_SCHEDULER_TEST_FAULT`, which only debug builds read.
+//! The faults are injected through `RIKLET_TEST_FAULT`,
+//! `RIKLET_SHIM_TEST_FAULT` and `RIK_SCHEDULER_TEST_FAULT`, which only
+//! debug builds read.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -207,6 +210,65 @@ fn a_panicking_riklet_task_aborts_the_riklet() {
         log.contains("test fault: a spawned task panics") && log.contains("aborting"),
         "no panic in the riklet's log:\n{log}"
     );
+}
+
+#[test]
+fn a_panicking_shim_thread_ends_the_shim_and_the_pod_is_restarted_clean() {
+    let options = Options {
+        riklet_env: vec![(
+            "RIKLET_SHIM_TEST_FAULT".to_string(),
+            "panic-copier".to_string(),
+        )],
+        ..Options::default()
+    };
+    let cluster = Cluster::start_with(Mode::Standalone, options);
+    let manifest = "apiVersion: v1\nkind: Pod\nname: sleeper\nreplicas: 1\nspec:\n  containers:\n    \
+                    - name: c\n      exec: /bin/busybox\n      args: [sleep, \"3600\"]\n";
+    let out = cluster.apply(manifest, false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every run's shim aborts as soon as its copier starts: the riklet
+    // finds the shim gone without an exit record and restarts the pod.
+    let app = cluster.wait_app("sleeper", "a restart after the shim aborted", |a| {
+        a["restartCount"].as_u64().is_some_and(|n| n >= 1)
+            && a["containers"][0]["lastExit"]["reason"] == "Lost"
+    });
+    let instance = app["appId"].as_str().expect("appId").to_string();
+    let shim_log = cluster
+        .state_dir()
+        .join(format!("run/{instance}/c/shim.log"));
+    let log = std::fs::read_to_string(&shim_log).unwrap_or_default();
+    assert!(
+        log.contains("test fault: the stdout copier panics")
+            && log.contains("riklet-shim: aborting after a panic"),
+        "no panic in {}:\n{log}",
+        shim_log.display()
+    );
+    // The sleep of an aborted shim does not outlive it: each new run
+    // starts after the cgroup was emptied, so at most one sleep runs.
+    let sleeps = || {
+        cluster
+            .cgroup_dirs(&instance, "c")
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|procs| {
+                procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<std::collections::BTreeSet<u32>>()
+    };
+    for _ in 0..20 {
+        let pids = sleeps();
+        assert!(pids.len() <= 1, "processes of aborted runs left: {pids:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = cluster.rik_ok(&["delete", "sleeper"]);
+    assert!(out.contains("deleted"), "{out}");
 }
 
 /// SIGABRT's number.
