@@ -155,7 +155,22 @@ impl PodHost for NodeHost {
     async fn wait(&self, instance_id: &str, container: &str, run: &RunRecord) -> ExitRecord {
         match &run.container_id {
             Some(id) => wait_task(&self.containerd, id).await,
-            None => self.process.wait(instance_id, container, run).await,
+            None => match self.process.wait(instance_id, container, run).await {
+                Some(exit) => exit,
+                None => {
+                    // As after a crash (recovery): what the dead shim
+                    // supervised must not run beside the next run.
+                    warn!(
+                        pod = instance_id,
+                        container, "shim ended without an exit record; emptying its cgroup"
+                    );
+                    self.kill_container(instance_id, container).await;
+                    ExitRecord::without_status(
+                        "Lost",
+                        "the shim ended without recording an exit status",
+                    )
+                }
+            },
         }
     }
 

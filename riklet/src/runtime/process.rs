@@ -196,8 +196,14 @@ impl ProcessRuntime {
     }
 
     /// Waits until the run's shim has exited, then returns how the container
-    /// ended (`Lost` if the shim died without saying).
-    pub async fn wait(&self, instance: &str, container: &str, run: &RunRecord) -> ExitRecord {
+    /// ended, or `None` if the shim died without saying (its container's
+    /// processes may still run).
+    pub async fn wait(
+        &self,
+        instance: &str,
+        container: &str,
+        run: &RunRecord,
+    ) -> Option<ExitRecord> {
         if let Some(shim) = run.shim
             && let Err(e) = wait_process(shim).await
         {
@@ -206,9 +212,7 @@ impl ProcessRuntime {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        self.read_exit(instance, container).unwrap_or_else(|| {
-            ExitRecord::without_status("Lost", "the shim ended without recording an exit status")
-        })
+        self.read_exit(instance, container)
     }
 
     /// Stops a run: SIGTERM to every process of the cgroup, up to `grace`
