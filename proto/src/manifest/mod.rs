@@ -357,7 +357,24 @@ fn parse_value(text: &str) -> Result<serde_yaml::Value, ManifestError> {
     if nesting > nesting::MAX_FLOW_NESTING {
         return Err(ManifestError::TooDeep(nesting));
     }
-    serde_yaml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string()))
+    serde_yaml::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        out_of_range_integer(&message).unwrap_or(ManifestError::Syntax(message))
+    })
+}
+
+/// The YAML parser refuses a whole number beyond 64 bits while it builds
+/// the tree (`PATH: invalid type: integer `N` as u128, …`), naming the path
+/// as the document spells it: as a field error, with the path the other
+/// errors name (one `ports` object is `ports[0]`).
+fn out_of_range_integer(message: &str) -> Option<ManifestError> {
+    let (path, rest) = message.split_once(": invalid type: integer `")?;
+    let (number, _) = rest.split_once('`')?;
+    let path = path.replace(".ports.", ".ports[0].");
+    Some(field_err(
+        path,
+        format!("{number} is out of range: no field takes a whole number beyond 64 bits"),
+    ))
 }
 
 /// Parses a `definition` received on the wire (JSON, either form).

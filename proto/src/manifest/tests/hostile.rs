@@ -97,15 +97,17 @@ fn attacks() -> Vec<(&'static str, String, String, &'static str)> {
         // Numbers out of range.
         ("replicas huge", named("app").replace("kind: Pod\n", "kind: Pod\nreplicas: 1000000\n"), top("replicas"), "more than the 1000"),
         ("replicas over u32", named("app").replace("kind: Pod\n", "kind: Pod\nreplicas: 4294967296\n"), top("replicas"), "expected a number of replicas"),
-        // Beyond u64 the YAML parser itself refuses, naming the path.
-        ("replicas over u64", named("app").replace("kind: Pod\n", "kind: Pod\nreplicas: 99999999999999999999999\n"), top("(document)"), "replicas: invalid type: integer"),
+        // Beyond u64 the YAML parser itself refuses; the path is named as
+        // the other errors name it.
+        ("replicas over u64", named("app").replace("kind: Pod\n", "kind: Pod\nreplicas: 99999999999999999999999\n"), top("replicas"), "out of range"),
         ("replicas negative", named("app").replace("kind: Pod\n", "kind: Pod\nreplicas: -5\n"), top("replicas"), "expected a number of replicas"),
         ("replicas fraction", named("app").replace("kind: Pod\n", "kind: Pod\nreplicas: 1.5\n"), top("replicas"), "expected a number of replicas"),
         ("replicas infinite", named("app").replace("kind: Pod\n", "kind: Pod\nreplicas: .inf\n"), top("replicas"), "expected a number of replicas"),
         ("port negative", exec("      ports: {port: -1}\n"), c0("ports[0].port"), "expected a port number"),
         ("port zero", exec("      ports: {port: 0}\n"), c0("ports[0].port"), "expected a port number"),
         ("port 65536", exec("      ports: {port: 65536}\n"), c0("ports[0].port"), "expected a port number"),
-        ("port over u64", exec("      ports: {port: 18446744073709551616}\n"), top("(document)"), "spec.containers[0].ports.port: invalid type: integer"),
+        ("port over u64", exec("      ports: {port: 18446744073709551616}\n"), c0("ports[0].port"), "out of range"),
+        ("port in a list over u64", exec("      ports: [{port: 80}, {port: -18446744073709551617}]\n"), c0("ports[1].port"), "out of range"),
         ("port fraction", exec("      ports: {port: 80.5}\n"), c0("ports[0].port"), "expected a port number"),
         ("target port negative", exec("      ports: {port: 80, target_port: -80}\n"), c0("ports[0].target_port"), "expected a port number"),
         ("port twice", exec("      ports: [{port: 80}, {port: 80, target_port: 81}]\n"), c0("ports[1].port"), "exposed twice"),

@@ -29,6 +29,7 @@ async fn a_failed_start_shows_run_container_error_then_crash_loop_back_off() {
     );
     h.create("app-1", ONE_PROCESS, "Always").await;
     h.step_until("started").await;
+    let failed_at = tokio::time::Instant::now();
     let failed = status(&h, "app-1");
     assert_eq!(
         failed.containers[0].reason.as_deref(),
@@ -36,6 +37,13 @@ async fn a_failed_start_shows_run_container_error_then_crash_loop_back_off() {
     );
     assert_eq!(reasons(&failed), ["Created", "Failed"]);
     h.step_until("backoff-noticed").await;
+    // The paused clock only moves by the agent's own timers: this is the
+    // delay the agent chose, not the speed of the machine.
+    let noticed_after = failed_at.elapsed();
+    assert!(
+        noticed_after <= Duration::from_secs(2),
+        "CrashLoopBackOff shown {noticed_after:?} after the failed start (at most 2 s)"
+    );
     let looping = status(&h, "app-1");
     assert_eq!(
         looping.containers[0].reason.as_deref(),
