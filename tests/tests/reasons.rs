@@ -174,8 +174,15 @@ fn a_deleted_app_is_terminating_during_its_grace_period_and_its_events_go_with_i
     watch_statuses(&cluster, "stubborn", &["Terminating"], || {
         cluster.rik_ok(&["delete", "stubborn"]);
     });
-    let describe = cluster.rik_ok(&["describe", "app", "stubborn"]);
-    assert!(describe.contains("Killing"), "{describe}");
+    // The scheduler shows Terminating at once; the riklet's Killing event
+    // comes with its next report.
+    wait_for(SOON, "the Killing event in describe", || {
+        let describe = cluster.rik_ok(&["describe", "app", "stubborn"]);
+        event_lines(&describe)
+            .iter()
+            .any(|l| l.contains("Killing"))
+            .then_some(())
+    });
     let events = cluster.rik_ok(&["get", "events"]);
     assert!(
         events.contains(&instance),
