@@ -20,8 +20,11 @@
 pub mod containerd;
 pub mod crash;
 pub mod external;
-pub mod leftovers;
 pub mod registry;
+
+/// The inventory of a riklet's node objects (shared with `cargo xtask soak`).
+pub use riklet_inventory as leftovers;
+pub use riklet_inventory::{alive, links_on, netns_named};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -968,34 +971,6 @@ impl Drop for NetSlot {
     }
 }
 
-/// Names of the links whose master is `bridge`.
-pub fn links_on(bridge: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show", "master", bridge])
-        .output();
-    let Ok(out) = out else { return vec![] };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let name = l.split(": ").nth(1)?;
-            Some(name.split('@').next()?.to_string())
-        })
-        .collect()
-}
-
-/// Names of the network namespaces under `/run/netns` that start with
-/// `prefix`.
-pub fn netns_named(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A minimal HTTP GET to loopback; returns the status line and body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
     http_get_at("127.0.0.1".parse().expect("an address"), port, path)
@@ -1041,15 +1016,4 @@ pub fn pod_ip(app: &Value) -> IpAddr {
         .as_str()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no internalIp in {app:#}"))
-}
-
-/// Whether a process is alive (not a zombie).
-pub fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(") ")
-                .map(|(_, rest)| !rest.starts_with('Z'))
-                .unwrap_or(false)
-        })
-        .unwrap_or(false)
 }

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use riklet_e2e::leftovers::{Inventory, Scope};
+use riklet_inventory::{Inventory, Scope};
 use serde_json::{Value, json};
 
 use crate::bench::cluster::{BUSYBOX, Cluster, SchedulerProcess, free_port, release_binaries};
@@ -346,7 +346,7 @@ impl Env {
             bridge: self.bridge.clone(),
             nft_table: self.table.clone(),
             containerd: Some((
-                riklet_e2e::containerd::SOCKET.into(),
+                riklet_inventory::CONTAINERD_SOCKET.into(),
                 self.namespace.clone(),
             )),
             app_prefix: "soak".into(),
@@ -363,18 +363,18 @@ impl Drop for Env {
                 .stderr(std::process::Stdio::null())
                 .status();
         };
-        for link in riklet_e2e::links_on(&self.bridge) {
+        for link in riklet_inventory::links_on(&self.bridge) {
             quiet(Command::new("ip").args(["link", "del", &link]));
         }
         quiet(Command::new("ip").args(["link", "del", &self.bridge]));
         quiet(Command::new("nft").args(["delete", "table", "ip", &self.table]));
         let proxy = format!("{}_proxy", self.table);
         quiet(Command::new("nft").args(["delete", "table", "ip", &proxy]));
-        for ns in riklet_e2e::netns_named("rik-soak") {
+        for ns in riklet_inventory::netns_named("rik-soak") {
             quiet(Command::new("ip").args(["netns", "del", &ns]));
         }
-        let ctr = riklet_e2e::containerd::Ctr::new(
-            riklet_e2e::containerd::SOCKET.as_ref(),
+        let ctr = riklet_inventory::Ctr::new(
+            riklet_inventory::CONTAINERD_SOCKET.as_ref(),
             &self.namespace,
         );
         ctr.remove_namespace();

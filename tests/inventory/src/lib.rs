@@ -7,7 +7,9 @@
 //! Two uses: after a crash and a recovery, everything must belong to a
 //! live pod ([`Inventory::orphans`]); after every pod is deleted, the node
 //! must be back to where it was ([`Inventory::diff`] against a first
-//! inventory). The crash-point test and `cargo xtask soak` share it.
+//! inventory). The crash-point test and `cargo xtask soak` share it; it is
+//! a crate of its own, with no gRPC code, so that `cargo xtask` builds on
+//! a fresh machine before `setup` has installed protoc.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::containerd::Ctr;
+mod ctr;
+mod host;
+
+pub use ctr::Ctr;
+pub use host::{alive, links_on, netns_named};
+
+/// The machine's containerd.
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
 /// Where one riklet's objects are: what its config names.
 #[derive(Debug, Clone)]
@@ -73,11 +82,8 @@ impl Inventory {
         };
         put("process", processes(scope));
         put("cgroup", cgroups(&scope.cgroup_root));
-        put(
-            "netns",
-            crate::netns_named(&format!("rik-{}", scope.app_prefix)),
-        );
-        put("veth", crate::links_on(&scope.bridge));
+        put("netns", netns_named(&format!("rik-{}", scope.app_prefix)));
+        put("veth", links_on(&scope.bridge));
         put("nft", nft_items(&scope.nft_table));
         put("nft", nft_items(&format!("{}_proxy", scope.nft_table)));
         put("bpf pin", files_under(&scope.pin_dir));
@@ -168,7 +174,7 @@ fn processes(scope: &Scope) -> Vec<String> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
     {
-        if scope.exclude_pids.contains(&pid) || !crate::alive(pid.into()) {
+        if scope.exclude_pids.contains(&pid) || !alive(pid.into()) {
             continue;
         }
         let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
