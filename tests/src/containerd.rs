@@ -4,7 +4,7 @@
 //! in parallel on the shared one are not disturbed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use riklet_inventory::Ctr;
