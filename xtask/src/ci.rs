@@ -3,11 +3,14 @@
 //! root against the real kernel, each fuzz target for a minute, then a
 //! short run of the Node Proxy benchmark (`bench proxy --quick`), so that
 //! it keeps working, and a short soak (`soak`, [`SOAK_CYCLES`] cycles),
-//! which fails on growth.
+//! which fails on growth. The last two use the dev build the tests ran:
+//! they check, they do not measure, and a cold release build would add
+//! about 12 minutes to CI.
 
 use std::path::Path;
 use std::process::Command;
 
+use crate::bench::cluster::Build;
 use crate::setup::sh;
 
 /// The soak's cycles in CI: about two minutes on a 2-core machine.
@@ -44,6 +47,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         &crate::bench::proxy::Options {
             quick: true,
             node_address: None,
+            build: Build::Dev,
         },
     )?;
     crate::soak::run(
@@ -51,6 +55,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         &crate::soak::Options {
             cycles: SOAK_CYCLES,
             container_every: 50,
+            build: Build::Dev,
         },
     )
 }

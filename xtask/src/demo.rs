@@ -99,7 +99,8 @@ fn start_registry(archive: &Path) -> anyhow::Result<Registry> {
 pub fn run(root: &Path) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::ebpf::build()?;
-    let target = crate::bench::cluster::build_release(root)?;
+    let target =
+        crate::bench::cluster::build_binaries(root, crate::bench::cluster::Build::Release)?;
     let bin = target.join("release");
 
     step("build the busybox image (cargo xtask image) and push it to a local registry");

@@ -63,6 +63,9 @@ enum Command {
         /// An image container every K cycles (0: bare processes only).
         #[arg(long, default_value_t = 0)]
         container_every: usize,
+        /// The riklet's build (dev: the one the tests use, as in CI).
+        #[arg(long, value_enum, default_value_t = bench::cluster::Build::Release)]
+        build: bench::cluster::Build,
     },
     /// Run the cargo fuzz targets of fuzz/ (nightly), each for --time.
     Fuzz {
@@ -136,6 +139,10 @@ enum BenchKind {
         /// 127.0.0.1 [default: the address of the default route's interface].
         #[arg(long)]
         node_address: Option<std::net::Ipv4Addr>,
+        /// The binaries measured (dev: the ones the tests use, as in CI;
+        /// figures only from release).
+        #[arg(long, value_enum, default_value_t = bench::cluster::Build::Release)]
+        build: bench::cluster::Build,
     },
 }
 
@@ -158,22 +165,26 @@ fn main() -> anyhow::Result<()> {
             BenchKind::Proxy {
                 quick,
                 node_address,
+                build,
             } => bench::proxy::proxy(
                 &ebpf::workspace_root(),
                 &bench::proxy::Options {
                     quick,
                     node_address,
+                    build,
                 },
             ),
         },
         Command::Soak {
             cycles,
             container_every,
+            build,
         } => soak::run(
             &ebpf::workspace_root(),
             &soak::Options {
                 cycles,
                 container_every,
+                build,
             },
         ),
         Command::Fuzz { time, target } => {

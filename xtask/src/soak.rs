@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use riklet_inventory::{Inventory, Scope};
 use serde_json::{Value, json};
 
-use crate::bench::cluster::{BUSYBOX, Cluster, SchedulerProcess, free_port, release_binaries};
+use crate::bench::cluster::{BUSYBOX, Build, Cluster, SchedulerProcess, binaries, free_port};
 use crate::registry::Registry;
 
 /// How much the riklet's RSS, descriptors and threads may grow over the
@@ -38,6 +38,9 @@ pub struct Options {
     pub cycles: usize,
     /// An image container every K cycles (0: none).
     pub container_every: usize,
+    /// The riklet's build: release for figures, CI's dev build for its
+    /// short run.
+    pub build: Build,
 }
 
 /// One sample of the riklet and the node.
@@ -68,7 +71,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     if options.cycles == 0 {
         bail!("--cycles must be at least 1");
     }
-    let (target, out_dir) = release_binaries(root)?;
+    let (target, out_dir) = binaries(root, options.build)?;
     let registry = match options.container_every {
         0 => None,
         _ => Some(start_registry(&target)?),
@@ -85,7 +88,11 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         table = env.table,
         ns = env.namespace,
     );
-    let mut cluster = Cluster::start(&target.join("release"), &extra, SchedulerProcess::Embedded)?;
+    let mut cluster = Cluster::start(
+        &target.join(options.build.dir()),
+        &extra,
+        SchedulerProcess::Embedded,
+    )?;
     let image = registry.as_ref().map(|r| format!("{}/busybox:1", r.host));
     let result = soak(&cluster, &env, options, image.as_deref());
     let _ = std::fs::copy(
@@ -167,6 +174,7 @@ fn soak(
     Ok(json!({
         "cycles": options.cycles,
         "containerEvery": options.container_every,
+        "build": options.build.dir(),
         "warmUpCycle": warm_up,
         "seconds": last.seconds,
         "samples": samples.iter().map(Sample::to_json).collect::<Vec<_>>(),

@@ -520,32 +520,54 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Builds riklet, rik-scheduler and rik in release mode (with the eBPF
-/// object as it is); returns the target dir (`release/` holds them).
-pub(crate) fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
-    sh(Command::new("cargo").current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "riklet",
-        "-p",
-        "scheduler",
-        "-p",
-        "rik",
-    ]))?;
+/// Which build of riklet, rik-scheduler and rik a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Build {
+    /// `cargo build --release`: the build figures are quoted from.
+    Release,
+    /// The dev build, which `cargo xtask ci` has already made for the
+    /// end-to-end tests: for CI's short runs, which check and do not
+    /// measure (a cold release build would add 12 minutes to CI).
+    Dev,
+}
+
+impl Build {
+    /// The directory under the target dir that holds the binaries.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Build::Release => "release",
+            Build::Dev => "debug",
+        }
+    }
+}
+
+/// Builds riklet, rik-scheduler and rik (with the eBPF object as it is);
+/// returns the target dir (`build.dir()` holds them).
+pub(crate) fn build_binaries(root: &Path, build: Build) -> anyhow::Result<PathBuf> {
+    let mut cargo = Command::new("cargo");
+    cargo.current_dir(root).arg("build");
+    if build == Build::Release {
+        cargo.arg("--release");
+    }
+    sh(cargo.args(["-p", "riklet", "-p", "scheduler", "-p", "rik"]))?;
     Ok(std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target")))
 }
 
-/// Builds the eBPF objects if missing and the release binaries; returns the
-/// target dir and `target/bench`, where results go.
-pub(crate) fn release_binaries(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Builds the eBPF objects if missing and the binaries of `build`; returns
+/// the target dir and `target/bench`, where results go.
+pub(crate) fn binaries(root: &Path, build: Build) -> anyhow::Result<(PathBuf, PathBuf)> {
     if !crate::ebpf::objects_built(root) {
         crate::ebpf::build()?;
     }
-    let target = build_release(root)?;
+    let target = build_binaries(root, build)?;
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir)?;
     Ok((target, out_dir))
+}
+
+/// [`binaries`] of the release build: what every benchmark measures.
+pub(crate) fn release_binaries(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    binaries(root, Build::Release)
 }

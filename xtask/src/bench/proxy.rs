@@ -46,7 +46,7 @@ mod probe;
 mod report;
 mod site;
 
-use crate::bench::cluster::{Cluster, SchedulerProcess, release_binaries};
+use crate::bench::cluster::{Build, Cluster, SchedulerProcess, binaries};
 use crate::bench::process::step;
 use load::{Relay, Wrk, require_tools, wait_connectable};
 use node::{BenchNetwork, default_route_address, free_port, pod_ip, proxy_view, serves};
@@ -71,6 +71,8 @@ pub struct Options {
     /// The node address proxied routes are also measured at (127.0.0.1 is
     /// always); default: the address of the default route's interface.
     pub node_address: Option<Ipv4Addr>,
+    /// The binaries measured: release, or CI's dev build with `quick`.
+    pub build: Build,
 }
 
 /// How much of everything.
@@ -105,9 +107,9 @@ impl Plan {
 /// `cargo xtask bench proxy`.
 pub fn proxy(root: &Path, opts: &Options) -> anyhow::Result<()> {
     require_tools()?;
-    step("build the release binaries");
-    let (target, out_dir) = release_binaries(root)?;
-    let bin = target.join("release");
+    step(&format!("build the {} binaries", opts.build.dir()));
+    let (target, out_dir) = binaries(root, opts.build)?;
+    let bin = target.join(opts.build.dir());
     let modes = proxy_modes(&bin)?;
     if modes.is_empty() {
         println!("  this riklet has no --proxy flag: direct, socat and haproxy only");
